@@ -1,0 +1,108 @@
+//! Dapr's error responses: `{"errorCode": "ERR_…", "message": "…"}` with the matching status.
+//! Every error the sidecar itself produces over HTTP goes through [`ApiError`].
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::invoke::InvokeError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(rename = "errorCode")]
+    error_code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Any invocation failure, as Dapr reports it: `failed to invoke, id: X, err: …`.
+    pub fn invoke(target: &str, err: &InvokeError, max_body: usize) -> Self {
+        if err.is_body_too_large() {
+            return Self::body_too_large(max_body);
+        }
+        let status = match err {
+            InvokeError::InvalidMethod(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(
+            status,
+            "ERR_DIRECT_INVOKE",
+            format!("failed to invoke, id: {target}, err: {err}"),
+        )
+    }
+
+    /// Dapr has no 413 of its own; it fails the body read with `ERR_BODY_READ`. Trellis keeps
+    /// that code and message so clients matching on them keep working, and uses the status
+    /// HTTP defines for the case.
+    pub fn body_too_large(max_body: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ERR_BODY_READ",
+            format!(
+                "failed to read request body: stream too large: the limit is {} bytes; raise it with --dapr-http-max-request-size (MB)",
+                max_body
+            ),
+        )
+    }
+
+    pub fn no_app_id() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "ERR_DIRECT_INVOKE",
+            "failed getting app id either from the URL path or the header dapr-app-id",
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR_INTERNAL", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&Wire {
+            error_code: self.code,
+            message: &self.message,
+        })
+        .unwrap_or_default();
+        let mut resp = (self.status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serializes_as_dapr_does() {
+        let resp = ApiError::no_app_id().into_response();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["errorCode"], "ERR_DIRECT_INVOKE");
+        assert!(json["message"].as_str().unwrap().contains("dapr-app-id"));
+    }
+}

@@ -1,0 +1,61 @@
+//! The sidecar-to-sidecar port: requests from peers, handed to this sidecar's app.
+//!
+//! Peers have already applied their own API checks; this side checks that the call is meant
+//! for this app and that the app is healthy, then streams it to the app channel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::HeaderValue;
+
+use super::error::ApiError;
+use super::layers;
+use crate::invoke::{CALLEE_APP_ID, InvokeError};
+use crate::runtime::Runtime;
+
+pub fn internal_router(rt: Arc<Runtime>) -> Router {
+    Router::new()
+        .fallback(handle)
+        .with_state(rt)
+        .layer(layers::catch_panic())
+}
+
+async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
+    let me = &rt.app.app_id;
+    if let Some(callee) = req.headers().get(CALLEE_APP_ID)
+        && callee.as_bytes() != me.as_bytes()
+    {
+        // A stale registry entry can point at a port that now belongs to another sidecar.
+        let callee = String::from_utf8_lossy(callee.as_bytes()).into_owned();
+        let err = InvokeError::AppChannel(format!("this sidecar serves app {me}, not {callee}"));
+        return ApiError::invoke(&callee, &err, rt.max_request_body).into_response();
+    }
+    let Some(channel) = rt.app_channel.as_ref() else {
+        return ApiError::invoke(me, &InvokeError::NoAppChannel, rt.max_request_body)
+            .into_response();
+    };
+    if !rt.health.app_healthy() {
+        return ApiError::invoke(me, &InvokeError::AppUnhealthy, rt.max_request_body)
+            .into_response();
+    }
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
+        && let Ok(value) = HeaderValue::from_str(&peer.ip().to_string())
+    {
+        req.headers_mut().append("x-forwarded-for", value);
+    }
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    match channel.call(&path_and_query, req).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            tracing::debug!(error = %err, "app channel call failed");
+            ApiError::invoke(me, &err, rt.max_request_body).into_response()
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `/v1.0/invoke/{app-id}/method/{method}` and the `dapr-app-id` header form.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::header::CONTENT_LENGTH;
+use http_body_util::Limited;
+use trellis_nameres::AppRef;
+
+use super::error::ApiError;
+use crate::Body;
+use crate::runtime::Runtime;
+
+const INVOKE_PREFIX: &str = "/v1.0/invoke/";
+
+/// The path form: the target and method come from the URL.
+pub async fn by_path(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
+    let Some((target, method)) = split_invoke_path(req.uri().path()) else {
+        return ApiError::no_app_id().into_response();
+    };
+    let target = target.into_owned();
+    let method = method.to_string();
+    invoke(&rt, &target, &method, req).await
+}
+
+/// The header form: `dapr-app-id: target`, and the whole path is the method.
+pub async fn by_header(rt: &Runtime, target: &str, req: Request) -> Response {
+    let method = req.uri().path().trim_start_matches('/').to_string();
+    invoke(rt, target, &method, req).await
+}
+
+async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Response {
+    if target.is_empty() {
+        return ApiError::no_app_id().into_response();
+    }
+    let req = match limit_body(req, rt.max_request_body) {
+        Ok(req) => req,
+        Err(err) => return err.into_response(),
+    };
+    let mut path_and_query = String::with_capacity(method.len() + 16);
+    path_and_query.push('/');
+    path_and_query.push_str(method);
+    if let Some(query) = req.uri().query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let app = AppRef::parse(target, &rt.app.namespace);
+    match rt.invoker.invoke(&app, &path_and_query, req).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            tracing::debug!(target, error = %err, "invocation failed");
+            ApiError::invoke(target, &err, rt.max_request_body).into_response()
+        }
+    }
+}
+
+/// Enforces the body size limit without buffering: a declared length is checked up front,
+/// a chunked body is counted as it streams.
+fn limit_body(req: Request, max: usize) -> Result<Request, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max as u64 => Err(ApiError::body_too_large(max)),
+        // hyper already refuses a body longer than its Content-Length.
+        Some(_) => Ok(req),
+        None => Ok(req.map(|body| Body::new(Limited::new(body, max)))),
+    }
+}
+
+/// Splits `/v1.0/invoke/{id}/method/{method}`; the id is percent-decoded, the method stays
+/// as sent so that the app sees exactly the path the caller wrote.
+fn split_invoke_path(path: &str) -> Option<(std::borrow::Cow<'_, str>, &str)> {
+    let rest = path.strip_prefix(INVOKE_PREFIX)?;
+    let (id, method) = match rest.find("/method") {
+        Some(i) => {
+            let after = &rest[i + "/method".len()..];
+            match after.strip_prefix('/') {
+                Some(m) => (&rest[..i], m),
+                None if after.is_empty() => (&rest[..i], ""),
+                None => return None,
+            }
+        }
+        None => return None,
+    };
+    if id.is_empty() {
+        return None;
+    }
+    Some((percent_decode(id), method))
+}
+
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return s.into();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_paths() {
+        let split = |p| split_invoke_path(p).map(|(a, b)| (a.into_owned(), b.to_string()));
+        assert_eq!(
+            split("/v1.0/invoke/b/method/x/y"),
+            Some(("b".into(), "x/y".into()))
+        );
+        assert_eq!(
+            split("/v1.0/invoke/b.ns/method/"),
+            Some(("b.ns".into(), "".into()))
+        );
+        assert_eq!(
+            split("/v1.0/invoke/b/method"),
+            Some(("b".into(), "".into()))
+        );
+        assert_eq!(
+            split("/v1.0/invoke/my%2Eapp/method/m"),
+            Some(("my.app".into(), "m".into()))
+        );
+        assert_eq!(split("/v1.0/invoke/b/methodx"), None);
+        assert_eq!(split("/v1.0/invoke//method/x"), None);
+        assert_eq!(split("/v1.0/invoke/b"), None);
+        assert_eq!(split("/v1.0/state/b"), None);
+    }
+
+    #[test]
+    fn percent_decoding_tolerates_garbage() {
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("a%zz"), "a%zz");
+        assert_eq!(percent_decode("%41b"), "Ab");
+    }
+}

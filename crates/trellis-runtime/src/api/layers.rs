@@ -1,0 +1,132 @@
+//! The tower layers around the public API, composed in one place.
+//!
+//! Order, outermost first, and why:
+//! 1. **catch-panic**: outermost, so a bug anywhere below (a layer or a handler) becomes a
+//!    500 for that one request instead of a dead connection or a dead sidecar.
+//! 2. **API logging** (`--enable-api-logging`): sees the final status of every request,
+//!    including the ones the token check rejects.
+//! 3. **API token**: before any routing or invocation, so that no unauthenticated request
+//!    reaches a handler; health routes are exempt as in Dapr.
+//! 4. **`dapr-app-id` dispatch**: the header form of invocation wins over every route, as in
+//!    Dapr, so it must sit above the router.
+//!
+//! Resiliency, tracing and metrics layers slot in here as they arrive.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use super::error::ApiError;
+use super::invoke;
+use crate::runtime::Runtime;
+
+pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
+    let mut router = routes.layer(middleware::from_fn_with_state(rt.clone(), app_id_header));
+    if rt.api_token.is_some() {
+        router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
+    }
+    if rt.enable_api_logging {
+        router = router.layer(middleware::from_fn(log_call));
+    }
+    router.layer(catch_panic())
+}
+
+/// The layer that turns a panic into a Dapr-style 500, shared with the internal port.
+pub fn catch_panic() -> CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Response> {
+    CatchPanicLayer::custom(panic_response as fn(_) -> _)
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    tracing::error!(panic = detail, "request handler panicked");
+    ApiError::internal(format!(
+        "internal error while handling the request: {detail}"
+    ))
+    .into_response()
+}
+
+async fn app_id_header(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {
+    let target = req
+        .headers()
+        .get("dapr-app-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match target {
+        Some(target) => invoke::by_header(&rt, &target, req).await,
+        None => next.run(req).await,
+    }
+}
+
+async fn require_token(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {
+    let exempt = req.method() == Method::GET
+        && matches!(
+            req.uri().path().trim_matches('/'),
+            "v1.0/healthz" | "v1.0/healthz/outbound"
+        );
+    if exempt {
+        return next.run(req).await;
+    }
+    let expected = rt.api_token.as_deref().unwrap_or_default();
+    let presented = req
+        .headers()
+        .get("dapr-api-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if constant_time_eq(presented, expected.as_bytes()) {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "ERR_API_UNAUTHORIZED",
+            "invalid api token: send the value of DAPR_API_TOKEN in the dapr-api-token header",
+        )
+        .into_response()
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a guessed
+/// token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn log_call(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        duration_us = started.elapsed().as_micros() as u64,
+        "api call"
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_tokens() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,226 @@
+//! Health, metadata and shutdown routes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use crate::runtime::Runtime;
+
+#[derive(Deserialize)]
+pub struct HealthQuery {
+    appid: Option<String>,
+}
+
+pub async fn healthz(State(rt): State<Arc<Runtime>>, Query(q): Query<HealthQuery>) -> Response {
+    if let Some(appid) = q.appid
+        && appid != rt.app.app_id
+    {
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_HEALTH_APPID_NOT_MATCH",
+            "dapr app-id does not match",
+        )
+        .into_response();
+    }
+    if rt.health.ready() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_HEALTH_NOT_READY",
+            "dapr is not ready",
+        )
+        .into_response()
+    }
+}
+
+pub async fn healthz_outbound(State(rt): State<Arc<Runtime>>) -> Response {
+    if rt.health.outbound_ready() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_OUTBOUND_HEALTH_NOT_READY",
+            "dapr outbound is not ready",
+        )
+        .into_response()
+    }
+}
+
+pub async fn shutdown(State(rt): State<Arc<Runtime>>) -> StatusCode {
+    tracing::info!("shutdown requested through the API");
+    rt.request_shutdown();
+    StatusCode::NO_CONTENT
+}
+
+pub async fn put_metadata(
+    State(rt): State<Arc<Runtime>>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Response {
+    // Dapr stores the raw body as a string, whatever its content type.
+    let value = String::from_utf8_lossy(&body).into_owned();
+    rt.set_extended(key, value);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Metadata {
+    id: String,
+    runtime_version: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    enabled_features: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    components: Vec<ComponentJson>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    extended: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    subscriptions: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    http_endpoints: Vec<NameJson>,
+    app_connection_properties: AppConnection,
+    actor_runtime: ActorRuntime,
+    workflows: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ComponentJson {
+    name: String,
+    #[serde(rename = "type")]
+    type_name: String,
+    version: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    capabilities: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct NameJson {
+    name: String,
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AppConnection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<AppHealthJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AppHealthJson {
+    health_check_path: String,
+    health_probe_interval: String,
+    health_probe_timeout: String,
+    health_threshold: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ActorRuntime {
+    runtime_status: &'static str,
+    host_ready: bool,
+}
+
+pub async fn get_metadata(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
+    let app_connection = match &rt.app_config {
+        None => AppConnection::default(),
+        Some(app) => AppConnection {
+            port: Some(app.port),
+            protocol: Some(app.protocol.as_str()),
+            channel_address: Some(app.host.clone()),
+            health: app.health_check.as_ref().map(|h| AppHealthJson {
+                health_check_path: h.path.clone(),
+                health_probe_interval: go_duration(h.interval),
+                health_probe_timeout: go_duration(h.timeout),
+                health_threshold: h.threshold,
+            }),
+        },
+    };
+    let metadata = Metadata {
+        id: rt.app.app_id.clone(),
+        runtime_version: crate::RUNTIME_VERSION,
+        enabled_features: rt.enabled_features.clone(),
+        components: rt
+            .components
+            .iter()
+            .map(|c| ComponentJson {
+                name: c.name.clone(),
+                type_name: c.type_name.clone(),
+                version: c.version.clone(),
+                capabilities: c.capabilities.clone(),
+            })
+            .collect(),
+        extended: rt.extended(),
+        subscriptions: Vec::new(),
+        http_endpoints: rt
+            .http_endpoints
+            .iter()
+            .map(|name| NameJson { name: name.clone() })
+            .collect(),
+        app_connection_properties: app_connection,
+        actor_runtime: ActorRuntime {
+            runtime_status: "DISABLED",
+            host_ready: false,
+        },
+        workflows: serde_json::Map::new(),
+    };
+    Json(serde_json::to_value(metadata).unwrap_or_default())
+}
+
+/// Formats a duration the way Go prints one (`5s`, `500ms`, `1m30s`), as Dapr reports them.
+fn go_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    let frac = d.subsec_millis();
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if frac > 0 {
+        out.push_str(format!("{s}.{frac:03}").trim_end_matches('0'));
+        out.push('s');
+    } else {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_print_like_go() {
+        assert_eq!(go_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(go_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+    }
+}

@@ -1,0 +1,36 @@
+//! The Dapr HTTP API: routes, wire JSON, and the mapping of errors to Dapr codes.
+//!
+//! [`router`] builds the public API and [`internal_router`] the sidecar-to-sidecar port;
+//! both are plain `axum::Router`s that tests can drive without a socket.
+
+mod error;
+mod internal;
+mod invoke;
+mod layers;
+mod meta;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{any, get, post, put};
+
+pub use error::ApiError;
+pub use internal::internal_router;
+
+use crate::runtime::Runtime;
+
+/// The public Dapr API of one sidecar.
+pub fn router(rt: Arc<Runtime>) -> Router {
+    let routes = Router::new()
+        .route("/v1.0/healthz", get(meta::healthz))
+        .route("/v1.0/healthz/outbound", get(meta::healthz_outbound))
+        .route("/v1.0/metadata", get(meta::get_metadata))
+        .route("/v1.0/metadata/{key}", put(meta::put_metadata))
+        .route("/v1.0/shutdown", post(meta::shutdown))
+        .route("/v1.0/invoke/{*rest}", any(invoke::by_path))
+        // Dapr sends every unmatched route to service invocation, which then fails for lack
+        // of an app id; the same answer keeps clients that probe routes consistent.
+        .fallback(|| async { ApiError::no_app_id() })
+        .with_state(rt.clone());
+    layers::public(routes, rt)
+}

@@ -1,0 +1,108 @@
+//! Header rules for invocation: what is stripped, what is added, in which direction.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
+
+use super::Caller;
+use crate::Body;
+
+pub const CALLER_APP_ID: HeaderName = HeaderName::from_static("dapr-caller-app-id");
+pub const CALLER_NAMESPACE: HeaderName = HeaderName::from_static("dapr-caller-namespace");
+pub const CALLEE_APP_ID: HeaderName = HeaderName::from_static("dapr-callee-app-id");
+pub const APP_ID: HeaderName = HeaderName::from_static("dapr-app-id");
+pub const API_TOKEN: HeaderName = HeaderName::from_static("dapr-api-token");
+
+/// Connection-level headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1,
+/// plus the proxy ones Dapr also strips). HTTP/2 rejects most of them outright.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Turns the app's request into the one that leaves this sidecar.
+pub(super) fn prepare_outbound(headers: &mut HeaderMap, caller: &Caller, callee_app_id: &str) {
+    strip_hop_by_hop(headers);
+    // The caller's routing header and its token for *this* sidecar mean nothing downstream,
+    // and the token must never leak to another app.
+    headers.remove(APP_ID);
+    headers.remove(API_TOKEN);
+    headers.remove(http::header::HOST);
+    headers.insert(CALLER_APP_ID, caller.app_id_header.clone());
+    headers.insert(CALLER_NAMESPACE, caller.namespace_header.clone());
+    match HeaderValue::from_str(callee_app_id) {
+        Ok(v) => {
+            headers.insert(CALLEE_APP_ID, v);
+        }
+        Err(_) => {
+            headers.remove(CALLEE_APP_ID);
+        }
+    }
+}
+
+/// The callee's response, minus hop-by-hop headers, with a body this sidecar can stream.
+pub(super) fn finish_response(resp: Response<hyper::body::Incoming>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_nameres::AppRef;
+
+    #[test]
+    fn outbound_headers_are_rewritten() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("dapr-api-token", HeaderValue::from_static("secret"));
+        h.insert("dapr-app-id", HeaderValue::from_static("b"));
+        h.insert("dapr-caller-app-id", HeaderValue::from_static("spoofed"));
+        h.insert("x-custom", HeaderValue::from_static("kept"));
+        h.insert("authorization", HeaderValue::from_static("Bearer kept"));
+        prepare_outbound(&mut h, &Caller::new(AppRef::new("a", "ns1")), "b");
+        assert_eq!(h["dapr-caller-app-id"], "a");
+        assert_eq!(h["dapr-caller-namespace"], "ns1");
+        assert_eq!(h["dapr-callee-app-id"], "b");
+        assert_eq!(h["x-custom"], "kept");
+        assert_eq!(h["authorization"], "Bearer kept");
+        for gone in [
+            "connection",
+            "x-private",
+            "keep-alive",
+            "dapr-api-token",
+            "dapr-app-id",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be stripped");
+        }
+    }
+}

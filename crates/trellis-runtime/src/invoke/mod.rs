@@ -1,0 +1,215 @@
+//! Service invocation: getting a request from this sidecar to the app that should serve it.
+//!
+//! [`Invoker::invoke`] resolves the target app through the name resolver, picks an instance,
+//! and sends the request over a pooled HTTP/2 connection to that instance's sidecar
+//! ([`peers`]); the peer hands it to its app through the [`AppChannel`]. A call to this
+//! sidecar's own app id goes straight to the app channel.
+//!
+//! Retries: a request that never left this sidecar (connection refused, connection already
+//! closed) is tried on the next instance. Once a request may have reached the callee nothing
+//! is retried here; that is a resiliency policy's decision, made above this layer.
+//!
+//! Bodies are streamed in both directions, never buffered.
+
+mod app_channel;
+mod headers;
+mod peers;
+
+use std::net::SocketAddr;
+
+use http::{HeaderValue, Request, Response, Uri};
+use trellis_nameres::{AppRef, Balancer, ResolveError};
+
+pub use app_channel::AppChannel;
+pub use headers::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
+pub use peers::PeerPool;
+
+use crate::Body;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("failed to resolve app {app}: {source}")]
+    Resolve {
+        app: AppRef,
+        #[source]
+        source: ResolveError,
+    },
+    #[error(
+        "no running instance of app {app} found by the {resolver} name resolver; is it started with the same data directory or name resolution?"
+    )]
+    NotFound { app: AppRef, resolver: &'static str },
+    #[error("no instance of app {app} is reachable (tried {tried}): {last_error}")]
+    Unreachable {
+        app: AppRef,
+        tried: usize,
+        last_error: String,
+    },
+    #[error("the call to app {app} failed after it was sent: {source}")]
+    Failed {
+        app: AppRef,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("app channel is not initialized: the sidecar was started without --app-port")]
+    NoAppChannel,
+    #[error("app is not in a healthy state")]
+    AppUnhealthy,
+    #[error("error invoking app channel: {0}")]
+    AppChannel(String),
+    /// The request body went over the API's size limit while it was being forwarded.
+    #[error("failed to read request body: stream too large")]
+    BodyTooLarge,
+    #[error("invalid method path {0:?}")]
+    InvalidMethod(String),
+}
+
+/// Who is calling: this sidecar's identity, stamped on outgoing requests.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub app: AppRef,
+    app_id_header: HeaderValue,
+    namespace_header: HeaderValue,
+}
+
+impl Caller {
+    pub fn new(app: AppRef) -> Self {
+        let header = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+        Self {
+            app_id_header: header(&app.app_id),
+            namespace_header: header(&app.namespace),
+            app,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Invoker {
+    caller: Caller,
+    balancer: Balancer,
+    peers: PeerPool,
+    app: Option<std::sync::Arc<AppChannel>>,
+}
+
+impl Invoker {
+    pub fn new(
+        caller: Caller,
+        balancer: Balancer,
+        app: Option<std::sync::Arc<AppChannel>>,
+    ) -> Self {
+        Self {
+            caller,
+            balancer,
+            peers: PeerPool::default(),
+            app,
+        }
+    }
+
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// Stops advertising this sidecar to others (start of shutdown).
+    pub fn withdraw(&self) {
+        self.balancer.withdraw();
+    }
+
+    pub fn resolver_kind(&self) -> &'static str {
+        self.balancer.resolver_kind()
+    }
+
+    /// Calls `path_and_query` (e.g. `/orders/1?x=y`) on app `target` with the method,
+    /// headers and body of `req` (its URI is ignored). The callee's response comes back as
+    /// it was, minus hop-by-hop headers.
+    pub async fn invoke(
+        &self,
+        target: &AppRef,
+        path_and_query: &str,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, InvokeError> {
+        headers::prepare_outbound(req.headers_mut(), &self.caller, &target.app_id);
+        if *target == self.caller.app {
+            let app = self.app.as_ref().ok_or(InvokeError::NoAppChannel)?;
+            return app.call(path_and_query, req).await;
+        }
+
+        let candidates =
+            self.balancer
+                .candidates(target)
+                .await
+                .map_err(|source| InvokeError::Resolve {
+                    app: target.clone(),
+                    source,
+                })?;
+        if candidates.is_empty() {
+            return Err(InvokeError::NotFound {
+                app: target.clone(),
+                resolver: self.balancer.resolver_kind(),
+            });
+        }
+
+        let mut pending = Some(req);
+        let mut last_error = String::new();
+        let mut tried = 0;
+        for addr in candidates.iter() {
+            let Some(mut req) = pending.take() else { break };
+            tried += 1;
+            *req.uri_mut() = peer_uri(addr, path_and_query)?;
+            *req.version_mut() = http::Version::HTTP_2;
+            match self.peers.send(addr, req).await {
+                Ok(resp) => return Ok(headers::finish_response(resp)),
+                Err(peers::SendError::NotSent { request, error }) => {
+                    tracing::debug!(%addr, app = %target, %error, "instance unreachable; trying the next one");
+                    self.balancer.invalidate(target);
+                    last_error = error;
+                    pending = Some(request);
+                }
+                Err(peers::SendError::Failed(error)) => {
+                    return Err(Self::classify_failure(target, error));
+                }
+            }
+        }
+        Err(InvokeError::Unreachable {
+            app: target.clone(),
+            tried,
+            last_error,
+        })
+    }
+
+    fn classify_failure(target: &AppRef, error: hyper::Error) -> InvokeError {
+        if is_body_too_large(&error) {
+            return InvokeError::BodyTooLarge;
+        }
+        InvokeError::Failed {
+            app: target.clone(),
+            source: error,
+        }
+    }
+}
+
+fn peer_uri(addr: SocketAddr, path_and_query: &str) -> Result<Uri, InvokeError> {
+    Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| InvokeError::InvalidMethod(path_and_query.to_string()))
+}
+
+/// Whether the request body hit the API's size limit while it was being forwarded.
+pub(crate) fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+impl InvokeError {
+    /// Whether the request body was too large (mapped to its own status by the API layer).
+    pub fn is_body_too_large(&self) -> bool {
+        matches!(self, InvokeError::BodyTooLarge)
+    }
+}

@@ -1,0 +1,32 @@
+//! The Trellis sidecar: Dapr's HTTP API in front of an app, the channel to that app, and the
+//! transport to other sidecars.
+//!
+//! ```text
+//!   app ──HTTP──▶ api::router ──▶ invoke::Invoker ──h2c──▶ peer's internal server ──HTTP──▶ peer's app
+//! ```
+//!
+//! [`Sidecar::start`] wires everything together from a [`SidecarConfig`] and two listeners the
+//! caller bound (so tests can use port 0). Only the [`api`] module knows Dapr's wire JSON and
+//! error codes; [`invoke`] deals in `http` types and its own error enum.
+
+pub mod api;
+pub mod components;
+pub mod config;
+pub mod health;
+pub mod invoke;
+pub mod runtime;
+pub mod server;
+mod sidecar;
+
+pub use config::{AppChannelConfig, AppHealthCheck, AppProtocol, SidecarConfig};
+pub use sidecar::{RunningSidecar, Sidecar, StartError};
+
+/// The body type used throughout the sidecar.
+pub type Body = axum::body::Body;
+
+/// Trellis's own version.
+pub const TRELLIS_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The Dapr runtime version whose API this build implements, reported in `runtimeVersion`
+/// with Trellis's version as SemVer build metadata (so version checks in SDKs see 1.17.0).
+pub const RUNTIME_VERSION: &str = concat!("1.17.0+trellis.", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,99 @@
+//! The state one running sidecar shares between its API handlers and background tasks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+use trellis_nameres::AppRef;
+
+use crate::config::AppChannelConfig;
+use crate::health::Health;
+use crate::invoke::{AppChannel, Invoker};
+
+/// What the metadata API lists about a loaded component.
+#[derive(Debug, Clone)]
+pub struct ComponentSummary {
+    pub name: String,
+    pub type_name: String,
+    pub version: String,
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub app: AppRef,
+    pub invoker: Invoker,
+    pub app_channel: Option<Arc<AppChannel>>,
+    pub app_config: Option<AppChannelConfig>,
+    pub health: Arc<Health>,
+    pub components: Vec<ComponentSummary>,
+    pub http_endpoints: Vec<String>,
+    pub enabled_features: Vec<String>,
+    pub max_request_body: usize,
+    pub api_token: Option<String>,
+    pub enable_api_logging: bool,
+    extended: RwLock<BTreeMap<String, String>>,
+    shutdown_requested: watch::Sender<bool>,
+}
+
+/// Parts of [`Runtime`] that are set once at start-up.
+#[derive(Debug)]
+pub struct RuntimeParts {
+    pub app: AppRef,
+    pub invoker: Invoker,
+    pub app_channel: Option<Arc<AppChannel>>,
+    pub app_config: Option<AppChannelConfig>,
+    pub health: Arc<Health>,
+    pub components: Vec<ComponentSummary>,
+    pub http_endpoints: Vec<String>,
+    pub enabled_features: Vec<String>,
+    pub max_request_body: usize,
+    pub api_token: Option<String>,
+    pub enable_api_logging: bool,
+    pub extended: BTreeMap<String, String>,
+}
+
+impl Runtime {
+    pub fn new(parts: RuntimeParts) -> Self {
+        Self {
+            app: parts.app,
+            invoker: parts.invoker,
+            app_channel: parts.app_channel,
+            app_config: parts.app_config,
+            health: parts.health,
+            components: parts.components,
+            http_endpoints: parts.http_endpoints,
+            enabled_features: parts.enabled_features,
+            max_request_body: parts.max_request_body,
+            api_token: parts.api_token,
+            enable_api_logging: parts.enable_api_logging,
+            extended: RwLock::new(parts.extended),
+            shutdown_requested: watch::channel(false).0,
+        }
+    }
+
+    pub fn extended(&self) -> BTreeMap<String, String> {
+        self.extended
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_extended(&self, key: String, value: String) {
+        self.extended
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, value);
+    }
+
+    /// Asks the owner of this sidecar to shut it down (`POST /v1.0/shutdown`).
+    pub fn request_shutdown(&self) {
+        self.shutdown_requested.send_replace(true);
+    }
+
+    /// Resolves once a shutdown was requested through the API.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown_requested.subscribe();
+        let _ = rx.wait_for(|requested| *requested).await;
+    }
+}

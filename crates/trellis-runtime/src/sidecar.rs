@@ -1,0 +1,223 @@
+//! Assembling and running one sidecar.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use trellis_nameres::{AppRef, Balancer, BuildContext, Registration};
+
+use crate::api;
+use crate::config::SidecarConfig;
+use crate::health::{self, Health};
+use crate::invoke::{AppChannel, Caller, Invoker};
+use crate::runtime::{ComponentSummary, Runtime, RuntimeParts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read the address of a listener: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("name resolution: {0}")]
+    NameResolution(#[from] trellis_nameres::ResolveError),
+    #[error("invalid components:\n{}", .0.join("\n"))]
+    Components(Vec<String>),
+}
+
+/// Entry point: see [`Sidecar::start`].
+#[derive(Debug)]
+pub struct Sidecar;
+
+/// A started sidecar. Dropping it without [`RunningSidecar::stop`] aborts its servers.
+#[derive(Debug)]
+pub struct RunningSidecar {
+    pub http_addr: SocketAddr,
+    pub internal_addr: SocketAddr,
+    runtime: Arc<Runtime>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Sidecar {
+    /// Starts serving the Dapr API on `http` and peer traffic on `internal`, registers with
+    /// name resolution, and begins waiting for the app. Returns as soon as both servers
+    /// accept connections; `GET /v1.0/healthz` turns 204 when the app is up.
+    pub async fn start(
+        config: SidecarConfig,
+        http: TcpListener,
+        internal: TcpListener,
+    ) -> Result<RunningSidecar, StartError> {
+        let http_addr = http.local_addr().map_err(StartError::Listener)?;
+        let internal_addr = internal.local_addr().map_err(StartError::Listener)?;
+        let me = AppRef::new(config.app_id.clone(), config.namespace.clone());
+
+        let components = check_components(&config)?;
+
+        let (resolver_name, resolver_config) = config
+            .configuration
+            .as_ref()
+            .and_then(|c| c.spec.name_resolution.as_ref())
+            .map(|nr| (nr.component.clone(), nr.configuration.clone()))
+            .unwrap_or_default();
+        let resolver = trellis_nameres::build(
+            &resolver_name,
+            &resolver_config,
+            &BuildContext {
+                registry_dir: config.registry_dir.clone(),
+                me: Some(Registration {
+                    app: me.clone(),
+                    internal_address: advertised(internal_addr),
+                    http_address: Some(advertised(http_addr)),
+                    app_port: config.app.as_ref().map(|a| a.port),
+                }),
+            },
+        )?;
+
+        let health = Arc::new(Health::default());
+        let app_channel = config
+            .app
+            .as_ref()
+            .map(|app| Arc::new(AppChannel::new(app, config.app_api_token.as_deref())));
+        let invoker = Invoker::new(
+            Caller::new(me.clone()),
+            Balancer::new(resolver),
+            app_channel.clone(),
+        );
+        let runtime = Arc::new(Runtime::new(RuntimeParts {
+            app: me,
+            invoker,
+            app_channel: app_channel.clone(),
+            app_config: config.app.clone(),
+            health: health.clone(),
+            components,
+            http_endpoints: config
+                .resources
+                .http_endpoints
+                .iter()
+                .map(|e| e.meta.name.clone())
+                .collect(),
+            enabled_features: config
+                .configuration
+                .as_ref()
+                .map(|c| {
+                    c.spec
+                        .features
+                        .iter()
+                        .filter(|f| f.enabled)
+                        .map(|f| f.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            max_request_body: config.max_request_body,
+            api_token: config.api_token.clone(),
+            enable_api_logging: config.enable_api_logging,
+            extended: config.extended_metadata.clone(),
+        }));
+
+        let (stop, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let stopped = |stop: &watch::Sender<bool>| {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        tasks.spawn(crate::server::serve(
+            http,
+            api::router(runtime.clone()),
+            stopped(&stop),
+            config.graceful_shutdown,
+        ));
+        tasks.spawn(crate::server::serve(
+            internal,
+            api::internal_router(runtime.clone()),
+            stopped(&stop),
+            config.graceful_shutdown,
+        ));
+        health.set_outbound_ready();
+        match (&config.app, app_channel) {
+            (Some(app), Some(channel)) => {
+                let watcher = health::watch_app(health.clone(), app.clone(), channel);
+                let mut stop_rx = stop.subscribe();
+                tasks.spawn(async move {
+                    tokio::select! {
+                        () = watcher => {}
+                        _ = stop_rx.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+            _ => health.set_app_ready(),
+        }
+        tracing::info!(
+            app_id = %runtime.app.app_id,
+            http = %http_addr,
+            internal = %internal_addr,
+            resolver = runtime.invoker.resolver_kind(),
+            "sidecar started"
+        );
+        Ok(RunningSidecar {
+            http_addr,
+            internal_addr,
+            runtime,
+            stop,
+            tasks,
+        })
+    }
+}
+
+impl RunningSidecar {
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Resolves when `POST /v1.0/shutdown` was called.
+    pub async fn shutdown_requested(&self) {
+        self.runtime.shutdown_requested().await;
+    }
+
+    /// Stops advertising this sidecar, stops accepting, lets in-flight requests finish
+    /// (up to the graceful-shutdown time), and returns when everything has stopped.
+    pub async fn stop(mut self) {
+        self.runtime.invoker.withdraw();
+        self.stop.send_replace(true);
+        while self.tasks.join_next().await.is_some() {}
+        tracing::debug!(app_id = %self.runtime.app.app_id, "sidecar stopped");
+    }
+}
+
+/// The address peers should dial: a wildcard bind is reachable through loopback.
+fn advertised(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip = match addr {
+            SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
+}
+
+/// Every component must be of a type this build knows. No building block is compiled in
+/// yet, so any component is reported, all at once, with its location.
+fn check_components(config: &SidecarConfig) -> Result<Vec<ComponentSummary>, StartError> {
+    let registries = crate::components::Registries::default();
+    let mut errors = Vec::new();
+    let mut summaries = Vec::new();
+    for component in &config.resources.components {
+        match registries.capabilities(&component.type_name, &component.version) {
+            Ok(capabilities) => summaries.push(ComponentSummary {
+                name: component.meta.name.clone(),
+                type_name: component.type_name.clone(),
+                version: component.version.clone(),
+                capabilities,
+            }),
+            Err(err) => errors.push(format!("{}: spec.type: {err}", component.location)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(summaries)
+    } else {
+        Err(StartError::Components(errors))
+    }
+}

@@ -1,0 +1,17 @@
+//! Test helpers shared by every crate's integration tests: start `trellis` processes and
+//! apps on loopback ports, and talk HTTP to them.
+//!
+//! Everything here uses real sockets and real processes; each helper picks its own free
+//! ports and temporary directories so tests run in parallel and twice in a row.
+
+pub mod app;
+pub mod http;
+pub mod process;
+
+pub use app::TestApp;
+pub use http::{HttpResponse, request};
+pub use process::{Sidecar, SidecarBuilder, free_port, wait_until};
+
+/// A standard-library Python HTTP app for launcher tests: `GET /` says hello with its env,
+/// `/exit/<code>` makes the process exit, every request is echoed as JSON.
+pub const PYTHON_ECHO_APP: &str = include_str!("echo_app.py");

@@ -1,0 +1,114 @@
+//! The `trellis` command: runs apps beside a Dapr-compatible sidecar.
+//!
+//! `trellis run` starts a sidecar in this process, launches the app, and supervises both;
+//! `trellis run -f trellis.yaml` does the same for several apps at once; `trellis list`
+//! shows the sidecars running on this machine.
+
+mod args;
+mod launcher;
+mod runfile;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "trellis", version, about = "A small, fast, Dapr-compatible application runtime", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an app (or several, with -f) beside a Trellis sidecar.
+    Run(Box<args::RunArgs>),
+    /// List the sidecars running on this machine.
+    List {
+        /// Data directory whose registry to read (default: same as `trellis run`).
+        #[arg(long, env = "TRELLIS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long, short = 'o', value_parser = ["table", "json"], default_value = "table")]
+        output: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("trellis: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let plan = args.into_plan()?;
+            init_logging(&plan.log_level, plan.log_as_json);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                // A sidecar's work is small and latency-bound; two workers keep idle memory
+                // low and leave the machine's other cores to the apps.
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let code = runtime.block_on(launcher::run(plan))?;
+            // Do not wait for stray blocking tasks (a child's pipe reader, say).
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            Ok(ExitCode::from(code))
+        }
+        Command::List { data_dir, output } => {
+            let dir = args::data_dir(data_dir).join("registry");
+            let registry = trellis_nameres::local::LocalRegistry::open(&dir, None)
+                .with_context(|| format!("opening the registry at {}", dir.display()))?;
+            let entries = registry.all_entries()?;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else if entries.is_empty() {
+                println!("no sidecars running (registry: {})", dir.display());
+            } else {
+                println!(
+                    "{:<20} {:<12} {:>8} {:<22} {:<22} {:>8}",
+                    "APP ID", "NAMESPACE", "PID", "HTTP", "INTERNAL", "APP PORT"
+                );
+                for e in entries {
+                    println!(
+                        "{:<20} {:<12} {:>8} {:<22} {:<22} {:>8}",
+                        e.app_id,
+                        e.namespace,
+                        e.pid,
+                        e.http_address.map(|a| a.to_string()).unwrap_or_default(),
+                        e.internal_address,
+                        e.app_port.map(|p| p.to_string()).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    // Our own crates at the chosen level, everything else (hyper, h2...) only when it warns.
+    let filter = std::env::var("TRELLIS_LOG").unwrap_or_else(|_| {
+        format!("warn,trellis={level},trellis_runtime={level},trellis_nameres={level},trellis_resources={level}")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.compact().init();
+    }
+}
