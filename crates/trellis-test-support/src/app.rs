@@ -56,13 +56,17 @@ impl TestApp {
         let hits = Arc::new(AtomicUsize::new(0));
         let (name_owned, hits2) = (name.to_string(), hits.clone());
         let task = tokio::spawn(async move {
+            // Connections live in this set, owned by the accept loop: aborting the loop
+            // (`stop`, drop) drops the set, which aborts every connection with it.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
+                while connections.try_join_next().is_some() {}
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let (name, hits) = (name_owned.clone(), hits2.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = service_fn(move |req| {
                         hits.fetch_add(1, Ordering::SeqCst);
                         handle(req, name.clone())

@@ -9,8 +9,8 @@ pub mod http;
 pub mod process;
 
 pub use app::TestApp;
-pub use http::{HttpResponse, request};
-pub use process::{Sidecar, SidecarBuilder, free_port, wait_until};
+pub use http::{Downloaded, HttpResponse, download, request, send_chunked, try_request};
+pub use process::{Sidecar, SidecarBuilder, free_port, wait_for_status, wait_until};
 
 /// A standard-library Python HTTP app for launcher tests: `GET /` says hello with its env,
 /// `/exit/<code>` makes the process exit, every request is echoed as JSON.

@@ -280,24 +280,16 @@ async fn supervise(started: Started, mut stop: watch::Receiver<StopSignal>, mult
                     Event::Signal(signal.ok().and_then(|s| *s).unwrap_or(Signal::SIGTERM))
                 }
             };
-            let status = match event {
-                Event::Exited(status) => status,
+            let (status, asked) = match event {
+                Event::Exited(status) => (status, None),
                 Event::ApiShutdown => {
-                    tracing::info!(
-                        app_id = plan.app_id,
-                        "stopping the app: shutdown requested through the API"
-                    );
-                    terminate(
-                        &mut child,
-                        pgid,
-                        Signal::SIGTERM,
-                        plan.graceful_shutdown,
-                        &mut stop,
-                    )
-                    .await
+                    tracing::info!(app_id = plan.app_id, "stopping the app: shutdown requested through the API");
+                    let status = terminate(&mut child, pgid, Signal::SIGTERM, plan.graceful_shutdown, &mut stop).await;
+                    (status, Some(Signal::SIGTERM))
                 }
                 Event::Signal(signal) => {
-                    terminate(&mut child, pgid, signal, plan.graceful_shutdown, &mut stop).await
+                    let status = terminate(&mut child, pgid, signal, plan.graceful_shutdown, &mut stop).await;
+                    (status, Some(signal))
                 }
             };
             // The app is gone; whatever it left running in its group goes with it.
@@ -305,9 +297,13 @@ async fn supervise(started: Started, mut stop: watch::Receiver<StopSignal>, mult
                 let _ = killpg(pgid, Signal::SIGTERM);
             }
             let code = status.map(exit_code).unwrap_or(1);
-            if multi {
+            let stopped_by_us = asked.is_some_and(|sig| {
+                status.and_then(|s| s.signal()) == Some(sig as i32) || code == 0
+            });
+            if multi || code != 0 {
                 match code {
                     0 => tracing::info!(app_id = plan.app_id, "app exited successfully"),
+                    _ if stopped_by_us => tracing::info!(app_id = plan.app_id, "app stopped"),
                     code => tracing::warn!(app_id = plan.app_id, code, "app exited with an error"),
                 }
             }

@@ -1,0 +1,139 @@
+//! The public API router, driven without a socket (`tower::ServiceExt::oneshot`).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+use trellis_runtime::api::router;
+
+use crate::sidecar;
+
+async fn call(
+    router: axum::Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = router
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+#[tokio::test]
+async fn healthz_waits_for_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on yet.
+    let port = trellis_test_support::free_port();
+    let s = sidecar("health", dir.path(), Some(port), |_| {}).await;
+    let r = router(s.runtime().clone());
+    let (status, body) = call(r.clone(), "GET", "/v1.0/healthz", &[], "").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["errorCode"], "ERR_HEALTH_NOT_READY");
+    let (status, _) = call(r.clone(), "GET", "/v1.0/healthz/outbound", &[], "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "outbound is ready before the app");
+
+    let _app = trellis_test_support::TestApp::start_on(port, "late").await;
+    tokio::time::timeout(Duration::from_secs(10), s.runtime().health.wait_ready())
+        .await
+        .expect("app never became ready");
+    let (status, _) = call(r.clone(), "GET", "/v1.0/healthz", &[], "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = call(r, "GET", "/v1.0/healthz?appid=other", &[], "").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["errorCode"], "ERR_HEALTH_APPID_NOT_MATCH");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metadata_reports_the_sidecar_and_stores_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sidecar("meta", dir.path(), Some(4321), |c| {
+        c.extended_metadata.insert("cliPID".into(), "42".into());
+    })
+    .await;
+    let r = router(s.runtime().clone());
+    let (status, _) = call(r.clone(), "PUT", "/v1.0/metadata/team", &[], "payments").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, md) = call(r, "GET", "/v1.0/metadata", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(md["id"], "meta");
+    assert!(md["runtimeVersion"].as_str().unwrap().starts_with("1."));
+    assert_eq!(md["extended"]["team"], "payments");
+    assert_eq!(md["extended"]["cliPID"], "42");
+    assert_eq!(md["appConnectionProperties"]["port"], 4321);
+    assert_eq!(md["appConnectionProperties"]["protocol"], "http");
+    assert_eq!(md["appConnectionProperties"]["channelAddress"], "127.0.0.1");
+    assert!(md["actorRuntime"].is_object());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn api_token_guards_everything_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sidecar("guarded", dir.path(), None, |c| {
+        c.api_token = Some("s3cret".into());
+    })
+    .await;
+    let r = router(s.runtime().clone());
+    for (headers, expected) in [
+        (vec![], StatusCode::UNAUTHORIZED),
+        (vec![("dapr-api-token", "wrong")], StatusCode::UNAUTHORIZED),
+        (vec![("dapr-api-token", "s3cret")], StatusCode::OK),
+    ] {
+        let (status, body) = call(r.clone(), "GET", "/v1.0/metadata", &headers, "").await;
+        assert_eq!(status, expected, "headers {headers:?}");
+        if status == StatusCode::UNAUTHORIZED {
+            assert_eq!(body["errorCode"], "ERR_API_UNAUTHORIZED");
+        }
+    }
+    // The header form of invocation is guarded too.
+    let (status, _) = call(r.clone(), "GET", "/x", &[("dapr-app-id", "guarded")], "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = call(r.clone(), "GET", "/v1.0/healthz", &[], "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(r, "GET", "/v1.0/healthz/outbound", &[], "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_signalled_to_the_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sidecar("stopper", dir.path(), None, |_| {}).await;
+    let r = router(s.runtime().clone());
+    let (status, _) = call(r, "POST", "/v1.0/shutdown", &[], "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    tokio::time::timeout(Duration::from_secs(2), s.shutdown_requested())
+        .await
+        .expect("shutdown request not observed");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_missing_ids_answer_like_dapr() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sidecar("routes", dir.path(), None, |_| {}).await;
+    let r = router(s.runtime().clone());
+    for path in ["/v1.0/nothing", "/v1.0/invoke//method/x", "/v1.0/invoke/x"] {
+        let (status, body) = call(r.clone(), "GET", path, &[], "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body["errorCode"], "ERR_DIRECT_INVOKE", "{path}");
+    }
+    // Invoking this sidecar's own app id without an app channel.
+    let (status, body) = call(r, "GET", "/v1.0/invoke/routes/method/x", &[], "").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body["message"].as_str().unwrap().contains("--app-port"), "{body}");
+    s.stop().await;
+}

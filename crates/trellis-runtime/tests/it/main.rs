@@ -1,0 +1,32 @@
+//! Integration tests of the sidecar runtime, in process: the API router driven without a
+//! socket, and sidecars on loopback ports talking to each other and to test apps.
+
+mod api;
+mod invoke;
+
+use tokio::net::TcpListener;
+use trellis_runtime::{AppChannelConfig, AppProtocol, RunningSidecar, Sidecar, SidecarConfig};
+
+/// Starts a sidecar for `app_id` on free ports, sharing the registry in `registry`.
+pub async fn sidecar(
+    app_id: &str,
+    registry: &std::path::Path,
+    app_port: Option<u16>,
+    tweak: impl FnOnce(&mut SidecarConfig),
+) -> RunningSidecar {
+    let mut config = SidecarConfig::new(app_id, registry);
+    config.app = app_port.map(|port| AppChannelConfig {
+        host: "127.0.0.1".into(),
+        port,
+        protocol: AppProtocol::Http,
+        health_check: None,
+    });
+    tweak(&mut config);
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Sidecar::start(config, http, internal).await.unwrap()
+}
+
+pub fn url(s: &RunningSidecar, path: &str) -> String {
+    format!("http://{}{}", s.http_addr, path)
+}

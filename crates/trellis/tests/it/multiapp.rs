@@ -1,0 +1,1 @@
+//! multiapp tests
