@@ -88,19 +88,12 @@ pub async fn send_chunked(
 ) -> Result<HttpResponse, String> {
     let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
     let block = Bytes::from(vec![b'u'; chunk.max(1)]);
-    let frames = futures_util::stream::unfold(total, move |left| {
-        let block = block.clone();
-        async move {
-            if left == 0 {
-                return None;
-            }
-            let n = left.min(block.len() as u64);
-            Some((
-                Ok::<_, Infallible>(Frame::data(block.slice(..n as usize))),
-                left - n,
-            ))
-        }
-    });
+    let size = block.len() as u64;
+    // A lazy iterator: frames are made as hyper asks for them, all slices of one block.
+    let frames = futures_util::stream::iter((0..total.div_ceil(size)).map(move |i| {
+        let n = (total - i * size).min(size) as usize;
+        Ok::<_, Infallible>(Frame::data(block.slice(..n)))
+    }));
     let mut req = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?)
         .uri(url);

@@ -4,6 +4,7 @@ use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,16 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls `GET url` until it answers `status` or `timeout` passes; false if it never did.
+pub async fn wait_for_status(url: &str, status: u16, timeout: Duration) -> bool {
+    wait_until(timeout, || async {
+        crate::http::try_request("GET", url, &[], "")
+            .await
+            .is_ok_and(|r| r.status.as_u16() == status)
+    })
+    .await
 }
 
 /// How to start a `trellis run` process.
@@ -105,6 +116,13 @@ impl SidecarBuilder {
         self
     }
 
+    /// The Dapr HTTP port the process will serve, for [`Sidecar::url`], when the arguments
+    /// choose it themselves (a [`raw`](Self::raw) invocation, a run file's `daprHTTPPort`).
+    pub fn http_port(mut self, port: u16) -> Self {
+        self.http_port = port;
+        self
+    }
+
     /// The app command, passed after `--`.
     pub fn command(mut self, cmd: &[&str]) -> Self {
         self.command = cmd.iter().map(|s| s.to_string()).collect();
@@ -128,20 +146,18 @@ impl SidecarBuilder {
             cmd.current_dir(dir);
         }
         let mut child = cmd.spawn().expect("spawn trellis");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
+        let output = Output::default();
+        let streams = [
             child
                 .stdout
                 .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+                .map(|s| (Box::new(s) as Box<dyn std::io::Read + Send>, false)),
             child
                 .stderr
                 .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+                .map(|s| (Box::new(s) as Box<dyn std::io::Read + Send>, true)),
+        ];
+        for (stream, is_stderr) in streams.into_iter().flatten() {
             let output = output.clone();
             std::thread::spawn(move || {
                 let mut stream = stream;
@@ -151,11 +167,9 @@ impl SidecarBuilder {
                         break;
                     }
                     let text = String::from_utf8_lossy(&buf[..n]);
-                    output
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_str(&text);
+                    output.push(&text, is_stderr);
                 }
+                output.readers_done.fetch_add(1, Ordering::SeqCst);
             });
         }
         Sidecar {
@@ -167,12 +181,43 @@ impl SidecarBuilder {
     }
 }
 
+/// What a process printed: both streams interleaved, and each on its own.
+#[derive(Debug, Clone, Default)]
+struct Output {
+    texts: Arc<Mutex<Texts>>,
+    /// How many of the two pipe readers have seen end-of-file.
+    readers_done: Arc<AtomicUsize>,
+}
+
+#[derive(Debug, Default)]
+struct Texts {
+    all: String,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn push(&self, text: &str, is_stderr: bool) {
+        let mut texts = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        texts.all.push_str(text);
+        if is_stderr {
+            texts.stderr.push_str(text);
+        } else {
+            texts.stdout.push_str(text);
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Texts) -> T) -> T {
+        f(&self.texts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// A running `trellis` process; killed when dropped.
 #[derive(Debug)]
 pub struct Sidecar {
     child: Child,
     pub http_port: u16,
-    output: Arc<Mutex<String>>,
+    output: Output,
     exit: Option<std::process::ExitStatus>,
 }
 
@@ -188,10 +233,17 @@ impl Sidecar {
 
     /// Everything the process printed so far (stdout and stderr interleaved).
     pub fn output(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.output.read(|t| t.all.clone())
+    }
+
+    /// What the process printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.output.read(|t| t.stdout.clone())
+    }
+
+    /// What the process printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.output.read(|t| t.stderr.clone())
     }
 
     /// Waits for `GET /v1.0/healthz` to answer 204; panics with the output if it doesn't.
@@ -234,10 +286,18 @@ impl Sidecar {
     }
 
     /// Waits for the process to exit; returns its exit code (None if killed by a signal).
+    /// Once it returns, [`output`](Self::output) holds everything the process printed (up
+    /// to a short grace period for the pipes to drain).
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exit {
+                let output = self.output.clone();
+                wait_until(Duration::from_secs(2), || {
+                    let done = output.readers_done.load(Ordering::SeqCst);
+                    async move { done >= 2 }
+                })
+                .await;
                 return status.code();
             }
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -120,7 +120,34 @@ async fn log_call(req: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{catch_panic, constant_time_eq};
+    use axum::body::Body;
+    use http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_500() {
+        let router = axum::Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("handler bug");
+                    }
+                }),
+            )
+            .layer(catch_panic());
+        let resp = router
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["errorCode"], "ERR_INTERNAL");
+        assert!(json["message"].as_str().unwrap().contains("handler bug"));
+    }
 
     #[test]
     fn compares_tokens() {

@@ -76,3 +76,40 @@ async fn body_limit_applies_to_invocation() {
     a.stop().await;
     b.stop().await;
 }
+
+fn configuration(yaml: &str) -> trellis_resources::Configuration {
+    trellis_resources::parse_str(std::path::Path::new("config.yaml"), yaml)
+        .unwrap()
+        .configurations
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_and_dns_resolvers_find_peers_without_the_registry() {
+    let registry_b = tempfile::tempdir().unwrap();
+    let registry_a = tempfile::tempdir().unwrap();
+    let app = TestApp::start("far").await;
+    // B registers in a registry A never reads: only the configured resolver can find it.
+    let b = sidecar("far", registry_b.path(), Some(app.port()), |_| {}).await;
+    let port = b.internal_addr.port();
+
+    let static_config = configuration(&format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: static\n    configuration:\n      apps:\n        far: [\"127.0.0.1:{port}\"]\n"
+    ));
+    let a = sidecar("near", registry_a.path(), None, |c| c.configuration = Some(static_config)).await;
+    let r = request("GET", &url(&a, "/v1.0/invoke/far/method/hello"), &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-instance"), Some("far"));
+    let r = request("GET", &url(&a, "/v1.0/invoke/elsewhere/method/hello"), &[], "").await;
+    assert_eq!(r.status, 500);
+    a.stop().await;
+
+    let dns_config = configuration(&format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: dns\n    configuration:\n      template: \"localhost:{port}\"\n"
+    ));
+    let a = sidecar("near", registry_a.path(), None, |c| c.configuration = Some(dns_config)).await;
+    let r = request("GET", &url(&a, "/v1.0/invoke/far/method/hello"), &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    a.stop().await;
+    b.stop().await;
+}
