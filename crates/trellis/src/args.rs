@@ -76,6 +76,9 @@ pub struct RunArgs {
     /// Where Trellis keeps its local data (registry, embedded stores).
     #[arg(long, env = "TRELLIS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Threads serving the sidecar(s) of this process.
+    #[arg(long, env = "TRELLIS_WORKER_THREADS", default_value_t = 1)]
+    worker_threads: usize,
     /// Run the apps of a multi-app run file (or a directory holding trellis.yaml or dapr.yaml).
     #[arg(long, short = 'f', conflicts_with_all = ["app_id", "app_port", "command"])]
     run_file: Option<PathBuf>,
@@ -88,6 +91,7 @@ pub struct RunArgs {
 #[derive(Debug)]
 pub struct Plan {
     pub apps: Vec<AppPlan>,
+    pub worker_threads: usize,
     pub log_level: String,
     pub log_as_json: bool,
     /// Several apps from a run file: one app exiting does not stop the others.
@@ -126,6 +130,7 @@ impl RunArgs {
             let apps = crate::runfile::load(path, &self)?;
             return Ok(Plan {
                 apps,
+                worker_threads: self.worker_threads,
                 log_level,
                 log_as_json,
                 multi: true,
@@ -137,6 +142,7 @@ impl RunArgs {
         let app = self.app_plan(app_id)?;
         Ok(Plan {
             apps: vec![app],
+            worker_threads: self.worker_threads,
             log_level,
             log_as_json,
             multi: false,

@@ -283,12 +283,24 @@ async fn supervise(started: Started, mut stop: watch::Receiver<StopSignal>, mult
             let (status, asked) = match event {
                 Event::Exited(status) => (status, None),
                 Event::ApiShutdown => {
-                    tracing::info!(app_id = plan.app_id, "stopping the app: shutdown requested through the API");
-                    let status = terminate(&mut child, pgid, Signal::SIGTERM, plan.graceful_shutdown, &mut stop).await;
+                    tracing::info!(
+                        app_id = plan.app_id,
+                        "stopping the app: shutdown requested through the API"
+                    );
+                    let status = terminate(
+                        &mut child,
+                        pgid,
+                        Signal::SIGTERM,
+                        plan.graceful_shutdown,
+                        &mut stop,
+                    )
+                    .await;
                     (status, Some(Signal::SIGTERM))
                 }
                 Event::Signal(signal) => {
-                    let status = terminate(&mut child, pgid, signal, plan.graceful_shutdown, &mut stop).await;
+                    let status =
+                        terminate(&mut child, pgid, signal, plan.graceful_shutdown, &mut stop)
+                            .await;
                     (status, Some(signal))
                 }
             };

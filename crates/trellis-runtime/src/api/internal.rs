@@ -51,6 +51,14 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
+    let (parts, body) = req.into_parts();
+    let req = match crate::invoke::coalesce(&parts.headers, body).await {
+        Ok(body) => Request::from_parts(parts, body),
+        Err(err) => {
+            let err = InvokeError::AppChannel(format!("reading the request body: {err}"));
+            return ApiError::invoke(me, &err, rt.max_request_body).into_response();
+        }
+    };
     match channel.call(&path_and_query, req).await {
         Ok(resp) => resp,
         Err(err) => {

@@ -38,6 +38,18 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
         Ok(req) => req,
         Err(err) => return err.into_response(),
     };
+    let (parts, body) = req.into_parts();
+    let req = match crate::invoke::coalesce(&parts.headers, body).await {
+        Ok(body) => Request::from_parts(parts, body),
+        Err(err) => {
+            let err = ApiError::new(
+                http::StatusCode::BAD_REQUEST,
+                "ERR_BODY_READ",
+                format!("failed to read request body: {err}"),
+            );
+            return err.into_response();
+        }
+    };
     let mut path_and_query = String::with_capacity(method.len() + 16);
     path_and_query.push('/');
     path_and_query.push_str(method);

@@ -69,7 +69,9 @@ impl AppChannel {
             }
         }
         match self.client.request(req).await {
-            Ok(resp) => Ok(finish_response(resp)),
+            Ok(resp) => finish_response(resp)
+                .await
+                .map_err(|e| InvokeError::AppChannel(format!("reading the app's response: {e}"))),
             Err(error) => {
                 if super::is_body_too_large(&error) {
                     return Err(InvokeError::BodyTooLarge);

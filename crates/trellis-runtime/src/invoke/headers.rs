@@ -63,11 +63,14 @@ pub(super) fn prepare_outbound(headers: &mut HeaderMap, caller: &Caller, callee_
     }
 }
 
-/// The callee's response, minus hop-by-hop headers, with a body this sidecar can stream.
-pub(super) fn finish_response(resp: Response<hyper::body::Incoming>) -> Response<Body> {
+/// The callee's response, minus hop-by-hop headers, with a body this sidecar can forward.
+pub(super) async fn finish_response(
+    resp: Response<hyper::body::Incoming>,
+) -> Result<Response<Body>, hyper::Error> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Body::new(body))
+    let body = super::small::coalesce(&parts.headers, body).await?;
+    Ok(Response::from_parts(parts, body))
 }
 
 #[cfg(test)]

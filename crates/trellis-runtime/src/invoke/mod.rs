@@ -14,6 +14,7 @@
 mod app_channel;
 mod headers;
 mod peers;
+mod small;
 
 use std::net::SocketAddr;
 
@@ -23,6 +24,7 @@ use trellis_nameres::{AppRef, Balancer, ResolveError};
 pub use app_channel::AppChannel;
 pub use headers::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
 pub use peers::PeerPool;
+pub use small::coalesce;
 
 use crate::Body;
 
@@ -156,7 +158,14 @@ impl Invoker {
             *req.uri_mut() = peer_uri(addr, path_and_query)?;
             *req.version_mut() = http::Version::HTTP_2;
             match self.peers.send(addr, req).await {
-                Ok(resp) => return Ok(headers::finish_response(resp)),
+                Ok(resp) => {
+                    return headers::finish_response(resp).await.map_err(|source| {
+                        InvokeError::Failed {
+                            app: target.clone(),
+                            source,
+                        }
+                    });
+                }
                 Err(peers::SendError::NotSent { request, error }) => {
                     tracing::debug!(%addr, app = %target, %error, "instance unreachable; trying the next one");
                     self.balancer.invalidate(target);

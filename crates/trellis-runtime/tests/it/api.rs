@@ -42,7 +42,11 @@ async fn healthz_waits_for_the_app() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["errorCode"], "ERR_HEALTH_NOT_READY");
     let (status, _) = call(r.clone(), "GET", "/v1.0/healthz/outbound", &[], "").await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "outbound is ready before the app");
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "outbound is ready before the app"
+    );
 
     let _app = trellis_test_support::TestApp::start_on(port, "late").await;
     tokio::time::timeout(Duration::from_secs(10), s.runtime().health.wait_ready())
@@ -134,6 +138,9 @@ async fn unknown_routes_and_missing_ids_answer_like_dapr() {
     // Invoking this sidecar's own app id without an app channel.
     let (status, body) = call(r, "GET", "/v1.0/invoke/routes/method/x", &[], "").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(body["message"].as_str().unwrap().contains("--app-port"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("--app-port"),
+        "{body}"
+    );
     s.stop().await;
 }

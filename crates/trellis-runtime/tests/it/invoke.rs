@@ -48,7 +48,12 @@ async fn instances_share_the_load_and_a_stopped_one_is_skipped() {
         let r = request("GET", &url(&a, "/v1.0/invoke/lb/method/x"), &[], "").await;
         assert_eq!(r.status, 200);
     }
-    assert!(app1.hits() >= 5 && app2.hits() >= 5, "uneven: {} / {}", app1.hits(), app2.hits());
+    assert!(
+        app1.hits() >= 5 && app2.hits() >= 5,
+        "uneven: {} / {}",
+        app1.hits(),
+        app2.hits()
+    );
 
     // Graceful stop withdraws the instance; calls keep succeeding on the other one.
     b1.stop().await;
@@ -67,10 +72,22 @@ async fn body_limit_applies_to_invocation() {
     let app = TestApp::start("big").await;
     let b = sidecar("limited-b", dir.path(), Some(app.port()), |_| {}).await;
     let a = sidecar("limited-a", dir.path(), None, |c| c.max_request_body = 1024).await;
-    let r = request("POST", &url(&a, "/v1.0/invoke/limited-b/method/upload"), &[], vec![b'x'; 2048]).await;
+    let r = request(
+        "POST",
+        &url(&a, "/v1.0/invoke/limited-b/method/upload"),
+        &[],
+        vec![b'x'; 2048],
+    )
+    .await;
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["errorCode"], "ERR_BODY_READ");
-    let r = request("POST", &url(&a, "/v1.0/invoke/limited-b/method/upload"), &[], vec![b'x'; 1000]).await;
+    let r = request(
+        "POST",
+        &url(&a, "/v1.0/invoke/limited-b/method/upload"),
+        &[],
+        vec![b'x'; 1000],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["received"], 1000);
     a.stop().await;
@@ -96,18 +113,30 @@ async fn static_and_dns_resolvers_find_peers_without_the_registry() {
     let static_config = configuration(&format!(
         "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: static\n    configuration:\n      apps:\n        far: [\"127.0.0.1:{port}\"]\n"
     ));
-    let a = sidecar("near", registry_a.path(), None, |c| c.configuration = Some(static_config)).await;
+    let a = sidecar("near", registry_a.path(), None, |c| {
+        c.configuration = Some(static_config)
+    })
+    .await;
     let r = request("GET", &url(&a, "/v1.0/invoke/far/method/hello"), &[], "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-instance"), Some("far"));
-    let r = request("GET", &url(&a, "/v1.0/invoke/elsewhere/method/hello"), &[], "").await;
+    let r = request(
+        "GET",
+        &url(&a, "/v1.0/invoke/elsewhere/method/hello"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 500);
     a.stop().await;
 
     let dns_config = configuration(&format!(
         "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: dns\n    configuration:\n      template: \"localhost:{port}\"\n"
     ));
-    let a = sidecar("near", registry_a.path(), None, |c| c.configuration = Some(dns_config)).await;
+    let a = sidecar("near", registry_a.path(), None, |c| {
+        c.configuration = Some(dns_config)
+    })
+    .await;
     let r = request("GET", &url(&a, "/v1.0/invoke/far/method/hello"), &[], "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     a.stop().await;

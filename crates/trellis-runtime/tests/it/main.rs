@@ -1,6 +1,9 @@
 //! Integration tests of the sidecar runtime, in process: the API router driven without a
 //! socket, and sidecars on loopback ports talking to each other and to test apps.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod api;
 mod invoke;
 
