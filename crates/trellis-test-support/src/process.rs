@@ -11,12 +11,66 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A port that was free a moment ago (bind to 0, read, release).
+/// A port that was free a moment ago (bind to 0, read, release), and that no other test
+/// process was handed recently.
+///
+/// Between this call and the bind in the process under test the port is up for grabs; test
+/// binaries run in parallel (nextest runs each test in its own process), and two of them
+/// getting the same port shows up as one test talking to another test's sidecar. So every
+/// port handed out is claimed for a minute or two with a marker file,
+/// `<tmp>/trellis-test-ports/<port>.<minute>`, created with `create_new` (atomic across
+/// processes); a port claimed in this minute or the previous one is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    let dir = std::env::temp_dir().join("trellis-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 60)
+        .unwrap_or(0);
+    sweep_port_claims(&dir, minute);
+    for _ in 0..64 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if dir
+            .join(format!("{port}.{}", minute.saturating_sub(1)))
+            .exists()
+        {
+            continue;
+        }
+        let claim = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(format!("{port}.{minute}")));
+        match claim {
+            Ok(_) => return port,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // No usable temp dir: fall back to the plain bind-and-release.
+            Err(_) => return port,
+        }
+    }
+    panic!("no unclaimed free port after 64 tries");
+}
+
+/// Removes claims older than two minutes, once per process.
+fn sweep_port_claims(dir: &Path, minute: u64) {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let claimed = name
+                .to_str()
+                .and_then(|n| n.rsplit_once('.'))
+                .and_then(|(_, m)| m.parse::<u64>().ok());
+            if claimed.is_none_or(|m| m + 2 < minute) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    });
 }
 
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_LENGTH;
-use http_body_util::Limited;
+use std::sync::atomic::AtomicBool;
+
+use crate::invoke::LimitedBody;
 use trellis_nameres::AppRef;
 
 use super::error::ApiError;
@@ -34,8 +36,8 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
     if target.is_empty() {
         return ApiError::no_app_id().into_response();
     }
-    let req = match limit_body(req, rt.max_request_body) {
-        Ok(req) => req,
+    let (req, exceeded) = match limit_body(req, rt.max_request_body) {
+        Ok(limited) => limited,
         Err(err) => return err.into_response(),
     };
     let (parts, body) = req.into_parts();
@@ -60,6 +62,9 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
     let app = AppRef::parse(target, &rt.app.namespace);
     match rt.invoker.invoke(&app, &path_and_query, req).await {
         Ok(resp) => resp,
+        Err(_) if exceeded.is_some_and(|e| e.load(std::sync::atomic::Ordering::Acquire)) => {
+            ApiError::body_too_large(rt.max_request_body).into_response()
+        }
         Err(err) => {
             tracing::debug!(target, error = %err, "invocation failed");
             ApiError::invoke(target, &err, rt.max_request_body).into_response()
@@ -68,8 +73,8 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
 }
 
 /// Enforces the body size limit without buffering: a declared length is checked up front,
-/// a chunked body is counted as it streams.
-fn limit_body(req: Request, max: usize) -> Result<Request, ApiError> {
+/// a chunked body is counted as it streams (the flag tells whether it went over).
+fn limit_body(req: Request, max: usize) -> Result<(Request, Option<Arc<AtomicBool>>), ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -78,8 +83,12 @@ fn limit_body(req: Request, max: usize) -> Result<Request, ApiError> {
     match declared {
         Some(len) if len > max as u64 => Err(ApiError::body_too_large(max)),
         // hyper already refuses a body longer than its Content-Length.
-        Some(_) => Ok(req),
-        None => Ok(req.map(|body| Body::new(Limited::new(body, max)))),
+        Some(_) => Ok((req, None)),
+        None => {
+            let (parts, body) = req.into_parts();
+            let (body, exceeded) = LimitedBody::new(body, max);
+            Ok((Request::from_parts(parts, Body::new(body)), Some(exceeded)))
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod app_channel;
 mod headers;
+mod limit;
 mod peers;
 mod small;
 
@@ -23,6 +24,7 @@ use trellis_nameres::{AppRef, Balancer, ResolveError};
 
 pub use app_channel::AppChannel;
 pub use headers::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
+pub use limit::{BodyTooLarge, LimitedBody};
 pub use peers::PeerPool;
 pub use small::coalesce;
 
@@ -208,7 +210,7 @@ fn peer_uri(addr: SocketAddr, path_and_query: &str) -> Result<Uri, InvokeError> 
 pub(crate) fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(e) = current {
-        if e.is::<http_body_util::LengthLimitError>() {
+        if e.is::<limit::BodyTooLarge>() {
             return true;
         }
         current = e.source();

@@ -94,15 +94,17 @@ async fn connect(addr: SocketAddr) -> Result<http2::SendRequest<Body>, String> {
         .map_err(|_| format!("connecting to {addr} timed out"))?
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let handshake = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         // Detect a peer that vanished without closing the socket (kill -9 across machines).
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(stream));
+    let (sender, conn) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await
+        .map_err(|_| format!("http/2 handshake with {addr} timed out"))?
         .map_err(|e| format!("http/2 handshake with {addr}: {e}"))?;
     tokio::spawn(async move {
         if let Err(error) = conn.await {

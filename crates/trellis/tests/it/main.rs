@@ -4,6 +4,9 @@
 //! Every test makes its own temporary data directory (so its sidecars only find each other)
 //! and takes free ports, so tests run in parallel and can be repeated.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod discovery;
 mod launcher;
 mod multiapp;
@@ -57,12 +60,8 @@ pub fn assert_dapr_error(
         resp.status,
         resp.text()
     );
-    let json: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_else(|e| {
-        panic!(
-            "error body is not JSON ({e}): {:?}\n{context}",
-            resp.text()
-        )
-    });
+    let json: serde_json::Value = serde_json::from_slice(&resp.body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {:?}\n{context}", resp.text()));
     assert_eq!(json["errorCode"], code, "body {json}\n{context}");
     let message = json["message"].as_str().unwrap_or_default();
     for needle in needles {

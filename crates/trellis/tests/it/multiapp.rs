@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
-use trellis_test_support::{PYTHON_ECHO_APP, Sidecar, free_port, request, wait_for_status, wait_until};
+use trellis_test_support::{
+    HttpResponse, PYTHON_ECHO_APP, Sidecar, free_port, try_request, wait_for_status, wait_until,
+};
 
 use crate::{PATIENCE, run_to_end, trellis};
 
@@ -33,7 +35,8 @@ struct RunFile {
 impl RunFile {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut yaml = String::from("version: 1\ncommon:\n  env:\n    EXIT_CODE_ON_SIGNAL: 0\napps:\n");
+        let mut yaml =
+            String::from("version: 1\ncommon:\n  env:\n    EXIT_CODE_ON_SIGNAL: 0\napps:\n");
         let mut apps = Vec::new();
         for id in ["alpha", "beta"] {
             let app_dir = dir.path().join(format!("{id}-dir"));
@@ -62,16 +65,25 @@ impl RunFile {
     async fn start(&self) -> Sidecar {
         let t = trellis(&["run", "-f", &self.path()], self.dir.path()).spawn();
         for app in &self.apps {
-            let healthy = wait_for_status(&app.url("/v1.0/healthz"), 204, PATIENCE).await;
+            // `?appid=` makes sure it is this run's sidecar answering on the port.
+            let url = app.url(&format!("/v1.0/healthz?appid={}", app.id));
+            let healthy = wait_for_status(&url, 204, PATIENCE).await;
             assert!(healthy, "{} never became healthy:\n{}", app.id, t.output());
         }
         t
     }
 }
 
+/// Sends a request; a transport error fails the test with trellis's output.
+async fn call(t: &Sidecar, method: &str, url: &str) -> HttpResponse {
+    try_request(method, url, &[], "")
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url} failed: {e}\n{}", t.output()))
+}
+
 /// The process id of an app, from its sidecar's metadata.
 async fn app_pid(app: &App, t: &Sidecar) -> u32 {
-    let meta = request("GET", &app.url("/v1.0/metadata"), &[], "").await.json();
+    let meta = call(t, "GET", &app.url("/v1.0/metadata")).await.json();
     meta["extended"]["appPID"]
         .as_str()
         .and_then(|p| p.parse().ok())
@@ -93,8 +105,19 @@ async fn apps_call_each_other_and_stop_together_on_sigint() {
     let (alpha, beta) = (&run.apps[0], &run.apps[1]);
 
     // alpha's app calls beta through alpha's own sidecar (its DAPR_HTTP_PORT).
-    let resp = request("GET", &alpha.url("/v1.0/invoke/alpha/method/call/beta/hello"), &[], "").await;
-    assert_eq!(resp.status.as_u16(), 200, "{:?}\n{}", resp.text(), t.output());
+    let resp = call(
+        &t,
+        "GET",
+        &alpha.url("/v1.0/invoke/alpha/method/call/beta/hello"),
+    )
+    .await;
+    assert_eq!(
+        resp.status.as_u16(),
+        200,
+        "{:?}\n{}",
+        resp.text(),
+        t.output()
+    );
     let outer = resp.json();
     assert_eq!(outer["status"], 200, "{outer}");
     let inner: serde_json::Value = serde_json::from_str(outer["body"].as_str().unwrap_or_default())
@@ -106,7 +129,11 @@ async fn apps_call_each_other_and_stop_together_on_sigint() {
     let stdout = t.stdout();
     for app in &run.apps {
         let line = format!("== APP - {} == listening on {}", app.id, app.app_port);
-        assert!(stdout.lines().any(|l| l == line), "missing {line:?}:\n{}", t.output());
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "missing {line:?}:\n{}",
+            t.output()
+        );
     }
 
     let pids = [app_pid(alpha, &t).await, app_pid(beta, &t).await];
@@ -115,7 +142,11 @@ async fn apps_call_each_other_and_stop_together_on_sigint() {
     assert_eq!(code, Some(0), "{}", t.output());
     for app in &run.apps {
         let line = format!("== APP - {} == got SIGINT", app.id);
-        assert!(t.stdout().contains(&line), "missing {line:?}:\n{}", t.output());
+        assert!(
+            t.stdout().contains(&line),
+            "missing {line:?}:\n{}",
+            t.output()
+        );
     }
     for pid in pids {
         assert_gone(pid, &t).await;
@@ -129,19 +160,44 @@ async fn one_app_exiting_leaves_the_others_running() {
     let (alpha, beta) = (&run.apps[0], &run.apps[1]);
     let alpha_pid = app_pid(alpha, &t).await;
 
-    let resp = request("POST", &alpha.url("/v1.0/invoke/alpha/method/exit/4"), &[], "").await;
-    assert_eq!(resp.status.as_u16(), 200, "{:?}\n{}", resp.text(), t.output());
+    let resp = call(&t, "POST", &alpha.url("/v1.0/invoke/alpha/method/exit/4")).await;
+    assert_eq!(
+        resp.status.as_u16(),
+        200,
+        "{:?}\n{}",
+        resp.text(),
+        t.output()
+    );
     assert_gone(alpha_pid, &t).await;
 
     for i in 0..5 {
-        let resp = request("GET", &beta.url(&format!("/v1.0/invoke/beta/method/still/{i}")), &[], "").await;
-        assert_eq!(resp.status.as_u16(), 200, "beta after alpha exited: {:?}\n{}", resp.text(), t.output());
+        let resp = call(
+            &t,
+            "GET",
+            &beta.url(&format!("/v1.0/invoke/beta/method/still/{i}")),
+        )
+        .await;
+        assert_eq!(
+            resp.status.as_u16(),
+            200,
+            "beta after alpha exited: {:?}\n{}",
+            resp.text(),
+            t.output()
+        );
     }
-    assert!(t.stdout().contains("== APP - beta == listening on"), "{}", t.output());
+    assert!(
+        t.stdout().contains("== APP - beta == listening on"),
+        "{}",
+        t.output()
+    );
 
     t.signal(Signal::SIGTERM);
     t.wait_exit(PATIENCE).await;
-    assert!(t.stdout().contains("== APP - beta == got SIGTERM"), "{}", t.output());
+    assert!(
+        t.stdout().contains("== APP - beta == got SIGTERM"),
+        "{}",
+        t.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,10 +226,17 @@ async fn run_file_errors_are_clear() {
         std::fs::write(&path, text).expect("write run file");
         let path = path.display().to_string();
         let (code, p) = run_to_end(trellis(&["run", "-f", &path], dir.path())).await;
-        assert!(matches!(code, Some(c) if c != 0), "{name} should fail, exited {code:?}:\n{}", p.output());
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "{name} should fail, exited {code:?}:\n{}",
+            p.output()
+        );
         let stderr = p.stderr();
         for needle in *needles {
-            assert!(stderr.contains(needle), "{name}: stderr should mention {needle:?}:\n{stderr}");
+            assert!(
+                stderr.contains(needle),
+                "{name}: stderr should mention {needle:?}:\n{stderr}"
+            );
         }
     }
     let missing = dir.path().join("missing.yaml").display().to_string();
@@ -194,7 +257,9 @@ async fn a_directory_run_file_means_its_trellis_yaml() {
     let (code, p) = run_to_end(trellis(&["run", "-f", &path], dir.path())).await;
     assert_eq!(code, Some(0), "{}", p.output());
     assert!(
-        p.stdout().lines().any(|l| l == "== APP - solo == hello from solo"),
+        p.stdout()
+            .lines()
+            .any(|l| l == "== APP - solo == hello from solo"),
         "{}",
         p.output()
     );

@@ -37,10 +37,27 @@ impl Pair {
             .spawn();
         a.wait_healthy().await;
         b.wait_healthy().await;
-        let pair = Self { _dir: dir, app, a, b };
+        let pair = Self {
+            _dir: dir,
+            app,
+            a,
+            b,
+        };
         // Warm up every connection on the way, so "idle" includes the pools.
-        let resp = request("POST", &pair.a.url("/v1.0/invoke/b/method/upload"), &[], "warm").await;
-        assert_eq!(resp.status.as_u16(), 200, "{:?}\n{}", resp.text(), pair.outputs());
+        let resp = request(
+            "POST",
+            &pair.a.url("/v1.0/invoke/b/method/upload"),
+            &[],
+            "warm",
+        )
+        .await;
+        assert_eq!(
+            resp.status.as_u16(),
+            200,
+            "{:?}\n{}",
+            resp.text(),
+            pair.outputs()
+        );
         pair
     }
 
@@ -83,7 +100,13 @@ impl RssSampler {
 }
 
 /// Prints the figures and asserts each sidecar stayed within its memory budget.
-fn check_memory(what: &str, names: &[&str], figures: &[(u64, u64)], elapsed: Duration, outputs: &str) {
+fn check_memory(
+    what: &str,
+    names: &[&str],
+    figures: &[(u64, u64)],
+    elapsed: Duration,
+    outputs: &str,
+) {
     let secs = elapsed.as_secs_f64();
     println!(
         "{what}: 1 GiB in {secs:.1} s ({:.0} MiB/s)",
@@ -125,7 +148,13 @@ async fn one_gib_upload_streams_through_two_sidecars() {
         Ok(Err(e)) => panic!("upload failed after {elapsed:?}: {e}\n{}", p.outputs()),
         Err(_) => panic!("upload took over {TRANSFER_TIMEOUT:?}\n{}", p.outputs()),
     };
-    assert_eq!(resp.status.as_u16(), 200, "{:?}\n{}", resp.text(), p.outputs());
+    assert_eq!(
+        resp.status.as_u16(),
+        200,
+        "{:?}\n{}",
+        resp.text(),
+        p.outputs()
+    );
     assert_eq!(
         resp.json()["received"],
         GIB,
