@@ -1,20 +1,21 @@
 //! The one place where component types are registered, per building block.
 //!
-//! Each building block gets a [`Registry`] keyed by component type and version. Backends are
-//! registered here explicitly (behind their cargo features) so that `grep` finds every type
-//! the binary can load. A component whose type is not registered is a start-up error that
-//! names the types that are.
+//! Each building block gets a [`Registry`] keyed by component type and version, mapping to
+//! a factory that builds the component from its metadata. Backends are registered here
+//! explicitly (behind their cargo features) so that `grep` finds every type the binary can
+//! load. A component whose type is not registered is a start-up error that names the types
+//! that are.
 
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 use trellis_resources::registry::Registry;
+use trellis_state::{Metadata, StateError, StateStore};
 
-/// What the runtime knows about one component type.
-#[derive(Debug, Clone)]
-pub struct ComponentType {
-    /// Reported by the metadata API (`ETAG`, `TRANSACTIONAL`, ...).
-    pub capabilities: &'static [&'static str],
-}
+/// Builds a state store from its component metadata.
+pub type StateFactory = fn(Metadata) -> BoxFuture<'static, Result<Arc<dyn StateStore>, StateError>>;
 
-/// The building blocks Dapr defines, in the order their registries are consulted.
+/// The building blocks Dapr defines.
 pub const BUILDING_BLOCKS: [&str; 8] = [
     "state",
     "pubsub",
@@ -26,34 +27,80 @@ pub const BUILDING_BLOCKS: [&str; 8] = [
     "workflow",
 ];
 
+/// The type of the embedded state store used when no state component is configured.
+pub const EMBEDDED_STATE_TYPE: &str = "state.sqlite";
+
 #[derive(Debug)]
 pub struct Registries {
-    blocks: Vec<Registry<ComponentType>>,
+    pub state: Registry<StateFactory>,
+    /// Building blocks that have no component types yet; kept so that their components are
+    /// reported as unknown types of a known block.
+    pending: Vec<Registry<()>>,
 }
 
 impl Default for Registries {
     fn default() -> Self {
-        // No building block ships component types yet; each one registers its backends
-        // here as it lands.
-        let blocks = BUILDING_BLOCKS.iter().map(|b| Registry::new(b)).collect();
-        Self { blocks }
+        // Mutated only when a backend feature is on.
+        #[allow(unused_mut)]
+        let mut state: Registry<StateFactory> = Registry::new("state");
+        #[cfg(feature = "state-sqlite")]
+        state.register("state.sqlite", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_state::sqlite::SqliteStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn StateStore>)
+            })
+        });
+        #[cfg(feature = "state-postgres")]
+        state.register("state.postgresql", &["v1", "v2"], |md| {
+            Box::pin(async move {
+                let store = trellis_state::postgres::PostgresStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn StateStore>)
+            })
+        });
+        #[cfg(feature = "state-mysql")]
+        state.register("state.mysql", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_state::mysql::MysqlStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn StateStore>)
+            })
+        });
+        #[cfg(feature = "state-redis")]
+        state.register("state.redis", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_state::redis::RedisStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn StateStore>)
+            })
+        });
+        let pending = BUILDING_BLOCKS
+            .iter()
+            .filter(|b| **b != "state")
+            .map(|b| Registry::new(b))
+            .collect();
+        Self { state, pending }
     }
 }
 
 impl Registries {
-    /// The capabilities of `type_name` at `version`, or why it cannot be loaded.
-    pub fn capabilities(&self, type_name: &str, version: &str) -> Result<Vec<String>, String> {
+    /// Why `type_name` at `version` cannot be loaded, if it cannot.
+    pub fn check(&self, type_name: &str, version: &str) -> Result<(), String> {
         let block = type_name.split('.').next().unwrap_or_default();
-        let Some(registry) = self.blocks.iter().find(|r| r.block() == block) else {
-            return Err(format!(
+        if block == "state" {
+            return self
+                .state
+                .get(type_name, version)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
+        match self.pending.iter().find(|r| r.block() == block) {
+            Some(registry) => registry
+                .get(type_name, version)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Err(format!(
                 "unknown component type {type_name:?}: {block:?} is not a building block; known: {}",
                 BUILDING_BLOCKS.join(", ")
-            ));
-        };
-        registry
-            .get(type_name, version)
-            .map(|t| t.capabilities.iter().map(|c| c.to_string()).collect())
-            .map_err(|e| e.to_string())
+            )),
+        }
     }
 }
 
@@ -64,9 +111,12 @@ mod tests {
     #[test]
     fn unknown_types_name_what_is_known() {
         let r = Registries::default();
-        let err = r.capabilities("state.nope", "v1").unwrap_err();
+        let err = r.check("state.nope", "v1").unwrap_err();
         assert!(err.contains("state.nope"), "{err}");
-        let err = r.capabilities("frob.x", "v1").unwrap_err();
+        #[cfg(feature = "state-sqlite")]
+        assert!(err.contains("state.sqlite"), "{err}");
+        let err = r.check("frob.x", "v1").unwrap_err();
         assert!(err.contains("pubsub") && err.contains("frob"), "{err}");
+        assert!(r.check("pubsub.kafka", "v1").is_err());
     }
 }

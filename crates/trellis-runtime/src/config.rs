@@ -24,8 +24,9 @@ pub struct SidecarConfig {
     /// `APP_API_TOKEN`: sent to the app as `dapr-api-token`.
     pub app_api_token: Option<String>,
     pub enable_api_logging: bool,
-    /// Where the local name-resolution registry lives.
-    pub registry_dir: PathBuf,
+    /// Where local data lives: the name-resolution registry (`registry/`) and the embedded
+    /// stores' files.
+    pub data_dir: PathBuf,
     pub resources: Resources,
     /// The `--config` Configuration resource, if any.
     pub configuration: Option<Configuration>,
@@ -36,8 +37,13 @@ pub struct SidecarConfig {
 }
 
 impl SidecarConfig {
-    /// A configuration with Dapr's defaults, for an app id and a registry directory.
-    pub fn new(app_id: impl Into<String>, registry_dir: impl Into<PathBuf>) -> Self {
+    /// The local name-resolution registry shared by the sidecars of this machine.
+    pub fn registry_dir(&self) -> PathBuf {
+        self.data_dir.join("registry")
+    }
+
+    /// A configuration with Dapr's defaults, for an app id and a data directory.
+    pub fn new(app_id: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             app_id: app_id.into(),
             namespace: trellis_nameres::DEFAULT_NAMESPACE.to_string(),
@@ -46,7 +52,7 @@ impl SidecarConfig {
             api_token: None,
             app_api_token: None,
             enable_api_logging: false,
-            registry_dir: registry_dir.into(),
+            data_dir: data_dir.into(),
             resources: Resources::default(),
             configuration: None,
             extended_metadata: BTreeMap::new(),

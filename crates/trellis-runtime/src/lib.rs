@@ -17,6 +17,7 @@ pub mod invoke;
 pub mod runtime;
 pub mod server;
 mod sidecar;
+pub mod state;
 
 pub use config::{AppChannelConfig, AppHealthCheck, AppProtocol, SidecarConfig};
 pub use sidecar::{RunningSidecar, Sidecar, StartError};

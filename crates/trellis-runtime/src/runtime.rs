@@ -9,6 +9,7 @@ use trellis_nameres::AppRef;
 use crate::config::AppChannelConfig;
 use crate::health::Health;
 use crate::invoke::{AppChannel, Invoker};
+use crate::state::StateStores;
 
 /// What the metadata API lists about a loaded component.
 #[derive(Debug, Clone)]
@@ -26,6 +27,7 @@ pub struct Runtime {
     pub app_channel: Option<Arc<AppChannel>>,
     pub app_config: Option<AppChannelConfig>,
     pub health: Arc<Health>,
+    pub state: StateStores,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
     pub enabled_features: Vec<String>,
@@ -44,6 +46,7 @@ pub struct RuntimeParts {
     pub app_channel: Option<Arc<AppChannel>>,
     pub app_config: Option<AppChannelConfig>,
     pub health: Arc<Health>,
+    pub state: StateStores,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
     pub enabled_features: Vec<String>,
@@ -61,6 +64,7 @@ impl Runtime {
             app_channel: parts.app_channel,
             app_config: parts.app_config,
             health: parts.health,
+            state: parts.state,
             components: parts.components,
             http_endpoints: parts.http_endpoints,
             enabled_features: parts.enabled_features,

@@ -13,6 +13,7 @@ use crate::config::SidecarConfig;
 use crate::health::{self, Health};
 use crate::invoke::{AppChannel, Caller, Invoker};
 use crate::runtime::{ComponentSummary, Runtime, RuntimeParts};
+use crate::state::StateStores;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -51,7 +52,25 @@ impl Sidecar {
         let internal_addr = internal.local_addr().map_err(StartError::Listener)?;
         let me = AppRef::new(config.app_id.clone(), config.namespace.clone());
 
-        let components = check_components(&config)?;
+        let registries = crate::components::Registries::default();
+        check_components(&config, &registries)?;
+        let state = StateStores::open(&config, &registries)
+            .await
+            .map_err(StartError::Components)?;
+        let components = state
+            .iter()
+            .map(|s| ComponentSummary {
+                name: s.name.clone(),
+                type_name: s.type_name.clone(),
+                version: s.version.clone(),
+                capabilities: s
+                    .capabilities
+                    .names()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
+            })
+            .collect();
 
         let (resolver_name, resolver_config) = config
             .configuration
@@ -63,7 +82,7 @@ impl Sidecar {
             &resolver_name,
             &resolver_config,
             &BuildContext {
-                registry_dir: config.registry_dir.clone(),
+                registry_dir: config.registry_dir(),
                 me: Some(Registration {
                     app: me.clone(),
                     internal_address: advertised(internal_addr),
@@ -89,6 +108,7 @@ impl Sidecar {
             app_channel: app_channel.clone(),
             app_config: config.app.clone(),
             health: health.clone(),
+            state,
             components,
             http_endpoints: config
                 .resources
@@ -198,25 +218,25 @@ fn advertised(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Every component must be of a type this build knows. No building block is compiled in
-/// yet, so any component is reported, all at once, with its location.
-fn check_components(config: &SidecarConfig) -> Result<Vec<ComponentSummary>, StartError> {
-    let registries = crate::components::Registries::default();
-    let mut errors = Vec::new();
-    let mut summaries = Vec::new();
-    for component in &config.resources.components {
-        match registries.capabilities(&component.type_name, &component.version) {
-            Ok(capabilities) => summaries.push(ComponentSummary {
-                name: component.meta.name.clone(),
-                type_name: component.type_name.clone(),
-                version: component.version.clone(),
-                capabilities,
-            }),
-            Err(err) => errors.push(format!("{}: spec.type: {err}", component.location)),
-        }
-    }
+/// Every component must be of a type this build knows; all unknown ones are reported at
+/// once, with their locations.
+fn check_components(
+    config: &SidecarConfig,
+    registries: &crate::components::Registries,
+) -> Result<(), StartError> {
+    let errors: Vec<String> = config
+        .resources
+        .components
+        .iter()
+        .filter_map(|c| {
+            registries
+                .check(&c.type_name, &c.version)
+                .err()
+                .map(|err| format!("{}: spec.type: {err}", c.location))
+        })
+        .collect();
     if errors.is_empty() {
-        Ok(summaries)
+        Ok(())
     } else {
         Err(StartError::Components(errors))
     }

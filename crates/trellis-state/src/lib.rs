@@ -14,8 +14,21 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod prefix;
 pub mod query;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+mod remote;
 
 pub use prefix::KeyPrefix;
 pub use query::{Query, QueryResponse, QueryResult};

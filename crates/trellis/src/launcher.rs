@@ -92,7 +92,7 @@ async fn start(plan: &AppPlan) -> anyhow::Result<Started> {
     )
     .await?;
 
-    let mut config = SidecarConfig::new(plan.app_id.clone(), plan.data_dir.join("registry"));
+    let mut config = SidecarConfig::new(plan.app_id.clone(), plan.data_dir.clone());
     config.namespace = plan.namespace.clone();
     config.app = plan.app_port.map(|port| AppChannelConfig {
         host: plan.app_channel_address.clone(),

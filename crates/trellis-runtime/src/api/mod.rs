@@ -8,6 +8,7 @@ mod internal;
 mod invoke;
 mod layers;
 mod meta;
+mod state;
 
 use std::sync::Arc;
 
@@ -28,6 +29,23 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/v1.0/metadata/{key}", put(meta::put_metadata))
         .route("/v1.0/shutdown", post(meta::shutdown))
         .route("/v1.0/invoke/{*rest}", any(invoke::by_path))
+        .route("/v1.0/state/{store}", post(state::save).put(state::save))
+        .route(
+            "/v1.0/state/{store}/bulk",
+            post(state::bulk).put(state::bulk),
+        )
+        .route(
+            "/v1.0/state/{store}/transaction",
+            post(state::transaction).put(state::transaction),
+        )
+        .route(
+            "/v1.0/state/{store}/{key}",
+            get(state::get).delete(state::delete),
+        )
+        .route(
+            "/v1.0-alpha1/state/{store}/query",
+            post(state::query).put(state::query),
+        )
         // Dapr sends every unmatched route to service invocation, which then fails for lack
         // of an app id; the same answer keeps clients that probe routes consistent.
         .fallback(|| async { ApiError::no_app_id() })

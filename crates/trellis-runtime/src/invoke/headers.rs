@@ -64,9 +64,11 @@ pub(super) fn prepare_outbound(headers: &mut HeaderMap, caller: &Caller, callee_
 }
 
 /// The callee's response, minus hop-by-hop headers, with a body this sidecar can forward.
-pub(super) async fn finish_response(
-    resp: Response<hyper::body::Incoming>,
-) -> Result<Response<Body>, hyper::Error> {
+pub(super) async fn finish_response<B>(resp: Response<B>) -> Result<Response<Body>, B::Error>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = super::small::coalesce(&parts.headers, body).await?;

@@ -48,12 +48,8 @@ pub enum InvokeError {
         tried: usize,
         last_error: String,
     },
-    #[error("the call to app {app} failed after it was sent: {source}")]
-    Failed {
-        app: AppRef,
-        #[source]
-        source: hyper::Error,
-    },
+    #[error("the call to app {app} failed after it was sent: {detail}")]
+    Failed { app: AppRef, detail: String },
     #[error("app channel is not initialized: the sidecar was started without --app-port")]
     NoAppChannel,
     #[error("app is not in a healthy state")]
@@ -159,23 +155,28 @@ impl Invoker {
             tried += 1;
             *req.uri_mut() = peer_uri(addr, path_and_query)?;
             *req.version_mut() = http::Version::HTTP_2;
+            // h2 carries the authority in the URI; a Host header would be a second one.
+            req.headers_mut().remove(http::header::HOST);
             match self.peers.send(addr, req).await {
                 Ok(resp) => {
-                    return headers::finish_response(resp).await.map_err(|source| {
-                        InvokeError::Failed {
+                    return headers::finish_response(resp)
+                        .await
+                        .map_err(|e| InvokeError::Failed {
                             app: target.clone(),
-                            source,
-                        }
-                    });
+                            detail: format!("reading the response: {e}"),
+                        });
                 }
                 Err(peers::SendError::NotSent { request, error }) => {
                     tracing::debug!(%addr, app = %target, %error, "instance unreachable; trying the next one");
                     self.balancer.invalidate(target);
                     last_error = error;
-                    pending = Some(request);
+                    pending = Some(*request);
                 }
-                Err(peers::SendError::Failed(error)) => {
-                    return Err(Self::classify_failure(target, error));
+                Err(peers::SendError::Failed(detail)) => {
+                    return Err(InvokeError::Failed {
+                        app: target.clone(),
+                        detail,
+                    });
                 }
             }
         }
@@ -184,16 +185,6 @@ impl Invoker {
             tried,
             last_error,
         })
-    }
-
-    fn classify_failure(target: &AppRef, error: hyper::Error) -> InvokeError {
-        if is_body_too_large(&error) {
-            return InvokeError::BodyTooLarge;
-        }
-        InvokeError::Failed {
-            app: target.clone(),
-            source: error,
-        }
     }
 }
 

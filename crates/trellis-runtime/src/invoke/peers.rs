@@ -1,43 +1,50 @@
 //! Persistent, multiplexed HTTP/2 connections to other sidecars.
 //!
-//! One connection per peer address carries every concurrent call to that peer. The pool is
-//! hand-rolled on hyper's HTTP/2 client connection rather than a generic pooled client
-//! because the caller must know whether a failed request left this process: hyper's
-//! `try_send_request` hands back a request that was never written, and only those may be
-//! retried on another instance.
+//! One connection per peer address carries every concurrent call to that peer. This sits
+//! directly on the `h2` crate rather than on hyper's client for two reasons that both show
+//! up on every request:
+//!
+//! * **Retry safety.** The caller must know whether a failed request left this process.
+//!   Here that is explicit: connecting and waiting for the connection to be ready happen
+//!   before anything of the request is handed over, and only failures there are "not sent".
+//! * **One write per small request.** A small body (already read whole, see `small.rs`) is
+//!   queued together with its HEADERS frame, so both leave in one write and the peer wakes
+//!   once instead of twice. Larger bodies stream with flow control (`pipe_body`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt as _;
 
+use super::small::SMALL_BODY;
 use crate::Body;
 
-/// How long a connection attempt to a peer may take; loopback peers answer in microseconds,
-/// a black-holed remote address must not hold the caller for the OS default of minutes.
+/// How long connecting (and the HTTP/2 handshake) to a peer may take; loopback peers answer
+/// in microseconds, a black-holed remote address must not hold the caller for minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Default)]
 pub struct PeerPool {
-    conns: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    conns: Mutex<HashMap<SocketAddr, SendRequest<Bytes>>>,
 }
 
-// The big variant is the common failure path's payload (the request to retry elsewhere);
-// boxing it would cost an allocation on exactly the path that must stay cheap.
-#[allow(clippy::large_enum_variant)]
 pub(super) enum SendError {
     /// The request never left this sidecar; it may be sent elsewhere.
     NotSent {
-        request: Request<Body>,
+        request: Box<Request<Body>>,
         error: String,
     },
     /// The request may have reached the peer.
-    Failed(hyper::Error),
+    Failed(String),
 }
 
 impl PeerPool {
@@ -45,71 +52,205 @@ impl PeerPool {
         &self,
         addr: SocketAddr,
         request: Request<Body>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = match self.sender(addr).await {
+    ) -> Result<Response<Body>, SendError> {
+        let mut sender = match self.ready_sender(addr).await {
             Ok(sender) => sender,
-            Err(error) => return Err(SendError::NotSent { request, error }),
+            Err(error) => {
+                return Err(SendError::NotSent {
+                    request: Box::new(request),
+                    error,
+                });
+            }
         };
-        match sender.try_send_request(request).await {
-            Ok(resp) => Ok(resp),
-            Err(mut err) => match err.take_message() {
-                Some(request) => {
-                    self.forget(addr);
-                    Err(SendError::NotSent {
-                        request,
-                        error: err.into_error().to_string(),
-                    })
-                }
-                None => Err(SendError::Failed(err.into_error())),
+        let (parts, body) = request.into_parts();
+        let (whole, body) = match body.size_hint().exact() {
+            Some(0) => (Some(Bytes::new()), None),
+            // A body that declares a small exact size is in memory already (`coalesce`).
+            Some(n) if n <= SMALL_BODY => match body.collect().await {
+                Ok(collected) => (Some(collected.to_bytes()), None),
+                Err(e) => return Err(SendError::Failed(format!("reading the request body: {e}"))),
             },
+            _ => (None, Some(body)),
+        };
+        let head = Request::from_parts(parts, ());
+        let (response, mut stream) = match whole {
+            Some(bytes) if bytes.is_empty() => sender.send_request(head, true).map_err(failed)?,
+            Some(bytes) => {
+                let (response, mut stream) = sender.send_request(head, false).map_err(failed)?;
+                stream.send_data(bytes, true).map_err(failed)?;
+                (response, stream)
+            }
+            None => {
+                let (response, stream) = sender.send_request(head, false).map_err(failed)?;
+                if let Some(body) = body {
+                    tokio::spawn(pipe_body(body, stream));
+                }
+                return finish(response.await).map_err(failed);
+            }
+        };
+        let result = response.await;
+        if result.is_err() {
+            stream.send_reset(h2::Reason::CANCEL);
         }
+        finish(result).map_err(failed)
     }
 
-    async fn sender(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, String> {
-        if let Some(sender) = self.lock().get(&addr)
-            && !sender.is_closed()
-        {
-            return Ok(sender.clone());
+    /// A connection to `addr` that is ready for a new stream, reconnecting once if the
+    /// pooled one has gone away.
+    async fn ready_sender(&self, addr: SocketAddr) -> Result<SendRequest<Bytes>, String> {
+        let pooled = self.lock().get(&addr).cloned();
+        if let Some(sender) = pooled {
+            match sender.ready().await {
+                Ok(sender) => return Ok(sender),
+                Err(error) => {
+                    tracing::debug!(%addr, %error, "pooled peer connection is gone; reconnecting");
+                    self.lock().remove(&addr);
+                }
+            }
         }
         let sender = connect(addr).await?;
         // Two callers may race to connect; the last one wins and the other connection closes
-        // when its only request finishes. Rare, harmless, and cheaper than connecting under
-        // a lock.
+        // once its request is done. Rare, harmless, and cheaper than connecting under a lock.
         self.lock().insert(addr, sender.clone());
-        Ok(sender)
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("peer {addr} refused a new stream: {e}"))
     }
 
-    fn forget(&self, addr: SocketAddr) {
-        self.lock().remove(&addr);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<Body>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, SendRequest<Bytes>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<http2::SendRequest<Body>, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+fn failed(e: h2::Error) -> SendError {
+    SendError::Failed(e.to_string())
+}
+
+fn finish(result: Result<Response<RecvStream>, h2::Error>) -> Result<Response<Body>, h2::Error> {
+    let resp = result?;
+    Ok(resp.map(|stream| {
+        Body::new(RecvBody {
+            stream,
+            trailers_done: false,
+        })
+    }))
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Bytes>, String> {
+    let setup = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake::<_, Bytes>(stream)
+            .await
+            .map_err(|e| format!("http/2 handshake with {addr}: {e}"))
+    };
+    let (sender, conn) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
         .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let handshake = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        // Detect a peer that vanished without closing the socket (kill -9 across machines).
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(TokioIo::new(stream));
-    let (sender, conn) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
-        .await
-        .map_err(|_| format!("http/2 handshake with {addr} timed out"))?
-        .map_err(|e| format!("http/2 handshake with {addr}: {e}"))?;
+        .map_err(|_| format!("connecting to {addr} timed out"))??;
     tokio::spawn(async move {
         if let Err(error) = conn.await {
             tracing::debug!(%addr, %error, "peer connection closed");
         }
     });
     Ok(sender)
+}
+
+/// Streams a request body to the peer, respecting its flow-control window so that memory
+/// stays bounded by the window, not by the body size.
+async fn pipe_body(mut body: Body, mut stream: SendStream<Bytes>) {
+    loop {
+        let frame = match body.frame().await {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(error)) => {
+                tracing::debug!(%error, "request body failed while streaming to a peer");
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let frame = match frame.into_data() {
+            Ok(mut data) => {
+                while !data.is_empty() {
+                    stream.reserve_capacity(data.len());
+                    let granted = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                        Some(Ok(n)) => n,
+                        _ => return,
+                    };
+                    if granted == 0 {
+                        continue;
+                    }
+                    let chunk = data.split_to(granted.min(data.len()));
+                    if stream.send_data(chunk, false).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(trailers) = frame.into_trailers() {
+            let _ = stream.send_trailers(trailers);
+            return;
+        }
+    }
+}
+
+/// A response body read from an HTTP/2 stream, returning flow-control capacity as the data
+/// is consumed (so the peer keeps sending only as fast as this side forwards).
+struct RecvBody {
+    stream: RecvStream,
+    trailers_done: bool,
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        match this.stream.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                let _ = this.stream.flow_control().release_capacity(data.len());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+        if this.trailers_done {
+            return Poll::Ready(None);
+        }
+        match this.stream.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(trailers))) => {
+                this.trailers_done = true;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            Poll::Ready(Ok(None)) => {
+                this.trailers_done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.trailers_done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
 }

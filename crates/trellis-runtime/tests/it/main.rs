@@ -6,6 +6,7 @@
 
 mod api;
 mod invoke;
+mod state;
 
 use tokio::net::TcpListener;
 use trellis_runtime::{AppChannelConfig, AppProtocol, RunningSidecar, Sidecar, SidecarConfig};

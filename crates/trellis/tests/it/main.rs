@@ -10,6 +10,7 @@
 mod discovery;
 mod launcher;
 mod multiapp;
+mod state;
 mod streaming;
 
 use std::path::Path;

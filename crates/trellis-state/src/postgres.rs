@@ -1,0 +1,1133 @@
+//! Dapr's `state.postgresql` component, versions v1 and v2, on `tokio-postgres` with a
+//! `deadpool` connection pool.
+//!
+//! The tables are Dapr's, so that a Trellis sidecar and a Dapr one can share a database:
+//!
+//! - **v1** (`tableName`, default `state`): `key text`, `value jsonb`, `isbinary boolean`
+//!   (non-JSON bytes are kept as a JSON string of their base64, as Dapr does), `insertdate`,
+//!   `updatedate`, `expiredate`. Dapr v1 uses the row's `xmin` as ETag, which two writes in
+//!   one transaction share and which wraps around; Trellis adds an `etag uuid` column instead
+//!   (regenerated on every write, never reused) and a `contenttype` column. Supports the query
+//!   API, translated to SQL over the JSONB value.
+//! - **v2** (`tablePrefix` + `state`): `key text`, `value bytea`, `etag uuid`, `created_at`,
+//!   `updated_at`, `expires_at`, plus Trellis's `content_type`. No query API, as in Dapr.
+//!
+//! Missing tables, columns and the expiry index are created when the store is opened (unless
+//! `createTables` is false), under an advisory lock so that sidecars starting together do not
+//! race. Expired rows are never returned and are deleted every `cleanupInterval`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{NoTls, Row};
+
+use crate::query::{Filter, Query, QueryResponse, QueryResult};
+use crate::remote::{self, AbortOnDrop};
+use crate::{
+    Capabilities, Concurrency, DeleteRequest, Item, Metadata, Operation, SetRequest, StateError,
+    StateStore,
+};
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+const DEFAULT_CLEANUP: Duration = Duration::from_secs(3600);
+
+/// Which of Dapr's two table layouts (`spec.version` of the component).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// A PostgreSQL-backed [`StateStore`].
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+    _cleanup: Option<AbortOnDrop>,
+}
+
+struct Inner {
+    pool: Pool,
+    version: Version,
+    table: String,
+    metadata_table: String,
+    timeout: Duration,
+    actor: bool,
+    sql: Sql,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("version", &self.inner.version)
+            .field("table", &self.inner.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The statements, written once per store for its layout.
+struct Sql {
+    get: String,
+    bulk_get: String,
+    upsert: String,
+    insert_first: String,
+    update_etag: String,
+    delete: String,
+    delete_etag: String,
+    cleanup: String,
+    last_cleanup: String,
+}
+
+/// The column names that differ between v1 and v2.
+struct Columns {
+    /// SQL turning the `$2` bytes into the stored value.
+    value_in: &'static str,
+    /// SQL turning the stored value into bytes.
+    value_out: &'static str,
+    /// The `isbinary` column (v1 only).
+    is_binary: Option<&'static str>,
+    /// Further columns a write sets, with the SQL of their new value (v1 only).
+    extra: &'static [(&'static str, &'static str)],
+    expires: &'static str,
+    updated: &'static str,
+    content_type: &'static str,
+}
+
+impl Version {
+    fn columns(self) -> Columns {
+        match self {
+            Version::V1 => Columns {
+                value_in: "convert_from($2, 'UTF8')::jsonb",
+                // jsonb re-serialises JSON (key order, spacing, number spelling); the text as
+                // written is kept beside it whenever that would change it.
+                value_out: "coalesce(rawvalue, convert_to(value::text, 'UTF8'))",
+                is_binary: Some("isbinary"),
+                extra: &[
+                    ("isbinary", "$3"),
+                    (
+                        "rawvalue",
+                        "CASE WHEN $3 OR convert_from($2, 'UTF8')::jsonb::text \
+                         = convert_from($2, 'UTF8') THEN NULL ELSE $2 END",
+                    ),
+                ],
+                expires: "expiredate",
+                updated: "updatedate",
+                content_type: "contenttype",
+            },
+            Version::V2 => Columns {
+                value_in: "$2",
+                value_out: "value",
+                is_binary: None,
+                extra: &[],
+                expires: "expires_at",
+                updated: "updated_at",
+                content_type: "content_type",
+            },
+        }
+    }
+}
+
+/// Parameter types of the write statements: key, value, is-binary, TTL in ms, content type,
+/// ETag. Declared up front so that every statement takes the same list, used or not.
+const WRITE_TYPES: [Type; 6] = [
+    Type::TEXT,
+    Type::BYTEA,
+    Type::BOOL,
+    Type::INT8,
+    Type::TEXT,
+    Type::UUID,
+];
+
+impl Sql {
+    fn new(version: Version, table: &str, metadata_table: &str) -> Self {
+        let c = version.columns();
+        let live = format!("({exp} IS NULL OR {exp} >= now())", exp = c.expires);
+        let is_binary_out = c.is_binary.unwrap_or("false");
+        let select = format!(
+            "SELECT key, {value}, {is_binary_out}, etag, {exp}, {ct} FROM {table}",
+            value = c.value_out,
+            exp = c.expires,
+            ct = c.content_type,
+        );
+        let (mut extra_cols, mut extra_vals, mut extra_set, mut extra_excl) =
+            (String::new(), String::new(), String::new(), String::new());
+        for (col, expr) in c.extra {
+            let _ = write!(extra_cols, ", {col}");
+            let _ = write!(extra_vals, ", {expr}");
+            let _ = write!(extra_set, ", {col} = {expr}");
+            let _ = write!(extra_excl, ", {col} = EXCLUDED.{col}");
+        }
+        let expiry = "now() + $4 * interval '1 millisecond'";
+        let insert = format!(
+            "INSERT INTO {table} AS t (key, value{extra_cols}, etag, {exp}, {ct}) \
+             VALUES ($1, {value_in}{extra_vals}, gen_random_uuid(), {expiry}, $5) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value{extra_excl}, \
+             etag = EXCLUDED.etag, {exp} = EXCLUDED.{exp}, {ct} = EXCLUDED.{ct}, {upd} = now()",
+            exp = c.expires,
+            ct = c.content_type,
+            upd = c.updated,
+            value_in = c.value_in,
+        );
+        Sql {
+            get: format!("{select} WHERE key = $1 AND {live}"),
+            bulk_get: format!("{select} WHERE key = ANY($1) AND {live}"),
+            // A first write may still replace a row that expired but was not cleaned up yet.
+            insert_first: format!(
+                "{insert} WHERE t.{exp} IS NOT NULL AND t.{exp} < now()",
+                exp = c.expires
+            ),
+            upsert: insert,
+            update_etag: format!(
+                "UPDATE {table} SET value = {value_in}{extra_set}, etag = gen_random_uuid(), \
+                 {exp} = {expiry}, {ct} = $5, {upd} = now() WHERE key = $1 AND etag = $6 AND {live}",
+                value_in = c.value_in,
+                exp = c.expires,
+                ct = c.content_type,
+                upd = c.updated,
+            ),
+            delete: format!("DELETE FROM {table} WHERE key = $1"),
+            delete_etag: format!("DELETE FROM {table} WHERE key = $1 AND etag = $2 AND {live}"),
+            cleanup: format!(
+                "DELETE FROM {table} WHERE {exp} IS NOT NULL AND {exp} < now()",
+                exp = c.expires
+            ),
+            // Only one of the sidecars sharing a table cleans it per interval: the one whose
+            // update of the last-cleanup row goes through.
+            last_cleanup: format!(
+                "INSERT INTO {metadata_table} AS m (key, value) VALUES ($1, now()::text) \
+                 ON CONFLICT (key) DO UPDATE SET value = now()::text \
+                 WHERE (EXTRACT('epoch' FROM now() - m.value::timestamptz) * 1000)::bigint > $2"
+            ),
+        }
+    }
+}
+
+/// What `open` reads from the component metadata.
+struct Settings {
+    config: tokio_postgres::Config,
+    table: String,
+    metadata_table: String,
+    timeout: Duration,
+    cleanup: Option<Duration>,
+    max_conns: usize,
+    actor: bool,
+    create_tables: bool,
+}
+
+impl Settings {
+    fn parse(md: &Metadata, version: Version) -> Result<Self, StateError> {
+        let conn = remote::string(md, &["connectionString", "url"]);
+        let (mut config, pool_max) = parse_connection_string(conn.unwrap_or(""))?;
+        // Dapr lets single parameters override (or replace) the connection string.
+        if let Some(host) = remote::string(md, &["host"]) {
+            config.host(host);
+        }
+        if let Some(addr) = remote::string(md, &["hostaddr"]) {
+            let addr = addr.parse().map_err(|_| {
+                StateError::InvalidRequest(format!("metadata hostaddr: {addr:?} is not an ip"))
+            })?;
+            config.hostaddr(addr);
+        }
+        if let Some(port) = remote::integer(md, &["port"])? {
+            let port = u16::try_from(port).map_err(|_| {
+                StateError::InvalidRequest(format!("metadata port: {port} is out of range"))
+            })?;
+            config.port(port);
+        }
+        if let Some(db) = remote::string(md, &["database", "dbname"]) {
+            config.dbname(db);
+        }
+        if let Some(user) = remote::string(md, &["user", "username"]) {
+            config.user(user);
+        }
+        if let Some(password) = md.get("password").filter(|p| !p.is_empty()) {
+            config.password(password);
+        }
+        if conn.is_none() && config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+            return Err(StateError::InvalidRequest(
+                "metadata connectionString is required".into(),
+            ));
+        }
+        for flag in ["useAzureAD", "useAWSIAM"] {
+            if md.bool(flag, false)? {
+                return Err(StateError::InvalidRequest(format!(
+                    "metadata {flag}: this authentication method is not supported yet"
+                )));
+            }
+        }
+
+        let timeout = match remote::duration(md, &["timeout", "timeoutInSeconds"], SECOND)? {
+            None => DEFAULT_TIMEOUT,
+            Some(t) => t.positive().filter(|t| *t >= SECOND).ok_or_else(|| {
+                StateError::InvalidRequest("metadata timeout: must be at least 1s".into())
+            })?,
+        };
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(timeout);
+        }
+        let cleanup =
+            match remote::duration(md, &["cleanupInterval", "cleanupIntervalInSeconds"], SECOND)? {
+                None => Some(DEFAULT_CLEANUP),
+                Some(c) => c.positive(),
+            };
+        let default_conns = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .max(4);
+        let max_conns = match remote::integer(md, &["maxConns"])?.or(pool_max) {
+            Some(n) if n > 0 => usize::try_from(n).unwrap_or(default_conns),
+            _ => default_conns,
+        };
+
+        let table = match version {
+            Version::V1 => remote::string(md, &["tableName"])
+                .unwrap_or("state")
+                .to_string(),
+            Version::V2 => format!(
+                "{}state",
+                remote::string(md, &["tablePrefix"]).unwrap_or_default()
+            ),
+        };
+        let metadata_table = remote::string(md, &["metadataTableName"])
+            .unwrap_or("dapr_metadata")
+            .to_string();
+        for (name, value) in [
+            ("tableName", &table),
+            ("metadataTableName", &metadata_table),
+        ] {
+            if !remote::valid_identifier(value, true) {
+                return Err(StateError::InvalidRequest(format!(
+                    "metadata {name}: {value:?} is not a valid table name \
+                     (letters, digits and _, optionally schema.table)"
+                )));
+            }
+        }
+
+        Ok(Settings {
+            config,
+            table,
+            metadata_table,
+            timeout,
+            cleanup,
+            max_conns,
+            actor: md.bool("actorStateStore", false)?,
+            create_tables: md.bool("createTables", true)?,
+        })
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Reads a libpq connection string (keyword/value or `postgres://` URL) the way Dapr's pgx
+/// does: `database` is accepted for `dbname`, and pgx's own pool settings (`pool_max_conns`...)
+/// are taken out before tokio-postgres sees the rest. Returns the pool size it named, if any.
+fn parse_connection_string(
+    text: &str,
+) -> Result<(tokio_postgres::Config, Option<i64>), StateError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        StateError::InvalidRequest(format!("metadata connectionString: {e}"))
+    };
+    let text = text.trim();
+    let mut pool_max = None;
+    let mut keep = |key: &str, value: &str| -> Result<Option<(String, String)>, StateError> {
+        let key = match key {
+            "database" => "dbname",
+            "sslmode" => {
+                return match value {
+                    "disable" | "allow" | "prefer" => {
+                        Ok(Some(("sslmode".into(), "disable".into())))
+                    }
+                    other => Err(StateError::InvalidRequest(format!(
+                        "metadata connectionString: sslmode={other}: tls connections to \
+                         postgresql are not supported yet"
+                    ))),
+                };
+            }
+            "pool_max_conns" => {
+                pool_max = value.parse().ok();
+                return Ok(None);
+            }
+            k if k.starts_with("pool_")
+                || k.starts_with("ssl")
+                || matches!(
+                    k,
+                    "statement_cache_capacity"
+                        | "description_cache_capacity"
+                        | "default_query_exec_mode"
+                ) =>
+            {
+                return Ok(None);
+            }
+            k => k,
+        };
+        Ok(Some((key.to_string(), value.to_string())))
+    };
+
+    let rewritten = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        match text.split_once('?') {
+            None => text.to_string(),
+            Some((base, query)) => {
+                let mut params = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if let Some((k, v)) = keep(k, v)? {
+                        params.push(format!("{k}={v}"));
+                    }
+                }
+                if params.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", params.join("&"))
+                }
+            }
+        }
+    } else {
+        let mut out = String::new();
+        for (k, v) in keyword_pairs(text).map_err(|e| bad(&e))? {
+            if let Some((k, v)) = keep(&k, &v)? {
+                let escaped = v.replace('\\', "\\\\").replace('\'', "\\'");
+                let _ = write!(out, "{k}='{escaped}' ");
+            }
+        }
+        out
+    };
+    let config = rewritten
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| bad(&e))?;
+    Ok((config, pool_max))
+}
+
+/// Splits `key=value key2='quoted value'` as libpq does.
+fn keyword_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(format!("expected = after {key:?}"));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    None => return Err(format!("unterminated quoted value for {key:?}")),
+                    Some('\'') => break,
+                    Some('\\') => value.extend(chars.next()),
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StateError {
+    StateError::Backend(e.to_string())
+}
+
+/// Pool errors carry the driver's error; report that text, as every backend error does.
+fn pool_error(e: deadpool_postgres::PoolError) -> StateError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => backend(e),
+        deadpool_postgres::PoolError::Timeout(_) => {
+            StateError::Backend("timed out connecting to postgresql".into())
+        }
+        other => backend(other),
+    }
+}
+
+impl PostgresStore {
+    /// Opens a `state.postgresql` v1 store (Dapr's default version).
+    pub async fn open(metadata: &Metadata) -> Result<Self, StateError> {
+        Self::open_version(metadata, Version::V1).await
+    }
+
+    /// Opens a `state.postgresql` v2 store.
+    pub async fn open_v2(metadata: &Metadata) -> Result<Self, StateError> {
+        Self::open_version(metadata, Version::V2).await
+    }
+
+    pub async fn open_version(metadata: &Metadata, version: Version) -> Result<Self, StateError> {
+        let s = Settings::parse(metadata, version)?;
+        let manager = Manager::from_config(
+            s.config,
+            NoTls,
+            ManagerConfig {
+                // A server restart closes every pooled connection, which `is_closed` sees, so
+                // the cheap check is enough to not hand out dead connections.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(s.max_conns)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(s.timeout))
+            .create_timeout(Some(s.timeout))
+            .recycle_timeout(Some(s.timeout))
+            .build()
+            .map_err(backend)?;
+        let inner = Arc::new(Inner {
+            sql: Sql::new(version, &s.table, &s.metadata_table),
+            pool,
+            version,
+            table: s.table,
+            metadata_table: s.metadata_table,
+            timeout: s.timeout,
+            actor: s.actor,
+        });
+        if s.create_tables {
+            remote::with_timeout(inner.timeout, inner.migrate()).await?;
+        } else {
+            inner.ping().await?;
+        }
+        let cleanup = s.cleanup.map(|every| {
+            let weak = Arc::downgrade(&inner);
+            AbortOnDrop(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    ticker.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = inner.cleanup_if_due(every).await {
+                        tracing::warn!(table = %inner.table, "postgresql state cleanup failed: {e}");
+                    }
+                }
+            }))
+        });
+        Ok(PostgresStore {
+            inner,
+            _cleanup: cleanup,
+        })
+    }
+
+    /// The state table's name.
+    pub fn table(&self) -> &str {
+        &self.inner.table
+    }
+
+    /// Deletes expired rows now; returns how many. The background task does this every
+    /// `cleanupInterval`.
+    pub async fn cleanup_expired(&self) -> Result<u64, StateError> {
+        let inner = &self.inner;
+        remote::with_timeout(inner.timeout, async {
+            let client = inner.pool.get().await.map_err(pool_error)?;
+            client
+                .execute(inner.sql.cleanup.as_str(), &[])
+                .await
+                .map_err(backend)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    async fn ping(&self) -> Result<(), StateError> {
+        remote::with_timeout(self.timeout, async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client.simple_query("SELECT 1").await.map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates what is missing: the state table (or the columns Trellis adds to a table Dapr
+    /// made), the expiry index and the metadata table.
+    async fn migrate(&self) -> Result<(), StateError> {
+        let c = self.version.columns();
+        let t = &self.table;
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Concurrent `CREATE TABLE IF NOT EXISTS` (or `CREATE OR REPLACE FUNCTION`) can fail on
+        // a catalog unique index; one migration at a time per database avoids that.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('trellis-state-migrate'))",
+            &[],
+        )
+        .await
+        .map_err(backend)?;
+        let exists: bool = tx
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[t])
+            .await
+            .map_err(backend)?
+            .get(0);
+        if !exists {
+            let ddl = match self.version {
+                Version::V1 => format!(
+                    "CREATE TABLE {t} (
+                        key text NOT NULL PRIMARY KEY,
+                        value jsonb NOT NULL,
+                        isbinary boolean NOT NULL,
+                        insertdate timestamp with time zone NOT NULL DEFAULT now(),
+                        updatedate timestamp with time zone NULL,
+                        expiredate timestamp with time zone NULL,
+                        etag uuid NOT NULL DEFAULT gen_random_uuid(),
+                        contenttype text NULL,
+                        rawvalue bytea NULL
+                    )"
+                ),
+                Version::V2 => format!(
+                    "CREATE TABLE {t} (
+                        key text NOT NULL PRIMARY KEY,
+                        value bytea NOT NULL,
+                        etag uuid NOT NULL DEFAULT gen_random_uuid(),
+                        created_at timestamp with time zone NOT NULL DEFAULT now(),
+                        updated_at timestamp with time zone,
+                        expires_at timestamp with time zone,
+                        content_type text
+                    )"
+                ),
+            };
+            tx.batch_execute(&ddl).await.map_err(backend)?;
+        } else {
+            let have: Vec<String> = tx
+                .query(
+                    "SELECT attname::text FROM pg_attribute \
+                     WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                    &[t],
+                )
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut wanted = vec![
+                (c.expires, "timestamp with time zone NULL"),
+                ("etag", "uuid NOT NULL DEFAULT gen_random_uuid()"),
+                (c.content_type, "text NULL"),
+            ];
+            if self.version == Version::V1 {
+                wanted.push(("rawvalue", "bytea NULL"));
+            }
+            for (column, ty) in wanted {
+                if !have.iter().any(|h| h == column) {
+                    tx.batch_execute(&format!("ALTER TABLE {t} ADD COLUMN {column} {ty}"))
+                        .await
+                        .map_err(backend)?;
+                }
+            }
+        }
+        if self.version == Version::V1 {
+            self.v1_trigger(&tx).await?;
+        }
+        let index = format!("{}_{}_idx", t.rsplit('.').next().unwrap_or(t), c.expires);
+        tx.batch_execute(&format!(
+            "CREATE INDEX IF NOT EXISTS {index} ON {t} ({exp});
+             CREATE TABLE IF NOT EXISTS {m} (key text NOT NULL PRIMARY KEY, value text NOT NULL);",
+            exp = c.expires,
+            m = self.metadata_table,
+        ))
+        .await
+        .map_err(backend)?;
+        // Tell Dapr's migration code the schema is current, so that a Dapr sidecar sharing
+        // the table does not try to add columns that exist.
+        let (key, level) = match self.version {
+            Version::V1 => ("migrations".to_string(), "2"),
+            Version::V2 => {
+                let prefix = t.strip_suffix("state").unwrap_or_default();
+                (format!("migrations-state-v2-{prefix}"), "1")
+            }
+        };
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                self.metadata_table
+            ),
+            &[&key, &level],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    /// Dapr v1 sidecars sharing the table write `value` but know nothing of the `etag` and
+    /// `rawvalue` columns Trellis adds; this trigger gives their updates a fresh ETag and
+    /// drops a kept text that no longer matches the value.
+    async fn v1_trigger(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StateError> {
+        tx.batch_execute(
+            "CREATE OR REPLACE FUNCTION trellis_state_v1_touch() RETURNS trigger AS $$
+             BEGIN
+               IF NEW.etag IS NOT DISTINCT FROM OLD.etag THEN
+                 NEW.etag := gen_random_uuid();
+               END IF;
+               IF NEW.rawvalue IS NOT DISTINCT FROM OLD.rawvalue
+                  AND NEW.value IS DISTINCT FROM OLD.value THEN
+                 NEW.rawvalue := NULL;
+               END IF;
+               RETURN NEW;
+             END $$ LANGUAGE plpgsql",
+        )
+        .await
+        .map_err(backend)?;
+        let exists: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger \
+                 WHERE tgrelid = to_regclass($1) AND tgname = 'trellis_state_touch')",
+                &[&self.table],
+            )
+            .await
+            .map_err(backend)?
+            .get(0);
+        if !exists {
+            tx.batch_execute(&format!(
+                "CREATE TRIGGER trellis_state_touch BEFORE UPDATE ON {} \
+                 FOR EACH ROW EXECUTE FUNCTION trellis_state_v1_touch()",
+                self.table
+            ))
+            .await
+            .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn cleanup_if_due(&self, every: Duration) -> Result<(), StateError> {
+        remote::with_timeout(self.timeout, async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            // Slightly less than the interval, so that timer jitter does not skip a round.
+            let threshold = i64::try_from(every.as_millis() * 95 / 100).unwrap_or(i64::MAX);
+            let key = format!("last-cleanup-{}", self.table);
+            let due = client
+                .execute(self.sql.last_cleanup.as_str(), &[&key, &threshold])
+                .await
+                .map_err(backend)?;
+            if due > 0 {
+                let n = client
+                    .execute(self.sql.cleanup.as_str(), &[])
+                    .await
+                    .map_err(backend)?;
+                tracing::debug!(table = %self.table, rows = n, "deleted expired state");
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn item_from_row(&self, row: &Row, offset: usize) -> Result<Item, StateError> {
+        let value: Vec<u8> = row.try_get(offset).map_err(backend)?;
+        let is_binary: bool = row.try_get(offset + 1).map_err(backend)?;
+        let etag: uuid::Uuid = row.try_get(offset + 2).map_err(backend)?;
+        let expires_at: Option<SystemTime> = row.try_get(offset + 3).map_err(backend)?;
+        let content_type: Option<String> = row.try_get(offset + 4).map_err(backend)?;
+        let value = if is_binary {
+            remote::binary_from_json(&value)?
+        } else {
+            value
+        };
+        Ok(Item {
+            value: Bytes::from(value),
+            etag: etag.to_string(),
+            expires_at,
+            content_type,
+        })
+    }
+
+    async fn do_set(
+        &self,
+        client: &impl GenericClient,
+        req: &SetRequest,
+    ) -> Result<(), StateError> {
+        if req.key.is_empty() {
+            return Err(StateError::InvalidRequest("key must not be empty".into()));
+        }
+        let etag = req.etag.as_deref().map(remote::uuid_etag).transpose()?;
+        // v1 keeps JSON in a jsonb column; anything else (and JSON that jsonb refuses: it has
+        // no room for NUL characters) goes in as base64, flagged binary.
+        let as_json = self.version == Version::V2
+            || (req.is_json && !req.value.windows(6).any(|w| w == b"\\u0000"));
+        let stored: std::borrow::Cow<'_, [u8]> = if as_json {
+            std::borrow::Cow::Borrowed(&req.value)
+        } else {
+            std::borrow::Cow::Owned(remote::binary_to_json(&req.value))
+        };
+        let is_binary = !as_json;
+        let ttl = req.ttl.map(remote::ttl_millis);
+        let content_type = req.content_type.as_deref();
+        let sql = match (etag, req.concurrency) {
+            (Some(_), _) => &self.sql.update_etag,
+            (None, Concurrency::FirstWrite) => &self.sql.insert_first,
+            (None, Concurrency::LastWrite) => &self.sql.upsert,
+        };
+        let statement = client
+            .prepare_typed_cached(sql, &WRITE_TYPES)
+            .await
+            .map_err(backend)?;
+        let stored: &[u8] = &stored;
+        let params: [&(dyn ToSql + Sync); 6] =
+            [&req.key, &stored, &is_binary, &ttl, &content_type, &etag];
+        let rows = client.execute(&statement, &params).await.map_err(backend)?;
+        if rows == 0 {
+            return Err(StateError::EtagMismatch);
+        }
+        Ok(())
+    }
+
+    async fn do_delete(
+        &self,
+        client: &impl GenericClient,
+        req: &DeleteRequest,
+    ) -> Result<(), StateError> {
+        if req.key.is_empty() {
+            return Err(StateError::InvalidRequest("key must not be empty".into()));
+        }
+        match req.etag.as_deref().map(remote::uuid_etag).transpose()? {
+            None => {
+                let statement = client
+                    .prepare_cached(&self.sql.delete)
+                    .await
+                    .map_err(backend)?;
+                client
+                    .execute(&statement, &[&req.key])
+                    .await
+                    .map_err(backend)?;
+            }
+            Some(etag) => {
+                let statement = client
+                    .prepare_cached(&self.sql.delete_etag)
+                    .await
+                    .map_err(backend)?;
+                let rows = client
+                    .execute(&statement, &[&req.key, &etag])
+                    .await
+                    .map_err(backend)?;
+                if rows == 0 {
+                    return Err(StateError::EtagMismatch);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            etag: true,
+            transactional: true,
+            query: self.inner.version == Version::V1,
+            ttl: true,
+            actor: self.inner.actor,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Item>, StateError> {
+        let inner = &self.inner;
+        remote::with_timeout(inner.timeout, async {
+            let client = inner.pool.get().await.map_err(pool_error)?;
+            let statement = client
+                .prepare_cached(&inner.sql.get)
+                .await
+                .map_err(backend)?;
+            let row = client
+                .query_opt(&statement, &[&key])
+                .await
+                .map_err(backend)?;
+            row.map(|r| inner.item_from_row(&r, 1)).transpose()
+        })
+        .await
+    }
+
+    async fn bulk_get(&self, keys: &[String]) -> Vec<(String, Result<Option<Item>, StateError>)> {
+        let inner = &self.inner;
+        let fetched = remote::with_timeout(inner.timeout, async {
+            let client = inner.pool.get().await.map_err(pool_error)?;
+            let statement = client
+                .prepare_cached(&inner.sql.bulk_get)
+                .await
+                .map_err(backend)?;
+            client.query(&statement, &[&keys]).await.map_err(backend)
+        })
+        .await;
+        match fetched {
+            Err(e) => {
+                let text = e.to_string();
+                keys.iter()
+                    .map(|k| (k.clone(), Err(StateError::Backend(text.clone()))))
+                    .collect()
+            }
+            Ok(rows) => {
+                let mut found = std::collections::HashMap::with_capacity(rows.len());
+                for row in &rows {
+                    let key: Result<String, _> = row.try_get(0);
+                    if let Ok(key) = key {
+                        found.insert(key, inner.item_from_row(row, 1));
+                    }
+                }
+                keys.iter()
+                    .map(|k| {
+                        let result = match found.remove(k) {
+                            Some(item) => item.map(Some),
+                            None => Ok(None),
+                        };
+                        (k.clone(), result)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    async fn set(&self, req: SetRequest) -> Result<(), StateError> {
+        let inner = &self.inner;
+        remote::with_timeout(inner.timeout, async {
+            let client = inner.pool.get().await.map_err(pool_error)?;
+            inner.do_set(&client, &req).await
+        })
+        .await
+    }
+
+    async fn delete(&self, req: DeleteRequest) -> Result<(), StateError> {
+        let inner = &self.inner;
+        remote::with_timeout(inner.timeout, async {
+            let client = inner.pool.get().await.map_err(pool_error)?;
+            inner.do_delete(&client, &req).await
+        })
+        .await
+    }
+
+    async fn transact(&self, ops: Vec<Operation>) -> Result<(), StateError> {
+        let inner = &self.inner;
+        remote::with_timeout(inner.timeout, async {
+            let mut client = inner.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            for op in &ops {
+                // An error drops `tx`, which rolls everything back.
+                match op {
+                    Operation::Upsert(req) => inner.do_set(&tx, req).await?,
+                    Operation::Delete(req) => inner.do_delete(&tx, req).await?,
+                }
+            }
+            tx.commit().await.map_err(backend)
+        })
+        .await
+    }
+
+    async fn query(&self, key_prefix: &str, query: &Query) -> Result<QueryResponse, StateError> {
+        if self.inner.version != Version::V1 {
+            return Err(StateError::NotSupported("the query API"));
+        }
+        let inner = &self.inner;
+        let offset: i64 =
+            match &query.token {
+                None => 0,
+                Some(t) => t.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    StateError::InvalidRequest(format!("invalid page token {t:?}"))
+                })?,
+            };
+        let mut sql = SqlBuilder::default();
+        let prefix = sql.param(key_prefix.to_string());
+        let mut text = format!(
+            "SELECT key, {value}, etag FROM {t} \
+             WHERE left(key, char_length({prefix})) = {prefix} AND NOT isbinary \
+             AND (expiredate IS NULL OR expiredate >= now())",
+            t = inner.table,
+            value = Version::V1.columns().value_out,
+        );
+        if let Some(filter) = &query.filter {
+            let condition = sql.filter(filter)?;
+            let _ = write!(text, " AND {condition}");
+        }
+        text.push_str(" ORDER BY ");
+        for s in &query.sort {
+            let path = sql.path(&s.key);
+            let dir = if s.descending { "DESC" } else { "ASC" };
+            let at = format!("(value #> {path})");
+            let scalar = format!("(value #>> {path})");
+            let _ = write!(
+                text,
+                // Mirrors `query::compare`: missing first, then by kind (null, bool, number,
+                // string, array, object), then by value within the kind, strings bytewise.
+                "{at} IS NOT NULL {dir}, \
+                 CASE jsonb_typeof({at}) WHEN 'null' THEN 0 WHEN 'boolean' THEN 1 \
+                 WHEN 'number' THEN 2 WHEN 'string' THEN 3 WHEN 'array' THEN 4 ELSE 5 END {dir}, \
+                 CASE WHEN jsonb_typeof({at}) = 'boolean' THEN {scalar}::boolean END {dir}, \
+                 CASE WHEN jsonb_typeof({at}) = 'number' THEN {scalar}::numeric END {dir}, \
+                 CASE WHEN jsonb_typeof({at}) = 'string' THEN {scalar} COLLATE \"C\" END {dir}, "
+            );
+        }
+        // The key makes the order total, so that pages neither repeat nor skip rows.
+        text.push_str("key COLLATE \"C\"");
+        let _ = write!(text, " OFFSET {}", sql.param(offset));
+        if let Some(limit) = query.limit {
+            // One more than asked tells whether another page follows.
+            let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+            let _ = write!(text, " LIMIT {}", sql.param(fetch));
+        }
+
+        let rows = remote::with_timeout(inner.timeout, async {
+            let client = inner.pool.get().await.map_err(pool_error)?;
+            let params: Vec<&(dyn ToSql + Sync)> = sql
+                .params
+                .iter()
+                .map(|p| &**p as &(dyn ToSql + Sync))
+                .collect();
+            client.query(&text, &params).await.map_err(backend)
+        })
+        .await?;
+
+        let mut results = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let etag: uuid::Uuid = row.try_get(2).map_err(backend)?;
+            results.push(QueryResult {
+                key: row.try_get(0).map_err(backend)?,
+                data: Bytes::from(row.try_get::<_, Vec<u8>>(1).map_err(backend)?),
+                etag: Some(etag.to_string()),
+            });
+        }
+        let mut token = None;
+        if let Some(limit) = query.limit {
+            if results.len() > limit {
+                results.truncate(limit);
+                token = Some((offset + i64::try_from(limit).unwrap_or(i64::MAX)).to_string());
+            }
+        }
+        Ok(QueryResponse { results, token })
+    }
+
+    async fn ping(&self) -> Result<(), StateError> {
+        self.inner.ping().await
+    }
+}
+
+/// Collects the parameters of a query whose SQL is written on the fly.
+#[derive(Default)]
+struct SqlBuilder {
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl SqlBuilder {
+    fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
+    /// A dotted path (`person.org`) as a `text[]` parameter for `#>`.
+    fn path(&mut self, dotted: &str) -> String {
+        let parts: Vec<String> = dotted.split('.').map(str::to_string).collect();
+        format!("{}::text[]", self.param(parts))
+    }
+
+    fn json(&mut self, value: &serde_json::Value) -> String {
+        format!("{}::text::jsonb", self.param(value.to_string()))
+    }
+
+    fn filter(&mut self, filter: &Filter) -> Result<String, StateError> {
+        Ok(match filter {
+            Filter::Eq(path, value) => {
+                let path = self.path(path);
+                let value = self.json(value);
+                format!("(value #> {path}) = {value}")
+            }
+            Filter::In(path, values) => {
+                if values.is_empty() {
+                    return Ok("false".into());
+                }
+                let path = self.path(path);
+                let list: Vec<String> = values.iter().map(|v| self.json(v)).collect();
+                format!("(value #> {path}) IN ({})", list.join(", "))
+            }
+            Filter::And(all) | Filter::Or(all) => {
+                let joiner = if matches!(filter, Filter::And(_)) {
+                    " AND "
+                } else {
+                    " OR "
+                };
+                let parts = all
+                    .iter()
+                    .map(|f| self.filter(f))
+                    .collect::<Result<Vec<_>, _>>()?;
+                format!("({})", parts.join(joiner))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings() {
+        let (c, max) = parse_connection_string(
+            "host=localhost user=postgres password='p w\\'x' port=5433 connect_timeout=10 \
+             database=my_db sslmode=disable pool_max_conns=7",
+        )
+        .unwrap();
+        assert_eq!(c.get_dbname(), Some("my_db"));
+        assert_eq!(c.get_user(), Some("postgres"));
+        assert_eq!(c.get_password(), Some(&b"p w'x"[..]));
+        assert_eq!(c.get_ports(), &[5433]);
+        assert_eq!(max, Some(7));
+
+        let (c, _) = parse_connection_string(
+            "postgres://u:secret@127.0.0.1:5432/test?database=x&pool_min_conns=1",
+        )
+        .unwrap();
+        assert_eq!(c.get_dbname(), Some("x"));
+        assert_eq!(c.get_user(), Some("u"));
+
+        let err = parse_connection_string("host=x sslmode=verify-full").unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+        assert!(parse_connection_string("host=x bogus=1").is_err());
+        assert!(parse_connection_string("host='x").is_err());
+    }
+
+    #[test]
+    fn settings() {
+        let md = |pairs: &[(&str, &str)]| {
+            Metadata(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let s = Settings::parse(&md(&[("connectionString", "host=h")]), Version::V1).unwrap();
+        assert_eq!(s.table, "state");
+        assert_eq!(s.metadata_table, "dapr_metadata");
+        assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(s.cleanup, Some(DEFAULT_CLEANUP));
+        let s = Settings::parse(
+            &md(&[
+                ("connectionString", "host=h"),
+                ("tablePrefix", "app_"),
+                ("timeout", "5"),
+                ("cleanupInterval", "-1"),
+                ("maxConns", "2"),
+                ("actorStateStore", "true"),
+            ]),
+            Version::V2,
+        )
+        .unwrap();
+        assert_eq!(s.table, "app_state");
+        assert_eq!(s.timeout, Duration::from_secs(5));
+        assert_eq!(s.cleanup, None);
+        assert_eq!(s.max_conns, 2);
+        assert!(s.actor);
+        for bad in [
+            vec![],
+            vec![("connectionString", "host=h"), ("tableName", "x; drop")],
+            vec![("connectionString", "host=h"), ("timeout", "500ms")],
+            vec![("connectionString", "host=h"), ("useAzureAD", "true")],
+        ] {
+            assert!(Settings::parse(&md(&bad), Version::V1).is_err(), "{bad:?}");
+        }
+    }
+}
