@@ -14,6 +14,7 @@ pub mod components;
 pub mod config;
 pub mod health;
 pub mod invoke;
+mod lazy_store;
 pub mod runtime;
 pub mod server;
 mod sidecar;

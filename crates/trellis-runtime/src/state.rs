@@ -14,6 +14,18 @@ use crate::config::SidecarConfig;
 /// The name of the state store offered when no state component is configured.
 pub const DEFAULT_STORE_NAME: &str = "statestore";
 
+/// Where the built-in `statestore` component says it comes from.
+const BUILT_IN: &str = "<built-in statestore>";
+
+/// What the embedded store reports once open (checked against the real thing in a test).
+const EMBEDDED_CAPABILITIES: Capabilities = Capabilities {
+    etag: true,
+    transactional: true,
+    query: true,
+    ttl: true,
+    actor: true,
+};
+
 /// How long a component may take to initialise when it does not say (`spec.initTimeout`).
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -126,9 +138,8 @@ fn default_component(config: &SidecarConfig) -> Result<Component, String> {
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {DEFAULT_STORE_NAME}\nspec:\n  type: {EMBEDDED_STATE_TYPE}\n  version: v1\n  metadata:\n  - name: connectionString\n    value: {}\n",
         serde_json::to_string(&db.display().to_string()).unwrap_or_default()
     );
-    let mut parsed =
-        trellis_resources::parse_str(std::path::Path::new("<built-in statestore>"), &yaml)
-            .map_err(|e| format!("built-in state store: {e}"))?;
+    let mut parsed = trellis_resources::parse_str(std::path::Path::new(BUILT_IN), &yaml)
+        .map_err(|e| format!("built-in state store: {e}"))?;
     parsed
         .components
         .pop()
@@ -161,6 +172,17 @@ async fn open_one(
     let metadata = Metadata(metadata);
     let key_prefix = KeyPrefix::parse(metadata.get("keyPrefix")).map_err(|e| e.to_string())?;
     let prefix = key_prefix.prefix(&config.app_id, &config.namespace, &component.meta.name);
+    if component.location.file == std::path::Path::new(BUILT_IN) {
+        let store = crate::lazy_store::LazyStore::new(*factory, metadata, EMBEDDED_CAPABILITIES);
+        return Ok(Some(StateComponent {
+            name: component.meta.name.clone(),
+            type_name: component.type_name.clone(),
+            version: component.version.clone(),
+            capabilities: EMBEDDED_CAPABILITIES,
+            store: Arc::new(store),
+            prefix,
+        }));
+    }
     let timeout = component.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT);
     let opened = match tokio::time::timeout(timeout, factory(metadata)).await {
         Ok(Ok(store)) => Ok(store),
@@ -193,4 +215,20 @@ async fn open_one(
         store,
         prefix,
     }))
+}
+
+#[cfg(all(test, feature = "state-sqlite"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn embedded_capabilities_match_the_real_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Metadata(BTreeMap::from([(
+            "connectionString".to_string(),
+            dir.path().join("s.db").display().to_string(),
+        )]));
+        let store = trellis_state::sqlite::SqliteStore::open(&md).await.unwrap();
+        assert_eq!(store.capabilities(), EMBEDDED_CAPABILITIES);
+    }
 }

@@ -141,7 +141,8 @@ where
     for task in 0..args.concurrency {
         let (store, stop, op) = (store.clone(), stop.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
@@ -154,7 +155,8 @@ where
     }
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     for t in tasks {
         let h = t.await.map_err(|e| e.to_string())??;
         latency.add(&h).map_err(|e| e.to_string())?;

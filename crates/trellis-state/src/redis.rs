@@ -433,11 +433,7 @@ impl StateStore for RedisStore {
                 .map(|(k, (fields, pttl))| (k.clone(), item(fields, pttl)))
                 .collect(),
             Ok(answers) => {
-                let text = format!(
-                    "redis answered {} of {} reads",
-                    answers.len(),
-                    keys.len()
-                );
+                let text = format!("redis answered {} of {} reads", answers.len(), keys.len());
                 keys.iter()
                     .map(|k| (k.clone(), Err(StateError::Backend(text.clone()))))
                     .collect()

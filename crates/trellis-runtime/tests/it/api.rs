@@ -80,6 +80,21 @@ async fn metadata_reports_the_sidecar_and_stores_attributes() {
     assert_eq!(md["appConnectionProperties"]["protocol"], "http");
     assert_eq!(md["appConnectionProperties"]["channelAddress"], "127.0.0.1");
     assert!(md["actorRuntime"].is_object());
+    let store = &md["components"][0];
+    assert_eq!(
+        store["name"], "statestore",
+        "the embedded default store: {md}"
+    );
+    assert_eq!(store["type"], "state.sqlite");
+    let caps: Vec<&str> = store["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for cap in ["ETAG", "TRANSACTIONAL", "QUERY_API"] {
+        assert!(caps.contains(&cap), "{cap} in {caps:?}");
+    }
     s.stop().await;
 }
 
