@@ -1,7 +1,20 @@
-# order-processor: receives orders at POST /orders and confirms them.
-# Standard library only; the sidecar gives us APP_PORT.
-import json, os
+# order-processor: receives orders at POST /orders, keeps each one in the state store
+# (`statestore`, embedded by default: no database to install) and confirms it.
+# Standard library only; the sidecar gives us APP_PORT and DAPR_HTTP_PORT.
+import json, os, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STATE = f"http://127.0.0.1:{os.environ.get('DAPR_HTTP_PORT', '3500')}/v1.0/state/statestore"
+
+def save_order(order):
+    body = json.dumps([{"key": f"order-{order['orderId']}", "value": order}]).encode()
+    req = urllib.request.Request(STATE, data=body, method="POST",
+                                 headers={"content-type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+def load_order(order_id):
+    with urllib.request.urlopen(f"{STATE}/order-{order_id}", timeout=5) as resp:
+        return json.loads(resp.read()) if resp.status == 200 else None
 
 class Orders(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -15,7 +28,9 @@ class Orders(BaseHTTPRequestHandler):
             return
         order = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
         caller = self.headers.get("dapr-caller-app-id", "?")
-        print(f"order {order['orderId']} received from {caller}", flush=True)
+        save_order(order)
+        stored = load_order(order["orderId"])
+        print(f"order {order['orderId']} received from {caller}, stored as {stored}", flush=True)
         body = json.dumps({"orderId": order["orderId"], "status": "confirmed"}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")

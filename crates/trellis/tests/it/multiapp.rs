@@ -264,3 +264,49 @@ async fn a_directory_run_file_means_its_trellis_yaml() {
         p.output()
     );
 }
+
+/// The README's first command: the quickstart runs, `checkout` gets every order confirmed
+/// through `order-processor`, which keeps them in the embedded state store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_example_works() {
+    let work = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    for app in ["checkout", "order-processor"] {
+        std::fs::create_dir_all(work.path().join(app)).unwrap();
+        std::fs::copy(
+            example.join(app).join("app.py"),
+            work.path().join(app).join("app.py"),
+        )
+        .unwrap();
+    }
+    // Same file, but on a port of this test's own so parallel runs cannot collide.
+    let port = trellis_test_support::free_port();
+    let run_file = std::fs::read_to_string(example.join("trellis.yaml"))
+        .unwrap()
+        .replace("appPort: 6001", &format!("appPort: {port}"));
+    std::fs::write(work.path().join("trellis.yaml"), run_file).unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let run = trellis(
+        &[
+            "run",
+            "-f",
+            &work.path().join("trellis.yaml").display().to_string(),
+        ],
+        data.path(),
+    )
+    .spawn();
+    run.wait_output("all orders sent", PATIENCE).await;
+    let out = run.output();
+    for n in 1..=10 {
+        assert!(
+            out.contains(&format!("== APP - checkout == order {n}: confirmed")),
+            "order {n} in:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("order 10 received from checkout, stored as {'orderId': 10}"),
+        "{out}"
+    );
+    run.signal(Signal::SIGINT);
+}
