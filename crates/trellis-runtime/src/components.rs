@@ -51,9 +51,16 @@ impl Default for Registries {
             })
         });
         #[cfg(feature = "state-postgres")]
-        state.register("state.postgresql", &["v1", "v2"], |md| {
+        state.register("state.postgresql", &["v1"], |md| {
             Box::pin(async move {
                 let store = trellis_state::postgres::PostgresStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn StateStore>)
+            })
+        });
+        #[cfg(feature = "state-postgres")]
+        state.register("state.postgresql", &["v2"], |md| {
+            Box::pin(async move {
+                let store = trellis_state::postgres::PostgresStore::open_v2(&md).await?;
                 Ok(Arc::new(store) as Arc<dyn StateStore>)
             })
         });

@@ -337,8 +337,14 @@ impl MysqlStore {
             // TCP connection to the server's unix socket.
             .prefer_socket(false)
             // Expiry times are compared with CURRENT_TIMESTAMP: a fixed zone keeps daylight
-            // saving changes out of that.
-            .init(vec!["SET time_zone = '+00:00'"]);
+            // saving changes out of that. (`setup`, not `init`: the pool resets sessions,
+            // and only `setup` runs again after a reset.)
+            .setup(vec![
+                "SET time_zone = '+00:00'",
+                // Every write is conditioned on its own row; repeatable read would add gap
+                // locks (and deadlocks between transactions writing new keys) for nothing.
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            ]);
         opts = match &s.dsn.address {
             Address::Tcp(host, port) => opts.ip_or_hostname(host.clone()).tcp_port(*port),
             Address::Unix(path) => opts.socket(Some(path.clone())),
@@ -667,8 +673,9 @@ impl StateStore for MysqlStore {
                 }
                 keys.iter()
                     .map(|k| {
-                        let result = match (found.remove(k), &broken) {
-                            (Some(item), _) => Ok(Some(item)),
+                        // `get`, not `remove`: a key asked for twice is answered twice.
+                        let result = match (found.get(k), &broken) {
+                            (Some(item), _) => Ok(Some(item.clone())),
                             // A row that could not be read is reported for every key that
                             // is not otherwise accounted for, rather than as missing.
                             (None, Some(text)) => Err(StateError::Backend(text.clone())),

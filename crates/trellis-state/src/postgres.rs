@@ -868,13 +868,15 @@ impl StateStore for PostgresStore {
                 for row in &rows {
                     let key: Result<String, _> = row.try_get(0);
                     if let Ok(key) = key {
-                        found.insert(key, inner.item_from_row(row, 1));
+                        found.insert(key, inner.item_from_row(row, 1).map_err(|e| e.to_string()));
                     }
                 }
                 keys.iter()
                     .map(|k| {
-                        let result = match found.remove(k) {
-                            Some(item) => item.map(Some),
+                        // `get`, not `remove`: a key asked for twice is answered twice.
+                        let result = match found.get(k) {
+                            Some(Ok(item)) => Ok(Some(item.clone())),
+                            Some(Err(text)) => Err(StateError::Backend(text.clone())),
                             None => Ok(None),
                         };
                         (k.clone(), result)
@@ -992,11 +994,9 @@ impl StateStore for PostgresStore {
             });
         }
         let mut token = None;
-        if let Some(limit) = query.limit {
-            if results.len() > limit {
-                results.truncate(limit);
-                token = Some((offset + i64::try_from(limit).unwrap_or(i64::MAX)).to_string());
-            }
+        if let Some(limit) = query.limit.filter(|limit| results.len() > *limit) {
+            results.truncate(limit);
+            token = Some((offset + i64::try_from(limit).unwrap_or(i64::MAX)).to_string());
         }
         Ok(QueryResponse { results, token })
     }

@@ -198,12 +198,12 @@ impl Settings {
                 "metadata failover: redis sentinel is not supported yet",
             ));
         }
-        if let Some(kind) = remote::string(md, &["redisType"]) {
-            if !kind.eq_ignore_ascii_case("node") {
-                return Err(invalid(format!(
-                    "metadata redisType: {kind:?} is not supported yet (only \"node\")"
-                )));
-            }
+        if let Some(kind) =
+            remote::string(md, &["redisType"]).filter(|k| !k.eq_ignore_ascii_case("node"))
+        {
+            return Err(invalid(format!(
+                "metadata redisType: {kind:?} is not supported yet (only \"node\")"
+            )));
         }
         let second = Duration::from_secs(1);
         let positive = |names: &[&str], default| -> Result<Duration, StateError> {

@@ -52,6 +52,8 @@ use crate::{
 /// The most jobs one write transaction (or one read transaction) takes. Bounded so a
 /// flood of writes still commits, and answers, in slices.
 pub const MAX_BATCH: usize = 1024;
+/// The longest the writer waits for more writes to join a batch; see [`gather`].
+const MAX_GATHER_WAIT: Duration = Duration::from_micros(500);
 /// Rows deleted per transaction by the TTL clean-up, so it never holds the write lock long.
 const CLEANUP_CHUNK: usize = 1000;
 
@@ -565,6 +567,37 @@ fn run_query(
     Ok(QueryResponse { results, token })
 }
 
+/// Collects a batch: `first` and whatever is queued behind it. When the batch is smaller
+/// than the previous one, the callers answered by that commit are most likely just about
+/// to send their next write: waiting a moment for them (a small fraction of a commit,
+/// at most [`MAX_GATHER_WAIT`]) lets them share the next fsync instead of each half of
+/// them paying for one.
+fn gather(
+    rx: &mpsc::Receiver<Job>,
+    first: Job,
+    last_batch: usize,
+    last_commit: Duration,
+) -> Vec<Job> {
+    let mut batch = vec![first];
+    let deadline = Instant::now() + (last_commit / 4).min(MAX_GATHER_WAIT);
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if batch.len() >= last_batch {
+                    break;
+                }
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    batch
+}
+
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
@@ -575,6 +608,7 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         let mut next_cleanup = self.cleanup_interval.map(|i| Instant::now() + i);
+        let (mut last_batch, mut last_commit) = (0, Duration::ZERO);
         loop {
             let wait = next_cleanup.map(|t| t.saturating_duration_since(Instant::now()));
             let first = match wait {
@@ -583,14 +617,11 @@ impl Writer {
             };
             match first {
                 Ok(job) => {
-                    let mut batch = vec![job];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                        }
-                    }
+                    let batch = gather(&rx, job, last_batch, last_commit);
+                    last_batch = batch.len();
+                    let started = Instant::now();
                     self.batch(batch);
+                    last_commit = started.elapsed();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 // The store was dropped and every queued job is done.

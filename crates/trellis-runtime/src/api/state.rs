@@ -331,6 +331,10 @@ pub async fn bulk(
                 Ok(Some(item)) => {
                     obj.insert("data".into(), wire_value(&item.value));
                     obj.insert("etag".into(), Value::String(item.etag));
+                    if let Some(expires) = item.expires_at {
+                        let md = serde_json::json!({ "ttlExpireTime": rfc3339(expires) });
+                        obj.insert("metadata".into(), md);
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => {

@@ -201,3 +201,35 @@ async fn mysql_restart_recovers_without_reopening() {
     servers::check_restart_recovery(servers::MARIADB, &store, "k", Duration::from_secs(3), true)
         .await;
 }
+
+#[tokio::test]
+async fn bulk_get_answers_a_key_asked_twice() {
+    let store = MysqlStore::open(&md(&[("tableName", "trellis_it_conformance")]))
+        .await
+        .unwrap();
+    servers::check_bulk_get_duplicates(&store, &servers::unique("trellis-it-dup")).await;
+}
+
+/// Expiry times come out right however often a pooled connection is reused (and reset).
+#[tokio::test]
+async fn expiry_times_are_right_on_reused_connections() {
+    let table = servers::unique("trellis_it_session");
+    let _drop = Tables(vec![table.clone()]);
+    let store = MysqlStore::open(&md(&[("tableName", &table)]))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let mut req = SetRequest::new("k", format!("{i}"));
+        req.ttl = Some(Duration::from_secs(3600));
+        store.set(req).await.unwrap();
+        let item = store.get("k").await.unwrap().unwrap();
+        let expires = item.expires_at.unwrap();
+        let from_now = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        assert!(
+            from_now > Duration::from_secs(3590) && from_now <= Duration::from_secs(3600),
+            "round {i}: expires in {from_now:?}"
+        );
+    }
+}

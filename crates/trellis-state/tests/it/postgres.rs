@@ -315,3 +315,11 @@ async fn postgres_restart_recovers_without_reopening() {
     servers::check_restart_recovery(servers::POSTGRES, &store, "k", Duration::from_secs(3), true)
         .await;
 }
+
+#[tokio::test]
+async fn bulk_get_answers_a_key_asked_twice() {
+    let store = PostgresStore::open(&md(&[("tableName", "trellis_it_conformance_v1")]))
+        .await
+        .unwrap();
+    servers::check_bulk_get_duplicates(&store, &servers::unique("trellis-it-dup")).await;
+}

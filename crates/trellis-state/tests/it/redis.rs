@@ -149,3 +149,9 @@ async fn redis_restart_recovers_without_reopening() {
         .await;
     store.delete(DeleteRequest::new(&key)).await.unwrap();
 }
+
+#[tokio::test]
+async fn bulk_get_answers_a_key_asked_twice() {
+    let store = RedisStore::open(&md(&[])).await.unwrap();
+    servers::check_bulk_get_duplicates(&store, &servers::unique("trellis-it-dup")).await;
+}

@@ -232,3 +232,26 @@ pub async fn check_restart_recovery(
     );
     store.ping().await.expect("ping after the restart");
 }
+
+/// A bulk read that names a key twice (and a missing key) answers every entry in order.
+pub async fn check_bulk_get_duplicates(store: &dyn trellis_state::StateStore, prefix: &str) {
+    use trellis_state::{DeleteRequest, SetRequest};
+
+    let (a, missing) = (format!("{prefix}a"), format!("{prefix}missing"));
+    store.set(SetRequest::new(&a, "1")).await.expect("set");
+    let keys = [a.clone(), missing.clone(), a.clone()];
+    let got = store.bulk_get(&keys).await;
+    let answers: Vec<(String, Option<Vec<u8>>)> = got
+        .into_iter()
+        .map(|(k, r)| (k, r.expect("bulk get").map(|i| i.value.to_vec())))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (a.clone(), Some(b"1".to_vec())),
+            (missing, None),
+            (a.clone(), Some(b"1".to_vec())),
+        ]
+    );
+    store.delete(DeleteRequest::new(&a)).await.expect("delete");
+}
