@@ -7,6 +7,7 @@
 pub mod app;
 pub mod http;
 pub mod process;
+pub mod servers;
 
 pub use app::TestApp;
 pub use http::{Downloaded, HttpResponse, download, request, send_chunked, try_request};

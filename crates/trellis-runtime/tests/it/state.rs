@@ -333,3 +333,67 @@ async fn key_prefixes_and_scopes_isolate_apps() {
     );
     c.stop().await;
 }
+
+/// Redis goes away and comes back: the sidecar answers 500 with Redis's error meanwhile,
+/// keeps serving everything else, and the same store works again afterwards without a
+/// restart of the sidecar. Runs alone under nextest (`_restart_` in the name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_recovers_without_restarting_the_sidecar() {
+    use trellis_test_support::servers::{REDIS, may_restart_servers, unique};
+    if !may_restart_servers("redis_restart_recovers_without_restarting_the_sidecar") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("rt");
+    let redis_yaml = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: cache\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: 127.0.0.1:6379\n  - name: keyPrefix\n    value: {prefix}\n"
+    );
+    let redis = trellis_resources::parse_str(std::path::Path::new("redis.yaml"), &redis_yaml)
+        .unwrap()
+        .components
+        .remove(0);
+    let local = component("local", &dir.path().join("local.db"), "");
+    let s = sidecar("recovering", dir.path(), None, |c| {
+        c.resources.components = vec![redis, local]
+    })
+    .await;
+
+    let r = save(&s, "cache", json!([{"key": "k", "value": "before"}])).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    let mut stopped = tokio::task::block_in_place(|| REDIS.stop());
+    let started = std::time::Instant::now();
+    let r = request("GET", &url(&s, "/v1.0/state/cache/k"), &[], "").await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_STATE_GET");
+    assert!(
+        r.json()["message"].as_str().unwrap().len()
+            > "fail to get k from state store cache: ".len()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failing took {:?}",
+        started.elapsed()
+    );
+    let r = save(&s, "cache", json!([{"key": "k", "value": "during"}])).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["errorCode"], "ERR_STATE_SAVE");
+    // Everything else keeps working.
+    let r = save(&s, "local", json!([{"key": "k", "value": "fine"}])).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = request("GET", &url(&s, "/v1.0/healthz"), &[], "").await;
+    assert_eq!(r.status, 204);
+
+    tokio::task::block_in_place(|| stopped.start());
+    let recovered = trellis_test_support::wait_until(Duration::from_secs(10), || async {
+        save(&s, "cache", json!([{"key": "k", "value": "after"}]))
+            .await
+            .status
+            == 204
+    })
+    .await;
+    assert!(recovered, "the store did not recover after Redis came back");
+    let r = request("GET", &url(&s, "/v1.0/state/cache/k"), &[], "").await;
+    assert_eq!(r.json(), "after");
+    s.stop().await;
+}
