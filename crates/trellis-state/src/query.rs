@@ -174,8 +174,7 @@ impl Filter {
     }
 }
 
-/// The value at a dotted path (`person.org`); a leading `value.` is accepted as Dapr's docs
-/// sometimes write it.
+/// The value at a dotted path (`person.org`); a numeric segment indexes an array.
 pub fn field<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     let mut current = value;
     for part in path.split('.') {

@@ -466,11 +466,11 @@ fn open_reader(cfg: &Config) -> Result<Connection, StateError> {
 }
 
 /// Reads, shared by reader threads and (for in-memory databases) the writer thread.
-fn read_job(conn: &Connection, sql: &Sql, job: Job, now: i64) -> Option<Answer> {
+fn read_job(conn: &Connection, sql: &Sql, job: Job, now: i64) -> Answer {
     match job {
         Job::Get { keys, reply } => {
             let res = get_many(conn, sql, &keys, now);
-            Some(Answer::Get(reply, res))
+            Answer::Get(reply, res)
         }
         Job::Query {
             prefix,
@@ -478,14 +478,14 @@ fn read_job(conn: &Connection, sql: &Sql, job: Job, now: i64) -> Option<Answer> 
             reply,
         } => {
             let res = run_query(conn, sql, &prefix, &query, now);
-            Some(Answer::Query(reply, res))
+            Answer::Query(reply, res)
         }
-        Job::Write { reply, .. } => Some(Answer::Write(
+        Job::Write { reply, .. } => Answer::Write(
             reply,
             Err(StateError::Backend(
                 "internal error: a write reached a reader".into(),
             )),
-        )),
+        ),
     }
 }
 
@@ -681,7 +681,7 @@ impl Writer {
                     }
                     answers.push(Answer::Write(reply, res));
                 }
-                read => answers.extend(read_job(&self.conn, &self.sql, read, now)),
+                read => answers.push(read_job(&self.conn, &self.sql, read, now)),
             }
         }
         if aborted.is_none()
@@ -912,7 +912,7 @@ fn reader_loop(conn: Connection, sql: Arc<Sql>, rx: Arc<Mutex<mpsc::Receiver<Job
             if job.abandoned() {
                 continue;
             }
-            answers.extend(read_job(&conn, &sql, job, now));
+            answers.push(read_job(&conn, &sql, job, now));
         }
         if in_tx {
             let _ = conn.execute_batch("COMMIT");
