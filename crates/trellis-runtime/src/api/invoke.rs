@@ -38,7 +38,10 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
     }
     let (req, exceeded) = match limit_body(req, rt.max_request_body) {
         Ok(limited) => limited,
-        Err(err) => return err.into_response(),
+        Err((err, body)) => {
+            drain(body).await;
+            return err.into_response();
+        }
     };
     let (parts, body) = req.into_parts();
     let req = match crate::invoke::coalesce(&parts.headers, body).await {
@@ -72,16 +75,20 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
     }
 }
 
+/// A request whose body is guarded by the size limit, and the flag telling whether a body
+/// without a declared length went over it.
+type Limited = (Request, Option<Arc<AtomicBool>>);
+
 /// Enforces the body size limit without buffering: a declared length is checked up front,
 /// a chunked body is counted as it streams (the flag tells whether it went over).
-fn limit_body(req: Request, max: usize) -> Result<(Request, Option<Arc<AtomicBool>>), ApiError> {
+fn limit_body(req: Request, max: usize) -> Result<Limited, (ApiError, Body)> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(len) if len > max as u64 => Err(ApiError::body_too_large(max)),
+        Some(len) if len > max as u64 => Err((ApiError::body_too_large(max), req.into_body())),
         // hyper already refuses a body longer than its Content-Length.
         Some(_) => Ok((req, None)),
         None => {
@@ -90,6 +97,24 @@ fn limit_body(req: Request, max: usize) -> Result<(Request, Option<Arc<AtomicBoo
             Ok((Request::from_parts(parts, Body::new(body)), Some(exceeded)))
         }
     }
+}
+
+/// Reads and discards a refused body (up to a bound) before answering, so that a client still
+/// writing it gets the 413 instead of a broken pipe. A body past the bound, or one that
+/// trickles, is cut off: the connection closes instead.
+async fn drain(body: Body) {
+    const DRAIN_LIMIT: usize = 64 << 20;
+    let mut body = body;
+    let mut drained = 0usize;
+    let reading = async {
+        while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+            drained += frame.data_ref().map_or(0, |d| d.len());
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
 }
 
 /// Splits `/v1.0/invoke/{id}/method/{method}`; the id is percent-decoded, the method stays

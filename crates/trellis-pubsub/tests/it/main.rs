@@ -1,0 +1,9 @@
+//! Integration tests of the pub/sub brokers: the conformance suite against each backend, and
+//! each backend's own behaviour (for SQLite: several brokers and processes on one file,
+//! leases, retention, durability across kill -9).
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[cfg(feature = "sqlite")]
+mod sqlite;
