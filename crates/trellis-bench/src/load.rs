@@ -1,5 +1,6 @@
-//! The load generator: persistent HTTP/1.1 keep-alive connections driven
-//! either on a fixed open-loop schedule or back to back (closed loop).
+//! The load generator: clients (persistent HTTP/1.1 keep-alive connections,
+//! or direct connections to a database) driven either on a fixed open-loop
+//! schedule or back to back (closed loop).
 //!
 //! Latencies go into an HDR histogram with microsecond resolution.
 
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::header::{CONTENT_TYPE, HOST};
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -127,6 +128,98 @@ impl Outcome {
     }
 }
 
+/// One load task's way of doing the measured operation: usually one
+/// connection (HTTP keep-alive, Redis, PostgreSQL) or a handle on an
+/// in-process store. The same fixed-rate and closed-loop machinery drives
+/// every kind, so numbers of different paths are comparable.
+pub trait Client: Send + 'static {
+    /// Performs operation number `seq` of the phase (the slot of the global
+    /// schedule, or this task's k, k+n, ... in closed loop). `Err` = failed.
+    fn call(&mut self, seq: u64) -> impl Future<Output = Result<()>> + Send;
+
+    /// Called after a failed or timed-out call: drop whatever connection
+    /// state might be half-used so the next call starts clean.
+    fn reset(&mut self) {}
+}
+
+/// One HTTP exchange and what makes it a success.
+pub struct Call {
+    pub method: Method,
+    pub uri: Uri,
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+    pub status: StatusCode,
+    /// When set, the response body must be exactly this long.
+    pub body_len: Option<usize>,
+}
+
+/// A [`Client`] on one keep-alive HTTP/1.1 connection to 127.0.0.1:`port`,
+/// sending whatever `make(seq)` describes. It (re)connects lazily.
+pub struct HttpClient<F> {
+    port: u16,
+    host: HeaderValue,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    make: F,
+}
+
+impl<F: Fn(u64) -> Call + Send + Sync + 'static> HttpClient<F> {
+    pub fn new(port: u16, make: F) -> Self {
+        Self {
+            port,
+            host: HeaderValue::try_from(format!("127.0.0.1:{port}"))
+                .unwrap_or(HeaderValue::from_static("127.0.0.1")),
+            sender: None,
+            make,
+        }
+    }
+}
+
+impl<F: Fn(u64) -> Call + Send + Sync + 'static> Client for HttpClient<F> {
+    async fn call(&mut self, seq: u64) -> Result<()> {
+        let call = (self.make)(seq);
+        let sender = match &mut self.sender {
+            Some(s) if !s.is_closed() => s,
+            slot => slot.insert(connect(self.port).await?),
+        };
+        let req = Request::builder()
+            .method(call.method)
+            .uri(call.uri)
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, call.content_type)
+            .body(Full::new(call.body))?;
+        let (status, body) = exchange(sender, req).await?;
+        if status != call.status {
+            bail!("status {status}: {}", snippet(&body));
+        }
+        if let Some(len) = call.body_len
+            && body.len() != len
+        {
+            bail!("response body of {} bytes, expected {len}", body.len());
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.sender = None;
+    }
+}
+
+/// The `invoke` client: POSTs `body` to `target` and expects it echoed.
+pub fn echo_client(
+    target: &Target,
+    body: Bytes,
+) -> HttpClient<impl Fn(u64) -> Call + Send + Sync + 'static> {
+    let uri = Uri::try_from(target.path.as_str()).unwrap_or_default();
+    HttpClient::new(target.port, move |_| Call {
+        method: Method::POST,
+        uri: uri.clone(),
+        body: body.clone(),
+        content_type: HeaderValue::from_static("application/octet-stream"),
+        status: StatusCode::OK,
+        body_len: Some(body.len()),
+    })
+}
+
 /// Runs one phase: `connections` tasks, each owning one keep-alive
 /// connection, until `schedule.end`. Prints a progress line per second.
 pub async fn run(
@@ -137,19 +230,32 @@ pub async fn run(
     body: Bytes,
     schedule: Schedule,
 ) -> Result<Outcome> {
+    let clients = (0..connections)
+        .map(|_| echo_client(target, body.clone()))
+        .collect();
+    run_clients(label, mode, schedule, clients).await
+}
+
+/// Runs one phase with one task per client until `schedule.end`. Prints a
+/// progress line per second.
+pub async fn run_clients<C: Client>(
+    label: &str,
+    mode: Mode,
+    schedule: Schedule,
+    clients: Vec<C>,
+) -> Result<Outcome> {
     let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(connections);
-    for k in 0..connections {
+    let n = clients.len();
+    let mut tasks = Vec::with_capacity(n);
+    for (k, client) in clients.into_iter().enumerate() {
         let worker = Worker {
-            target: target.clone(),
-            body: body.clone(),
+            client,
             schedule,
             done: Arc::clone(&done),
-            sender: None,
         };
         tasks.push(match mode {
-            Mode::FixedRate(rate) => tokio::spawn(worker.fixed_rate(k, connections, rate)),
-            Mode::MaxThroughput => tokio::spawn(worker.closed_loop()),
+            Mode::FixedRate(rate) => tokio::spawn(worker.fixed_rate(k, n, rate)),
+            Mode::MaxThroughput => tokio::spawn(worker.closed_loop(k, n)),
         });
     }
     let ticker = tokio::spawn(progress(label.to_owned(), schedule, Arc::clone(&done)));
@@ -161,6 +267,36 @@ pub async fn run(
     // The ticker ends by itself at the last whole second of the schedule.
     let _ = ticker.await;
     Ok(total)
+}
+
+/// Unmeasured: operations 0..`count`, shared out over the clients as in a
+/// closed loop (client k does k, k+n, ...). Used to write every key once
+/// before reads are measured. Fails on the first failed operation.
+pub async fn fill<C: Client>(clients: Vec<C>, count: u64) -> Result<()> {
+    let n = clients.len() as u64;
+    let mut tasks = Vec::new();
+    for (k, mut client) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut seq = k as u64;
+            while seq < count {
+                timed(client.call(seq))
+                    .await
+                    .with_context(|| format!("operation {seq}"))?;
+                seq += n;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("fill task panicked")??;
+    }
+    Ok(())
+}
+
+async fn timed(call: impl Future<Output = Result<()>>) -> Result<()> {
+    tokio::time::timeout(REQUEST_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("no response within {REQUEST_TIMEOUT:?}")))
 }
 
 async fn progress(label: String, schedule: Schedule, done: Arc<AtomicU64>) {
@@ -179,17 +315,15 @@ async fn progress(label: String, schedule: Schedule, done: Arc<AtomicU64>) {
     }
 }
 
-/// One connection's share of the load.
-struct Worker {
-    target: Target,
-    body: Bytes,
+/// One client's share of the load.
+struct Worker<C> {
+    client: C,
     schedule: Schedule,
     done: Arc<AtomicU64>,
-    sender: Option<SendRequest<Full<Bytes>>>,
 }
 
-impl Worker {
-    /// Open loop: connection `k` of `n` owns requests k, k+n, k+2n, ... of a
+impl<C: Client> Worker<C> {
+    /// Open loop: client `k` of `n` owns requests k, k+n, k+2n, ... of a
     /// global schedule with one request every 1/`rate` seconds.
     ///
     /// Latency counts from the *scheduled* send time whenever the connection
@@ -211,7 +345,7 @@ impl Worker {
                 tokio::time::sleep_until(scheduled.into()).await;
             }
             let from = if busy { scheduled } else { Instant::now() };
-            let res = self.exchange().await;
+            let res = self.exchange(slot).await;
             let latency = from.elapsed();
             self.done.fetch_add(1, Ordering::Relaxed);
             if scheduled >= self.schedule.measure_from {
@@ -221,15 +355,15 @@ impl Worker {
         Ok(out)
     }
 
-    /// Closed loop: back-to-back requests on this connection until the end.
-    async fn closed_loop(mut self) -> Result<Outcome> {
+    /// Closed loop: back-to-back operations by this client until the end.
+    async fn closed_loop(mut self, k: usize, n: usize) -> Result<Outcome> {
         let mut out = Outcome::empty(self.schedule.measured())?;
-        loop {
+        for i in 0u64.. {
             let sent = Instant::now();
             if sent >= self.schedule.end {
                 break;
             }
-            let res = self.exchange().await;
+            let res = self.exchange(k as u64 + i * n as u64).await;
             let failed = res.is_err();
             self.done.fetch_add(1, Ordering::Relaxed);
             if sent >= self.schedule.measure_from {
@@ -243,28 +377,12 @@ impl Worker {
         Ok(out)
     }
 
-    /// One POST on this worker's connection, (re)connecting if needed. Any
-    /// failure drops the connection so the next request starts clean.
-    async fn exchange(&mut self) -> Result<()> {
-        let res = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let sender = match &mut self.sender {
-                Some(s) if !s.is_closed() => s,
-                slot => slot.insert(connect(self.target.port).await?),
-            };
-            let (status, body) =
-                send(sender, Method::POST, &self.target, self.body.clone()).await?;
-            if status != StatusCode::OK {
-                bail!("status {status}: {}", snippet(&body));
-            }
-            if body.len() != self.body.len() {
-                bail!("echoed {} bytes, sent {}", body.len(), self.body.len());
-            }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|_| Err(anyhow!("no response within {REQUEST_TIMEOUT:?}")));
+    /// One operation, bounded in time. Any failure resets the client so the
+    /// next operation starts clean.
+    async fn exchange(&mut self, seq: u64) -> Result<()> {
+        let res = timed(self.client.call(seq)).await;
         if res.is_err() {
-            self.sender = None;
+            self.client.reset();
         }
         res
     }
@@ -284,6 +402,17 @@ async fn connect(port: u16) -> Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes)> {
+    sender.ready().await?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
 async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
     method: Method,
@@ -296,11 +425,7 @@ async fn send(
         .header(HOST, format!("127.0.0.1:{}", target.port))
         .header(CONTENT_TYPE, "application/octet-stream")
         .body(Full::new(body))?;
-    sender.ready().await?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    exchange(sender, req).await
 }
 
 fn snippet(body: &[u8]) -> String {

@@ -5,13 +5,20 @@
 //! prints a markdown report of latency, throughput, CPU, memory and start-up
 //! time next to the targets. Scenarios whose parts are unavailable (no
 //! trellis binary yet, no nginx) are skipped with a message; the rest run.
+//!
+//! `trellis-bench state` measures the state API through a sidecar against the
+//! same operations done directly, for Redis, PostgreSQL and the embedded
+//! SQLite store, and the embedded store's raw capability (see `state.rs`).
 
+mod direct;
 mod echo;
 mod load;
 mod nginx;
 mod procs;
 mod report;
 mod sidecar;
+mod state;
+mod state_report;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +42,8 @@ struct Cli {
 enum Cmd {
     /// Service invocation: direct vs. two trellis sidecars vs. two nginx hops.
     Invoke(InvokeArgs),
+    /// State API: sidecar vs. direct for Redis, PostgreSQL and the embedded store.
+    State(state::StateArgs),
     /// The echo app used as the target (the bench starts it itself).
     #[command(hide = true)]
     EchoServer {
@@ -91,6 +100,12 @@ fn main() -> Result<()> {
             // in it, which stops the child processes.
             tokio::select! {
                 res = invoke(args) => res,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            }
+        }),
+        Cmd::State(args) => rt.block_on(async {
+            tokio::select! {
+                res = state::run(args) => res,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             }
         }),
@@ -355,7 +370,7 @@ async fn measure(
 }
 
 /// "10s", "500ms", "2m" or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -372,7 +387,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// The command as the user would retype it: `cargo run` sets `CARGO` for the
 /// program it runs, in which case the cargo form is shown.
-fn command_line() -> String {
+pub(crate) fn command_line() -> String {
     let quote = |a: String| {
         if !a.is_empty()
             && a.chars()

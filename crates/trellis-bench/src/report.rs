@@ -368,7 +368,7 @@ impl Unit {
 }
 
 /// Percentile cell, or a dash when nothing succeeded.
-fn q(o: &Outcome, quantile: f64) -> String {
+pub(crate) fn q(o: &Outcome, quantile: f64) -> String {
     if o.ok == 0 {
         "—".into()
     } else {
@@ -394,7 +394,7 @@ fn added(
     }
 }
 
-fn ms(v: f64) -> String {
+pub(crate) fn ms(v: f64) -> String {
     format!("{v:.3}")
 }
 
@@ -402,11 +402,11 @@ fn ms_d(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
 }
 
-fn mib(kb: u64) -> f64 {
+pub(crate) fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 

@@ -205,3 +205,80 @@ fn stop_gracefully(name: &str, child: &mut ChildGuard) -> Option<String> {
     (child.exited().is_none() && child.stop(STOP_GRACE).is_none())
         .then(|| format!("{name} did not exit within {STOP_GRACE:?} of SIGTERM and was killed"))
 }
+
+/// A single sidecar for the `state` bench: `trellis run --app-id bench`
+/// with no app, its own data dir and (optionally) a components dir.
+pub struct StateSidecar {
+    pub child: ChildGuard,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl StateSidecar {
+    /// Graceful stop; a note if it had to be killed.
+    pub fn stop(&mut self) -> Option<String> {
+        stop_gracefully("sidecar", &mut self.child)
+    }
+}
+
+/// Why a state sidecar did not come up.
+pub enum StartError {
+    /// `trellis run` refused the component type (the binary was built
+    /// without that backend); the text is trellis's own error line.
+    Rejected(String),
+    Other(anyhow::Error),
+}
+
+/// Starts `trellis run --app-id bench ...` and waits for its healthz 204.
+/// Unlike [`start`], it notices at once when the process exits (a rejected
+/// component is an immediate exit), instead of polling until the limit.
+pub async fn start_state(
+    bin: &Path,
+    data_dir: &Path,
+    resources: Option<&Path>,
+    log: &Path,
+) -> Result<StateSidecar, StartError> {
+    let fail = StartError::Other;
+    let port = procs::free_port().map_err(fail)?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--app-id", "bench", "--dapr-http-port"])
+        .arg(port.to_string())
+        .args(["--dapr-grpc-port", "0", "--dapr-internal-grpc-port", "0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null());
+    if let Some(dir) = resources {
+        cmd.arg("--resources-path").arg(dir);
+    }
+    let mut child = ChildGuard::spawn("sidecar", &mut cmd, Some(log)).map_err(fail)?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.exited() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("unknown component type")) {
+                return Err(StartError::Rejected(line.trim().to_owned()));
+            }
+            return Err(StartError::Other(anyhow::anyhow!(
+                "sidecar exited ({status}) before becoming healthy\n--- log ---\n{}",
+                procs::log_tail(log, 10)
+            )));
+        }
+        let limit = Duration::from_millis(50);
+        if load::wait_for_status(port, "GET", HEALTH_PATH, 204, limit)
+            .await
+            .is_ok()
+        {
+            return Ok(StateSidecar {
+                child,
+                port,
+                log: log.to_owned(),
+            });
+        }
+        if started.elapsed() > START_LIMIT {
+            return Err(StartError::Other(anyhow::anyhow!(
+                "sidecar not healthy within {START_LIMIT:?}\n--- log ---\n{}",
+                procs::log_tail(log, 10)
+            )));
+        }
+    }
+}
