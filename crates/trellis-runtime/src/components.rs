@@ -9,11 +9,16 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use trellis_pubsub::{PubSub, PubSubError};
 use trellis_resources::registry::Registry;
 use trellis_state::{Metadata, StateError, StateStore};
 
 /// Builds a state store from its component metadata.
 pub type StateFactory = fn(Metadata) -> BoxFuture<'static, Result<Arc<dyn StateStore>, StateError>>;
+
+/// Builds a pub/sub broker from its component metadata.
+pub type PubSubFactory =
+    fn(trellis_pubsub::Metadata) -> BoxFuture<'static, Result<Arc<dyn PubSub>, PubSubError>>;
 
 /// The building blocks Dapr defines.
 pub const BUILDING_BLOCKS: [&str; 8] = [
@@ -30,9 +35,13 @@ pub const BUILDING_BLOCKS: [&str; 8] = [
 /// The type of the embedded state store used when no state component is configured.
 pub const EMBEDDED_STATE_TYPE: &str = "state.sqlite";
 
+/// The type of the embedded broker used when no pub/sub component is configured.
+pub const EMBEDDED_PUBSUB_TYPE: &str = "pubsub.sqlite";
+
 #[derive(Debug)]
 pub struct Registries {
     pub state: Registry<StateFactory>,
+    pub pubsub: Registry<PubSubFactory>,
     /// Building blocks that have no component types yet; kept so that their components are
     /// reported as unknown types of a known block.
     pending: Vec<Registry<()>>,
@@ -78,12 +87,25 @@ impl Default for Registries {
                 Ok(Arc::new(store) as Arc<dyn StateStore>)
             })
         });
+        #[allow(unused_mut)]
+        let mut pubsub: Registry<PubSubFactory> = Registry::new("pubsub");
+        #[cfg(feature = "pubsub-sqlite")]
+        pubsub.register("pubsub.sqlite", &["v1"], |md| {
+            Box::pin(async move {
+                let broker = trellis_pubsub::sqlite::SqliteBroker::open(&md).await?;
+                Ok(Arc::new(broker) as Arc<dyn PubSub>)
+            })
+        });
         let pending = BUILDING_BLOCKS
             .iter()
-            .filter(|b| **b != "state")
+            .filter(|b| **b != "state" && **b != "pubsub")
             .map(|b| Registry::new(b))
             .collect();
-        Self { state, pending }
+        Self {
+            state,
+            pubsub,
+            pending,
+        }
     }
 }
 
@@ -94,6 +116,13 @@ impl Registries {
         if block == "state" {
             return self
                 .state
+                .get(type_name, version)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
+        if block == "pubsub" {
+            return self
+                .pubsub
                 .get(type_name, version)
                 .map(|_| ())
                 .map_err(|e| e.to_string());
@@ -125,5 +154,7 @@ mod tests {
         let err = r.check("frob.x", "v1").unwrap_err();
         assert!(err.contains("pubsub") && err.contains("frob"), "{err}");
         assert!(r.check("pubsub.kafka", "v1").is_err());
+        #[cfg(feature = "pubsub-sqlite")]
+        assert!(r.check("pubsub.sqlite", "v1").is_ok());
     }
 }

@@ -34,6 +34,8 @@ pub struct SidecarConfig {
     pub extended_metadata: BTreeMap<String, String>,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub graceful_shutdown: Duration,
+    /// How pub/sub deliveries to the app are retried and limited.
+    pub delivery: DeliveryPolicy,
 }
 
 impl SidecarConfig {
@@ -57,6 +59,7 @@ impl SidecarConfig {
             configuration: None,
             extended_metadata: BTreeMap::new(),
             graceful_shutdown: Duration::from_secs(5),
+            delivery: DeliveryPolicy::default(),
         }
     }
 }
@@ -106,5 +109,55 @@ impl Default for AppHealthCheck {
             timeout: Duration::from_millis(500),
             threshold: 3,
         }
+    }
+}
+
+/// Retries and concurrency of pub/sub deliveries to the app. Trellis's stand-in for Dapr's
+/// default resiliency: exponential backoff from `initial_backoff`, doubling up to
+/// `max_backoff`; after `max_attempts` a message goes to the dead-letter topic when the
+/// subscription has one, otherwise it keeps being retried at `max_backoff`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Deliveries of one subscription awaiting the app's answer at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            max_in_flight: 16,
+        }
+    }
+}
+
+impl DeliveryPolicy {
+    /// How long to wait before redelivering after the `attempt`-th delivery failed.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(20);
+        self.initial_backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.max_backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = DeliveryPolicy::default();
+        assert_eq!(p.backoff(1), Duration::from_millis(200));
+        assert_eq!(p.backoff(2), Duration::from_millis(400));
+        assert_eq!(p.backoff(5), Duration::from_millis(3200));
+        assert_eq!(p.backoff(6), Duration::from_secs(5));
+        assert_eq!(p.backoff(u32::MAX), Duration::from_secs(5));
+        assert_eq!(p.backoff(0), Duration::from_millis(200));
     }
 }

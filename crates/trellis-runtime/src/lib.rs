@@ -10,17 +10,22 @@
 //! error codes; [`invoke`] deals in `http` types and its own error enum.
 
 pub mod api;
+pub mod cel;
+pub mod cloudevent;
 pub mod components;
 pub mod config;
+pub mod delivery;
 pub mod health;
 pub mod invoke;
 mod lazy_store;
+pub mod pubsub;
 pub mod runtime;
 pub mod server;
 mod sidecar;
 pub mod state;
+pub mod subscriptions;
 
-pub use config::{AppChannelConfig, AppHealthCheck, AppProtocol, SidecarConfig};
+pub use config::{AppChannelConfig, AppHealthCheck, AppProtocol, DeliveryPolicy, SidecarConfig};
 pub use sidecar::{RunningSidecar, Sidecar, StartError};
 
 /// The body type used throughout the sidecar.

@@ -1,6 +1,7 @@
 //! The state one running sidecar shares between its API handlers and background tasks.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
@@ -9,7 +10,34 @@ use trellis_nameres::AppRef;
 use crate::config::AppChannelConfig;
 use crate::health::Health;
 use crate::invoke::{AppChannel, Invoker};
+use crate::pubsub::PubSubs;
 use crate::state::StateStores;
+use crate::subscriptions::SubscriptionSpec;
+
+/// Counts of what happened to delivered messages, for logs and tests.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Subscriptions that joined their consumer group.
+    pub subscribed: AtomicU64,
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dropped: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+impl DeliveryStats {
+    pub fn subscribed(&self) -> u64 {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+}
 
 /// What the metadata API lists about a loaded component.
 #[derive(Debug, Clone)]
@@ -28,12 +56,15 @@ pub struct Runtime {
     pub app_config: Option<AppChannelConfig>,
     pub health: Arc<Health>,
     pub state: StateStores,
+    pub pubsub: PubSubs,
+    pub delivery_stats: DeliveryStats,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
     pub enabled_features: Vec<String>,
     pub max_request_body: usize,
     pub api_token: Option<String>,
     pub enable_api_logging: bool,
+    subscriptions: RwLock<Vec<SubscriptionSpec>>,
     extended: RwLock<BTreeMap<String, String>>,
     shutdown_requested: watch::Sender<bool>,
 }
@@ -47,6 +78,7 @@ pub struct RuntimeParts {
     pub app_config: Option<AppChannelConfig>,
     pub health: Arc<Health>,
     pub state: StateStores,
+    pub pubsub: PubSubs,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
     pub enabled_features: Vec<String>,
@@ -65,6 +97,9 @@ impl Runtime {
             app_config: parts.app_config,
             health: parts.health,
             state: parts.state,
+            pubsub: parts.pubsub,
+            delivery_stats: DeliveryStats::default(),
+            subscriptions: RwLock::new(Vec::new()),
             components: parts.components,
             http_endpoints: parts.http_endpoints,
             enabled_features: parts.enabled_features,
@@ -88,6 +123,21 @@ impl Runtime {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, value);
+    }
+
+    /// The subscriptions being delivered, as the metadata API lists them.
+    pub fn subscriptions(&self) -> Vec<SubscriptionSpec> {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_subscriptions(&self, subs: Vec<SubscriptionSpec>) {
+        *self
+            .subscriptions
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = subs;
     }
 
     /// Asks the owner of this sidecar to shut it down (`POST /v1.0/shutdown`).

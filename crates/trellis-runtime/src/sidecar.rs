@@ -12,6 +12,7 @@ use crate::api;
 use crate::config::SidecarConfig;
 use crate::health::{self, Health};
 use crate::invoke::{AppChannel, Caller, Invoker};
+use crate::pubsub::PubSubs;
 use crate::runtime::{ComponentSummary, Runtime, RuntimeParts};
 use crate::state::StateStores;
 
@@ -57,7 +58,12 @@ impl Sidecar {
         let state = StateStores::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
-        let components = state
+        let pubsub = PubSubs::open(&config, &registries)
+            .await
+            .map_err(StartError::Components)?;
+        let declarative =
+            crate::subscriptions::declarative(&config, &pubsub).map_err(StartError::Components)?;
+        let mut components: Vec<ComponentSummary> = state
             .iter()
             .map(|s| ComponentSummary {
                 name: s.name.clone(),
@@ -71,6 +77,12 @@ impl Sidecar {
                     .collect(),
             })
             .collect();
+        components.extend(pubsub.iter().map(|p| ComponentSummary {
+            name: p.name.clone(),
+            type_name: p.type_name.clone(),
+            version: p.version.clone(),
+            capabilities: pubsub_capabilities(p.capabilities),
+        }));
 
         let (resolver_name, resolver_config) = config
             .configuration
@@ -109,6 +121,7 @@ impl Sidecar {
             app_config: config.app.clone(),
             health: health.clone(),
             state,
+            pubsub,
             components,
             http_endpoints: config
                 .resources
@@ -155,6 +168,22 @@ impl Sidecar {
             config.graceful_shutdown,
         ));
         health.set_outbound_ready();
+        match &app_channel {
+            Some(channel) => {
+                tasks.spawn(crate::delivery::run(
+                    runtime.clone(),
+                    channel.clone(),
+                    declarative,
+                    config.delivery.clone(),
+                    config.graceful_shutdown,
+                    stop.subscribe(),
+                ));
+            }
+            None if !declarative.is_empty() => tracing::warn!(
+                "declarative subscriptions need an app to deliver to (--app-port); none are delivered"
+            ),
+            None => {}
+        }
         match (&config.app, app_channel) {
             (Some(app), Some(channel)) => {
                 let watcher = health::watch_app(health.clone(), app.clone(), channel);
@@ -203,6 +232,18 @@ impl RunningSidecar {
         while self.tasks.join_next().await.is_some() {}
         tracing::debug!(app_id = %self.runtime.app.app_id, "sidecar stopped");
     }
+}
+
+/// Capability names as Dapr's metadata API lists them for a pub/sub.
+fn pubsub_capabilities(c: trellis_pubsub::Capabilities) -> Vec<String> {
+    let mut names = Vec::new();
+    if c.bulk_publish {
+        names.push("BULK_PUBLISH".to_string());
+    }
+    if c.ttl {
+        names.push("TTL".to_string());
+    }
+    names
 }
 
 /// The address peers should dial: a wildcard bind is reachable through loopback.

@@ -5,6 +5,8 @@
 //! * `/download/<n>`: streams `n` bytes (64 KiB chunks) without holding them in memory
 //! * `/upload`: counts the request body as it streams, answers `{"received": n}`
 //! * `/slow/<ms>`: answers after `ms` milliseconds
+//! * `/dapr/subscribe`: 404, as an app without pub/sub subscriptions answers (not counted
+//!   in [`TestApp::hits`]: every sidecar asks it once the app is up)
 //! * anything else: a JSON echo of method, path, query, headers and body
 //!
 //! Every response carries `x-instance: <name>` so tests can tell instances apart.
@@ -67,8 +69,10 @@ impl TestApp {
                 let _ = stream.set_nodelay(true);
                 let (name, hits) = (name_owned.clone(), hits2.clone());
                 connections.spawn(async move {
-                    let svc = service_fn(move |req| {
-                        hits.fetch_add(1, Ordering::SeqCst);
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        if req.uri().path() != "/dapr/subscribe" {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                        }
                         handle(req, name.clone())
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -112,7 +116,11 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 
 async fn handle(req: Request<Incoming>, name: String) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
-    let mut resp = if let Some(code) = path.strip_prefix("/status/") {
+    let mut resp = if path == "/dapr/subscribe" {
+        let mut r = Response::new(full(""));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    } else if let Some(code) = path.strip_prefix("/status/") {
         let status = code
             .parse::<u16>()
             .ok()

@@ -2,16 +2,19 @@
 //! apps on loopback ports, and talk HTTP to them.
 //!
 //! Everything here uses real sockets and real processes; each helper picks its own free
-//! ports and temporary directories so tests run in parallel and twice in a row.
+//! ports and temporary directories so tests run in parallel and twice in a row. [`SubscriberApp`]
+//! plays a pub/sub subscriber.
 
 pub mod app;
 pub mod http;
 pub mod process;
 pub mod servers;
+pub mod subscriber;
 
 pub use app::TestApp;
 pub use http::{Downloaded, HttpResponse, download, request, send_chunked, try_request};
 pub use process::{Sidecar, SidecarBuilder, free_port, wait_for_status, wait_until};
+pub use subscriber::{Received, SubscriberApp};
 
 /// A standard-library Python HTTP app for launcher tests: `GET /` says hello with its env,
 /// `/exit/<code>` makes the process exit, every request is echoed as JSON.

@@ -83,7 +83,7 @@ struct Metadata {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     extended: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    subscriptions: Vec<serde_json::Value>,
+    subscriptions: Vec<SubscriptionJson>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     http_endpoints: Vec<NameJson>,
     app_connection_properties: AppConnection,
@@ -100,6 +100,27 @@ struct ComponentJson {
     version: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     capabilities: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscriptionJson {
+    pubsubname: String,
+    topic: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
+    rules: Vec<RuleJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_topic: Option<String>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct RuleJson {
+    #[serde(rename = "match")]
+    match_expr: String,
+    path: String,
 }
 
 #[derive(Serialize)]
@@ -166,7 +187,29 @@ pub async fn get_metadata(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Va
             })
             .collect(),
         extended: rt.extended(),
-        subscriptions: Vec::new(),
+        subscriptions: rt
+            .subscriptions()
+            .into_iter()
+            .map(|s| SubscriptionJson {
+                rules: s
+                    .rules
+                    .iter()
+                    .map(|r| RuleJson {
+                        match_expr: r.match_expr.clone().unwrap_or_default(),
+                        path: r.path.clone(),
+                    })
+                    .chain(s.default_route.iter().map(|d| RuleJson {
+                        match_expr: String::new(),
+                        path: d.clone(),
+                    }))
+                    .collect(),
+                pubsubname: s.pubsub,
+                topic: s.topic,
+                metadata: s.metadata,
+                dead_letter_topic: s.dead_letter_topic,
+                kind: s.kind.as_str(),
+            })
+            .collect(),
         http_endpoints: rt
             .http_endpoints
             .iter()

@@ -3,11 +3,13 @@
 //! [`router`] builds the public API and [`internal_router`] the sidecar-to-sidecar port;
 //! both are plain `axum::Router`s that tests can drive without a socket.
 
+pub mod callbacks;
 mod error;
 mod internal;
 mod invoke;
 mod layers;
 mod meta;
+mod pubsub;
 mod state;
 
 use std::sync::Arc;
@@ -45,6 +47,26 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route(
             "/v1.0-alpha1/state/{store}/query",
             post(state::query).put(state::query),
+        )
+        .route(
+            "/v1.0/publish/bulk/{pubsub}/{*topic}",
+            post(pubsub::bulk_publish).put(pubsub::bulk_publish),
+        )
+        .route(
+            "/v1.0-alpha1/publish/bulk/{pubsub}/{*topic}",
+            post(pubsub::bulk_publish).put(pubsub::bulk_publish),
+        )
+        .route(
+            "/v1.0/publish/{pubsub}/{*topic}",
+            post(pubsub::publish).put(pubsub::publish),
+        )
+        .route(
+            "/v1.0/publish/{pubsub}",
+            post(pubsub::publish_no_topic).put(pubsub::publish_no_topic),
+        )
+        .route(
+            "/v1.0/publish/{pubsub}/",
+            post(pubsub::publish_no_topic).put(pubsub::publish_no_topic),
         )
         // Dapr sends every unmatched route to service invocation, which then fails for lack
         // of an app id; the same answer keeps clients that probe routes consistent.

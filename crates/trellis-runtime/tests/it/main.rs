@@ -6,6 +6,7 @@
 
 mod api;
 mod invoke;
+mod pubsub;
 mod state;
 
 use tokio::net::TcpListener;

@@ -10,6 +10,7 @@
 mod discovery;
 mod launcher;
 mod multiapp;
+mod pubsub;
 mod state;
 mod streaming;
 

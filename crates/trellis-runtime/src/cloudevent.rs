@@ -1,0 +1,228 @@
+//! CloudEvents 1.0 envelopes, as Dapr builds them around published data.
+//!
+//! The one exception to "only `api` knows wire JSON": the envelope is built when the API
+//! publishes and read again when `delivery` routes and dead-letters a message, so both use
+//! this module rather than one reaching into the other.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+/// The content type of a CloudEvent in JSON (structured mode).
+pub const CLOUDEVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// Dapr's event type for published data.
+pub const EVENT_TYPE: &str = "com.dapr.event.sent";
+
+/// Everything about a publish that ends up in the envelope besides the data.
+#[derive(Debug, Clone)]
+pub struct EnvelopeContext<'a> {
+    /// The publishing app id (`source`).
+    pub source: &'a str,
+    pub pubsub: &'a str,
+    pub topic: &'a str,
+    /// The request's `traceparent`; a new one is made when absent.
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+    /// `ttlInSeconds`: the envelope gets an `expiration`.
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudEventError {
+    #[error("the body is not a JSON CloudEvent: {0}")]
+    NotCloudEvent(String),
+}
+
+/// True for `application/json` and every `+json` type.
+pub fn is_json_type(content_type: &str) -> bool {
+    let ct = essence(content_type);
+    ct.eq_ignore_ascii_case("application/json") || ct.to_ascii_lowercase().ends_with("+json")
+}
+
+/// The media type without parameters.
+pub fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or_default().trim()
+}
+
+/// Wraps `data` in a new envelope. JSON data (declared JSON and parseable) stays JSON;
+/// UTF-8 data of any other non-binary type becomes a string; everything else goes to
+/// `data_base64`.
+pub fn wrap(ctx: &EnvelopeContext<'_>, data: &[u8], content_type: Option<&str>) -> Bytes {
+    let mut ev = Map::new();
+    let ct = content_type
+        .filter(|c| !c.trim().is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            if std::str::from_utf8(data).is_ok() {
+                "text/plain".to_string()
+            } else {
+                "application/octet-stream".to_string()
+            }
+        });
+    let json = is_json_type(&ct)
+        .then(|| serde_json::from_slice::<Value>(data).ok())
+        .flatten();
+    let text = std::str::from_utf8(data).ok();
+    match (json, text) {
+        (Some(v), _) => {
+            ev.insert("data".into(), v);
+        }
+        (None, Some(t)) if !essence(&ct).eq_ignore_ascii_case("application/octet-stream") => {
+            ev.insert("data".into(), Value::String(t.to_string()));
+        }
+        _ => {
+            ev.insert(
+                "data_base64".into(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
+            );
+        }
+    }
+    ev.insert("datacontenttype".into(), Value::String(ct));
+    fill(&mut ev, ctx, true);
+    Bytes::from(serde_json::to_vec(&Value::Object(ev)).unwrap_or_default())
+}
+
+/// An app's own CloudEvent (`application/cloudevents+json`): its fields are kept, missing
+/// required ones filled in, and `topic`/`pubsubname` set to where it is really published.
+pub fn complete(ctx: &EnvelopeContext<'_>, body: &[u8]) -> Result<Bytes, CloudEventError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| CloudEventError::NotCloudEvent(e.to_string()))?;
+    let Value::Object(mut ev) = value else {
+        return Err(CloudEventError::NotCloudEvent("not a JSON object".into()));
+    };
+    if !ev.contains_key("datacontenttype") && ev.contains_key("data") {
+        let ct = if ev.get("data").is_some_and(Value::is_string) {
+            "text/plain"
+        } else {
+            "application/json"
+        };
+        ev.insert("datacontenttype".into(), Value::String(ct.into()));
+    }
+    fill(&mut ev, ctx, false);
+    Ok(Bytes::from(
+        serde_json::to_vec(&Value::Object(ev)).unwrap_or_default(),
+    ))
+}
+
+/// Sets the envelope fields; with `overwrite` false only missing ones (but `topic` and
+/// `pubsubname` always say where the event really went, as Dapr does).
+fn fill(ev: &mut Map<String, Value>, ctx: &EnvelopeContext<'_>, overwrite: bool) {
+    let mut set = |k: &str, v: String| {
+        if overwrite || !ev.contains_key(k) {
+            ev.insert(k.to_string(), Value::String(v));
+        }
+    };
+    set("id", uuid::Uuid::new_v4().to_string());
+    set("source", ctx.source.to_string());
+    set("type", EVENT_TYPE.to_string());
+    set("specversion", "1.0".to_string());
+    let now = SystemTime::now();
+    set("time", rfc3339(now));
+    let traceparent = ctx
+        .traceparent
+        .map(str::to_string)
+        .unwrap_or_else(new_traceparent);
+    set("traceid", traceparent.clone());
+    set("traceparent", traceparent);
+    set("tracestate", ctx.tracestate.unwrap_or_default().to_string());
+    if let Some(ttl) = ctx.ttl {
+        set("expiration", rfc3339(now + ttl));
+    }
+    ev.insert("topic".into(), Value::String(ctx.topic.to_string()));
+    ev.insert("pubsubname".into(), Value::String(ctx.pubsub.to_string()));
+}
+
+/// A fresh W3C `traceparent` (sampled), for publishes that carry none.
+fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = uuid::Uuid::new_v4().simple().to_string();
+    format!("00-{trace}-{}-01", &span[..16])
+}
+
+/// Parses a delivered message as a CloudEvent: `Some` when it is a JSON object with a
+/// `specversion` (a raw payload is not).
+pub fn parse(data: &[u8]) -> Option<Value> {
+    match serde_json::from_slice::<Value>(data) {
+        Ok(v @ Value::Object(_)) if v.get("specversion").is_some() => Some(v),
+        _ => None,
+    }
+}
+
+/// A time as RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.123Z`).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> EnvelopeContext<'static> {
+        EnvelopeContext {
+            source: "app",
+            pubsub: "pubsub",
+            topic: "t",
+            traceparent: None,
+            tracestate: None,
+            ttl: None,
+        }
+    }
+
+    fn json(b: Bytes) -> Value {
+        serde_json::from_slice(&b).unwrap_or_default()
+    }
+
+    #[test]
+    fn data_kinds() {
+        let ev = json(wrap(&ctx(), br#"{"a":1}"#, Some("application/json")));
+        assert_eq!(ev["data"]["a"], 1);
+        let ev = json(wrap(&ctx(), b"hi", Some("text/plain")));
+        assert_eq!(ev["data"], "hi");
+        let ev = json(wrap(&ctx(), &[0xff, 0], Some("application/octet-stream")));
+        assert_eq!(ev["data_base64"], "/wA=");
+        assert!(ev.get("data").is_none());
+        assert_eq!(ev["specversion"], "1.0");
+        assert_eq!(ev["type"], EVENT_TYPE);
+    }
+
+    #[test]
+    fn app_cloudevents_keep_their_fields() {
+        let ev = json(complete(&ctx(), br#"{"id":"mine","type":"x","data":{"k":1}}"#).unwrap());
+        assert_eq!(ev["id"], "mine");
+        assert_eq!(ev["type"], "x");
+        assert_eq!(ev["source"], "app");
+        assert_eq!(ev["topic"], "t");
+        assert!(complete(&ctx(), b"[1]").is_err());
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_709_210_096_789)),
+            "2024-02-29T12:34:56.789Z"
+        );
+    }
+}

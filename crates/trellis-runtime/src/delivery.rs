@@ -1,0 +1,362 @@
+//! The delivery loop, written once above the `PubSub` trait for every broker.
+//!
+//! Once the app is ready, the sidecar reads its programmatic subscriptions
+//! (`GET /dapr/subscribe`), adds the declarative ones, and runs one loop per subscription:
+//! subscribe with the app id as consumer group, route each message (routing rules over the
+//! CloudEvent), `POST` it to the app, and settle it by the app's answer as Dapr does:
+//! success acks; RETRY, errors and non-2xx statuses nack with exponential backoff; DROP and
+//! 404 ack with a warning and a count. After [`DeliveryPolicy::max_attempts`] a message
+//! goes to the subscription's dead-letter topic (same pub/sub) when it has one.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use trellis_pubsub::{Delivery, PublishRequest, SubscribeRequest};
+
+use crate::Body;
+use crate::api::callbacks::{self, AppVerdict};
+use crate::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
+use crate::config::DeliveryPolicy;
+use crate::invoke::AppChannel;
+use crate::pubsub::PubSubComponent;
+use crate::runtime::Runtime;
+use crate::subscriptions::{self, ActiveSubscription};
+
+/// Largest app answer read to find its status; a bigger one is not a status answer.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Attempts at `GET /dapr/subscribe` before going without programmatic subscriptions.
+const SUBSCRIBE_TRIES: u32 = 3;
+
+/// Retry pace for a broker that fails to subscribe or receive.
+const BROKER_RETRY: Duration = Duration::from_secs(1);
+
+/// Everything one subscription loop needs.
+struct Loop {
+    rt: Arc<Runtime>,
+    channel: Arc<AppChannel>,
+    sub: ActiveSubscription,
+    component: Arc<PubSubComponent>,
+    policy: DeliveryPolicy,
+}
+
+/// Runs every subscription of the app until `stop` turns true. `declarative` are the
+/// already validated declarative subscriptions.
+pub async fn run(
+    rt: Arc<Runtime>,
+    channel: Arc<AppChannel>,
+    declarative: Vec<ActiveSubscription>,
+    policy: DeliveryPolicy,
+    graceful: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        () = rt.health.wait_ready() => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
+    let programmatic = tokio::select! {
+        subs = programmatic(&rt, &channel) => subs,
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let mut subs: Vec<ActiveSubscription> = Vec::new();
+    for sub in declarative.into_iter().chain(programmatic) {
+        // One consumer group per topic and app: a second subscription would split the
+        // messages with the first instead of getting them too.
+        if subs
+            .iter()
+            .any(|s| s.spec.pubsub == sub.spec.pubsub && s.spec.topic == sub.spec.topic)
+        {
+            tracing::warn!(
+                pubsub = sub.spec.pubsub,
+                topic = sub.spec.topic,
+                "ignoring a second subscription to the same topic"
+            );
+            continue;
+        }
+        if sub.spec.bulk_subscribe {
+            tracing::warn!(
+                pubsub = sub.spec.pubsub,
+                topic = sub.spec.topic,
+                "bulkSubscribe is not supported yet; events are delivered one at a time"
+            );
+        }
+        subs.push(sub);
+    }
+    rt.set_subscriptions(subs.iter().map(|s| s.spec.clone()).collect());
+    let mut loops = JoinSet::new();
+    for sub in subs {
+        let Some(component) = rt.pubsub.get(&sub.spec.pubsub).cloned() else {
+            continue;
+        };
+        let l = Loop {
+            rt: rt.clone(),
+            channel: channel.clone(),
+            sub,
+            component,
+            policy: policy.clone(),
+        };
+        loops.spawn(l.run(graceful, stop.clone()));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+/// The app's `GET /dapr/subscribe`, compiled; problems are logged, never fatal (the app
+/// keeps its other subscriptions and its invocations).
+async fn programmatic(rt: &Runtime, channel: &AppChannel) -> Vec<ActiveSubscription> {
+    // The app just answered its readiness check, but a connection can still fail once;
+    // a few tries keep one hiccup from costing the app all its subscriptions.
+    let mut tries = 0;
+    let resp = loop {
+        tries += 1;
+        let req = Request::get("/dapr/subscribe")
+            .body(Body::empty())
+            .unwrap_or_default();
+        match channel.call("/dapr/subscribe", req).await {
+            Ok(resp) => break resp,
+            Err(e) if tries >= SUBSCRIBE_TRIES => {
+                tracing::warn!(error = %e, "cannot read the app's subscriptions (GET /dapr/subscribe)");
+                return Vec::new();
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    if !resp.status().is_success() {
+        if resp.status() != StatusCode::NOT_FOUND {
+            tracing::warn!(status = %resp.status(), "GET /dapr/subscribe failed; no programmatic subscriptions");
+        }
+        return Vec::new();
+    }
+    let body = match read_limited(resp.into_body()).await {
+        Some(b) => b,
+        None => {
+            tracing::warn!("GET /dapr/subscribe: unreadable answer");
+            return Vec::new();
+        }
+    };
+    let specs = match callbacks::parse_subscriptions(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Vec::new();
+        }
+    };
+    specs
+        .into_iter()
+        .filter_map(|spec| {
+            if let Err(why) = subscriptions::admit(&spec, &rt.app.app_id, &rt.pubsub) {
+                tracing::warn!("{why}");
+                return None;
+            }
+            ActiveSubscription::compile(spec)
+                .map_err(|e| tracing::error!("rejecting a subscription from /dapr/subscribe: {e}"))
+                .ok()
+        })
+        .collect()
+}
+
+async fn read_limited(body: Body) -> Option<bytes::Bytes> {
+    http_body_util::Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+        .ok()
+        .map(|c| c.to_bytes())
+}
+
+impl Loop {
+    async fn run(self, graceful: Duration, mut stop: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let (pubsub, topic) = (&this.sub.spec.pubsub, &this.sub.spec.topic);
+        let mut req = SubscribeRequest::new(topic.clone(), this.rt.app.app_id.clone());
+        req.metadata = this.sub.spec.metadata.clone();
+        let mut subscription = loop {
+            tokio::select! {
+                r = this.component.broker.subscribe(req.clone()) => match r {
+                    Ok(s) => break s,
+                    Err(e) => tracing::warn!(pubsub, topic, error = %e, "cannot subscribe; retrying"),
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(BROKER_RETRY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        };
+        this.rt
+            .delivery_stats
+            .subscribed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(pubsub, topic, "subscribed");
+        let permits = Arc::new(Semaphore::new(this.policy.max_in_flight.max(1)));
+        let mut in_flight = JoinSet::new();
+        loop {
+            while in_flight.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let next = tokio::select! {
+                n = subscription.next() => n,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            match next {
+                None => break,
+                Some(Ok(delivery)) => {
+                    let this = this.clone();
+                    in_flight.spawn(async move {
+                        this.deliver(delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(pubsub, topic, error = %e, "receiving failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(BROKER_RETRY) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+            }
+        }
+        if let Err(e) = subscription.close().await {
+            tracing::debug!(pubsub, topic, error = %e, "closing the subscription");
+        }
+        // Let deliveries in progress finish; what is still unsettled after that goes back
+        // to the group (dropped unsettled = redelivered).
+        let drain = async { while in_flight.join_next().await.is_some() {} };
+        if tokio::time::timeout(graceful, drain).await.is_err() {
+            in_flight.abort_all();
+            while in_flight.join_next().await.is_some() {}
+        }
+    }
+
+    /// Delivers one message and settles it.
+    async fn deliver(&self, delivery: Delivery) {
+        let spec = &self.sub.spec;
+        let msg = &delivery.message;
+        let event = cloudevent::parse(&msg.data);
+        let verdict = match self.sub.route(event.as_ref()) {
+            None => AppVerdict::Drop("no route matches the event".into()),
+            Some(path) => self.post(path, msg, event.as_ref()).await,
+        };
+        let stats = &self.rt.delivery_stats;
+        let settled = match verdict {
+            AppVerdict::Success => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                delivery.ack().await
+            }
+            AppVerdict::Drop(why) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    pubsub = spec.pubsub,
+                    topic = spec.topic,
+                    id = msg.id,
+                    "dropping a message: {why}"
+                );
+                delivery.ack().await
+            }
+            AppVerdict::Retry(why) => {
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                let attempt = msg.delivery_attempt;
+                let exhausted = attempt >= self.policy.max_attempts;
+                match (&spec.dead_letter_topic, exhausted) {
+                    (Some(dlt), true) => self.dead_letter(dlt, delivery, &why).await,
+                    _ => {
+                        tracing::debug!(
+                            pubsub = spec.pubsub,
+                            topic = spec.topic,
+                            id = msg.id,
+                            attempt,
+                            "redelivering: {why}"
+                        );
+                        delivery.nack(self.policy.backoff(attempt)).await
+                    }
+                }
+            }
+        };
+        if let Err(e) = settled {
+            // The broker redelivers what it did not record as settled.
+            tracing::warn!(pubsub = spec.pubsub, topic = spec.topic, error = %e, "settling a delivery failed");
+        }
+    }
+
+    /// `POST`s the message to `path` on the app and reads its verdict.
+    async fn post(
+        &self,
+        path: &str,
+        msg: &trellis_pubsub::Message,
+        event: Option<&serde_json::Value>,
+    ) -> AppVerdict {
+        let content_type = if event.is_some() {
+            CLOUDEVENT_CONTENT_TYPE
+        } else {
+            msg.content_type
+                .as_deref()
+                .unwrap_or("application/octet-stream")
+        };
+        let mut builder = Request::post(path).header(header::CONTENT_TYPE, content_type);
+        if let Some(tp) = event
+            .and_then(|ev| ev.get("traceparent"))
+            .and_then(|v| v.as_str())
+        {
+            builder = builder.header("traceparent", tp);
+        }
+        let req = match builder.body(Body::from(msg.data.clone())) {
+            Ok(r) => r,
+            Err(e) => return AppVerdict::Retry(format!("cannot build the request: {e}")),
+        };
+        match self.channel.call(path, req).await {
+            Ok(resp) => {
+                let status = resp.status();
+                let body = read_limited(resp.into_body()).await.unwrap_or_default();
+                callbacks::app_verdict(status, &body)
+            }
+            Err(e) => AppVerdict::Retry(format!("cannot reach the app: {e}")),
+        }
+    }
+
+    /// Moves a message that ran out of attempts to `topic` on the same pub/sub.
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        delivery: Delivery,
+        why: &str,
+    ) -> Result<(), trellis_pubsub::PubSubError> {
+        let msg = &delivery.message;
+        let req = PublishRequest {
+            topic: topic.to_string(),
+            data: msg.data.clone(),
+            content_type: msg.content_type.clone(),
+            metadata: msg.metadata.clone(),
+            ttl: None,
+        };
+        match self.component.broker.publish(req).await {
+            Ok(()) => {
+                self.rt
+                    .delivery_stats
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    pubsub = self.sub.spec.pubsub,
+                    topic = self.sub.spec.topic,
+                    dead_letter_topic = topic,
+                    id = msg.id,
+                    attempts = msg.delivery_attempt,
+                    "moved a message to the dead-letter topic: {why}"
+                );
+                delivery.ack().await
+            }
+            Err(e) => {
+                tracing::warn!(dead_letter_topic = topic, error = %e, "dead-lettering failed; redelivering");
+                let after = self.policy.max_backoff;
+                delivery.nack(after).await
+            }
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The pub/sub components of one sidecar: built from its components (or the embedded
+//! `pubsub` broker), found by name, each with the topic scoping its metadata asks for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+use trellis_pubsub::{
+    BulkPublishError, Capabilities, Metadata, PubSub, PubSubError, PublishRequest,
+    SubscribeRequest, Subscription,
+};
+use trellis_resources::{Component, MetadataValue};
+
+use crate::components::{EMBEDDED_PUBSUB_TYPE, PubSubFactory, Registries};
+use crate::config::SidecarConfig;
+
+/// The name of the pub/sub offered when no pub/sub component is configured.
+pub const DEFAULT_PUBSUB_NAME: &str = "pubsub";
+
+/// Where the built-in `pubsub` component says it comes from.
+const BUILT_IN: &str = "<built-in pubsub>";
+
+/// What the embedded broker reports once open (checked against the real thing in a test).
+const EMBEDDED_CAPABILITIES: Capabilities = Capabilities {
+    bulk_publish: true,
+    ttl: true,
+    ordered: true,
+};
+
+/// How long a component may take to initialise when it does not say (`spec.initTimeout`).
+const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct PubSubComponent {
+    pub name: String,
+    pub type_name: String,
+    pub version: String,
+    pub broker: Arc<dyn PubSub>,
+    pub capabilities: Capabilities,
+    pub scopes: TopicScopes,
+}
+
+/// Dapr's topic scoping from component metadata: `allowedTopics`, `protectedTopics`,
+/// `publishingScopes` and `subscriptionScopes` (`app1=t1,t2;app2=t3`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TopicScopes {
+    allowed: Option<BTreeSet<String>>,
+    protected: BTreeSet<String>,
+    publishing: BTreeMap<String, BTreeSet<String>>,
+    subscribing: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl TopicScopes {
+    pub fn parse(metadata: &Metadata) -> Self {
+        let list = |v: &str| -> BTreeSet<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let per_app = |v: Option<&str>| -> BTreeMap<String, BTreeSet<String>> {
+            v.unwrap_or_default()
+                .split(';')
+                .filter_map(|entry| {
+                    let (app, topics) = entry.split_once('=').unwrap_or((entry, ""));
+                    let app = app.trim();
+                    (!app.is_empty()).then(|| (app.to_string(), list(topics)))
+                })
+                .collect()
+        };
+        Self {
+            allowed: metadata.get("allowedTopics").map(list),
+            protected: metadata
+                .get("protectedTopics")
+                .map(list)
+                .unwrap_or_default(),
+            publishing: per_app(metadata.get("publishingScopes")),
+            subscribing: per_app(metadata.get("subscriptionScopes")),
+        }
+    }
+
+    pub fn can_publish(&self, app_id: &str, topic: &str) -> bool {
+        self.admits(&self.publishing, app_id, topic)
+    }
+
+    pub fn can_subscribe(&self, app_id: &str, topic: &str) -> bool {
+        self.admits(&self.subscribing, app_id, topic)
+    }
+
+    fn admits(&self, scopes: &BTreeMap<String, BTreeSet<String>>, app: &str, topic: &str) -> bool {
+        let listed = scopes.get(app);
+        // A protected topic needs an explicit grant; an app named in the scopes is limited
+        // to its topics; allowedTopics limits everyone else.
+        if self.protected.contains(topic) {
+            return listed.is_some_and(|t| t.contains(topic));
+        }
+        if let Some(topics) = listed {
+            return topics.contains(topic);
+        }
+        self.allowed.as_ref().is_none_or(|a| a.contains(topic))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PubSubs {
+    components: BTreeMap<String, Arc<PubSubComponent>>,
+}
+
+impl PubSubs {
+    pub fn get(&self, name: &str) -> Option<&Arc<PubSubComponent>> {
+        self.components.get(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.components.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<PubSubComponent>> {
+        self.components.values()
+    }
+
+    /// Opens every pub/sub component scoped to this app, or the embedded default when
+    /// there is none. Returns every problem at once.
+    pub async fn open(
+        config: &SidecarConfig,
+        registries: &Registries,
+    ) -> Result<Self, Vec<String>> {
+        let all = || {
+            config
+                .resources
+                .components
+                .iter()
+                .filter(|c| c.building_block() == "pubsub")
+        };
+        // As for state: the default stands in only when no pub/sub component exists at all.
+        let use_default =
+            all().next().is_none() && registries.pubsub.get(EMBEDDED_PUBSUB_TYPE, "v1").is_ok();
+        let mut components: Vec<Component> = all()
+            .filter(|c| c.is_scoped_to(&config.app_id))
+            .cloned()
+            .collect();
+        let mut errors = Vec::new();
+        if use_default {
+            match default_component(config) {
+                Ok(c) => components.push(c),
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut opened = BTreeMap::new();
+        for component in components {
+            match open_one(&component, registries).await {
+                Ok(Some(ps)) => {
+                    tracing::debug!(name = ps.name, type_name = ps.type_name, "pub/sub ready");
+                    opened.insert(ps.name.clone(), Arc::new(ps));
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("{}: {e}", component.location)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self { components: opened })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// `pubsub`: the embedded broker in the data directory, shared by every sidecar of this
+/// machine that uses the same data directory.
+fn default_component(config: &SidecarConfig) -> Result<Component, String> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data directory {}: {e}; choose another with --data-dir",
+            config.data_dir.display()
+        )
+    })?;
+    let db = config.data_dir.join("pubsub.db");
+    let yaml = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {DEFAULT_PUBSUB_NAME}\nspec:\n  type: {EMBEDDED_PUBSUB_TYPE}\n  version: v1\n  metadata:\n  - name: connectionString\n    value: {}\n",
+        serde_json::to_string(&db.display().to_string()).unwrap_or_default()
+    );
+    let mut parsed = trellis_resources::parse_str(std::path::Path::new(BUILT_IN), &yaml)
+        .map_err(|e| format!("built-in pubsub: {e}"))?;
+    parsed
+        .components
+        .pop()
+        .ok_or_else(|| "built-in pubsub: no component".to_string())
+}
+
+async fn open_one(
+    component: &Component,
+    registries: &Registries,
+) -> Result<Option<PubSubComponent>, String> {
+    let factory = registries
+        .pubsub
+        .get(&component.type_name, &component.version)
+        .map_err(|e| format!("spec.type: {e}"))?;
+    let mut metadata = BTreeMap::new();
+    for item in &component.metadata {
+        match &item.value {
+            MetadataValue::Plain(v) => {
+                metadata.insert(item.name.clone(), v.clone());
+            }
+            MetadataValue::SecretRef { .. } => {
+                return Err(format!(
+                    "spec.metadata {}: secretKeyRef is not supported yet; put the value inline",
+                    item.name
+                ));
+            }
+        }
+    }
+    let metadata = Metadata(metadata);
+    let scopes = TopicScopes::parse(&metadata);
+    if component.location.file == std::path::Path::new(BUILT_IN) {
+        let broker = LazyPubSub::new(*factory, metadata, EMBEDDED_CAPABILITIES);
+        return Ok(Some(PubSubComponent {
+            name: component.meta.name.clone(),
+            type_name: component.type_name.clone(),
+            version: component.version.clone(),
+            capabilities: EMBEDDED_CAPABILITIES,
+            broker: Arc::new(broker),
+            scopes,
+        }));
+    }
+    let timeout = component.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT);
+    let opened = match tokio::time::timeout(timeout, factory(metadata)).await {
+        Ok(Ok(broker)) => Ok(broker),
+        Ok(Err(e)) => Err(format!(
+            "initializing pubsub {:?}: {e}",
+            component.meta.name
+        )),
+        Err(_) => Err(format!(
+            "initializing pubsub {:?} timed out after {timeout:?}",
+            component.meta.name
+        )),
+    };
+    let broker = match opened {
+        Ok(b) => b,
+        Err(e) if component.ignore_errors => {
+            tracing::warn!(
+                component = component.meta.name,
+                error = e,
+                "skipping a pub/sub that failed to start (ignoreErrors)"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Some(PubSubComponent {
+        name: component.meta.name.clone(),
+        type_name: component.type_name.clone(),
+        version: component.version.clone(),
+        capabilities: broker.capabilities(),
+        broker,
+        scopes,
+    }))
+}
+
+/// A broker opened on first use, for the same reason as [`crate::lazy_store::LazyStore`]:
+/// apps that neither publish nor subscribe pay nothing for the embedded default. An error
+/// opening it surfaces on the first call and the next call tries again.
+struct LazyPubSub {
+    factory: PubSubFactory,
+    metadata: Metadata,
+    capabilities: Capabilities,
+    broker: OnceCell<Arc<dyn PubSub>>,
+}
+
+impl std::fmt::Debug for LazyPubSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyPubSub")
+            .field("opened", &self.broker.initialized())
+            .finish()
+    }
+}
+
+impl LazyPubSub {
+    fn new(factory: PubSubFactory, metadata: Metadata, capabilities: Capabilities) -> Self {
+        Self {
+            factory,
+            metadata,
+            capabilities,
+            broker: OnceCell::new(),
+        }
+    }
+
+    async fn broker(&self) -> Result<&Arc<dyn PubSub>, PubSubError> {
+        self.broker
+            .get_or_try_init(|| (self.factory)(self.metadata.clone()))
+            .await
+    }
+}
+
+#[async_trait]
+impl PubSub for LazyPubSub {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn publish(&self, req: PublishRequest) -> Result<(), PubSubError> {
+        self.broker().await?.publish(req).await
+    }
+
+    async fn bulk_publish(&self, reqs: Vec<PublishRequest>) -> Result<(), BulkPublishError> {
+        match self.broker().await {
+            Ok(b) => b.bulk_publish(reqs).await,
+            Err(e) => Err(BulkPublishError {
+                failed: (0..reqs.len()).map(|i| (i, e.clone())).collect(),
+            }),
+        }
+    }
+
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<Box<dyn Subscription>, PubSubError> {
+        self.broker().await?.subscribe(req).await
+    }
+
+    async fn ping(&self) -> Result<(), PubSubError> {
+        self.broker().await?.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_scopes_follow_dapr() {
+        let md = Metadata::from_pairs([
+            ("allowedTopics", "a,b,secret"),
+            ("protectedTopics", "secret"),
+            ("publishingScopes", "pub=a;nobody="),
+            ("subscriptionScopes", "sub=b,secret"),
+        ]);
+        let s = TopicScopes::parse(&md);
+        assert!(s.can_publish("pub", "a"));
+        assert!(!s.can_publish("pub", "b"), "pub is limited to its topics");
+        assert!(
+            !s.can_publish("nobody", "a"),
+            "an empty list grants nothing"
+        );
+        assert!(
+            s.can_publish("other", "b"),
+            "unlisted apps get allowedTopics"
+        );
+        assert!(!s.can_publish("other", "c"), "not in allowedTopics");
+        assert!(!s.can_publish("other", "secret"), "protected");
+        assert!(s.can_subscribe("sub", "secret"));
+        assert!(s.can_subscribe("other", "a"));
+        assert!(TopicScopes::default().can_publish("x", "anything"));
+    }
+
+    #[cfg(feature = "pubsub-sqlite")]
+    #[tokio::test]
+    async fn embedded_capabilities_match_the_real_broker() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Metadata::from_pairs([(
+            "connectionString",
+            dir.path().join("p.db").display().to_string(),
+        )]);
+        let broker = trellis_pubsub::sqlite::SqliteBroker::open(&md)
+            .await
+            .unwrap();
+        assert_eq!(broker.capabilities(), EMBEDDED_CAPABILITIES);
+    }
+}
