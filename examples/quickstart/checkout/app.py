@@ -1,5 +1,6 @@
 # checkout: sends ten orders to order-processor through its own Trellis sidecar, using the
-# Dapr service invocation API (the same call works unchanged against Dapr).
+# Dapr service invocation API, and publishes a `shipments` event for each (the same calls
+# work unchanged against Dapr).
 import json, os, time, urllib.error, urllib.request
 
 sidecar = f"http://127.0.0.1:{os.environ['DAPR_HTTP_PORT']}"
@@ -30,5 +31,13 @@ for order_id in range(1, 11):
         answer = json.loads(resp.read())
     elapsed_ms = (time.perf_counter() - started) * 1000
     print(f"order {order_id}: {answer['status']} ({elapsed_ms:.2f} ms round trip)", flush=True)
+    # Tell whoever listens that the order ships: a CloudEvent on the `shipments` topic.
+    event = urllib.request.Request(
+        f"{sidecar}/v1.0/publish/pubsub/shipments",
+        data=json.dumps({"orderId": order_id}).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(event, timeout=5).read()
     time.sleep(0.2)
 print("all orders sent; press Ctrl-C to stop order-processor", flush=True)

@@ -1,5 +1,6 @@
 # order-processor: receives orders at POST /orders, keeps each one in the state store
-# (`statestore`, embedded by default: no database to install) and confirms it.
+# (`statestore`, embedded by default: no database to install) and confirms it. It also
+# subscribes to the `shipments` topic of the `pubsub` broker (embedded by default too).
 # Standard library only; the sidecar gives us APP_PORT and DAPR_HTTP_PORT.
 import json, os, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +23,25 @@ class Orders(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def reply(self, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        # The sidecar asks which topics this app subscribes to, and where to deliver them.
+        if self.path == "/dapr/subscribe":
+            return self.reply([{"pubsubname": "pubsub", "topic": "shipments", "route": "/shipments"}])
+        self.send_error(404)
+
     def do_POST(self):
+        if self.path == "/shipments":
+            event = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+            print(f"shipment event for order {event['data']['orderId']} from {event['source']}", flush=True)
+            return self.reply({"status": "SUCCESS"})
         if self.path != "/orders":
             self.send_error(404)
             return
