@@ -28,7 +28,15 @@ use bytes::Bytes;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(feature = "jetstream")]
+pub mod jetstream;
 mod metadata;
+#[cfg(feature = "mqtt3")]
+pub mod mqtt;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -96,6 +96,34 @@ impl Default for Registries {
                 Ok(Arc::new(broker) as Arc<dyn PubSub>)
             })
         });
+        #[cfg(feature = "pubsub-redis")]
+        pubsub.register("pubsub.redis", &["v1"], |md| {
+            Box::pin(async move {
+                let broker = trellis_pubsub::redis::RedisBroker::open(&md).await?;
+                Ok(Arc::new(broker) as Arc<dyn PubSub>)
+            })
+        });
+        #[cfg(feature = "pubsub-rabbitmq")]
+        pubsub.register("pubsub.rabbitmq", &["v1"], |md| {
+            Box::pin(async move {
+                let broker = trellis_pubsub::rabbitmq::RabbitBroker::open(&md).await?;
+                Ok(Arc::new(broker) as Arc<dyn PubSub>)
+            })
+        });
+        #[cfg(feature = "pubsub-jetstream")]
+        pubsub.register("pubsub.jetstream", &["v1"], |md| {
+            Box::pin(async move {
+                let broker = trellis_pubsub::jetstream::JetStreamBroker::open(&md).await?;
+                Ok(Arc::new(broker) as Arc<dyn PubSub>)
+            })
+        });
+        #[cfg(feature = "pubsub-mqtt3")]
+        pubsub.register("pubsub.mqtt3", &["v1"], |md| {
+            Box::pin(async move {
+                let broker = trellis_pubsub::mqtt::MqttBroker::open(&md).await?;
+                Ok(Arc::new(broker) as Arc<dyn PubSub>)
+            })
+        });
         let pending = BUILDING_BLOCKS
             .iter()
             .filter(|b| **b != "state" && **b != "pubsub")

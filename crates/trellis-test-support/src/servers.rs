@@ -55,6 +55,31 @@ pub const REDIS: Server = Server {
     ready: "test \"$(redis-cli -p 6379 ping)\" = PONG",
 };
 
+pub const RABBITMQ: Server = Server {
+    name: "rabbitmq",
+    port: 5672,
+    stop: "rabbitmqctl stop",
+    start: "rabbitmq-server -detached",
+    ready: "rabbitmqctl -q status",
+};
+
+pub const NATS: Server = Server {
+    name: "nats-server",
+    port: 4222,
+    stop: "pkill -x nats-server",
+    start: "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+            -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log",
+    ready: "true",
+};
+
+pub const MOSQUITTO: Server = Server {
+    name: "mosquitto",
+    port: 1883,
+    stop: "pkill -x mosquitto",
+    start: "mosquitto -d -c /etc/mosquitto/mosquitto.conf",
+    ready: "true",
+};
+
 fn sh(cmd: &str) -> bool {
     Command::new("sh")
         .arg("-c")

@@ -5,5 +5,13 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "jetstream")]
+mod jetstream;
+#[cfg(feature = "mqtt3")]
+mod mqtt;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
