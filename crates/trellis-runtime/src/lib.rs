@@ -18,6 +18,7 @@ pub mod delivery;
 pub mod health;
 pub mod invoke;
 mod lazy_store;
+mod loading;
 pub mod pubsub;
 pub mod runtime;
 pub mod server;

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
@@ -11,16 +10,14 @@ use trellis_pubsub::{
     BulkPublishError, Capabilities, Metadata, PubSub, PubSubError, PublishRequest,
     SubscribeRequest, Subscription,
 };
-use trellis_resources::{Component, MetadataValue};
+use trellis_resources::Component;
 
 use crate::components::{EMBEDDED_PUBSUB_TYPE, PubSubFactory, Registries};
 use crate::config::SidecarConfig;
+use crate::loading::{self, Embedded};
 
 /// The name of the pub/sub offered when no pub/sub component is configured.
 pub const DEFAULT_PUBSUB_NAME: &str = "pubsub";
-
-/// Where the built-in `pubsub` component says it comes from.
-const BUILT_IN: &str = "<built-in pubsub>";
 
 /// What the embedded broker reports once open (checked against the real thing in a test).
 const EMBEDDED_CAPABILITIES: Capabilities = Capabilities {
@@ -28,9 +25,6 @@ const EMBEDDED_CAPABILITIES: Capabilities = Capabilities {
     ttl: true,
     ordered: true,
 };
-
-/// How long a component may take to initialise when it does not say (`spec.initTimeout`).
-const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct PubSubComponent {
@@ -128,27 +122,16 @@ impl PubSubs {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Self, Vec<String>> {
-        let all = || {
-            config
-                .resources
-                .components
-                .iter()
-                .filter(|c| c.building_block() == "pubsub")
-        };
-        // As for state: the default stands in only when no pub/sub component exists at all.
-        let use_default =
-            all().next().is_none() && registries.pubsub.get(EMBEDDED_PUBSUB_TYPE, "v1").is_ok();
-        let mut components: Vec<Component> = all()
-            .filter(|c| c.is_scoped_to(&config.app_id))
-            .cloned()
-            .collect();
-        let mut errors = Vec::new();
-        if use_default {
-            match default_component(config) {
-                Ok(c) => components.push(c),
-                Err(e) => errors.push(e),
-            }
-        }
+        let embedded = registries
+            .pubsub
+            .get(EMBEDDED_PUBSUB_TYPE, "v1")
+            .is_ok()
+            .then_some(Embedded {
+                name: DEFAULT_PUBSUB_NAME,
+                type_name: EMBEDDED_PUBSUB_TYPE,
+                file: "pubsub.db",
+            });
+        let (components, mut errors) = loading::select(config, "pubsub", embedded);
         let mut opened = BTreeMap::new();
         for component in components {
             match open_one(&component, registries).await {
@@ -168,28 +151,6 @@ impl PubSubs {
     }
 }
 
-/// `pubsub`: the embedded broker in the data directory, shared by every sidecar of this
-/// machine that uses the same data directory.
-fn default_component(config: &SidecarConfig) -> Result<Component, String> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        format!(
-            "cannot create the data directory {}: {e}; choose another with --data-dir",
-            config.data_dir.display()
-        )
-    })?;
-    let db = config.data_dir.join("pubsub.db");
-    let yaml = format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {DEFAULT_PUBSUB_NAME}\nspec:\n  type: {EMBEDDED_PUBSUB_TYPE}\n  version: v1\n  metadata:\n  - name: connectionString\n    value: {}\n",
-        serde_json::to_string(&db.display().to_string()).unwrap_or_default()
-    );
-    let mut parsed = trellis_resources::parse_str(std::path::Path::new(BUILT_IN), &yaml)
-        .map_err(|e| format!("built-in pubsub: {e}"))?;
-    parsed
-        .components
-        .pop()
-        .ok_or_else(|| "built-in pubsub: no component".to_string())
-}
-
 async fn open_one(
     component: &Component,
     registries: &Registries,
@@ -198,23 +159,9 @@ async fn open_one(
         .pubsub
         .get(&component.type_name, &component.version)
         .map_err(|e| format!("spec.type: {e}"))?;
-    let mut metadata = BTreeMap::new();
-    for item in &component.metadata {
-        match &item.value {
-            MetadataValue::Plain(v) => {
-                metadata.insert(item.name.clone(), v.clone());
-            }
-            MetadataValue::SecretRef { .. } => {
-                return Err(format!(
-                    "spec.metadata {}: secretKeyRef is not supported yet; put the value inline",
-                    item.name
-                ));
-            }
-        }
-    }
-    let metadata = Metadata(metadata);
+    let metadata = Metadata(loading::plain_metadata(component)?);
     let scopes = TopicScopes::parse(&metadata);
-    if component.location.file == std::path::Path::new(BUILT_IN) {
+    if loading::is_built_in(component) {
         let broker = LazyPubSub::new(*factory, metadata, EMBEDDED_CAPABILITIES);
         return Ok(Some(PubSubComponent {
             name: component.meta.name.clone(),
@@ -225,29 +172,8 @@ async fn open_one(
             scopes,
         }));
     }
-    let timeout = component.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT);
-    let opened = match tokio::time::timeout(timeout, factory(metadata)).await {
-        Ok(Ok(broker)) => Ok(broker),
-        Ok(Err(e)) => Err(format!(
-            "initializing pubsub {:?}: {e}",
-            component.meta.name
-        )),
-        Err(_) => Err(format!(
-            "initializing pubsub {:?} timed out after {timeout:?}",
-            component.meta.name
-        )),
-    };
-    let broker = match opened {
-        Ok(b) => b,
-        Err(e) if component.ignore_errors => {
-            tracing::warn!(
-                component = component.meta.name,
-                error = e,
-                "skipping a pub/sub that failed to start (ignoreErrors)"
-            );
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
+    let Some(broker) = loading::init(component, "pubsub", factory(metadata)).await? else {
+        return Ok(None);
     };
     Ok(Some(PubSubComponent {
         name: component.meta.name.clone(),

@@ -3,19 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use trellis_resources::{Component, MetadataValue};
+use trellis_resources::Component;
 use trellis_state::{Capabilities, KeyPrefix, Metadata, StateStore};
 
 use crate::components::{EMBEDDED_STATE_TYPE, Registries};
 use crate::config::SidecarConfig;
+use crate::loading::{self, Embedded};
 
 /// The name of the state store offered when no state component is configured.
 pub const DEFAULT_STORE_NAME: &str = "statestore";
-
-/// Where the built-in `statestore` component says it comes from.
-const BUILT_IN: &str = "<built-in statestore>";
 
 /// What the embedded store reports once open (checked against the real thing in a test).
 const EMBEDDED_CAPABILITIES: Capabilities = Capabilities {
@@ -25,9 +22,6 @@ const EMBEDDED_CAPABILITIES: Capabilities = Capabilities {
     ttl: true,
     actor: true,
 };
-
-/// How long a component may take to initialise when it does not say (`spec.initTimeout`).
-const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct StateComponent {
@@ -79,28 +73,16 @@ impl StateStores {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Self, Vec<String>> {
-        let all_state = || {
-            config
-                .resources
-                .components
-                .iter()
-                .filter(|c| c.building_block() == "state")
-        };
-        // The embedded default stands in only when no state component exists at all: an
-        // app scoped out of every store must not silently get a local one instead.
-        let use_default =
-            all_state().next().is_none() && registries.state.get(EMBEDDED_STATE_TYPE, "v1").is_ok();
-        let mut components: Vec<Component> = all_state()
-            .filter(|c| c.is_scoped_to(&config.app_id))
-            .cloned()
-            .collect();
-        let mut errors = Vec::new();
-        if use_default {
-            match default_component(config) {
-                Ok(c) => components.push(c),
-                Err(e) => errors.push(e),
-            }
-        }
+        let embedded = registries
+            .state
+            .get(EMBEDDED_STATE_TYPE, "v1")
+            .is_ok()
+            .then_some(Embedded {
+                name: DEFAULT_STORE_NAME,
+                type_name: EMBEDDED_STATE_TYPE,
+                file: "state.db",
+            });
+        let (components, mut errors) = loading::select(config, "state", embedded);
         let mut stores = BTreeMap::new();
         for component in components {
             match open_one(&component, config, registries).await {
@@ -124,28 +106,6 @@ impl StateStores {
     }
 }
 
-/// `statestore`: the embedded store in the data directory, shared by every sidecar of this
-/// machine that uses the same data directory.
-fn default_component(config: &SidecarConfig) -> Result<Component, String> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        format!(
-            "cannot create the data directory {}: {e}; choose another with --data-dir",
-            config.data_dir.display()
-        )
-    })?;
-    let db = config.data_dir.join("state.db");
-    let yaml = format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {DEFAULT_STORE_NAME}\nspec:\n  type: {EMBEDDED_STATE_TYPE}\n  version: v1\n  metadata:\n  - name: connectionString\n    value: {}\n",
-        serde_json::to_string(&db.display().to_string()).unwrap_or_default()
-    );
-    let mut parsed = trellis_resources::parse_str(std::path::Path::new(BUILT_IN), &yaml)
-        .map_err(|e| format!("built-in state store: {e}"))?;
-    parsed
-        .components
-        .pop()
-        .ok_or_else(|| "built-in state store: no component".to_string())
-}
-
 async fn open_one(
     component: &Component,
     config: &SidecarConfig,
@@ -155,24 +115,10 @@ async fn open_one(
         .state
         .get(&component.type_name, &component.version)
         .map_err(|e| format!("spec.type: {e}"))?;
-    let mut metadata = BTreeMap::new();
-    for item in &component.metadata {
-        match &item.value {
-            MetadataValue::Plain(v) => {
-                metadata.insert(item.name.clone(), v.clone());
-            }
-            MetadataValue::SecretRef { .. } => {
-                return Err(format!(
-                    "spec.metadata {}: secretKeyRef is not supported yet; put the value inline",
-                    item.name
-                ));
-            }
-        }
-    }
-    let metadata = Metadata(metadata);
+    let metadata = Metadata(loading::plain_metadata(component)?);
     let key_prefix = KeyPrefix::parse(metadata.get("keyPrefix")).map_err(|e| e.to_string())?;
     let prefix = key_prefix.prefix(&config.app_id, &config.namespace, &component.meta.name);
-    if component.location.file == std::path::Path::new(BUILT_IN) {
+    if loading::is_built_in(component) {
         let store = crate::lazy_store::LazyStore::new(*factory, metadata, EMBEDDED_CAPABILITIES);
         return Ok(Some(StateComponent {
             name: component.meta.name.clone(),
@@ -183,29 +129,8 @@ async fn open_one(
             prefix,
         }));
     }
-    let timeout = component.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT);
-    let opened = match tokio::time::timeout(timeout, factory(metadata)).await {
-        Ok(Ok(store)) => Ok(store),
-        Ok(Err(e)) => Err(format!(
-            "initializing state store {:?}: {e}",
-            component.meta.name
-        )),
-        Err(_) => Err(format!(
-            "initializing state store {:?} timed out after {timeout:?}",
-            component.meta.name
-        )),
-    };
-    let store = match opened {
-        Ok(store) => store,
-        Err(e) if component.ignore_errors => {
-            tracing::warn!(
-                component = component.meta.name,
-                error = e,
-                "skipping a state store that failed to start (ignoreErrors)"
-            );
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
+    let Some(store) = loading::init(component, "state store", factory(metadata)).await? else {
+        return Ok(None);
     };
     Ok(Some(StateComponent {
         name: component.meta.name.clone(),
