@@ -9,8 +9,9 @@
 //!   one connection per client (the store goes through a pool instead).
 //! - SQLite: `trellis_state::sqlite::SqliteStore` itself, in this process.
 //!
-//! The SQL and the Lua script are copies of `crates/trellis-state/src/
-//! {redis,postgres}.rs`; keep them in step when those change.
+//! The Redis path runs the store's own `SET_SCRIPT`. The SQL is a copy of what
+//! `crates/trellis-state/src/postgres.rs` builds for a v1 table (the store assembles
+//! it from its options, so it is not a constant to share); keep them in step.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,34 +58,6 @@ impl Data {
 }
 
 // ---- Redis --------------------------------------------------------------------------------
-
-/// `SET_SCRIPT` of crates/trellis-state/src/redis.rs.
-const REDIS_SET_SCRIPT: &str = r#"
-local current = redis.call("HGET", KEYS[1], "version")
-if ARGV[1] ~= "" then
-  if (not current) or current ~= ARGV[1] then return 0 end
-elseif ARGV[3] == "1" and current then
-  return 0
-end
-if current then
-  redis.call("HINCRBY", KEYS[1], "version", 1)
-else
-  local t = redis.call("TIME")
-  redis.call("HSET", KEYS[1], "version", t[1] .. string.format("%06d", tonumber(t[2])) .. "000")
-end
-redis.call("HSET", KEYS[1], "data", ARGV[2])
-if ARGV[5] == "1" then
-  redis.call("HSET", KEYS[1], "contentType", ARGV[6])
-else
-  redis.call("HDEL", KEYS[1], "contentType")
-end
-if ARGV[4] ~= "0" then
-  redis.call("PEXPIRE", KEYS[1], ARGV[4])
-else
-  redis.call("PERSIST", KEYS[1])
-end
-return 1
-"#;
 
 /// Connects as the store does (RESP3, connection manager), within `limit`.
 pub async fn redis_connect(host_port: &str, limit: Duration) -> Result<ConnectionManager> {
@@ -159,7 +132,7 @@ impl RedisDirect {
     pub fn new(conn: &ConnectionManager, data: &Data, op: Op) -> Self {
         Self {
             conn: conn.clone(),
-            script: Arc::new(Script::new(REDIS_SET_SCRIPT)),
+            script: Arc::new(Script::new(trellis_state::redis::SET_SCRIPT)),
             data: data.clone(),
             op,
         }

@@ -31,8 +31,9 @@ use crate::{
 
 /// Writes one key. KEYS[1] = key; ARGV = etag ("" = none), data, first-write ("1"/"0"),
 /// TTL in ms ("0" = none), has content type ("1"/"0"), content type.
-/// Returns 1 when written, 0 when the ETag (or first-write) condition failed.
-const SET_SCRIPT: &str = r#"
+/// Returns 1 when written, 0 when the ETag (or first-write) condition failed. Public so that
+/// benchmarks measure the direct path with exactly what the store sends.
+pub const SET_SCRIPT: &str = r#"
 local current = redis.call("HGET", KEYS[1], "version")
 if ARGV[1] ~= "" then
   if (not current) or current ~= ARGV[1] then return 0 end

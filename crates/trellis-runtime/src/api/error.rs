@@ -30,11 +30,9 @@ impl ApiError {
         }
     }
 
-    /// Any invocation failure, as Dapr reports it: `failed to invoke, id: X, err: …`.
-    pub fn invoke(target: &str, err: &InvokeError, max_body: usize) -> Self {
-        if err.is_body_too_large() {
-            return Self::body_too_large(max_body);
-        }
+    /// Any invocation failure, as Dapr reports it: `failed to invoke, id: X, err: …`. (A body
+    /// over the size limit is recognised by the invoke handler's flag, not here.)
+    pub fn invoke(target: &str, err: &InvokeError) -> Self {
         let status = match err {
             InvokeError::InvalidMethod(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -31,15 +31,13 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
         // A stale registry entry can point at a port that now belongs to another sidecar.
         let callee = String::from_utf8_lossy(callee.as_bytes()).into_owned();
         let err = InvokeError::AppChannel(format!("this sidecar serves app {me}, not {callee}"));
-        return ApiError::invoke(&callee, &err, rt.max_request_body).into_response();
+        return ApiError::invoke(&callee, &err).into_response();
     }
     let Some(channel) = rt.app_channel.as_ref() else {
-        return ApiError::invoke(me, &InvokeError::NoAppChannel, rt.max_request_body)
-            .into_response();
+        return ApiError::invoke(me, &InvokeError::NoAppChannel).into_response();
     };
     if !rt.health.app_healthy() {
-        return ApiError::invoke(me, &InvokeError::AppUnhealthy, rt.max_request_body)
-            .into_response();
+        return ApiError::invoke(me, &InvokeError::AppUnhealthy).into_response();
     }
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
         && let Ok(value) = HeaderValue::from_str(&peer.ip().to_string())
@@ -56,14 +54,14 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
         Ok(body) => Request::from_parts(parts, body),
         Err(err) => {
             let err = InvokeError::AppChannel(format!("reading the request body: {err}"));
-            return ApiError::invoke(me, &err, rt.max_request_body).into_response();
+            return ApiError::invoke(me, &err).into_response();
         }
     };
     match channel.call(&path_and_query, req).await {
         Ok(resp) => resp,
         Err(err) => {
             tracing::debug!(error = %err, "app channel call failed");
-            ApiError::invoke(me, &err, rt.max_request_body).into_response()
+            ApiError::invoke(me, &err).into_response()
         }
     }
 }

@@ -70,7 +70,7 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
         }
         Err(err) => {
             tracing::debug!(target, error = %err, "invocation failed");
-            ApiError::invoke(target, &err, rt.max_request_body).into_response()
+            ApiError::invoke(target, &err).into_response()
         }
     }
 }

@@ -73,9 +73,6 @@ impl AppChannel {
                 .await
                 .map_err(|e| InvokeError::AppChannel(format!("reading the app's response: {e}"))),
             Err(error) => {
-                if super::is_body_too_large(&error) {
-                    return Err(InvokeError::BodyTooLarge);
-                }
                 let detail = match std::error::Error::source(&error) {
                     Some(cause) => format!("{error}: {cause}"),
                     None => error.to_string(),

@@ -24,7 +24,7 @@ use trellis_nameres::{AppRef, Balancer, ResolveError};
 
 pub use app_channel::AppChannel;
 pub use headers::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
-pub use limit::{BodyTooLarge, LimitedBody};
+pub use limit::LimitedBody;
 pub use peers::PeerPool;
 pub use small::coalesce;
 
@@ -56,9 +56,6 @@ pub enum InvokeError {
     AppUnhealthy,
     #[error("error invoking app channel: {0}")]
     AppChannel(String),
-    /// The request body went over the API's size limit while it was being forwarded.
-    #[error("failed to read request body: stream too large")]
-    BodyTooLarge,
     #[error("invalid method path {0:?}")]
     InvalidMethod(String),
 }
@@ -195,23 +192,4 @@ fn peer_uri(addr: SocketAddr, path_and_query: &str) -> Result<Uri, InvokeError> 
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| InvokeError::InvalidMethod(path_and_query.to_string()))
-}
-
-/// Whether the request body hit the API's size limit while it was being forwarded.
-pub(crate) fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<limit::BodyTooLarge>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
-impl InvokeError {
-    /// Whether the request body was too large (mapped to its own status by the API layer).
-    pub fn is_body_too_large(&self) -> bool {
-        matches!(self, InvokeError::BodyTooLarge)
-    }
 }
