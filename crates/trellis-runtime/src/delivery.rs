@@ -7,19 +7,28 @@
 //! success acks; RETRY, errors and non-2xx statuses nack with exponential backoff; DROP and
 //! 404 ack with a warning and a count. After [`DeliveryPolicy::max_attempts`] a message
 //! goes to the subscription's dead-letter topic (same pub/sub) when it has one.
+//!
+//! A bulk subscription (`bulkSubscribe.enabled`) receives batches: what the broker hands
+//! over until `maxMessagesCount` or `maxAwaitDurationMs`, one request per route, and each
+//! entry is settled by its own status in the app's answer.
+//!
+//! How many requests of one subscription the app handles at once is the component's
+//! `concurrencyMode` (see [`crate::pubsub::delivery_concurrency`]): one at a time keeps the
+//! broker's per-topic order up to the app (until a message is retried).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt as _;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
-use trellis_pubsub::{Delivery, PublishRequest, SubscribeRequest};
+use trellis_pubsub::{Acker, Delivery, Message, PublishRequest, SubscribeRequest, Subscription};
 
 use crate::Body;
-use crate::api::callbacks::{self, AppVerdict};
+use crate::api::callbacks::{self, AppVerdict, BulkEntry};
 use crate::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
 use crate::config::DeliveryPolicy;
 use crate::invoke::AppChannel;
@@ -29,6 +38,13 @@ use crate::subscriptions::{self, ActiveSubscription};
 
 /// Largest app answer read to find its status; a bigger one is not a status answer.
 const MAX_ANSWER: usize = 64 * 1024;
+
+/// What a bulk answer may add per entry on top of [`MAX_ANSWER`] (its id and status).
+const MAX_ANSWER_PER_ENTRY: usize = 1024;
+
+/// Deliveries of one subscription that may be settling with the broker beyond those at
+/// the app: settling is a broker round trip the next delivery need not wait for.
+const MAX_SETTLING: usize = 64;
 
 /// Attempts at `GET /dapr/subscribe` before going without programmatic subscriptions.
 const SUBSCRIBE_TRIES: u32 = 3;
@@ -78,13 +94,6 @@ pub async fn run(
             );
             continue;
         }
-        if sub.spec.bulk_subscribe {
-            tracing::warn!(
-                pubsub = sub.spec.pubsub,
-                topic = sub.spec.topic,
-                "bulkSubscribe is not supported yet; events are delivered one at a time"
-            );
-        }
         subs.push(sub);
     }
     rt.set_subscriptions(subs.iter().map(|s| s.spec.clone()).collect());
@@ -131,7 +140,7 @@ async fn programmatic(rt: &Runtime, channel: &AppChannel) -> Vec<ActiveSubscript
         }
         return Vec::new();
     }
-    let body = match read_limited(resp.into_body()).await {
+    let body = match read_limited(resp.into_body(), MAX_ANSWER).await {
         Some(b) => b,
         None => {
             tracing::warn!("GET /dapr/subscribe: unreadable answer");
@@ -159,12 +168,30 @@ async fn programmatic(rt: &Runtime, channel: &AppChannel) -> Vec<ActiveSubscript
         .collect()
 }
 
-async fn read_limited(body: Body) -> Option<bytes::Bytes> {
-    http_body_util::Limited::new(body, MAX_ANSWER)
+/// Both permits a delivery needs, the overall one first; `None` once closed.
+async fn acquire_both(
+    tasks: &Arc<Semaphore>,
+    at_app: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    let task = tasks.clone().acquire_owned().await.ok()?;
+    let app = at_app.clone().acquire_owned().await.ok()?;
+    Some((task, app))
+}
+
+async fn read_limited(body: Body, limit: usize) -> Option<bytes::Bytes> {
+    http_body_util::Limited::new(body, limit)
         .collect()
         .await
         .ok()
         .map(|c| c.to_bytes())
+}
+
+/// What one receive from the broker gave.
+enum Received {
+    /// One delivery, or up to a bulk batch of them, in broker order.
+    Batch(Vec<Delivery>),
+    Failed(trellis_pubsub::PubSubError),
+    Closed,
 }
 
 impl Loop {
@@ -190,32 +217,49 @@ impl Loop {
             .delivery_stats
             .subscribed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(pubsub, topic, "subscribed");
-        let permits = Arc::new(Semaphore::new(this.policy.max_in_flight.max(1)));
+        tracing::info!(
+            pubsub,
+            topic,
+            bulk = this.sub.spec.bulk_subscribe.is_some(),
+            "subscribed"
+        );
+        // `at_app` bounds the requests the app is handling at once. With one permit (an
+        // ordered subscription) the next event leaves only after the app answered the one
+        // before, so the app sees the topic in broker order. Settling with the broker comes
+        // after the permit is given back: it need not hold up the next delivery, and it is
+        // bounded separately by `tasks`.
+        let concurrency = this
+            .component
+            .delivery_concurrency
+            .unwrap_or(this.policy.max_in_flight)
+            .max(1);
+        let at_app = Arc::new(Semaphore::new(concurrency));
+        let tasks = Arc::new(Semaphore::new(concurrency + MAX_SETTLING));
         let mut in_flight = JoinSet::new();
         loop {
             while in_flight.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
+            let permits = tokio::select! {
+                p = acquire_both(&tasks, &at_app) => match p {
+                    Some(p) => p,
+                    None => break,
                 },
                 _ = stop.wait_for(|s| *s) => break,
             };
-            let next = tokio::select! {
-                n = subscription.next() => n,
+            let received = tokio::select! {
+                r = this.receive(&mut *subscription) => r,
                 _ = stop.wait_for(|s| *s) => break,
             };
-            match next {
-                None => break,
-                Some(Ok(delivery)) => {
+            match received {
+                Received::Closed => break,
+                Received::Batch(batch) => {
                     let this = this.clone();
                     in_flight.spawn(async move {
-                        this.deliver(delivery).await;
-                        drop(permit);
+                        let (task, at_app) = permits;
+                        this.deliver(batch, at_app).await;
+                        drop(task);
                     });
                 }
-                Some(Err(e)) => {
+                Received::Failed(e) => {
                     tracing::warn!(pubsub, topic, error = %e, "receiving failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(BROKER_RETRY) => {}
@@ -236,15 +280,143 @@ impl Loop {
         }
     }
 
-    /// Delivers one message and settles it.
-    async fn deliver(&self, delivery: Delivery) {
-        let spec = &self.sub.spec;
-        let msg = &delivery.message;
+    /// The next delivery, or for a bulk subscription a batch: what arrives until the
+    /// batch is full or `maxAwaitDuration` has passed since its first event.
+    async fn receive(&self, subscription: &mut dyn Subscription) -> Received {
+        let first = match subscription.next().await {
+            None => return Received::Closed,
+            Some(Err(e)) => return Received::Failed(e),
+            Some(Ok(d)) => d,
+        };
+        let Some(bulk) = self.sub.spec.bulk_subscribe else {
+            return Received::Batch(vec![first]);
+        };
+        let deadline = tokio::time::Instant::now() + bulk.max_await;
+        let mut batch = vec![first];
+        while batch.len() < bulk.max_messages {
+            match tokio::time::timeout_at(deadline, subscription.next()).await {
+                Ok(Some(Ok(d))) => batch.push(d),
+                Ok(Some(Err(e))) => {
+                    // The batch so far still goes out; the broker is retried on the next
+                    // receive.
+                    tracing::debug!(error = %e, "receiving failed while filling a bulk batch");
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Received::Batch(batch)
+    }
+
+    /// Hands `batch` to the app (one request, or bulk requests per route), gives back the
+    /// app permit once it answered, then settles every delivery by its verdict.
+    async fn deliver(&self, batch: Vec<Delivery>, at_app: OwnedSemaphorePermit) {
+        // Only the messages cross the awaits below: an acker is `Send` but not `Sync`.
+        let (messages, ackers): (Vec<Message>, Vec<Box<dyn Acker>>) =
+            batch.into_iter().map(|d| (d.message, d.acker)).unzip();
+        let verdicts = if self.sub.spec.bulk_subscribe.is_some() {
+            self.post_bulk(&messages).await
+        } else {
+            let mut verdicts = Vec::with_capacity(messages.len());
+            for msg in &messages {
+                verdicts.push(self.post_one(msg).await);
+            }
+            verdicts
+        };
+        drop(at_app);
+        // Settled together, so a broker that batches its writes (the embedded one) commits
+        // a bulk batch's acks at once.
+        join_all(
+            messages
+                .into_iter()
+                .zip(ackers)
+                .zip(verdicts)
+                .map(|((message, acker), verdict)| {
+                    self.settle(Delivery { message, acker }, verdict)
+                }),
+        )
+        .await;
+    }
+
+    /// Routes one message and delivers it.
+    async fn post_one(&self, msg: &Message) -> AppVerdict {
         let event = cloudevent::parse(&msg.data);
-        let verdict = match self.sub.route(event.as_ref()) {
+        match self.sub.route(event.as_ref()) {
             None => AppVerdict::Drop("no route matches the event".into()),
             Some(path) => self.post(path, msg, event.as_ref()).await,
-        };
+        }
+    }
+
+    /// Routes every message of a bulk batch and `POST`s one bulk envelope per route, in
+    /// the order the routes first occur. Returns a verdict per message, in batch order.
+    async fn post_bulk(&self, batch: &[Message]) -> Vec<AppVerdict> {
+        let spec = &self.sub.spec;
+        let events: Vec<Option<serde_json::Value>> =
+            batch.iter().map(|m| cloudevent::parse(&m.data)).collect();
+        let mut verdicts: Vec<Option<AppVerdict>> = vec![None; batch.len()];
+        let mut routes: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            match self.sub.route(event.as_ref()) {
+                None => verdicts[i] = Some(AppVerdict::Drop("no route matches the event".into())),
+                Some(path) => match routes.iter_mut().find(|(p, _)| *p == path) {
+                    Some((_, members)) => members.push(i),
+                    None => routes.push((path, vec![i])),
+                },
+            }
+        }
+        for (path, members) in routes {
+            let entries: Vec<BulkEntry<'_>> = members
+                .iter()
+                .map(|&i| {
+                    let msg = &batch[i];
+                    BulkEntry {
+                        entry_id: &msg.id,
+                        data: &msg.data,
+                        is_cloudevent: events[i].is_some(),
+                        content_type: msg.content_type.as_deref(),
+                        metadata: &msg.metadata,
+                    }
+                })
+                .collect();
+            let ids: Vec<&str> = entries.iter().map(|e| e.entry_id).collect();
+            let id = uuid::Uuid::new_v4().to_string();
+            let body = callbacks::bulk_envelope(&id, &spec.pubsub, &spec.topic, &entries);
+            let answers = match Request::post(path)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+            {
+                Err(e) => {
+                    vec![AppVerdict::Retry(format!("cannot build the request: {e}")); ids.len()]
+                }
+                Ok(req) => match self.channel.call(path, req).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let limit = MAX_ANSWER + ids.len() * MAX_ANSWER_PER_ENTRY;
+                        let body = read_limited(resp.into_body(), limit)
+                            .await
+                            .unwrap_or_default();
+                        callbacks::bulk_verdicts(status, &body, &ids)
+                    }
+                    Err(e) => {
+                        vec![AppVerdict::Retry(format!("cannot reach the app: {e}")); ids.len()]
+                    }
+                },
+            };
+            for (i, verdict) in members.into_iter().zip(answers) {
+                verdicts[i] = Some(verdict);
+            }
+        }
+        verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| AppVerdict::Retry("not delivered".into())))
+            .collect()
+    }
+
+    /// Settles one delivery by the app's verdict: ack, drop (ack), redeliver, or move it
+    /// to the dead-letter topic once its attempts ran out.
+    async fn settle(&self, delivery: Delivery, verdict: AppVerdict) {
+        let spec = &self.sub.spec;
+        let msg = &delivery.message;
         let stats = &self.rt.delivery_stats;
         let settled = match verdict {
             AppVerdict::Success => {
@@ -314,7 +486,9 @@ impl Loop {
         match self.channel.call(path, req).await {
             Ok(resp) => {
                 let status = resp.status();
-                let body = read_limited(resp.into_body()).await.unwrap_or_default();
+                let body = read_limited(resp.into_body(), MAX_ANSWER)
+                    .await
+                    .unwrap_or_default();
                 callbacks::app_verdict(status, &body)
             }
             Err(e) => AppVerdict::Retry(format!("cannot reach the app: {e}")),

@@ -34,6 +34,40 @@ pub struct PubSubComponent {
     pub broker: Arc<dyn PubSub>,
     pub capabilities: Capabilities,
     pub scopes: TopicScopes,
+    /// How many deliveries (or bulk batches) of one subscription may be at the app at
+    /// once; `None` leaves it to the runtime's delivery policy.
+    pub delivery_concurrency: Option<usize>,
+}
+
+/// The delivery concurrency a component asks for, in Dapr's words: `concurrencyMode`
+/// `single` (one at a time, so the app sees each topic in broker order) or `parallel`,
+/// or Redis's `concurrency: <n>`. Without either, the embedded broker delivers one at a
+/// time, keeping per-topic order for a single subscriber, and other brokers deliver in
+/// parallel, as Dapr's do.
+pub fn delivery_concurrency(type_name: &str, metadata: &Metadata) -> Result<Option<usize>, String> {
+    match metadata
+        .get("concurrencyMode")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("single") => return Ok(Some(1)),
+        Some("parallel") => return Ok(None),
+        Some(other) => {
+            return Err(format!(
+                "metadata.concurrencyMode: {other:?} is not single or parallel"
+            ));
+        }
+        None => {}
+    }
+    if let Some(n) = metadata.get("concurrency") {
+        return match n.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!(
+                "metadata.concurrency: {n:?} is not a positive whole number"
+            )),
+        };
+    }
+    Ok((type_name == EMBEDDED_PUBSUB_TYPE).then_some(1))
 }
 
 /// Dapr's topic scoping from component metadata: `allowedTopics`, `protectedTopics`,
@@ -161,6 +195,7 @@ async fn open_one(
         .map_err(|e| format!("spec.type: {e}"))?;
     let metadata = Metadata(loading::plain_metadata(component)?);
     let scopes = TopicScopes::parse(&metadata);
+    let delivery_concurrency = delivery_concurrency(&component.type_name, &metadata)?;
     if loading::is_built_in(component) {
         let broker = LazyPubSub::new(*factory, metadata, EMBEDDED_CAPABILITIES);
         return Ok(Some(PubSubComponent {
@@ -170,6 +205,7 @@ async fn open_one(
             capabilities: EMBEDDED_CAPABILITIES,
             broker: Arc::new(broker),
             scopes,
+            delivery_concurrency,
         }));
     }
     let Some(broker) = loading::init(component, "pubsub", factory(metadata)).await? else {
@@ -182,6 +218,7 @@ async fn open_one(
         capabilities: broker.capabilities(),
         broker,
         scopes,
+        delivery_concurrency,
     }))
 }
 
@@ -251,6 +288,33 @@ impl PubSub for LazyPubSub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_concurrency_follows_the_component() {
+        let md = |pairs: &[(&str, &str)]| {
+            Metadata(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let embedded = EMBEDDED_PUBSUB_TYPE;
+        assert_eq!(delivery_concurrency(embedded, &md(&[])), Ok(Some(1)));
+        assert_eq!(delivery_concurrency("pubsub.redis", &md(&[])), Ok(None));
+        let parallel = md(&[("concurrencyMode", "parallel")]);
+        assert_eq!(delivery_concurrency(embedded, &parallel), Ok(None));
+        let single = md(&[("concurrencyMode", "Single")]);
+        assert_eq!(
+            delivery_concurrency("pubsub.rabbitmq", &single),
+            Ok(Some(1))
+        );
+        let redis = md(&[("concurrency", "4")]);
+        assert_eq!(delivery_concurrency("pubsub.redis", &redis), Ok(Some(4)));
+        assert!(delivery_concurrency("x", &md(&[("concurrency", "0")])).is_err());
+        let bad = delivery_concurrency("x", &md(&[("concurrencyMode", "wild")])).unwrap_err();
+        assert!(bad.contains("concurrencyMode"), "{bad}");
+    }
 
     #[test]
     fn topic_scopes_follow_dapr() {

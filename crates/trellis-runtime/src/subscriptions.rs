@@ -3,6 +3,7 @@
 //! compiled (a rule Trellis cannot evaluate is rejected here, at load time).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -43,7 +44,36 @@ pub struct SubscriptionSpec {
     pub default_route: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub dead_letter_topic: Option<String>,
-    pub bulk_subscribe: bool,
+    /// Deliver in batches (`bulkSubscribe.enabled`); `None` = one event per request.
+    pub bulk_subscribe: Option<BulkConfig>,
+}
+
+/// How a bulk subscription batches: at most `max_messages` events per request, and a
+/// partial batch leaves at the latest `max_await` after its first event arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkConfig {
+    pub max_messages: usize,
+    pub max_await: Duration,
+}
+
+impl BulkConfig {
+    /// Dapr's defaults: 100 messages, 1000 ms.
+    pub const DEFAULT_MAX_MESSAGES: u32 = 100;
+    pub const DEFAULT_MAX_AWAIT_MS: u32 = 1000;
+
+    /// From `maxMessagesCount` / `maxAwaitDurationMs`; absent or zero means the default.
+    pub fn new(max_messages: Option<u32>, max_await_ms: Option<u32>) -> Self {
+        let count = max_messages
+            .filter(|n| *n > 0)
+            .unwrap_or(Self::DEFAULT_MAX_MESSAGES);
+        let wait = max_await_ms
+            .filter(|n| *n > 0)
+            .unwrap_or(Self::DEFAULT_MAX_AWAIT_MS);
+        Self {
+            max_messages: usize::try_from(count).unwrap_or(usize::MAX),
+            max_await: Duration::from_millis(u64::from(wait)),
+        }
+    }
 }
 
 /// A subscription ready to deliver: its rules compiled.
@@ -134,7 +164,11 @@ pub fn declarative(
             default_route: sub.routes.default.clone(),
             metadata: sub.metadata.clone(),
             dead_letter_topic: sub.dead_letter_topic.clone(),
-            bulk_subscribe: sub.bulk_subscribe.as_ref().is_some_and(|b| b.enabled),
+            bulk_subscribe: sub
+                .bulk_subscribe
+                .as_ref()
+                .filter(|b| b.enabled)
+                .map(|b| BulkConfig::new(b.max_messages_count, b.max_await_duration_ms)),
         };
         match ActiveSubscription::compile(spec) {
             Ok(active) => match admit(&active.spec, &config.app_id, pubsubs) {
@@ -189,7 +223,7 @@ mod tests {
             default_route: default.map(Into::into),
             metadata: BTreeMap::new(),
             dead_letter_topic: None,
-            bulk_subscribe: false,
+            bulk_subscribe: None,
         }
     }
 

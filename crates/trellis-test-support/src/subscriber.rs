@@ -1,9 +1,10 @@
 //! An in-process pub/sub subscriber app for tests: answers `GET /dapr/subscribe` with the
 //! subscriptions it was given and records every other request it receives.
 //!
-//! Each path answers `200 {"status":"SUCCESS"}` unless a script was set with
-//! [`SubscriberApp::respond`]: a list of `(status, body)` answers used in turn, the last one
-//! repeating.
+//! Each path answers `200 {"status":"SUCCESS"}` (to a bulk delivery: SUCCESS for every
+//! entry) unless a script was set with [`SubscriberApp::respond`] (a list of
+//! `(status, body)` answers used in turn, the last one repeating) or an answering function
+//! with [`SubscriberApp::respond_with`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,11 +36,37 @@ impl Received {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_default()
     }
+
+    /// The entries of a bulk delivery (`com.dapr.event.sent.bulk`); empty for anything else.
+    pub fn bulk_entries(&self) -> Vec<serde_json::Value> {
+        let v = self.json();
+        if v["type"] != "com.dapr.event.sent.bulk" {
+            return Vec::new();
+        }
+        v["entries"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Computes an answer `(status, body)` from the request.
+pub type Responder = Arc<dyn Fn(&Received) -> (u16, String) + Send + Sync>;
+
+/// The default answer: SUCCESS, for a bulk delivery for each of its entries.
+fn success(req: &Received) -> String {
+    let entries = req.bulk_entries();
+    if entries.is_empty() {
+        return r#"{"status":"SUCCESS"}"#.to_string();
+    }
+    let statuses: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| serde_json::json!({"entryId": e["entryId"], "status": "SUCCESS"}))
+        .collect();
+    serde_json::json!({ "statuses": statuses }).to_string()
 }
 
 #[derive(Default)]
 struct Shared {
     subscriptions: Option<serde_json::Value>,
+    responders: HashMap<String, Responder>,
     scripts: HashMap<String, Vec<(u16, String)>>,
     /// How many requests each path got, to step through its script.
     counts: HashMap<String, usize>,
@@ -117,6 +144,16 @@ impl SubscriberApp {
         );
     }
 
+    /// Answers requests to `path` with `f`, which wins over a script.
+    pub fn respond_with(
+        &self,
+        path: &str,
+        f: impl Fn(&Received) -> (u16, String) + Send + Sync + 'static,
+    ) {
+        let mut s = self.shared.lock().expect("lock");
+        s.0.responders.insert(path.to_string(), Arc::new(f));
+    }
+
     /// Every delivery (request other than `GET /dapr/subscribe`) so far.
     pub fn received(&self) -> Vec<Received> {
         self.shared.lock().expect("lock").0.received.clone()
@@ -188,22 +225,25 @@ async fn handle(
     let (status, answer) = {
         let mut s = shared.lock().expect("lock");
         let s = &mut s.0;
-        s.received.push(Received {
+        let received = Received {
             method,
             path: path.clone(),
             content_type,
             headers,
             body,
-        });
+        };
         let n = s.counts.entry(path.clone()).or_default();
         *n += 1;
-        match s.scripts.get(&path) {
-            Some(script) if !script.is_empty() => {
+        let answer = match (s.responders.get(&path), s.scripts.get(&path)) {
+            (Some(f), _) => f(&received),
+            (None, Some(script)) if !script.is_empty() => {
                 let i = (*n - 1).min(script.len() - 1);
                 script[i].clone()
             }
-            _ => (200, r#"{"status":"SUCCESS"}"#.to_string()),
-        }
+            _ => (200, success(&received)),
+        };
+        s.received.push(received);
+        answer
     };
     let mut resp = Response::new(Full::new(Bytes::from(answer)));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);

@@ -1,13 +1,16 @@
 //! The wire JSON of the app callbacks the sidecar calls for pub/sub: the app's
-//! `GET /dapr/subscribe` answer and its answer to a delivered event.
+//! `GET /dapr/subscribe` answer, its answer to a delivered event, and the bulk delivery
+//! envelope (`com.dapr.event.sent.bulk`) with its per-entry answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use base64::Engine as _;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::subscriptions::{RouteRule, SubscriptionKind, SubscriptionSpec};
+use crate::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
+use crate::subscriptions::{BulkConfig, RouteRule, SubscriptionKind, SubscriptionSpec};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,9 +48,14 @@ struct WireRule {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct WireBulk {
     #[serde(default)]
     enabled: bool,
+    #[serde(default)]
+    max_messages_count: Option<u32>,
+    #[serde(default)]
+    max_await_duration_ms: Option<u32>,
 }
 
 /// Parses the app's `GET /dapr/subscribe` answer. An empty body or `null` means none.
@@ -78,7 +86,10 @@ pub fn parse_subscriptions(body: &[u8]) -> Result<Vec<SubscriptionSpec>, String>
                 default_route: routes.default.filter(|d| !d.is_empty()).or(w.route),
                 metadata: w.metadata,
                 dead_letter_topic: w.dead_letter_topic.filter(|t| !t.is_empty()),
-                bulk_subscribe: w.bulk_subscribe.is_some_and(|b| b.enabled),
+                bulk_subscribe: w
+                    .bulk_subscribe
+                    .filter(|b| b.enabled)
+                    .map(|b| BulkConfig::new(b.max_messages_count, b.max_await_duration_ms)),
             }
         })
         .collect())
@@ -108,7 +119,13 @@ pub fn app_verdict(status: StatusCode, body: &[u8]) -> AppVerdict {
         // Dapr skips the status check when the body is not JSON (an Express app's "OK").
         return AppVerdict::Success;
     };
-    match value.get("status") {
+    status_verdict(value.get("status"))
+}
+
+/// One `status` field: absent, null, empty or SUCCESS = success; RETRY and anything
+/// unknown = retry; DROP = drop.
+fn status_verdict(status: Option<&Value>) -> AppVerdict {
+    match status {
         None | Some(Value::Null) => AppVerdict::Success,
         Some(Value::String(s)) => match s.to_ascii_uppercase().as_str() {
             "" | "SUCCESS" => AppVerdict::Success,
@@ -118,6 +135,130 @@ pub fn app_verdict(status: StatusCode, body: &[u8]) -> AppVerdict {
         },
         Some(other) => AppVerdict::Retry(format!("the app answered a malformed status {other}")),
     }
+}
+
+/// One event of a bulk delivery, as the delivery loop hands it over.
+pub struct BulkEntry<'a> {
+    /// Unique within the request; the app names it in its answer.
+    pub entry_id: &'a str,
+    /// The stored payload: a CloudEvent's JSON when `is_cloudevent`, raw data otherwise.
+    pub data: &'a [u8],
+    pub is_cloudevent: bool,
+    /// The raw payload's content type (ignored for CloudEvents).
+    pub content_type: Option<&'a str>,
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
+/// The body of a bulk delivery: Dapr's `com.dapr.event.sent.bulk` envelope. CloudEvents go
+/// in as the JSON they are stored as (already validated when routing parsed them), so a
+/// batch costs one copy, not a parse and a re-serialisation per event.
+pub fn bulk_envelope(id: &str, pubsub: &str, topic: &str, entries: &[BulkEntry<'_>]) -> Vec<u8> {
+    let size: usize = entries.iter().map(|e| e.data.len() + 128).sum();
+    let mut out = Vec::with_capacity(size + 256);
+    out.extend_from_slice(b"{\"id\":");
+    put_json(&mut out, id);
+    out.extend_from_slice(b",\"entries\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"entryId\":");
+        put_json(&mut out, e.entry_id);
+        out.extend_from_slice(b",\"event\":");
+        let content_type = if e.is_cloudevent {
+            out.extend_from_slice(e.data);
+            CLOUDEVENT_CONTENT_TYPE
+        } else {
+            let ct = e.content_type.unwrap_or("application/octet-stream");
+            put_json(&mut out, &raw_event(e.data, ct));
+            ct
+        };
+        out.extend_from_slice(b",\"contentType\":");
+        put_json(&mut out, content_type);
+        out.extend_from_slice(b",\"metadata\":");
+        put_json(&mut out, e.metadata);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"metadata\":{\"pubsubName\":");
+    put_json(&mut out, pubsub);
+    out.extend_from_slice(b"},\"pubsubname\":");
+    put_json(&mut out, pubsub);
+    out.extend_from_slice(b",\"topic\":");
+    put_json(&mut out, topic);
+    out.extend_from_slice(b",\"type\":\"com.dapr.event.sent.bulk\"}");
+    out
+}
+
+/// Appends `value` as JSON. Strings, string maps and `Value`s always serialise, and
+/// writing to a `Vec` cannot fail, so there is no error to pass on.
+fn put_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(out, value);
+}
+
+/// A raw (non-CloudEvent) payload in a bulk entry: JSON stays JSON, text becomes a
+/// string, anything else a base64 string.
+fn raw_event(data: &[u8], content_type: &str) -> Value {
+    if cloudevent::is_json_type(content_type)
+        && let Ok(v) = serde_json::from_slice::<Value>(data)
+    {
+        return v;
+    }
+    match std::str::from_utf8(data) {
+        Ok(text) => Value::String(text.to_string()),
+        Err(_) => Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireBulkAnswer {
+    #[serde(default)]
+    statuses: Vec<WireEntryStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireEntryStatus {
+    #[serde(default)]
+    entry_id: String,
+    #[serde(default)]
+    status: Option<Value>,
+}
+
+/// Dapr's reading of an app's answer to a bulk delivery, one verdict per entry of
+/// `entry_ids` (in that order): 404 drops them all and any other non-2xx status retries
+/// them all, as for a single event; a 2xx answer must list `statuses`, and an entry it
+/// does not name is retried (the app may not have seen it). A 2xx answer that is not a
+/// status list retries everything: acknowledging events the app never confirmed could
+/// lose them.
+pub fn bulk_verdicts(status: StatusCode, body: &[u8], entry_ids: &[&str]) -> Vec<AppVerdict> {
+    let all = |v: AppVerdict| vec![v; entry_ids.len()];
+    if status == StatusCode::NOT_FOUND {
+        return all(AppVerdict::Drop("the app answered 404".into()));
+    }
+    if !status.is_success() {
+        return all(AppVerdict::Retry(format!("the app answered {status}")));
+    }
+    let answer: WireBulkAnswer = match serde_json::from_slice(body) {
+        Ok(a) => a,
+        Err(e) => {
+            return all(AppVerdict::Retry(format!(
+                "the app's answer to a bulk delivery is not a status list: {e}"
+            )));
+        }
+    };
+    let by_id: HashMap<&str, Option<&Value>> = answer
+        .statuses
+        .iter()
+        .map(|s| (s.entry_id.as_str(), s.status.as_ref()))
+        .collect();
+    entry_ids
+        .iter()
+        .map(|id| match by_id.get(id) {
+            None => AppVerdict::Retry("the app's bulk answer does not list this entry".into()),
+            Some(status) => status_verdict(*status),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -175,9 +316,97 @@ mod tests {
         assert_eq!(subs[1].rules[0].path, "/x");
         assert_eq!(subs[1].default_route.as_deref(), Some("/b"));
         assert_eq!(subs[1].dead_letter_topic.as_deref(), Some("dead"));
-        assert!(subs[1].bulk_subscribe);
+        assert_eq!(
+            subs[1].bulk_subscribe,
+            Some(BulkConfig {
+                max_messages: 100,
+                max_await: std::time::Duration::from_secs(1)
+            })
+        );
+        assert_eq!(subs[0].bulk_subscribe, None);
         assert!(parse_subscriptions(b"").unwrap().is_empty());
         assert!(parse_subscriptions(b"null").unwrap().is_empty());
         assert!(parse_subscriptions(b"{").is_err());
+    }
+
+    #[test]
+    fn bulk_envelope_keeps_cloudevents_and_wraps_raw_payloads() {
+        let ce = br#"{"specversion":"1.0","id":"e1","data":{"n":1}}"#;
+        let md: BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
+        let none = BTreeMap::new();
+        let entries = [
+            BulkEntry {
+                entry_id: "1",
+                data: ce,
+                is_cloudevent: true,
+                content_type: None,
+                metadata: &md,
+            },
+            BulkEntry {
+                entry_id: "2",
+                data: b"plain \"text\"",
+                is_cloudevent: false,
+                content_type: Some("text/plain"),
+                metadata: &none,
+            },
+            BulkEntry {
+                entry_id: "3",
+                data: br#"{"a":[1,2]}"#,
+                is_cloudevent: false,
+                content_type: Some("application/json"),
+                metadata: &none,
+            },
+            BulkEntry {
+                entry_id: "4",
+                data: &[0xff, 0x00],
+                is_cloudevent: false,
+                content_type: None,
+                metadata: &none,
+            },
+        ];
+        let body = bulk_envelope("req", "ps", "orders", &entries);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["id"], "req");
+        assert_eq!(v["type"], "com.dapr.event.sent.bulk");
+        assert_eq!(v["pubsubname"], "ps");
+        assert_eq!(v["topic"], "orders");
+        assert_eq!(v["metadata"]["pubsubName"], "ps");
+        let e = &v["entries"];
+        assert_eq!(e[0]["entryId"], "1");
+        assert_eq!(e[0]["event"]["data"]["n"], 1);
+        assert_eq!(e[0]["contentType"], CLOUDEVENT_CONTENT_TYPE);
+        assert_eq!(e[0]["metadata"]["k"], "v");
+        assert_eq!(e[1]["event"], "plain \"text\"");
+        assert_eq!(e[1]["contentType"], "text/plain");
+        assert_eq!(e[2]["event"]["a"][1], 2);
+        assert_eq!(e[3]["event"], "/wA=");
+        assert_eq!(e[3]["contentType"], "application/octet-stream");
+        let empty: Value = serde_json::from_slice(&bulk_envelope("r", "p", "t", &[])).unwrap();
+        assert_eq!(empty["entries"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn bulk_verdicts_follow_each_entry() {
+        let ids = ["a", "b", "c", "d", "e"];
+        let body =
+            br#"{"statuses":[{"entryId":"a","status":"SUCCESS"},{"entryId":"b","status":"RETRY"},
+            {"entryId":"c","status":"DROP"},{"entryId":"e","status":"bogus"}]}"#;
+        let v = bulk_verdicts(StatusCode::OK, body, &ids);
+        assert_eq!(v[0], AppVerdict::Success);
+        assert!(matches!(v[1], AppVerdict::Retry(_)));
+        assert!(matches!(v[2], AppVerdict::Drop(_)));
+        assert!(matches!(&v[3], AppVerdict::Retry(why) if why.contains("does not list")));
+        assert!(matches!(v[4], AppVerdict::Retry(_)));
+        let all_retry = |v: Vec<AppVerdict>| v.iter().all(|v| matches!(v, AppVerdict::Retry(_)));
+        assert!(all_retry(bulk_verdicts(StatusCode::OK, b"OK", &ids)));
+        assert!(all_retry(bulk_verdicts(StatusCode::OK, b"", &ids)));
+        assert!(all_retry(bulk_verdicts(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            body,
+            &ids
+        )));
+        let dropped = bulk_verdicts(StatusCode::NOT_FOUND, b"", &ids);
+        assert!(dropped.iter().all(|v| matches!(v, AppVerdict::Drop(_))));
+        assert_eq!(dropped.len(), 5);
     }
 }

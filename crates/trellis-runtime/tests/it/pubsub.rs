@@ -693,3 +693,174 @@ async fn deliveries_resume_after_a_restart_and_stop_is_clean() {
     publisher.stop().await;
     s.stop().await;
 }
+
+/// The `data` of each event in a bulk delivery, in entry order.
+fn bulk_data(r: &trellis_test_support::Received) -> Vec<String> {
+    r.bulk_entries()
+        .iter()
+        .map(|e| e["event"]["data"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_subscribe_delivers_batches_settled_entry_by_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = SubscriberApp::start(Some(json!([{
+        "pubsubname": "pubsub", "topic": "batch",
+        "routes": {"rules": [{"match": "event.data == \"special\"", "path": "/special"}], "default": "/batch"},
+        "bulkSubscribe": {"enabled": true, "maxMessagesCount": 10, "maxAwaitDurationMs": 300}
+    }])))
+    .await;
+    // m3 is dropped; m5 is retried once; m7 is left out of the first answer (so retried).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
+    let seen2 = seen.clone();
+    app.respond_with("/batch", move |req| {
+        let mut seen = seen2.lock().unwrap();
+        let statuses: Vec<Value> = req
+            .bulk_entries()
+            .iter()
+            .filter_map(|e| {
+                let data = e["event"]["data"].as_str().unwrap_or_default().to_string();
+                let first = seen.insert(data.clone());
+                let status = match (data.as_str(), first) {
+                    ("m3", _) => "DROP",
+                    ("m5", true) => "RETRY",
+                    ("m7", true) => return None,
+                    _ => "SUCCESS",
+                };
+                Some(json!({"entryId": e["entryId"], "status": status}))
+            })
+            .collect();
+        (200, json!({ "statuses": statuses }).to_string())
+    });
+    let s = subscriber("bulk-sub", dir.path(), &app, 1, |_| {}).await;
+    let mut entries: Vec<Value> = (0..25)
+        .map(|i| json!({"entryId": format!("e{i}"), "event": format!("m{i}"), "contentType": "text/plain"}))
+        .collect();
+    entries.insert(
+        12,
+        json!({"entryId": "sp", "event": "special", "contentType": "text/plain"}),
+    );
+    let r = publish(
+        &s,
+        "/v1.0-alpha1/publish/bulk/pubsub/batch",
+        &[("content-type", "application/json")],
+        Value::Array(entries).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    // 25 events plus the redeliveries of m5 and m7.
+    let delivered = |app: &SubscriberApp| -> Vec<String> {
+        app.received_on("/batch")
+            .iter()
+            .flat_map(bulk_data)
+            .collect()
+    };
+    assert!(
+        wait_until(WAIT, || async { delivered(&app).len() >= 27 }).await,
+        "got {:?}",
+        delivered(&app)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = delivered(&app);
+    assert_eq!(got.len(), 27, "{got:?}");
+    let count = |d: &str| got.iter().filter(|g| *g == d).count();
+    assert_eq!(count("m3"), 1, "a DROP entry is not redelivered");
+    assert_eq!(count("m5"), 2, "a RETRY entry is redelivered");
+    assert_eq!(
+        count("m7"),
+        2,
+        "an entry missing from the answer is redelivered"
+    );
+    assert_eq!(count("m0"), 1);
+    assert_eq!(count("special"), 0, "routed elsewhere");
+
+    let batches = app.received_on("/batch");
+    assert!(batches.iter().all(|b| b.bulk_entries().len() <= 10));
+    assert!(
+        batches.iter().any(|b| b.bulk_entries().len() > 1),
+        "events travel in batches"
+    );
+    let first = batches[0].json();
+    assert_eq!(first["type"], "com.dapr.event.sent.bulk");
+    assert_eq!(first["pubsubname"], "pubsub");
+    assert_eq!(first["topic"], "batch");
+    let entry = &first["entries"][0];
+    assert_eq!(entry["contentType"], "application/cloudevents+json");
+    assert_eq!(entry["event"]["type"], "com.dapr.event.sent");
+    assert!(entry["entryId"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(batches[0].content_type.starts_with("application/json"));
+    // In order: the first batch holds the first events published (an ordered subscriber).
+    assert_eq!(bulk_data(&batches[0])[0], "m0");
+
+    let special = app.wait_for("/special", 1, WAIT).await;
+    assert_eq!(bulk_data(&special[0]), ["special"]);
+    assert_eq!(s.runtime().delivery_stats.dropped(), 1);
+    drop(seen);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_subscriber_that_fails_gets_the_whole_batch_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = SubscriberApp::start(Some(json!([{
+        "pubsubname": "pubsub", "topic": "flaky", "route": "/flaky",
+        "bulkSubscribe": {"enabled": true, "maxMessagesCount": 50, "maxAwaitDurationMs": 200}
+    }])))
+    .await;
+    app.respond("/flaky", &[(500, "boom"), (200, "not json")]);
+    let s = subscriber("bulk-flaky", dir.path(), &app, 1, |_| {}).await;
+    let entries: Vec<Value> = (0..5)
+        .map(|i| json!({"entryId": format!("{i}"), "event": format!("f{i}"), "contentType": "text/plain"}))
+        .collect();
+    let r = publish(
+        &s,
+        "/v1.0-alpha1/publish/bulk/pubsub/flaky",
+        &[],
+        Value::Array(entries).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    // 500, then an answer that is not a status list: both retry every entry, until the
+    // attempts run out and (without a dead-letter topic) the retries go on.
+    let got = app.wait_for("/flaky", 3, WAIT).await;
+    let all: Vec<String> = got.iter().flat_map(bulk_data).collect();
+    for i in 0..5 {
+        assert!(
+            all.iter().filter(|d| **d == format!("f{i}")).count() >= 3,
+            "f{i} should be delivered again after each failed answer: {all:?}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_subscriber_sees_the_topic_in_publish_order() {
+    const N: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let app = SubscriberApp::start(Some(json!([sub("seq", "/seq")]))).await;
+    let s = subscriber("ordered", dir.path(), &app, 1, |_| {}).await;
+    // Bulk requests from one client, so there is one publish order to compare with.
+    for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
+        let entries: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"entryId": format!("{i}"), "event": i.to_string(), "contentType": "text/plain"}))
+            .collect();
+        let r = publish(
+            &s,
+            "/v1.0-alpha1/publish/bulk/pubsub/seq",
+            &[],
+            Value::Array(entries).to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+    let got = app.wait_for("/seq", N, WAIT).await;
+    let order: Vec<usize> = got
+        .iter()
+        .map(|r| r.json()["data"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(order, (0..N).collect::<Vec<_>>());
+    s.stop().await;
+}
