@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -411,26 +410,13 @@ async fn bad_metadata_is_reported() {
 
 // --- other processes --------------------------------------------------------------------
 
-const CHILD_MODE: &str = "TRELLIS_PUBSUB_TEST_CHILD";
 const CHILD_DB: &str = "TRELLIS_PUBSUB_TEST_DB";
 /// The child's lease, short so the parent gets the child's unsettled messages soon.
 const CHILD_ACK_DEADLINE: &str = "1s";
 
 /// Runs this test binary again, as [`child_process`] in the given mode.
 fn spawn_child(mode: &str, db: &Path) -> tokio::process::Child {
-    tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "sqlite::child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_MODE, mode)
-        .env(CHILD_DB, db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
+    trellis_test_support::respawn_test("sqlite::child_process", mode, &[(CHILD_DB, db.as_os_str())])
         .unwrap()
 }
 
@@ -438,15 +424,10 @@ fn spawn_child(mode: &str, db: &Path) -> tokio::process::Child {
 /// normally (without the environment variable), it does nothing.
 #[test]
 fn child_process() {
-    let Ok(mode) = std::env::var(CHILD_MODE) else {
+    let Some((mode, rt)) = trellis_test_support::child_mode() else {
         return;
     };
     let db = std::env::var(CHILD_DB).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     rt.block_on(async move {
         let broker = Arc::new(open(Path::new(&db), &[("ackDeadline", CHILD_ACK_DEADLINE)]).await);
         assert_eq!(mode, "publish-and-consume", "unknown child mode");

@@ -3,7 +3,6 @@
 //! the component metadata.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -286,24 +285,11 @@ async fn bad_metadata_and_foreign_tables_are_reported() {
 
 // --- other processes --------------------------------------------------------------------
 
-const CHILD_MODE: &str = "TRELLIS_STATE_TEST_CHILD";
 const CHILD_DB: &str = "TRELLIS_STATE_TEST_DB";
 
 /// Runs this test binary again, as [`child_process`] in the given mode.
 fn spawn_child(mode: &str, db: &Path) -> tokio::process::Child {
-    tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "sqlite::child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_MODE, mode)
-        .env(CHILD_DB, db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
+    trellis_test_support::respawn_test("sqlite::child_process", mode, &[(CHILD_DB, db.as_os_str())])
         .unwrap()
 }
 
@@ -311,15 +297,10 @@ fn spawn_child(mode: &str, db: &Path) -> tokio::process::Child {
 /// normally (without the environment variable), it does nothing.
 #[test]
 fn child_process() {
-    let Ok(mode) = std::env::var(CHILD_MODE) else {
+    let Some((mode, rt)) = trellis_test_support::child_mode() else {
         return;
     };
     let db = std::env::var(CHILD_DB).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     rt.block_on(async move {
         let store = std::sync::Arc::new(open(Path::new(&db), &[]).await);
         let mut tasks = Vec::new();
