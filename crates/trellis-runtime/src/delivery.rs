@@ -340,22 +340,39 @@ impl Loop {
 
     /// Routes one message and delivers it.
     async fn post_one(&self, msg: &Message) -> AppVerdict {
-        let event = cloudevent::parse(&msg.data);
+        let (event, glance) = self.look_at(msg);
         match self.sub.route(event.as_ref()) {
             None => AppVerdict::Drop("no route matches the event".into()),
-            Some(path) => self.post(path, msg, event.as_ref()).await,
+            Some(path) => self.post(path, msg, &glance).await,
         }
+    }
+
+    /// What routing and delivery need of `msg`: the parsed event only when a rule looks
+    /// inside it, and always whether it is a CloudEvent and its traceparent.
+    fn look_at(&self, msg: &Message) -> (Option<serde_json::Value>, cloudevent::Glance) {
+        if !self.sub.routes_by_content() {
+            return (None, cloudevent::glance(&msg.data));
+        }
+        let event = cloudevent::parse(&msg.data);
+        let glance = cloudevent::Glance {
+            is_cloudevent: event.is_some(),
+            traceparent: event
+                .as_ref()
+                .and_then(|ev| ev.get("traceparent"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        };
+        (event, glance)
     }
 
     /// Routes every message of a bulk batch and `POST`s one bulk envelope per route, in
     /// the order the routes first occur. Returns a verdict per message, in batch order.
     async fn post_bulk(&self, batch: &[Message]) -> Vec<AppVerdict> {
         let spec = &self.sub.spec;
-        let events: Vec<Option<serde_json::Value>> =
-            batch.iter().map(|m| cloudevent::parse(&m.data)).collect();
+        let looks: Vec<_> = batch.iter().map(|m| self.look_at(m)).collect();
         let mut verdicts: Vec<Option<AppVerdict>> = vec![None; batch.len()];
         let mut routes: Vec<(&str, Vec<usize>)> = Vec::new();
-        for (i, event) in events.iter().enumerate() {
+        for (i, (event, _)) in looks.iter().enumerate() {
             match self.sub.route(event.as_ref()) {
                 None => verdicts[i] = Some(AppVerdict::Drop("no route matches the event".into())),
                 Some(path) => match routes.iter_mut().find(|(p, _)| *p == path) {
@@ -372,7 +389,7 @@ impl Loop {
                     BulkEntry {
                         entry_id: &msg.id,
                         data: &msg.data,
-                        is_cloudevent: events[i].is_some(),
+                        is_cloudevent: looks[i].1.is_cloudevent,
                         content_type: msg.content_type.as_deref(),
                         metadata: &msg.metadata,
                     }
@@ -459,13 +476,8 @@ impl Loop {
     }
 
     /// `POST`s the message to `path` on the app and reads its verdict.
-    async fn post(
-        &self,
-        path: &str,
-        msg: &trellis_pubsub::Message,
-        event: Option<&serde_json::Value>,
-    ) -> AppVerdict {
-        let content_type = if event.is_some() {
+    async fn post(&self, path: &str, msg: &Message, glance: &cloudevent::Glance) -> AppVerdict {
+        let content_type = if glance.is_cloudevent {
             CLOUDEVENT_CONTENT_TYPE
         } else {
             msg.content_type
@@ -473,11 +485,8 @@ impl Loop {
                 .unwrap_or("application/octet-stream")
         };
         let mut builder = Request::post(path).header(header::CONTENT_TYPE, content_type);
-        if let Some(tp) = event
-            .and_then(|ev| ev.get("traceparent"))
-            .and_then(|v| v.as_str())
-        {
-            builder = builder.header("traceparent", tp);
+        if let Some(tp) = &glance.traceparent {
+            builder = builder.header("traceparent", tp.as_str());
         }
         let req = match builder.body(Body::from(msg.data.clone())) {
             Ok(r) => r,

@@ -113,6 +113,12 @@ impl ActiveSubscription {
         Ok(Self { spec, rules })
     }
 
+    /// Whether routing looks inside events (some rule has a `match`); if not, every
+    /// event takes the same route and delivery need not parse it.
+    pub fn routes_by_content(&self) -> bool {
+        self.rules.iter().any(|(expr, _)| expr.is_some())
+    }
+
     /// The app path for `event` (the parsed CloudEvent; `None` for a raw payload, which
     /// only rules without a `match` accept).
     pub fn route(&self, event: Option<&Value>) -> Option<&str> {
