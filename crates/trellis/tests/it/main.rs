@@ -11,6 +11,7 @@ mod discovery;
 mod launcher;
 mod multiapp;
 mod pubsub;
+mod pubsub_crash;
 mod state;
 mod streaming;
 
