@@ -9,13 +9,14 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::gojson::{self, GoJson, fold_field, fold_keys};
 use crate::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
 use crate::subscriptions::{BulkConfig, RouteRule, SubscriptionKind, SubscriptionSpec};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireSubscription {
-    #[serde(alias = "pubsubName", default)]
+    #[serde(default)]
     pubsubname: String,
     #[serde(default)]
     topic: String,
@@ -58,12 +59,66 @@ struct WireBulk {
     max_await_duration_ms: Option<u32>,
 }
 
+// Dapr reads the app's answers with Go's case-insensitive key matching (`pubsubName`,
+// `PubsubName` and `pubsubname` are one field); see `gojson`.
+
+impl GoJson for WireSubscription {
+    fn fold(v: &mut Value) {
+        fold_keys(
+            v,
+            &[
+                "pubsubname",
+                "topic",
+                "route",
+                "routes",
+                "metadata",
+                "deadLetterTopic",
+                "bulkSubscribe",
+            ],
+        );
+        fold_field::<WireRoutes>(v, "routes");
+        fold_field::<WireBulk>(v, "bulkSubscribe");
+    }
+}
+
+impl GoJson for WireRoutes {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["rules", "default"]);
+        fold_field::<Vec<WireRule>>(v, "rules");
+    }
+}
+
+impl GoJson for WireRule {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["match", "path"]);
+    }
+}
+
+impl GoJson for WireBulk {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["enabled", "maxMessagesCount", "maxAwaitDurationMs"]);
+    }
+}
+
+impl GoJson for WireBulkAnswer {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["statuses"]);
+        fold_field::<Vec<WireEntryStatus>>(v, "statuses");
+    }
+}
+
+impl GoJson for WireEntryStatus {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["entryId", "status"]);
+    }
+}
+
 /// Parses the app's `GET /dapr/subscribe` answer. An empty body or `null` means none.
 pub fn parse_subscriptions(body: &[u8]) -> Result<Vec<SubscriptionSpec>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    let list: Option<Vec<WireSubscription>> = serde_json::from_slice(body)
+    let list: Option<Vec<WireSubscription>> = gojson::from_slice(body)
         .map_err(|e| format!("the app's /dapr/subscribe answer is not a subscription list: {e}"))?;
     Ok(list
         .unwrap_or_default()
@@ -115,10 +170,11 @@ pub fn app_verdict(status: StatusCode, body: &[u8]) -> AppVerdict {
     if !status.is_success() {
         return AppVerdict::Retry(format!("the app answered {status}"));
     }
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
         // Dapr skips the status check when the body is not JSON (an Express app's "OK").
         return AppVerdict::Success;
     };
+    fold_keys(&mut value, &["status"]);
     status_verdict(value.get("status"))
 }
 
@@ -239,7 +295,7 @@ pub fn bulk_verdicts(status: StatusCode, body: &[u8], entry_ids: &[&str]) -> Vec
     if !status.is_success() {
         return all(AppVerdict::Retry(format!("the app answered {status}")));
     }
-    let answer: WireBulkAnswer = match serde_json::from_slice(body) {
+    let answer: WireBulkAnswer = match gojson::from_slice(body) {
         Ok(a) => a,
         Err(e) => {
             return all(AppVerdict::Retry(format!(
@@ -274,6 +330,10 @@ mod tests {
             AppVerdict::Success
         );
         assert_eq!(app_verdict(ok, b"OK"), AppVerdict::Success);
+        assert!(matches!(
+            app_verdict(ok, br#"{"Status":"RETRY"}"#),
+            AppVerdict::Retry(_)
+        ));
         assert!(matches!(
             app_verdict(ok, br#"{"status":"RETRY"}"#),
             AppVerdict::Retry(_)
@@ -324,6 +384,16 @@ mod tests {
             })
         );
         assert_eq!(subs[0].bulk_subscribe, None);
+        let go_cased = parse_subscriptions(
+            br#"[{"PubsubName":"p","Topic":"t","Routes":{"Rules":[{"Match":"event.type == \"x\"","Path":"/x"}]},
+                  "DeadLetterTopic":"d","BulkSubscribe":{"Enabled":true,"MaxMessagesCount":5}}]"#,
+        )
+        .unwrap();
+        assert_eq!(go_cased[0].pubsub, "p");
+        assert_eq!(go_cased[0].topic, "t");
+        assert_eq!(go_cased[0].rules[0].path, "/x");
+        assert_eq!(go_cased[0].dead_letter_topic.as_deref(), Some("d"));
+        assert_eq!(go_cased[0].bulk_subscribe.map(|b| b.max_messages), Some(5));
         assert!(parse_subscriptions(b"").unwrap().is_empty());
         assert!(parse_subscriptions(b"null").unwrap().is_empty());
         assert!(parse_subscriptions(b"{").is_err());
@@ -392,6 +462,11 @@ mod tests {
             br#"{"statuses":[{"entryId":"a","status":"SUCCESS"},{"entryId":"b","status":"RETRY"},
             {"entryId":"c","status":"DROP"},{"entryId":"e","status":"bogus"}]}"#;
         let v = bulk_verdicts(StatusCode::OK, body, &ids);
+        let go_cased = br#"{"Statuses":[{"EntryID":"a","Status":"DROP"}]}"#;
+        assert!(matches!(
+            bulk_verdicts(StatusCode::OK, go_cased, &ids)[0],
+            AppVerdict::Drop(_)
+        ));
         assert_eq!(v[0], AppVerdict::Success);
         assert!(matches!(v[1], AppVerdict::Retry(_)));
         assert!(matches!(v[2], AppVerdict::Drop(_)));

@@ -5,6 +5,7 @@
 
 pub mod callbacks;
 mod error;
+mod gojson;
 mod internal;
 mod invoke;
 mod layers;

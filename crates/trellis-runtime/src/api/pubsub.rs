@@ -20,6 +20,7 @@ use serde_json::Value;
 use trellis_pubsub::PublishRequest;
 
 use super::error::ApiError;
+use super::gojson::{self, GoJson, fold_keys};
 use crate::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE, EnvelopeContext};
 use crate::pubsub::PubSubComponent;
 use crate::runtime::Runtime;
@@ -37,6 +38,13 @@ struct BulkEntry {
     content_type: Option<String>,
     #[serde(default)]
     metadata: HashMap<String, String>,
+}
+
+impl GoJson for BulkEntry {
+    fn fold(v: &mut Value) {
+        // `entryID` is how the JavaScript SDK spells it; Dapr's Go decoder takes any case.
+        fold_keys(v, &["entryId", "event", "contentType", "metadata"]);
+    }
 }
 
 #[derive(Serialize)]
@@ -239,7 +247,7 @@ pub async fn bulk_publish(
 ) -> Result<Response, ApiError> {
     let component = target(&rt, &name, &topic)?;
     let data = super::state::read_body(body, rt.max_request_body).await?;
-    let entries: Vec<BulkEntry> = serde_json::from_slice(&data).map_err(|e| {
+    let entries: Vec<BulkEntry> = gojson::from_slice(&data).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "ERR_PUBSUB_EVENTS_SER",

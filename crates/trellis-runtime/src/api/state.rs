@@ -18,6 +18,7 @@ use serde_json::Value;
 use trellis_state::{Concurrency, Consistency, DeleteRequest, Operation, SetRequest, StateError};
 
 use super::error::ApiError;
+use super::gojson::{self, GoJson, fold_field, fold_keys};
 use crate::runtime::Runtime;
 use crate::state::StateComponent;
 
@@ -57,6 +58,41 @@ struct Transaction {
 struct TransactionOp {
     operation: String,
     request: SaveItem,
+}
+
+// Dapr reads these with Go's case-insensitive key matching; see `gojson`.
+
+impl GoJson for SaveItem {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["key", "value", "etag", "metadata", "options"]);
+        fold_field::<Options>(v, "options");
+    }
+}
+
+impl GoJson for Options {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["concurrency", "consistency"]);
+    }
+}
+
+impl GoJson for BulkGet {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["keys"]);
+    }
+}
+
+impl GoJson for Transaction {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["operations"]);
+        fold_field::<Vec<TransactionOp>>(v, "operations");
+    }
+}
+
+impl GoJson for TransactionOp {
+    fn fold(v: &mut Value) {
+        fold_keys(v, &["operation", "request"]);
+        fold_field::<SaveItem>(v, "request");
+    }
 }
 
 // ---- helpers -----------------------------------------------------------------------------
@@ -102,8 +138,8 @@ fn malformed(err: impl std::fmt::Display) -> ApiError {
     )
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(malformed)
+fn parse_json<T: GoJson>(bytes: &[u8]) -> Result<T, ApiError> {
+    gojson::from_slice(bytes).map_err(malformed)
 }
 
 fn concurrency(value: Option<&str>) -> Result<Concurrency, String> {
@@ -394,11 +430,17 @@ pub async fn transaction(
         ops.push(op);
     }
     component.store.transact(ops).await.map_err(|e| {
-        store_error(
-            "ERR_STATE_TRANSACTION",
-            format!("error while executing state transaction: {e}"),
-            &e,
-        )
+        let message = format!("error while executing state transaction: {e}");
+        match e {
+            StateError::NotSupported(_) => store_error("ERR_STATE_TRANSACTION", message, &e),
+            // Dapr answers every failed transaction 500, a stale ETag too (unlike a save
+            // or delete, which get 409); SDKs read the status.
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ERR_STATE_TRANSACTION",
+                message,
+            ),
+        }
     })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,6 +12,7 @@ mod launcher;
 mod multiapp;
 mod pubsub;
 mod pubsub_crash;
+mod sdk_js;
 mod state;
 mod streaming;
 

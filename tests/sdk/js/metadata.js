@@ -1,0 +1,21 @@
+// Metadata and health through the SDK's DaprClient (HTTP): health.isHealthy(),
+// metadata.get(), and metadata.set() read back through metadata.get(); then exits.
+"use strict";
+
+const { DaprClient, CommunicationProtocolEnum } = require("@dapr/dapr");
+const { step, finish, crash } = require("./report");
+
+async function main() {
+  const client = new DaprClient({
+    daprHost: "127.0.0.1",
+    daprPort: process.env.DAPR_HTTP_PORT,
+    communicationProtocol: CommunicationProtocolEnum.HTTP,
+  });
+  await step("healthy", () => client.health.isHealthy());
+  await step("metadata", () => client.metadata.get());
+  await step("set", () => client.metadata.set("sdkCheck", "set-by-js"));
+  await step("metadata-after-set", () => client.metadata.get());
+  finish();
+}
+
+main().catch(crash);
