@@ -36,6 +36,8 @@ pub struct SidecarConfig {
     pub graceful_shutdown: Duration,
     /// How pub/sub deliveries to the app are retried and limited.
     pub delivery: DeliveryPolicy,
+    /// HTTP/2 pings on connections to other sidecars.
+    pub peer_keepalive: crate::invoke::Keepalive,
 }
 
 impl SidecarConfig {
@@ -60,6 +62,7 @@ impl SidecarConfig {
             extended_metadata: BTreeMap::new(),
             graceful_shutdown: Duration::from_secs(5),
             delivery: DeliveryPolicy::default(),
+            peer_keepalive: crate::invoke::Keepalive::default(),
         }
     }
 }

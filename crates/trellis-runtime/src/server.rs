@@ -38,7 +38,12 @@ pub async fn serve<S>(
         .http2()
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(1024)
+        // Peers ping too; this side's pings close connections of peers that vanished, so
+        // their streams do not pile up.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -113,6 +113,7 @@ impl Sidecar {
             Caller::new(me.clone()),
             Balancer::new(resolver),
             app_channel.clone(),
+            config.peer_keepalive,
         );
         let runtime = Arc::new(Runtime::new(RuntimeParts {
             app: me,

@@ -25,7 +25,7 @@ use trellis_nameres::{AppRef, Balancer, ResolveError};
 pub use app_channel::AppChannel;
 pub use headers::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
 pub use limit::LimitedBody;
-pub use peers::PeerPool;
+pub use peers::{Keepalive, PeerPool};
 pub use small::coalesce;
 
 use crate::Body;
@@ -92,11 +92,12 @@ impl Invoker {
         caller: Caller,
         balancer: Balancer,
         app: Option<std::sync::Arc<AppChannel>>,
+        keepalive: Keepalive,
     ) -> Self {
         Self {
             caller,
             balancer,
-            peers: PeerPool::default(),
+            peers: PeerPool::new(keepalive),
             app,
         }
     }

@@ -10,6 +10,11 @@
 //! * **One write per small request.** A small body (already read whole, see `small.rs`) is
 //!   queued together with its HEADERS frame, so both leave in one write and the peer wakes
 //!   once instead of twice. Larger bodies stream with flow control (`pipe_body`).
+//!
+//! Each connection pings its peer every [`Keepalive::interval`]; one that gets no answer
+//! within [`Keepalive::timeout`] is closed, so a peer that vanished without closing its
+//! socket (a machine gone, a black-holed route) costs the next call a reconnect instead
+//! of a hang.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,9 +37,28 @@ use crate::Body;
 /// in microseconds, a black-holed remote address must not hold the caller for minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// HTTP/2 keep-alive of peer connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time between pings.
+    pub interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(20),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct PeerPool {
     conns: Mutex<HashMap<SocketAddr, SendRequest<Bytes>>>,
+    keepalive: Keepalive,
 }
 
 pub(super) enum SendError {
@@ -48,6 +72,13 @@ pub(super) enum SendError {
 }
 
 impl PeerPool {
+    pub fn new(keepalive: Keepalive) -> Self {
+        Self {
+            conns: Mutex::default(),
+            keepalive,
+        }
+    }
+
     pub(super) async fn send(
         &self,
         addr: SocketAddr,
@@ -108,7 +139,7 @@ impl PeerPool {
                 }
             }
         }
-        let sender = connect(addr).await?;
+        let sender = connect(addr, self.keepalive).await?;
         // Two callers may race to connect; the last one wins and the other connection closes
         // once its request is done. Rare, harmless, and cheaper than connecting under a lock.
         self.lock().insert(addr, sender.clone());
@@ -137,7 +168,7 @@ fn finish(result: Result<Response<RecvStream>, h2::Error>) -> Result<Response<Bo
     }))
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Bytes>, String> {
+async fn connect(addr: SocketAddr, keepalive: Keepalive) -> Result<SendRequest<Bytes>, String> {
     let setup = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -150,15 +181,38 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Bytes>, String> {
             .await
             .map_err(|e| format!("http/2 handshake with {addr}: {e}"))
     };
-    let (sender, conn) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
+    let (sender, mut conn) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
         .await
         .map_err(|_| format!("connecting to {addr} timed out"))??;
+    let pings = conn.ping_pong();
     tokio::spawn(async move {
-        if let Err(error) = conn.await {
-            tracing::debug!(%addr, %error, "peer connection closed");
+        tokio::select! {
+            result = conn => if let Err(error) = result {
+                tracing::debug!(%addr, %error, "peer connection closed");
+            },
+            // Returning drops the connection: its socket closes and the pool's next
+            // `ready()` on it fails, which reconnects.
+            why = keep_alive(pings, keepalive) => {
+                tracing::debug!(%addr, "closing the peer connection: {why}");
+            }
         }
     });
     Ok(sender)
+}
+
+/// Pings until a ping fails or goes unanswered; returns why.
+async fn keep_alive(pings: Option<h2::PingPong>, keepalive: Keepalive) -> String {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(keepalive.interval).await;
+        match tokio::time::timeout(keepalive.timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => return format!("ping failed: {error}"),
+            Err(_) => return format!("no answer to a ping within {:?}", keepalive.timeout),
+        }
+    }
 }
 
 /// Streams a request body to the peer, respecting its flow-control window so that memory

@@ -142,3 +142,58 @@ async fn static_and_dns_resolvers_find_peers_without_the_registry() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A peer that takes a call and then goes silent (a machine gone, a black-holed route:
+/// the socket stays open, nothing answers, not even HTTP/2 pings) fails the call once a
+/// keep-alive ping goes unanswered, instead of holding it forever; the next call connects
+/// afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_dropped_after_an_unanswered_ping() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = tokio::spawn(async move {
+        // First connection: accept one call, then stop polling the connection.
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut silent = h2::server::handshake(socket).await.unwrap();
+        let call = silent.accept().await;
+        // Second connection: a peer that answers.
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut live = h2::server::handshake(socket).await.unwrap();
+        while let Some(Ok((_, mut respond))) = live.accept().await {
+            let resp = http::Response::builder().status(200).body(()).unwrap();
+            let _ = respond.send_response(resp, true);
+        }
+        drop((silent, call));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = configuration(&format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: static\n    configuration:\n      apps:\n        gone: [\"127.0.0.1:{port}\"]\n"
+    ));
+    let a = sidecar("caller", dir.path(), None, |c| {
+        c.configuration = Some(config);
+        c.peer_keepalive = trellis_runtime::invoke::Keepalive {
+            interval: std::time::Duration::from_millis(100),
+            timeout: std::time::Duration::from_millis(200),
+        };
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        request("GET", &url(&a, "/v1.0/invoke/gone/method/x"), &[], ""),
+    )
+    .await
+    .expect("the call to a silent peer must fail, not hang");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_DIRECT_INVOKE");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+    let r = request("GET", &url(&a, "/v1.0/invoke/gone/method/x"), &[], "").await;
+    assert_eq!(
+        r.status,
+        200,
+        "a new connection serves the next call: {}",
+        r.text()
+    );
+    a.stop().await;
+    peer.abort();
+}
