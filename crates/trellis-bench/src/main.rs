@@ -9,12 +9,18 @@
 //! `trellis-bench state` measures the state API through a sidecar against the
 //! same operations done directly, for Redis, PostgreSQL and the embedded
 //! SQLite store, and the embedded store's raw capability (see `state.rs`).
+//!
+//! `trellis-bench pubsub` measures pub/sub throughput, publish latency and
+//! publish→delivery latency through two sidecars against the brokers used
+//! directly, for the embedded SQLite broker and NATS JetStream (see `pubsub.rs`).
 
 mod direct;
 mod echo;
 mod load;
 mod nginx;
 mod procs;
+mod pubsub;
+mod pubsub_report;
 mod report;
 mod sidecar;
 mod state;
@@ -44,6 +50,8 @@ enum Cmd {
     Invoke(InvokeArgs),
     /// State API: sidecar vs. direct for Redis, PostgreSQL and the embedded store.
     State(state::StateArgs),
+    /// Pub/sub: throughput and latency through sidecars vs. the brokers used directly.
+    Pubsub(pubsub::PubsubArgs),
     /// The echo app used as the target (the bench starts it itself).
     #[command(hide = true)]
     EchoServer {
@@ -106,6 +114,12 @@ fn main() -> Result<()> {
         Cmd::State(args) => rt.block_on(async {
             tokio::select! {
                 res = state::run(args) => res,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            }
+        }),
+        Cmd::Pubsub(args) => rt.block_on(async {
+            tokio::select! {
+                res = pubsub::run(args) => res,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             }
         }),
