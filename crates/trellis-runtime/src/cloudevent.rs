@@ -61,27 +61,36 @@ pub fn wrap(ctx: &EnvelopeContext<'_>, data: &[u8], content_type: Option<&str>) 
                 "application/octet-stream".to_string()
             }
         });
-    let json = is_json_type(&ct)
-        .then(|| serde_json::from_slice::<Value>(data).ok())
-        .flatten();
-    let text = std::str::from_utf8(data).ok();
-    match (json, text) {
-        (Some(v), _) => {
-            ev.insert("data".into(), v);
-        }
-        (None, Some(t)) if !essence(&ct).eq_ignore_ascii_case("application/octet-stream") => {
-            ev.insert("data".into(), Value::String(t.to_string()));
-        }
-        _ => {
-            ev.insert(
-                "data_base64".into(),
-                Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
-            );
+    // JSON data goes in as the bytes the app sent, once checked to be JSON: parsing it into
+    // a tree only to print it again would cost more than the rest of the publish.
+    let raw_json =
+        is_json_type(&ct) && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok();
+    if !raw_json {
+        match std::str::from_utf8(data) {
+            Ok(t) if !essence(&ct).eq_ignore_ascii_case("application/octet-stream") => {
+                ev.insert("data".into(), Value::String(t.to_string()));
+            }
+            _ => {
+                ev.insert(
+                    "data_base64".into(),
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
+                );
+            }
         }
     }
     ev.insert("datacontenttype".into(), Value::String(ct));
     fill(&mut ev, ctx, true);
-    Bytes::from(serde_json::to_vec(&Value::Object(ev)).unwrap_or_default())
+    let fields = serde_json::to_vec(&Value::Object(ev)).unwrap_or_default();
+    if !raw_json {
+        return Bytes::from(fields);
+    }
+    // `fields` is `{…}` with at least the fields `fill` sets: splice `"data":<raw>,` in.
+    let mut out = Vec::with_capacity(fields.len() + data.len() + 8);
+    out.extend_from_slice(b"{\"data\":");
+    out.extend_from_slice(data);
+    out.push(b',');
+    out.extend_from_slice(fields.get(1..).unwrap_or_default());
+    Bytes::from(out)
 }
 
 /// An app's own CloudEvent (`application/cloudevents+json`): its fields are kept, missing
@@ -266,6 +275,17 @@ mod tests {
         assert!(ev.get("data").is_none());
         assert_eq!(ev["specversion"], "1.0");
         assert_eq!(ev["type"], EVENT_TYPE);
+        // JSON data keeps the app's exact bytes (number spelling, key order, spacing).
+        let raw = br#" {"z": 1.50, "a": [true, null]} "#;
+        let bytes = wrap(&ctx(), raw, Some("application/json; charset=utf-8"));
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(text.contains(r#"{"z": 1.50, "a": [true, null]}"#), "{text}");
+        assert_eq!(json(bytes)["data"]["z"], 1.5);
+        // Declared JSON that is not JSON is sent as text.
+        let ev = json(wrap(&ctx(), b"{oops", Some("application/json")));
+        assert_eq!(ev["data"], "{oops");
+        let ev = json(wrap(&ctx(), b"[]", Some("application/cloudevents+json")));
+        assert_eq!(ev["data"], serde_json::json!([]));
     }
 
     #[test]
