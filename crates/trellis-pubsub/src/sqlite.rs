@@ -46,8 +46,9 @@
 //! Other processes on the same file take turns for the write lock (busy timeout). A
 //! publish, nack or release in this process wakes this process's subscribers of that topic
 //! at once; every such commit also bumps `pubsub_meta.signal`, which a **poller thread**
-//! reads every `pollInterval` while this broker has subscribers, to wake them all for what
-//! other processes did. Leases that run out are picked up by a timer: a fetch that finds
+//! reads while this broker has subscribers, to wake them all for what other processes did:
+//! as soon as the file's write-ahead log changes (file notifications: inotify on Linux),
+//! and every `pollInterval` in any case. Leases that run out are picked up by a timer: a fetch that finds
 //! nothing tells the subscriber when the group's next in-flight row becomes visible.
 //!
 //! Within the process nothing waits for a lease to run out: a delivery dropped unsettled
@@ -423,6 +424,8 @@ struct Writer {
     /// the next transaction instead of waiting for the ack deadline.
     orphans: Vec<Job>,
     busy_timeout: Duration,
+    /// The doorbell other processes' pollers watch (see [`bell_path`]); `None` in memory.
+    bell: Option<std::fs::File>,
 }
 
 impl Writer {
@@ -580,6 +583,7 @@ impl Writer {
         };
         if let (Ok(()), Some(v)) = (&outcome, signal_value) {
             self.local_signal.store(v, Ordering::Relaxed);
+            self.ring();
         }
         for answer in answers {
             self.answer(answer, &outcome);
@@ -588,6 +592,16 @@ impl Writer {
             touched.sort_unstable();
             touched.dedup();
             self.notifier.wake(&touched);
+        }
+    }
+
+    /// Rings the doorbell: one byte rewritten in place, so the file never grows. A failed
+    /// ring only leaves other processes to their `pollInterval`.
+    fn ring(&self) {
+        #[cfg(unix)]
+        if let Some(bell) = &self.bell {
+            use std::os::unix::fs::FileExt as _;
+            let _ = bell.write_at(b"!", 0);
         }
     }
 
@@ -1171,15 +1185,31 @@ impl Notifier {
 /// Wakes this broker's subscribers when another process publishes, nacks or releases:
 /// reads the signal counter every `interval` while anyone is subscribed. Ends with the
 /// broker (when `notifier` can no longer be upgraded).
-fn poller(conn: Connection, interval: Duration, notifier: Weak<Notifier>, local: Arc<AtomicI64>) {
+fn poller(
+    conn: Connection,
+    interval: Duration,
+    notifier: Weak<Notifier>,
+    local: Arc<AtomicI64>,
+    changes: Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)>,
+) {
     let read = || {
         conn.prepare_cached("SELECT value FROM pubsub_meta WHERE key = 'signal'")
             .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
     };
     // Read before any subscriber can exist, so the first change after it is noticed.
     let mut seen = read().ok();
+    // The watcher lives as long as this thread; without one, polling alone.
+    let (_watcher, changes) = changes.unzip();
     loop {
-        std::thread::sleep(interval);
+        match &changes {
+            Some(rx) => match rx.recv_timeout(interval) {
+                // A ring: look at once, once for all rings queued meanwhile.
+                Ok(()) => while rx.try_recv().is_ok() {},
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(interval),
+            },
+            None => std::thread::sleep(interval),
+        }
         let Some(notifier) = notifier.upgrade() else {
             return;
         };
@@ -1198,6 +1228,51 @@ fn poller(conn: Connection, interval: Duration, notifier: Weak<Notifier>, local:
             Err(e) => tracing::debug!(error = %e, "sqlite pubsub: poll failed"),
         }
     }
+}
+
+/// The doorbell next to the broker file: a writer that committed something subscribers
+/// should look at writes a byte to it *after* the commit (the log itself changes before the
+/// commit is visible, so watching it would wake readers too early).
+fn bell_path(connection: &str) -> Option<std::path::PathBuf> {
+    if connection.starts_with("file:") {
+        return None;
+    }
+    let db = Path::new(connection);
+    let mut name = db.file_name()?.to_os_string();
+    name.push("-bell");
+    Some(db.with_file_name(name))
+}
+
+/// Tells the poller when the doorbell rings: another process's publish is noticed at once
+/// instead of at the next `pollInterval`, which stays as the safety net. `None` (a `file:`
+/// URI, no file notifications here) leaves polling alone.
+fn watch_bell(connection: &str) -> Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+    use notify::{EventKind, RecursiveMode, Watcher as _};
+    let bell = bell_path(connection)?;
+    let dir = match bell.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = bell.file_name()?.to_os_string();
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()))
+        {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| tracing::debug!(error = %e, "sqlite pubsub: no file notifications; polling"))
+    .ok()?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| tracing::debug!(error = %e, "sqlite pubsub: cannot watch the broker's directory; polling"))
+        .ok()?;
+    Some((watcher, rx))
 }
 
 // --- the broker ---------------------------------------------------------------------------
@@ -1296,6 +1371,14 @@ impl SqliteBroker {
             full_sync: true,
             orphans: Vec::new(),
             busy_timeout: cfg.busy_timeout,
+            bell: bell_path(&cfg.connection).and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(p)
+                    .ok()
+            }),
         };
         let spawn_err =
             |e: std::io::Error| PubSubError::Backend(format!("cannot start sqlite thread: {e}"));
@@ -1305,9 +1388,10 @@ impl SqliteBroker {
             .map_err(spawn_err)?;
         if let Some(conn) = poll_conn {
             let (weak, interval) = (Arc::downgrade(&notifier), cfg.poll_interval);
+            let changes = watch_bell(&cfg.connection);
             std::thread::Builder::new()
                 .name("trellis-pubsub-poller".into())
-                .spawn(move || poller(conn, interval, weak, local_signal))
+                .spawn(move || poller(conn, interval, weak, local_signal, changes))
                 .map_err(spawn_err)?;
         }
         Ok(SqliteBroker {

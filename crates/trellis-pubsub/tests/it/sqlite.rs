@@ -202,6 +202,32 @@ async fn subscribers_notice_other_brokers_publishes_by_polling() {
     }
 }
 
+/// With polling all but off, another broker's publishes still arrive at once: its writer
+/// rings the doorbell file after each commit and the watching poller looks.
+#[tokio::test]
+async fn the_doorbell_wakes_subscribers_of_other_brokers_without_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let a = open(&db, &[("pollInterval", "1h")]).await;
+    let b = open(&db, &[]).await;
+    let mut sub = a.subscribe(SubscribeRequest::new("t", "g")).await.unwrap();
+    let mut worst = Duration::ZERO;
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        b.publish(PublishRequest::new("t", format!("{i}")))
+            .await
+            .unwrap();
+        let d = recv(sub.as_mut(), Duration::from_secs(5)).await.unwrap();
+        worst = worst.max(t.elapsed());
+        assert_eq!(text(&d), i.to_string());
+        d.ack().await.unwrap();
+    }
+    // Far below the idle refetch (2 s) and the poll (1 h).
+    assert!(worst < Duration::from_millis(500), "{worst:?}");
+    println!("publish to delivery across brokers, worst of 5: {worst:?}");
+}
+
 #[tokio::test]
 async fn expired_lease_is_redelivered_after_the_deadline() {
     let broker = temp_broker(&[("ackDeadline", "600ms")]).await;
