@@ -583,10 +583,13 @@ impl Writer {
         };
         if let (Ok(()), Some(v)) = (&outcome, signal_value) {
             self.local_signal.store(v, Ordering::Relaxed);
-            self.ring();
         }
         for answer in answers {
             self.answer(answer, &outcome);
+        }
+        // After the answers: the ring is for other processes, not on a publisher's path.
+        if outcome.is_ok() && signal_value.is_some() {
+            self.ring();
         }
         if outcome.is_ok() {
             touched.sort_unstable();
@@ -1134,6 +1137,9 @@ fn parse_metadata(text: Option<String>) -> BTreeMap<String, String> {
 
 // --- the poller thread --------------------------------------------------------------------
 
+/// How often the poller looks for a first subscriber, to start watching the doorbell.
+const FIRST_SUBSCRIBER_CHECK: Duration = Duration::from_millis(5);
+
 /// Wakes subscribers: per topic for what this process did, and all of them for what other
 /// processes did (the shared signal does not say which topic).
 #[derive(Debug)]
@@ -1190,7 +1196,7 @@ fn poller(
     interval: Duration,
     notifier: Weak<Notifier>,
     local: Arc<AtomicI64>,
-    changes: Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)>,
+    connection: String,
 ) {
     let read = || {
         conn.prepare_cached("SELECT value FROM pubsub_meta WHERE key = 'signal'")
@@ -1198,16 +1204,21 @@ fn poller(
     };
     // Read before any subscriber can exist, so the first change after it is noticed.
     let mut seen = read().ok();
-    // The watcher lives as long as this thread; without one, polling alone.
-    let (_watcher, changes) = changes.unzip();
+    // The doorbell is watched from the first subscriber on (a process that only publishes
+    // need not wake for every commit on the file), for as long as this thread lives;
+    // without it, polling alone.
+    let mut bell: Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)> = None;
+    let mut tried = false;
     loop {
-        match &changes {
-            Some(rx) => match rx.recv_timeout(interval) {
+        match &bell {
+            Some((_watcher, rx)) => match rx.recv_timeout(interval) {
                 // A ring: look at once, once for all rings queued meanwhile.
                 Ok(()) => while rx.try_recv().is_ok() {},
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(interval),
             },
+            // Until the first subscriber, look for one often (nothing is read meanwhile).
+            None if !tried => std::thread::sleep(interval.min(FIRST_SUBSCRIBER_CHECK)),
             None => std::thread::sleep(interval),
         }
         let Some(notifier) = notifier.upgrade() else {
@@ -1215,6 +1226,11 @@ fn poller(
         };
         if notifier.all.receiver_count() == 0 {
             continue;
+        }
+        if !tried {
+            tried = true;
+            bell = watch_bell(&connection);
+            // Whatever rang before the watch started is caught by this read.
         }
         match read() {
             Ok(v) => {
@@ -1388,10 +1404,10 @@ impl SqliteBroker {
             .map_err(spawn_err)?;
         if let Some(conn) = poll_conn {
             let (weak, interval) = (Arc::downgrade(&notifier), cfg.poll_interval);
-            let changes = watch_bell(&cfg.connection);
+            let connection = cfg.connection.clone();
             std::thread::Builder::new()
                 .name("trellis-pubsub-poller".into())
-                .spawn(move || poller(conn, interval, weak, local_signal, changes))
+                .spawn(move || poller(conn, interval, weak, local_signal, connection))
                 .map_err(spawn_err)?;
         }
         Ok(SqliteBroker {

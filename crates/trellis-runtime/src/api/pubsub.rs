@@ -16,34 +16,59 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use trellis_pubsub::PublishRequest;
 
 use super::error::ApiError;
-use super::gojson::{self, GoJson, fold_keys};
 use crate::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE, EnvelopeContext};
 use crate::pubsub::PubSubComponent;
 use crate::runtime::Runtime;
 
 // ---- wire types --------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// One entry of a bulk publish. The event stays the JSON text it came as (no tree is
+/// built for it: a bulk request is mostly events), and keys match in any case, the last
+/// one winning, as Go's decoder does (the JavaScript SDK sends `entryID`).
+#[derive(Default)]
 struct BulkEntry {
-    #[serde(default)]
     entry_id: String,
-    #[serde(default)]
-    event: Value,
-    #[serde(default)]
+    event: Option<Box<RawValue>>,
     content_type: Option<String>,
-    #[serde(default)]
     metadata: HashMap<String, String>,
 }
 
-impl GoJson for BulkEntry {
-    fn fold(v: &mut Value) {
-        // `entryID` is how the JavaScript SDK spells it; Dapr's Go decoder takes any case.
-        fold_keys(v, &["entryId", "event", "contentType", "metadata"]);
+impl<'de> Deserialize<'de> for BulkEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = BulkEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a bulk publish entry object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<BulkEntry, A::Error> {
+                let mut entry = BulkEntry::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.to_ascii_lowercase().as_str() {
+                        "entryid" => entry.entry_id = map.next_value()?,
+                        "event" => entry.event = Some(map.next_value()?),
+                        "contenttype" => entry.content_type = map.next_value()?,
+                        "metadata" => {
+                            entry.metadata = map
+                                .next_value::<Option<HashMap<String, String>>>()?
+                                .unwrap_or_default();
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(entry)
+            }
+        }
+        de.deserialize_map(Entry)
     }
 }
 
@@ -247,7 +272,7 @@ pub async fn bulk_publish(
 ) -> Result<Response, ApiError> {
     let component = target(&rt, &name, &topic)?;
     let data = super::state::read_body(body, rt.max_request_body).await?;
-    let entries: Vec<BulkEntry> = gojson::from_slice(&data).map_err(|e| {
+    let entries: Vec<BulkEntry> = serde_json::from_slice(&data).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "ERR_PUBSUB_EVENTS_SER",
@@ -278,16 +303,22 @@ pub async fn bulk_publish(
         let mut metadata = request_metadata.clone();
         metadata.extend(entry.metadata);
         // A string event is the data itself; anything else is JSON.
-        let content_type = entry
-            .content_type
-            .clone()
-            .unwrap_or_else(|| match &entry.event {
-                Value::String(_) => "text/plain".to_string(),
-                _ => "application/json".to_string(),
-            });
-        let bytes = match &entry.event {
-            Value::String(s) if !cloudevent::is_json_type(&content_type) => s.clone().into_bytes(),
-            v => serde_json::to_vec(v).unwrap_or_default(),
+        let raw = entry.event.as_deref().map_or("null", RawValue::get);
+        let is_string = raw.starts_with('"');
+        let content_type = entry.content_type.clone().unwrap_or_else(|| {
+            if is_string {
+                "text/plain"
+            } else {
+                "application/json"
+            }
+            .to_string()
+        });
+        let bytes = if is_string && !cloudevent::is_json_type(&content_type) {
+            serde_json::from_str::<String>(raw)
+                .unwrap_or_default()
+                .into_bytes()
+        } else {
+            raw.as_bytes().to_vec()
         };
         let ctx = EnvelopeContext {
             source: &rt.app.app_id,
