@@ -64,6 +64,42 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+/// The lines every report opens with: what ran, when, on what, and how busy it was.
+pub fn write_run_header(
+    s: &mut String,
+    title: &str,
+    command: &str,
+    date: &str,
+    (cpus, cpu_model): (usize, &str),
+    load: &(String, String),
+    versions: &[String],
+) {
+    let _ = writeln!(s, "# Trellis benchmark: {title}\n");
+    let _ = writeln!(s, "- Command: `{command}`");
+    let _ = writeln!(s, "- Date: {date}");
+    let _ = writeln!(s, "- Machine: {cpus} CPUs, {cpu_model}");
+    let _ = writeln!(
+        s,
+        "- Load average (1/5/15 min): {} at start, {} at end",
+        load.0, load.1
+    );
+    for v in versions {
+        let _ = writeln!(s, "- {v}");
+    }
+}
+
+/// The closing "Notes" section (skipped scenarios, errors), if there is anything to say.
+pub fn write_notes(s: &mut String, notes: &[String]) {
+    if notes.is_empty() {
+        return;
+    }
+    s.push_str("## Notes\n\n");
+    for note in notes {
+        let _ = writeln!(s, "- {}", note.replace('\n', "\n  "));
+    }
+    s.push('\n');
+}
+
 impl Report {
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -73,29 +109,20 @@ impl Report {
         self.resources_table(&mut s);
         self.startup_section(&mut s);
         self.targets_table(&mut s);
-        if !self.notes.is_empty() {
-            s.push_str("## Notes\n\n");
-            for note in &self.notes {
-                let _ = writeln!(s, "- {}", note.replace('\n', "\n  "));
-            }
-            s.push('\n');
-        }
+        write_notes(&mut s, &self.notes);
         s
     }
 
     fn header(&self, s: &mut String) {
-        let _ = writeln!(s, "# Trellis benchmark: service invocation\n");
-        let _ = writeln!(s, "- Command: `{}`", self.command);
-        let _ = writeln!(s, "- Date: {}", self.date);
-        let _ = writeln!(s, "- Machine: {} CPUs, {}", self.cpus, self.cpu_model);
-        let _ = writeln!(
+        write_run_header(
             s,
-            "- Load average (1/5/15 min): {} at start, {} at end",
-            self.load.0, self.load.1
+            "service invocation",
+            &self.command,
+            &self.date,
+            (self.cpus, &self.cpu_model),
+            &self.load,
+            &self.versions,
         );
-        for v in &self.versions {
-            let _ = writeln!(s, "- {v}");
-        }
         let _ = writeln!(
             s,
             "- Load: {} keep-alive HTTP/1.1 connections, {} B POST bodies, {} warm-up before each phase (not recorded)",

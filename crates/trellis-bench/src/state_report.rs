@@ -80,29 +80,20 @@ impl StateReport {
         self.raw_section(&mut s);
         self.resources_table(&mut s);
         self.targets_table(&mut s);
-        if !self.notes.is_empty() {
-            s.push_str("## Notes\n\n");
-            for note in &self.notes {
-                let _ = writeln!(s, "- {}", note.replace('\n', "\n  "));
-            }
-            s.push('\n');
-        }
+        crate::report::write_notes(&mut s, &self.notes);
         s
     }
 
     fn header(&self, s: &mut String) {
-        let _ = writeln!(s, "# Trellis benchmark: state\n");
-        let _ = writeln!(s, "- Command: `{}`", self.command);
-        let _ = writeln!(s, "- Date: {}", self.date);
-        let _ = writeln!(s, "- Machine: {} CPUs, {}", self.cpus, self.cpu_model);
-        let _ = writeln!(
+        crate::report::write_run_header(
             s,
-            "- Load average (1/5/15 min): {} at start, {} at end",
-            self.load.0, self.load.1
+            "state",
+            &self.command,
+            &self.date,
+            (self.cpus, &self.cpu_model),
+            &self.load,
+            &self.versions,
         );
-        for v in &self.versions {
-            let _ = writeln!(s, "- {v}");
-        }
         let _ = writeln!(
             s,
             "- Load: {} clients per phase (keep-alive HTTP/1.1 connections to the sidecar, or direct clients), \
