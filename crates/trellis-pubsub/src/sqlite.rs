@@ -369,6 +369,24 @@ fn busy_wait(tries: i32) -> bool {
     true
 }
 
+/// Sets the journal mode, trying again while another process holds the file. Two
+/// processes switching a new file's journal mode at once can get SQLITE_BUSY without the
+/// busy handler being asked (SQLite's way out of a lock upgrade deadlock), so it is
+/// retried here until `budget` runs out.
+fn set_journal_mode(conn: &Connection, mode: &str, budget: Duration) -> rusqlite::Result<String> {
+    let deadline = Instant::now() + budget;
+    loop {
+        match conn.query_row(&format!("PRAGMA journal_mode = {mode}"), [], |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn open_writer(cfg: &Config) -> Result<Connection, PubSubError> {
     if !cfg.in_memory() && !cfg.connection.starts_with("file:") {
         // The runtime's default broker lives in its data directory, which may not exist yet.
@@ -383,9 +401,7 @@ fn open_writer(cfg: &Config) -> Result<Connection, PubSubError> {
     }
     let conn = open_connection(cfg)?;
     if !cfg.in_memory() {
-        let got: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(db_err)?;
+        let got = set_journal_mode(&conn, "WAL", cfg.busy_timeout).map_err(db_err)?;
         if !got.eq_ignore_ascii_case("wal") {
             return Err(PubSubError::Backend(format!(
                 "sqlite: cannot switch journal mode to wal (it is {got})"

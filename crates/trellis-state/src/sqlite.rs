@@ -383,6 +383,24 @@ fn open_connection(cfg: &Config) -> Result<Connection, StateError> {
 }
 
 /// Opens the writing connection: journal mode, durability, schema.
+/// Sets the journal mode, trying again while another process holds the file. Two
+/// processes switching a new file's journal mode at once can get SQLITE_BUSY without the
+/// busy handler being asked (SQLite's way out of a lock upgrade deadlock), so it is
+/// retried here until `budget` runs out.
+fn set_journal_mode(conn: &Connection, mode: &str, budget: Duration) -> rusqlite::Result<String> {
+    let deadline = Instant::now() + budget;
+    loop {
+        match conn.query_row(&format!("PRAGMA journal_mode = {mode}"), [], |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn open_writer(cfg: &Config, sql: &Sql) -> Result<Connection, StateError> {
     if !cfg.in_memory() && !cfg.connection.starts_with("file:") {
         // The runtime's default store lives in its data directory, which may not exist yet.
@@ -398,9 +416,7 @@ fn open_writer(cfg: &Config, sql: &Sql) -> Result<Connection, StateError> {
     let conn = open_connection(cfg)?;
     if !cfg.in_memory() {
         let mode = if cfg.disable_wal { "DELETE" } else { "WAL" };
-        let got: String = conn
-            .query_row(&format!("PRAGMA journal_mode = {mode}"), [], |r| r.get(0))
-            .map_err(db_err)?;
+        let got = set_journal_mode(&conn, mode, cfg.busy_timeout).map_err(db_err)?;
         if !got.eq_ignore_ascii_case(mode) {
             return Err(StateError::Backend(format!(
                 "sqlite: cannot switch journal mode to {mode} (it is {got})"
