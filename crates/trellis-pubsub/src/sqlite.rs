@@ -63,7 +63,6 @@
 //! A message some group has not acknowledged is kept (until its TTL, if it has one), also
 //! when that group never subscribes again.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -340,51 +339,9 @@ fn open_connection(cfg: &Config) -> Result<Connection, PubSubError> {
             cfg.connection
         ))
     })?;
-    BUSY_BUDGET.set(cfg.busy_timeout);
-    conn.busy_handler(Some(busy_wait)).map_err(db_err)?;
+    trellis_sqlite::wait_for_locks(&mut conn, cfg.busy_timeout).map_err(db_err)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
-}
-
-thread_local! {
-    /// How long a connection used on this thread waits for another process's write lock
-    /// (`busyTimeout`); set by the thread that opens or runs the connection.
-    static BUSY_BUDGET: Cell<Duration> = const { Cell::new(Duration::from_secs(5)) };
-}
-
-/// Waits for another process's write lock. SQLite's own handler sleeps 1, 2, 5, 10 … up
-/// to 100 ms between tries; against a process that commits back to back (a publisher's
-/// group commits, each a few ms of fsync) such a waiter almost never finds the lock free,
-/// and a subscriber in another process starves while publishing goes on. Steady short
-/// tries catch the gap between two of the other's transactions (measured with
-/// `trellis-bench pubsub`: bulk delivery while publishing went from ~7k to ~56k msgs/s,
-/// together with the larger `prefetch`).
-fn busy_wait(tries: i32) -> bool {
-    const STEP: Duration = Duration::from_micros(100);
-    let waited = STEP.saturating_mul(u32::try_from(tries).unwrap_or(u32::MAX));
-    if waited >= BUSY_BUDGET.get() {
-        return false;
-    }
-    std::thread::sleep(STEP);
-    true
-}
-
-/// Sets the journal mode, trying again while another process holds the file. Two
-/// processes switching a new file's journal mode at once can get SQLITE_BUSY without the
-/// busy handler being asked (SQLite's way out of a lock upgrade deadlock), so it is
-/// retried here until `budget` runs out.
-fn set_journal_mode(conn: &Connection, mode: &str, budget: Duration) -> rusqlite::Result<String> {
-    let deadline = Instant::now() + budget;
-    loop {
-        match conn.query_row(&format!("PRAGMA journal_mode = {mode}"), [], |r| r.get(0)) {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            other => return other,
-        }
-    }
 }
 
 fn open_writer(cfg: &Config) -> Result<Connection, PubSubError> {
@@ -401,7 +358,8 @@ fn open_writer(cfg: &Config) -> Result<Connection, PubSubError> {
     }
     let conn = open_connection(cfg)?;
     if !cfg.in_memory() {
-        let got = set_journal_mode(&conn, "WAL", cfg.busy_timeout).map_err(db_err)?;
+        let got =
+            trellis_sqlite::set_journal_mode(&conn, "WAL", cfg.busy_timeout).map_err(db_err)?;
         if !got.eq_ignore_ascii_case("wal") {
             return Err(PubSubError::Backend(format!(
                 "sqlite: cannot switch journal mode to wal (it is {got})"
@@ -446,7 +404,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
-        BUSY_BUDGET.set(self.busy_timeout);
+        trellis_sqlite::set_busy_budget(self.busy_timeout);
         let mut next_cleanup = self.cleanup_interval.map(|i| Instant::now() + i);
         loop {
             let first = if !self.orphans.is_empty() {

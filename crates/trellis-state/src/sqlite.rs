@@ -371,36 +371,18 @@ fn open_connection(cfg: &Config) -> Result<Connection, StateError> {
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_URI
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(&cfg.connection, flags).map_err(|e| {
+    let mut conn = Connection::open_with_flags(&cfg.connection, flags).map_err(|e| {
         StateError::Backend(format!(
             "cannot open sqlite database {:?}: {e}",
             cfg.connection
         ))
     })?;
-    conn.busy_timeout(cfg.busy_timeout).map_err(db_err)?;
+    trellis_sqlite::wait_for_locks(&mut conn, cfg.busy_timeout).map_err(db_err)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
 
 /// Opens the writing connection: journal mode, durability, schema.
-/// Sets the journal mode, trying again while another process holds the file. Two
-/// processes switching a new file's journal mode at once can get SQLITE_BUSY without the
-/// busy handler being asked (SQLite's way out of a lock upgrade deadlock), so it is
-/// retried here until `budget` runs out.
-fn set_journal_mode(conn: &Connection, mode: &str, budget: Duration) -> rusqlite::Result<String> {
-    let deadline = Instant::now() + budget;
-    loop {
-        match conn.query_row(&format!("PRAGMA journal_mode = {mode}"), [], |r| r.get(0)) {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            other => return other,
-        }
-    }
-}
-
 fn open_writer(cfg: &Config, sql: &Sql) -> Result<Connection, StateError> {
     if !cfg.in_memory() && !cfg.connection.starts_with("file:") {
         // The runtime's default store lives in its data directory, which may not exist yet.
@@ -416,7 +398,8 @@ fn open_writer(cfg: &Config, sql: &Sql) -> Result<Connection, StateError> {
     let conn = open_connection(cfg)?;
     if !cfg.in_memory() {
         let mode = if cfg.disable_wal { "DELETE" } else { "WAL" };
-        let got = set_journal_mode(&conn, mode, cfg.busy_timeout).map_err(db_err)?;
+        let got =
+            trellis_sqlite::set_journal_mode(&conn, mode, cfg.busy_timeout).map_err(db_err)?;
         if !got.eq_ignore_ascii_case(mode) {
             return Err(StateError::Backend(format!(
                 "sqlite: cannot switch journal mode to {mode} (it is {got})"
@@ -619,10 +602,12 @@ struct Writer {
     conn: Connection,
     sql: Arc<Sql>,
     cleanup_interval: Option<Duration>,
+    busy_timeout: Duration,
 }
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
+        trellis_sqlite::set_busy_budget(self.busy_timeout);
         let mut next_cleanup = self.cleanup_interval.map(|i| Instant::now() + i);
         let (mut last_batch, mut last_commit) = (0, Duration::ZERO);
         loop {
@@ -904,7 +889,13 @@ fn fail_job(job: Job, msg: &str) {
 
 /// A reader thread: takes whatever reads are queued and serves them in one read
 /// transaction. The threads take turns on the shared receiver.
-fn reader_loop(conn: Connection, sql: Arc<Sql>, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+fn reader_loop(
+    conn: Connection,
+    sql: Arc<Sql>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    busy_timeout: Duration,
+) {
+    trellis_sqlite::set_busy_budget(busy_timeout);
     loop {
         let batch = {
             let Ok(rx) = rx.lock() else { return };
@@ -975,6 +966,7 @@ impl SqliteStore {
             conn,
             sql: sql.clone(),
             cleanup_interval: cfg.cleanup_interval,
+            busy_timeout: cfg.busy_timeout,
         };
         let spawn_err =
             |e: std::io::Error| StateError::Backend(format!("cannot start sqlite thread: {e}"));
@@ -988,10 +980,10 @@ impl SqliteStore {
             let (reads, read_rx) = mpsc::channel();
             let read_rx = Arc::new(Mutex::new(read_rx));
             for (i, conn) in readers.into_iter().enumerate() {
-                let (sql, rx) = (sql.clone(), read_rx.clone());
+                let (sql, rx, busy) = (sql.clone(), read_rx.clone(), cfg.busy_timeout);
                 std::thread::Builder::new()
                     .name(format!("trellis-sqlite-reader-{i}"))
-                    .spawn(move || reader_loop(conn, sql, rx))
+                    .spawn(move || reader_loop(conn, sql, rx, busy))
                     .map_err(spawn_err)?;
             }
             reads
