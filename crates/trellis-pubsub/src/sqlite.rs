@@ -140,9 +140,15 @@ impl Config {
     /// In-memory databases get one connection (a second one would be another database)
     /// and no poller (no other process can see them).
     fn in_memory(&self) -> bool {
-        let c = self.connection.as_str();
-        c == ":memory:" || c.starts_with("file::memory:") || c.contains("mode=memory")
+        in_memory(&self.connection)
     }
+}
+
+/// Whether a `connectionString` names an in-memory database rather than a file.
+fn in_memory(connection: &str) -> bool {
+    connection == ":memory:"
+        || connection.starts_with("file::memory:")
+        || connection.contains("mode=memory")
 }
 
 fn invalid(msg: impl Into<String>) -> PubSubError {
@@ -1223,8 +1229,11 @@ fn poller(
 /// The doorbell next to the broker file: a writer that committed something subscribers
 /// should look at writes a byte to it *after* the commit (the log itself changes before the
 /// commit is visible, so watching it would wake readers too early).
+///
+/// `None` for a `file:` URI and for an in-memory broker: no other process can see the
+/// latter, and its name (`:memory:`) is no file to put a bell next to.
 fn bell_path(connection: &str) -> Option<std::path::PathBuf> {
-    if connection.starts_with("file:") {
+    if connection.starts_with("file:") || in_memory(connection) {
         return None;
     }
     let db = Path::new(connection);
@@ -1739,6 +1748,7 @@ mod tests {
         assert_eq!(c.poll_interval, Duration::from_millis(5));
         assert_eq!(c.prefetch, 256);
         assert!(!c.in_memory());
+        assert_eq!(bell_path(&c.connection), Some("/x/p.db-bell".into()));
         let c = Config::from_metadata(&Metadata::from_pairs([
             ("connectionString", ":memory:"),
             ("ackDeadline", "2s"),
@@ -1749,6 +1759,7 @@ mod tests {
         ]))
         .unwrap();
         assert!(c.in_memory());
+        assert_eq!(bell_path(&c.connection), None);
         assert_eq!(c.ack_deadline, Duration::from_secs(2));
         assert_eq!(c.retention, Duration::ZERO);
         assert_eq!(c.cleanup_interval, None);

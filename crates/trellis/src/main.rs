@@ -107,12 +107,31 @@ fn build_runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtim
         .context("starting the async runtime")
 }
 
+/// The crates whose lines `--log-level` governs: every library crate the binary links. A
+/// crate missing here logs only its warnings and errors (a failing backend poll at debug
+/// level stayed invisible that way), so a new crate goes on this list.
+const OWN_CRATES: &[&str] = &[
+    "trellis",
+    "trellis_runtime",
+    "trellis_nameres",
+    "trellis_resources",
+    "trellis_state",
+    "trellis_pubsub",
+    "trellis_sqlite",
+];
+
+/// Our own crates at the chosen level, everything else (hyper, h2...) only when it warns.
+fn default_filter(level: &str) -> String {
+    let mut filter = String::from("warn");
+    for krate in OWN_CRATES {
+        filter.push_str(&format!(",{krate}={level}"));
+    }
+    filter
+}
+
 fn init_logging(level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
-    // Our own crates at the chosen level, everything else (hyper, h2...) only when it warns.
-    let filter = std::env::var("TRELLIS_LOG").unwrap_or_else(|_| {
-        format!("warn,trellis={level},trellis_runtime={level},trellis_nameres={level},trellis_resources={level}")
-    });
+    let filter = std::env::var("TRELLIS_LOG").unwrap_or_else(|_| default_filter(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -122,5 +141,39 @@ fn init_logging(level: &str, json: bool) {
         builder.json().init();
     } else {
         builder.compact().init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Whether a line from `target` at `level` passes the default filter for `--log-level
+    /// chosen` (a macro: a callsite's target and level are static).
+    macro_rules! shown {
+        ($chosen:expr, $target:literal, $level:expr) => {{
+            let filter = EnvFilter::new(default_filter($chosen));
+            let subscriber = tracing_subscriber::registry().with(filter);
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::enabled!(target: $target, $level)
+            })
+        }};
+    }
+
+    #[test]
+    fn default_filter_shows_every_own_crate_at_the_chosen_level() {
+        assert!(shown!("debug", "trellis_state::sqlite", Level::DEBUG));
+        assert!(shown!("debug", "trellis_pubsub::sqlite", Level::DEBUG));
+        assert!(shown!("debug", "trellis_sqlite", Level::DEBUG));
+        assert!(shown!("debug", "trellis_runtime::delivery", Level::DEBUG));
+        assert!(shown!("info", "trellis_pubsub::redis", Level::INFO));
+        assert!(!shown!("info", "trellis_pubsub::redis", Level::DEBUG));
+        assert!(shown!("info", "trellis::launcher", Level::INFO));
+        // Other crates only when they warn.
+        assert!(!shown!("debug", "hyper::proto", Level::INFO));
+        assert!(shown!("debug", "hyper::proto", Level::WARN));
     }
 }
