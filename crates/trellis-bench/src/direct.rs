@@ -337,9 +337,8 @@ impl Client for PgDirect {
 /// Opens the embedded store on `path` with the metadata the sidecar gives
 /// its built-in `statestore` (just the file), i.e. its defaults.
 pub async fn sqlite_open(path: &std::path::Path) -> Result<Arc<SqliteStore>> {
-    let mut md = std::collections::BTreeMap::new();
-    md.insert("connectionString".into(), path.display().to_string());
-    let store = SqliteStore::open(&Metadata(md))
+    let md = Metadata::from_pairs([("connectionString", path.display().to_string())]);
+    let store = SqliteStore::open(&md)
         .await
         .context("opening the sqlite store")?;
     Ok(Arc::new(store))

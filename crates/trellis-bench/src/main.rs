@@ -383,20 +383,13 @@ async fn measure(
     Ok((outcome, usage))
 }
 
-/// "10s", "500ms", "2m" or a bare number of seconds.
+/// A flag's duration: "10s", "500ms", "2m" (Go syntax) or a bare number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration `{s}`"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        other => return Err(format!("unknown unit `{other}` in `{s}` (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration `{s}`: {e}"))
+    match trellis_core::duration::parse_or_seconds(s) {
+        Ok(trellis_core::Signed::Positive(d)) => Ok(d),
+        Ok(trellis_core::Signed::NonPositive) => Err(format!("duration `{s}` must be positive")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The command as the user would retype it: `cargo run` sets `CARGO` for the

@@ -30,7 +30,6 @@ use bytes::Bytes;
 pub mod conformance;
 #[cfg(feature = "jetstream")]
 pub mod jetstream;
-mod metadata;
 #[cfg(feature = "mqtt3")]
 pub mod mqtt;
 #[cfg(feature = "rabbitmq")]
@@ -40,7 +39,7 @@ pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-pub use metadata::Metadata;
+pub use trellis_core::Metadata;
 
 /// One message to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,6 +211,13 @@ pub enum PubSubError {
     /// The broker, subscription or delivery was closed.
     #[error("the pub/sub component is closed")]
     Closed,
+}
+
+/// A component setting that cannot be used is an unusable request to open it.
+impl From<trellis_core::MetadataError> for PubSubError {
+    fn from(err: trellis_core::MetadataError) -> Self {
+        PubSubError::InvalidRequest(err.to_string())
+    }
 }
 
 impl PubSubError {

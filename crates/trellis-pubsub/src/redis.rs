@@ -97,20 +97,10 @@ impl RedisBroker {
             ),
             _ => (host_port, 6379),
         };
-        let db = match md.get("redisDB") {
-            None => 0,
-            Some(v) => v
-                .parse::<i64>()
-                .map_err(|_| invalid(format!("metadata redisDB: {v:?} is not a number")))?,
-        };
-        let max_len =
-            match md.get("maxLenApprox").or_else(|| md.get("maxLen")) {
-                None => None,
-                Some(v) => Some(v.parse::<usize>().map_err(|_| {
-                    invalid(format!("metadata maxLenApprox: {v:?} is not a number"))
-                })?)
-                .filter(|n| *n > 0),
-            };
+        let db = md.i64("redisDB")?.unwrap_or(0);
+        let max_len = Some(md.u64(["maxLenApprox", "maxLen"], 0)?)
+            .filter(|n| *n > 0)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let settings = Settings {
             consumer_id: md.get("consumerID").map(str::to_string),
             max_len,

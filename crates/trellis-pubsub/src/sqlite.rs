@@ -113,10 +113,7 @@ struct Config {
 
 impl Config {
     fn from_metadata(md: &Metadata) -> Result<Self, PubSubError> {
-        let connection = md
-            .get("connectionString")
-            .ok_or_else(|| invalid("metadata connectionString is required"))?
-            .to_string();
+        let connection = md.require("connectionString")?.to_string();
         let retention = match md.get("retention") {
             None => Duration::from_secs(24 * 3600),
             Some(_) => md.duration("retention")?.unwrap_or(Duration::ZERO),
@@ -149,10 +146,6 @@ fn in_memory(connection: &str) -> bool {
     connection == ":memory:"
         || connection.starts_with("file::memory:")
         || connection.contains("mode=memory")
-}
-
-fn invalid(msg: impl Into<String>) -> PubSubError {
-    PubSubError::InvalidRequest(msg.into())
 }
 
 fn db_err(e: rusqlite::Error) -> PubSubError {

@@ -6,7 +6,6 @@
 
 mod component;
 mod configuration;
-mod duration;
 mod error;
 mod http_endpoint;
 mod loader;
@@ -25,7 +24,6 @@ pub use configuration::{
     ConfigurationSpec, FeatureSpec, HandlerSpec, MetricsSpec, NameResolutionSpec, OtelSpec,
     PipelineSpec, SecretsScope, SecretsSpec, TracingSpec, ZipkinSpec,
 };
-pub use duration::{DurationError, parse_duration};
 pub use error::{LoadError, LoadErrors, Location};
 pub use http_endpoint::HttpEndpoint;
 pub use loader::{KNOWN_KINDS, Resources, Skipped, load_configuration_file, load_paths, parse_str};

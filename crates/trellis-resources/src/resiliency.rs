@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_norway::Mapping;
 
 use crate::component::{ObjectMeta, parse_object_meta, parse_scopes, scopes_admit};
-use crate::duration::parse_duration;
 use crate::error::{LoadError, Location};
 use crate::yaml::{Ctx, child, get};
+use trellis_core::duration::parse as parse_duration;
 
 /// Retry policy names Dapr defines itself; targets may name them without defining them.
 pub const BUILT_IN_RETRY_POLICIES: &[&str] = &[

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_norway::{Mapping, Value};
 
-use crate::duration::parse_duration;
 use crate::error::{LoadError, Location};
+use trellis_core::duration::parse as parse_duration;
 
 /// Strips YAML tags (`!!str 5`, `!Custom {..}`); no Dapr field gives them meaning.
 pub(crate) fn untag(value: &Value) -> &Value {

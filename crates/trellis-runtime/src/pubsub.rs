@@ -193,7 +193,7 @@ async fn open_one(
         .pubsub
         .get(&component.type_name, &component.version)
         .map_err(|e| format!("spec.type: {e}"))?;
-    let metadata = Metadata(loading::plain_metadata(component)?);
+    let metadata = Metadata::new(&component.meta.name, loading::plain_metadata(component)?);
     let scopes = TopicScopes::parse(&metadata);
     let delivery_concurrency = delivery_concurrency(&component.type_name, &metadata)?;
     if loading::is_built_in(component) {
@@ -291,14 +291,7 @@ mod tests {
 
     #[test]
     fn delivery_concurrency_follows_the_component() {
-        let md = |pairs: &[(&str, &str)]| {
-            Metadata(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
+        let md = |pairs: &[(&str, &str)]| Metadata::from_pairs(pairs.iter().copied());
         let embedded = EMBEDDED_PUBSUB_TYPE;
         assert_eq!(delivery_concurrency(embedded, &md(&[])), Ok(Some(1)));
         assert_eq!(delivery_concurrency("pubsub.redis", &md(&[])), Ok(None));

@@ -115,7 +115,7 @@ async fn open_one(
         .state
         .get(&component.type_name, &component.version)
         .map_err(|e| format!("spec.type: {e}"))?;
-    let metadata = Metadata(loading::plain_metadata(component)?);
+    let metadata = Metadata::new(&component.meta.name, loading::plain_metadata(component)?);
     let key_prefix = KeyPrefix::parse(metadata.get("keyPrefix")).map_err(|e| e.to_string())?;
     let prefix = key_prefix.prefix(&config.app_id, &config.namespace, &component.meta.name);
     if loading::is_built_in(component) {
@@ -149,10 +149,10 @@ mod tests {
     #[tokio::test]
     async fn embedded_capabilities_match_the_real_store() {
         let dir = tempfile::tempdir().unwrap();
-        let md = Metadata(BTreeMap::from([(
-            "connectionString".to_string(),
+        let md = Metadata::from_pairs([(
+            "connectionString",
             dir.path().join("s.db").display().to_string(),
-        )]));
+        )]);
         let store = trellis_state::sqlite::SqliteStore::open(&md).await.unwrap();
         assert_eq!(store.capabilities(), EMBEDDED_CAPABILITIES);
     }

@@ -71,15 +71,10 @@ fn main() -> Result<(), String> {
 async fn run(args: Args) -> Result<(), String> {
     let dir = tempfile::tempdir_in(&args.dir).map_err(|e| e.to_string())?;
     let db = dir.path().join("bench.db");
-    let md = Metadata(
-        [
-            ("connectionString", db.to_string_lossy().to_string()),
-            ("readConnections", args.read_connections.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    );
+    let md = Metadata::from_pairs([
+        ("connectionString", db.to_string_lossy().to_string()),
+        ("readConnections", args.read_connections.to_string()),
+    ]);
     let store: Arc<dyn StateStore> =
         Arc::new(SqliteStore::open(&md).await.map_err(|e| e.to_string())?);
     println!(

@@ -8,7 +8,6 @@
 //! Backends live in their own modules behind cargo features and are registered in the
 //! runtime's component registry. Every backend passes the same [`conformance`] suite.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -32,6 +31,7 @@ mod remote;
 
 pub use prefix::KeyPrefix;
 pub use query::{Query, QueryResponse, QueryResult};
+pub use trellis_core::Metadata;
 
 /// `options.concurrency` of a write or delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -179,6 +179,13 @@ pub enum StateError {
     Backend(String),
 }
 
+/// A component setting that cannot be used is an unusable request to open it.
+impl From<trellis_core::MetadataError> for StateError {
+    fn from(err: trellis_core::MetadataError) -> Self {
+        StateError::InvalidRequest(err.to_string())
+    }
+}
+
 impl StateError {
     pub fn backend(err: impl std::fmt::Display) -> Self {
         StateError::Backend(err.to_string())
@@ -234,32 +241,5 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Checks the backend is reachable (used at start-up and by health reporting).
     async fn ping(&self) -> Result<(), StateError> {
         Ok(())
-    }
-}
-
-/// Component metadata as given in the YAML (`spec.metadata`), names compared
-/// case-insensitively as Dapr does.
-#[derive(Debug, Clone, Default)]
-pub struct Metadata(pub BTreeMap<String, String>);
-
-impl Metadata {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn bool(&self, name: &str, default: bool) -> Result<bool, StateError> {
-        match self.get(name) {
-            None | Some("") => Ok(default),
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "y" | "on" => Ok(true),
-                "false" | "0" | "no" | "n" | "off" => Ok(false),
-                _ => Err(StateError::InvalidRequest(format!(
-                    "metadata {name}: {v:?} is not a boolean"
-                ))),
-            },
-        }
     }
 }

@@ -261,17 +261,17 @@ struct Settings {
 
 impl Settings {
     fn parse(md: &Metadata) -> Result<Self, StateError> {
-        let conn = remote::string(md, &["connectionString"]).ok_or_else(|| {
+        let conn = md.get(["connectionString"]).ok_or_else(|| {
             StateError::InvalidRequest("metadata connectionString is required".into())
         })?;
         let dsn = parse_dsn(conn)?;
-        if remote::string(md, &["pemPath", "pemContents"]).is_some() {
+        if md.get(["pemPath", "pemContents"]).is_some() {
             return Err(StateError::InvalidRequest(
                 "metadata pemPath: tls connections to mysql are not supported yet".into(),
             ));
         }
         let name = |key: &str, default: &str| -> Result<String, StateError> {
-            let value = remote::string(md, &[key]).unwrap_or(default);
+            let value = md.get([key]).unwrap_or(default);
             if remote::valid_identifier(value, false) {
                 Ok(value.to_string())
             } else {
@@ -280,15 +280,11 @@ impl Settings {
                 )))
             }
         };
-        let timeout =
-            remote::duration(md, &["timeoutInSeconds", "timeout"], Duration::from_secs(1))?
-                .and_then(|t| t.positive())
-                .unwrap_or(DEFAULT_TIMEOUT);
-        let cleanup = match remote::duration(
-            md,
-            &["cleanupInterval", "cleanupIntervalInSeconds"],
-            Duration::from_secs(1),
-        )? {
+        let timeout = md
+            .signed_duration(["timeoutInSeconds", "timeout"])?
+            .and_then(|t| t.positive())
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let cleanup = match md.signed_duration(["cleanupInterval", "cleanupIntervalInSeconds"])? {
             None => Some(DEFAULT_CLEANUP),
             Some(c) => c.positive(),
         };
@@ -772,14 +768,7 @@ mod tests {
 
     #[test]
     fn settings() {
-        let md = |pairs: &[(&str, &str)]| {
-            Metadata(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
+        let md = |pairs: &[(&str, &str)]| Metadata::from_pairs(pairs.iter().copied());
         let s = Settings::parse(&md(&[("connectionString", "root@tcp(h:1)/")])).unwrap();
         assert_eq!(
             (s.schema.as_str(), s.table.as_str()),

@@ -219,28 +219,28 @@ struct Settings {
 
 impl Settings {
     fn parse(md: &Metadata, version: Version) -> Result<Self, StateError> {
-        let conn = remote::string(md, &["connectionString", "url"]);
+        let conn = md.get(["connectionString", "url"]);
         let (mut config, pool_max) = parse_connection_string(conn.unwrap_or(""))?;
         // Dapr lets single parameters override (or replace) the connection string.
-        if let Some(host) = remote::string(md, &["host"]) {
+        if let Some(host) = md.get(["host"]) {
             config.host(host);
         }
-        if let Some(addr) = remote::string(md, &["hostaddr"]) {
+        if let Some(addr) = md.get(["hostaddr"]) {
             let addr = addr.parse().map_err(|_| {
                 StateError::InvalidRequest(format!("metadata hostaddr: {addr:?} is not an ip"))
             })?;
             config.hostaddr(addr);
         }
-        if let Some(port) = remote::integer(md, &["port"])? {
+        if let Some(port) = md.i64(["port"])? {
             let port = u16::try_from(port).map_err(|_| {
                 StateError::InvalidRequest(format!("metadata port: {port} is out of range"))
             })?;
             config.port(port);
         }
-        if let Some(db) = remote::string(md, &["database", "dbname"]) {
+        if let Some(db) = md.get(["database", "dbname"]) {
             config.dbname(db);
         }
-        if let Some(user) = remote::string(md, &["user", "username"]) {
+        if let Some(user) = md.get(["user", "username"]) {
             config.user(user);
         }
         if let Some(password) = md.get("password").filter(|p| !p.is_empty()) {
@@ -259,7 +259,7 @@ impl Settings {
             }
         }
 
-        let timeout = match remote::duration(md, &["timeout", "timeoutInSeconds"], SECOND)? {
+        let timeout = match md.signed_duration(["timeout", "timeoutInSeconds"])? {
             None => DEFAULT_TIMEOUT,
             Some(t) => t.positive().filter(|t| *t >= SECOND).ok_or_else(|| {
                 StateError::InvalidRequest("metadata timeout: must be at least 1s".into())
@@ -268,30 +268,25 @@ impl Settings {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
         }
-        let cleanup =
-            match remote::duration(md, &["cleanupInterval", "cleanupIntervalInSeconds"], SECOND)? {
-                None => Some(DEFAULT_CLEANUP),
-                Some(c) => c.positive(),
-            };
+        let cleanup = match md.signed_duration(["cleanupInterval", "cleanupIntervalInSeconds"])? {
+            None => Some(DEFAULT_CLEANUP),
+            Some(c) => c.positive(),
+        };
         let default_conns = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .max(4);
-        let max_conns = match remote::integer(md, &["maxConns"])?.or(pool_max) {
+        let max_conns = match md.i64(["maxConns"])?.or(pool_max) {
             Some(n) if n > 0 => usize::try_from(n).unwrap_or(default_conns),
             _ => default_conns,
         };
 
         let table = match version {
-            Version::V1 => remote::string(md, &["tableName"])
-                .unwrap_or("state")
-                .to_string(),
-            Version::V2 => format!(
-                "{}state",
-                remote::string(md, &["tablePrefix"]).unwrap_or_default()
-            ),
+            Version::V1 => md.get(["tableName"]).unwrap_or("state").to_string(),
+            Version::V2 => format!("{}state", md.get(["tablePrefix"]).unwrap_or_default()),
         };
-        let metadata_table = remote::string(md, &["metadataTableName"])
+        let metadata_table = md
+            .get(["metadataTableName"])
             .unwrap_or("dapr_metadata")
             .to_string();
         for (name, value) in [
@@ -1091,14 +1086,7 @@ mod tests {
 
     #[test]
     fn settings() {
-        let md = |pairs: &[(&str, &str)]| {
-            Metadata(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
+        let md = |pairs: &[(&str, &str)]| Metadata::from_pairs(pairs.iter().copied());
         let s = Settings::parse(&md(&[("connectionString", "host=h")]), Version::V1).unwrap();
         assert_eq!(s.table, "state");
         assert_eq!(s.metadata_table, "dapr_metadata");

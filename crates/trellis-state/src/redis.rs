@@ -177,7 +177,8 @@ fn invalid(msg: impl Into<String>) -> StateError {
 
 impl Settings {
     fn parse(md: &Metadata) -> Result<Self, StateError> {
-        let host_port = remote::string(md, &["redisHost"])
+        let host_port = md
+            .get(["redisHost"])
             .ok_or_else(|| invalid("metadata redisHost is required (host:port)"))?
             .trim();
         let (host, port) = match host_port.rsplit_once(':') {
@@ -199,29 +200,31 @@ impl Settings {
                 "metadata failover: redis sentinel is not supported yet",
             ));
         }
-        if let Some(kind) =
-            remote::string(md, &["redisType"]).filter(|k| !k.eq_ignore_ascii_case("node"))
+        if let Some(kind) = md
+            .get(["redisType"])
+            .filter(|k| !k.eq_ignore_ascii_case("node"))
         {
             return Err(invalid(format!(
                 "metadata redisType: {kind:?} is not supported yet (only \"node\")"
             )));
         }
-        let second = Duration::from_secs(1);
         let positive = |names: &[&str], default| -> Result<Duration, StateError> {
-            Ok(remote::duration(md, names, second)?
+            Ok(md
+                .signed_duration(names)?
                 .and_then(|d| d.positive())
                 .unwrap_or(default))
         };
         Ok(Settings {
             host: host.to_string(),
             port,
-            username: remote::string(md, &["redisUsername"]).map(str::to_string),
+            username: md.get(["redisUsername"]).map(str::to_string),
             password: md
                 .get("redisPassword")
                 .filter(|p| !p.is_empty())
                 .map(str::to_string),
-            db: remote::integer(md, &["redisDB"])?.unwrap_or(0),
-            default_ttl: remote::integer(md, &["ttlInSeconds"])?
+            db: md.i64(["redisDB"])?.unwrap_or(0),
+            default_ttl: md
+                .i64(["ttlInSeconds"])?
                 .filter(|s| *s > 0)
                 .and_then(|s| u64::try_from(s).ok())
                 .map(Duration::from_secs),
@@ -552,12 +555,7 @@ mod tests {
     use super::*;
 
     fn md(pairs: &[(&str, &str)]) -> Metadata {
-        Metadata(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Metadata::from_pairs(pairs.iter().copied())
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Helpers shared by the backends that talk to a database server over the network
-//! (PostgreSQL, MySQL, Redis): metadata parsing in Dapr's formats, operation timeouts, and
-//! background tasks that end with their store.
+//! (PostgreSQL, MySQL, Redis): table names, operation timeouts, binary values in JSON
+//! columns, and background tasks that end with their store. (Their metadata is read with
+//! [`trellis_core::Metadata`].)
 
 // Each backend uses a subset of these helpers; with only one backend enabled the rest are
 // unused, which is no reason to fail a `-D warnings` build of that feature alone.
@@ -9,125 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{Metadata, StateError};
-
-/// A duration-valued metadata entry, as Dapr's `metadata.DecodeMetadata` reads them: a Go
-/// duration (`90s`, `1h30m`, `-1`...) or a bare number in `bare_unit`.
-///
-/// `Ok(None)` when none of `names` is set (or the value is empty); non-positive values come
-/// back as `Some(Signed::NonPositive)` so that callers can treat them as "disabled".
-pub(crate) fn duration(
-    md: &Metadata,
-    names: &[&str],
-    bare_unit: Duration,
-) -> Result<Option<Signed>, StateError> {
-    for name in names {
-        match md.get(name).map(str::trim) {
-            None | Some("") => continue,
-            Some(v) => {
-                return parse_duration(v, bare_unit)
-                    .map(Some)
-                    .map_err(|why| invalid(name, v, &why));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// A parsed duration that keeps its sign, because Dapr gives `<= 0` a meaning ("disabled").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signed {
-    Positive(Duration),
-    NonPositive,
-}
-
-impl Signed {
-    pub(crate) fn positive(self) -> Option<Duration> {
-        match self {
-            Signed::Positive(d) => Some(d),
-            Signed::NonPositive => None,
-        }
-    }
-}
-
-/// Parses a Go duration (`time.ParseDuration`) or a bare number counted in `bare_unit`.
-pub(crate) fn parse_duration(text: &str, bare_unit: Duration) -> Result<Signed, String> {
-    let text = text.trim();
-    let (negative, body) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text.strip_prefix('+').unwrap_or(text)),
-    };
-    if body.is_empty() {
-        return Err("empty duration".into());
-    }
-    let seconds: f64 = if let Ok(n) = body.parse::<f64>() {
-        n * bare_unit.as_secs_f64()
-    } else {
-        let mut total = 0.0;
-        let mut rest = body;
-        while !rest.is_empty() {
-            let number_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(|| format!("missing unit in duration {text:?}"))?;
-            if number_len == 0 {
-                return Err(format!("invalid duration {text:?}"));
-            }
-            let number: f64 = rest[..number_len]
-                .parse()
-                .map_err(|_| format!("invalid duration {text:?}"))?;
-            rest = &rest[number_len..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(rest.len());
-            let scale = match &rest[..unit_len] {
-                "ns" => 1e-9,
-                "us" | "µs" | "μs" => 1e-6,
-                "ms" => 1e-3,
-                "s" => 1.0,
-                "m" => 60.0,
-                "h" => 3600.0,
-                other => return Err(format!("unknown unit {other:?} in duration {text:?}")),
-            };
-            total += number * scale;
-            rest = &rest[unit_len..];
-        }
-        total
-    };
-    if !seconds.is_finite() || seconds > 1e12 {
-        return Err(format!("duration {text:?} is out of range"));
-    }
-    if negative || seconds <= 0.0 {
-        return Ok(Signed::NonPositive);
-    }
-    Ok(Signed::Positive(Duration::from_secs_f64(seconds)))
-}
-
-/// An integer-valued metadata entry (`maxConns`, `redisDB`...).
-pub(crate) fn integer(md: &Metadata, names: &[&str]) -> Result<Option<i64>, StateError> {
-    for name in names {
-        match md.get(name).map(str::trim) {
-            None | Some("") => continue,
-            Some(v) => {
-                return v
-                    .parse::<i64>()
-                    .map(Some)
-                    .map_err(|_| invalid(name, v, "not an integer"));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The first non-empty value among `names`.
-pub(crate) fn string<'a>(md: &'a Metadata, names: &[&str]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|n| md.get(n).filter(|v| !v.trim().is_empty()))
-}
-
-fn invalid(name: &str, value: &str, why: &str) -> StateError {
-    StateError::InvalidRequest(format!("metadata {name}: {value:?}: {why}"))
-}
+use crate::StateError;
 
 /// Whether `name` is a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`), optionally qualified
 /// by a schema when `allow_schema`. Table names are spliced into SQL text (no driver binds
@@ -157,16 +40,8 @@ pub(crate) async fn with_timeout<T>(
         Ok(result) => result,
         Err(_) => Err(StateError::Backend(format!(
             "operation timed out after {}",
-            human(limit)
+            trellis_core::duration::format(limit)
         ))),
-    }
-}
-
-fn human(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }
 
@@ -217,27 +92,6 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        let s = Duration::from_secs;
-        let p = |t: &str| parse_duration(t, s(1));
-        assert_eq!(p("20"), Ok(Signed::Positive(s(20))));
-        assert_eq!(p("1h"), Ok(Signed::Positive(s(3600))));
-        assert_eq!(p("1h30m"), Ok(Signed::Positive(s(5400))));
-        assert_eq!(p("1.5s"), Ok(Signed::Positive(Duration::from_millis(1500))));
-        assert_eq!(p("250ms"), Ok(Signed::Positive(Duration::from_millis(250))));
-        assert_eq!(p("-1"), Ok(Signed::NonPositive));
-        assert_eq!(p("0"), Ok(Signed::NonPositive));
-        assert_eq!(p("-5m"), Ok(Signed::NonPositive));
-        assert_eq!(
-            parse_duration("100", Duration::from_millis(1)),
-            Ok(Signed::Positive(Duration::from_millis(100)))
-        );
-        for bad in ["", "s", "10x", "1h3", "abc", "-"] {
-            assert!(p(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn identifiers() {

@@ -135,12 +135,7 @@ struct Config {
 
 impl Config {
     fn from_metadata(md: &Metadata) -> Result<Self, StateError> {
-        let connection = md
-            .get("connectionString")
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| invalid("metadata connectionString is required"))?
-            .to_string();
+        let connection = md.require("connectionString")?.to_string();
         let table = identifier(md, "tableName", "state")?;
         let metadata_table = identifier(md, "metadataTableName", "metadata")?;
         if table == metadata_table {
@@ -148,31 +143,15 @@ impl Config {
                 "metadata tableName and metadataTableName must differ",
             ));
         }
-        let timeout = match md.get("timeout").or_else(|| md.get("timeoutInSeconds")) {
-            None | Some("") => Duration::from_secs(20),
-            Some(v) => duration("timeout", v)?
-                .ok_or_else(|| invalid(format!("metadata timeout {v:?} must be positive")))?,
+        let timeout =
+            md.positive_duration(["timeout", "timeoutInSeconds"], Duration::from_secs(20))?;
+        let cleanup_interval = match md.signed_duration("cleanupInterval")? {
+            None => Some(Duration::from_secs(3600)),
+            Some(d) => d.positive(),
         };
-        let cleanup_interval = match md.get("cleanupInterval") {
-            None | Some("") => Some(Duration::from_secs(3600)),
-            Some(v) => duration("cleanupInterval", v)?,
-        };
-        let busy_timeout = match md.get("busyTimeout") {
-            None | Some("") => Duration::from_secs(2),
-            Some(v) => duration("busyTimeout", v)?.unwrap_or_default(),
-        };
-        let readers = match md.get("readConnections") {
-            None | Some("") => 2,
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=64).contains(n))
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "metadata readConnections {v:?} must be a number from 1 to 64"
-                    ))
-                })?,
+        let busy_timeout = match md.signed_duration("busyTimeout")? {
+            None => Duration::from_secs(2),
+            Some(d) => d.positive().unwrap_or_default(),
         };
         Ok(Config {
             connection,
@@ -182,7 +161,7 @@ impl Config {
             cleanup_interval,
             busy_timeout,
             disable_wal: md.bool("disableWAL", false)?,
-            readers,
+            readers: md.usize("readConnections", 2, 1..=64)?,
         })
     }
 
@@ -200,8 +179,7 @@ fn invalid(msg: impl Into<String>) -> StateError {
 /// A table name from metadata; restricted to what needs no quoting, since it is pasted
 /// into SQL.
 fn identifier(md: &Metadata, name: &str, default: &str) -> Result<String, StateError> {
-    let v = md.get(name).map(str::trim).filter(|v| !v.is_empty());
-    let v = v.unwrap_or(default);
+    let v = md.get(name).unwrap_or(default);
     let ok = v
         .chars()
         .next()
@@ -211,61 +189,10 @@ fn identifier(md: &Metadata, name: &str, default: &str) -> Result<String, StateE
     if ok {
         Ok(v.to_string())
     } else {
-        Err(invalid(format!(
-            "metadata {name} {v:?} must be letters, digits and underscores"
-        )))
+        Err(md
+            .error(name, Some(v), "must be letters, digits and underscores")
+            .into())
     }
-}
-
-/// Parses a Go duration (`1h30m`, `100ms`, `1.5s`) or a plain number of seconds, as Dapr's
-/// metadata does. `Ok(None)` for zero or negative values, which Dapr reads as "off".
-fn duration(name: &str, value: &str) -> Result<Option<Duration>, StateError> {
-    let bad = || invalid(format!("metadata {name} {value:?} is not a duration"));
-    let v = value.trim();
-    let (negative, v) = match v.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, v.strip_prefix('+').unwrap_or(v)),
-    };
-    if v.is_empty() {
-        return Err(bad());
-    }
-    let total = if let Ok(secs) = v.parse::<f64>() {
-        secs
-    } else {
-        let mut total = 0.0;
-        let mut rest = v;
-        while !rest.is_empty() {
-            let num_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(bad)?;
-            let num: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-            rest = &rest[num_len..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(rest.len());
-            let scale = match &rest[..unit_len] {
-                "ns" => 1e-9,
-                "us" | "µs" | "μs" => 1e-6,
-                "ms" => 1e-3,
-                "s" => 1.0,
-                "m" => 60.0,
-                "h" => 3600.0,
-                _ => return Err(bad()),
-            };
-            total += num * scale;
-            rest = &rest[unit_len..];
-        }
-        total
-    };
-    if !total.is_finite() {
-        return Err(bad());
-    }
-    if negative || total <= 0.0 {
-        return Ok(None);
-    }
-    Duration::try_from_secs_f64(total)
-        .map(Some)
-        .map_err(|_| bad())
 }
 
 /// The SQL text of every statement, with the table names filled in once.
@@ -1140,22 +1067,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        let d = |v| duration("x", v).unwrap();
-        assert_eq!(d("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(d("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(d("100ms"), Some(Duration::from_millis(100)));
-        assert_eq!(d("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(d("30"), Some(Duration::from_secs(30)));
-        assert_eq!(d("0"), None);
-        assert_eq!(d("-1"), None);
-        assert_eq!(d("-1h"), None);
-        for bad in ["", "h", "1x", "1h2", "abc", "1..2s"] {
-            assert!(duration("x", bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn etags() {
         assert_eq!(parse_etag("42").unwrap(), 42);
         for bad in [
@@ -1177,14 +1088,7 @@ mod tests {
 
     #[test]
     fn config() {
-        let md = |pairs: &[(&str, &str)]| {
-            Metadata(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
+        let md = |pairs: &[(&str, &str)]| Metadata::from_pairs(pairs.iter().copied());
         assert!(Config::from_metadata(&md(&[])).is_err());
         let c = Config::from_metadata(&md(&[("ConnectionString", "/x/data.db")])).unwrap();
         assert_eq!(c.table, "state");

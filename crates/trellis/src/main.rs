@@ -112,6 +112,7 @@ fn build_runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtim
 /// level stayed invisible that way), so a new crate goes on this list.
 const OWN_CRATES: &[&str] = &[
     "trellis",
+    "trellis_core",
     "trellis_runtime",
     "trellis_nameres",
     "trellis_resources",

@@ -11,7 +11,7 @@ use trellis_test_support::servers;
 fn md(pairs: &[(&str, &str)]) -> Metadata {
     let mut m = Metadata::from_pairs([("connectionString", "amqp://guest:guest@127.0.0.1:5672")]);
     for (k, v) in pairs {
-        m.0.insert(k.to_string(), v.to_string());
+        m.insert(k.to_string(), v.to_string());
     }
     m
 }

@@ -16,7 +16,7 @@ fn md(pairs: &[(&str, &str)]) -> Metadata {
         ("redeliverInterval", "200ms"),
     ]);
     for (k, v) in pairs {
-        m.0.insert(k.to_string(), v.to_string());
+        m.insert(k.to_string(), v.to_string());
     }
     m
 }

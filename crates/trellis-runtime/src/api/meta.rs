@@ -166,8 +166,8 @@ pub async fn get_metadata(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Va
             channel_address: Some(app.host.clone()),
             health: app.health_check.as_ref().map(|h| AppHealthJson {
                 health_check_path: h.path.clone(),
-                health_probe_interval: go_duration(h.interval),
-                health_probe_timeout: go_duration(h.timeout),
+                health_probe_interval: trellis_core::duration::format(h.interval),
+                health_probe_timeout: trellis_core::duration::format(h.timeout),
                 health_threshold: h.threshold,
             }),
         },
@@ -223,47 +223,4 @@ pub async fn get_metadata(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Va
         workflows: serde_json::Map::new(),
     };
     Json(serde_json::to_value(metadata).unwrap_or_default())
-}
-
-/// Formats a duration the way Go prints one (`5s`, `500ms`, `1m30s`), as Dapr reports them.
-fn go_duration(d: std::time::Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".to_string();
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = d.as_secs();
-    let frac = d.subsec_millis();
-    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if frac > 0 {
-        out.push_str(format!("{s}.{frac:03}").trim_end_matches('0'));
-        out.push('s');
-    } else {
-        out.push_str(&format!("{s}s"));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::go_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_print_like_go() {
-        assert_eq!(go_duration(Duration::from_secs(5)), "5s");
-        assert_eq!(go_duration(Duration::from_millis(500)), "500ms");
-        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
-        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
-    }
 }

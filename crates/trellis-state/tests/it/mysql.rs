@@ -15,10 +15,10 @@ const DSN: &str = "root:@tcp(127.0.0.1:3306)/?allowNativePasswords=true";
 
 fn md(pairs: &[(&str, &str)]) -> Metadata {
     let mut m = Metadata::default();
-    m.0.insert("connectionString".into(), DSN.into());
-    m.0.insert("schemaName".into(), "test".into());
+    m.insert("connectionString", DSN);
+    m.insert("schemaName", "test");
     for (k, v) in pairs {
-        m.0.insert(k.to_string(), v.to_string());
+        m.insert(k.to_string(), v.to_string());
     }
     m
 }

@@ -13,9 +13,9 @@ const CONN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_t
 
 fn md(pairs: &[(&str, &str)]) -> Metadata {
     let mut m = Metadata::default();
-    m.0.insert("connectionString".into(), CONN.into());
+    m.insert("connectionString", CONN);
     for (k, v) in pairs {
-        m.0.insert(k.to_string(), v.to_string());
+        m.insert(k.to_string(), v.to_string());
     }
     m
 }

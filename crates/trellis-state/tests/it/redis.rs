@@ -12,9 +12,9 @@ use crate::servers;
 
 fn md(pairs: &[(&str, &str)]) -> Metadata {
     let mut m = Metadata::default();
-    m.0.insert("redisHost".into(), "127.0.0.1:6379".into());
+    m.insert("redisHost", "127.0.0.1:6379");
     for (k, v) in pairs {
-        m.0.insert(k.to_string(), v.to_string());
+        m.insert(k.to_string(), v.to_string());
     }
     m
 }

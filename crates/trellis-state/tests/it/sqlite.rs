@@ -14,12 +14,7 @@ use trellis_state::{
 };
 
 pub fn metadata(pairs: &[(&str, &str)]) -> Metadata {
-    Metadata(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    )
+    Metadata::from_pairs(pairs.iter().copied())
 }
 
 async fn open(db: &Path, extra: &[(&str, &str)]) -> SqliteStore {
