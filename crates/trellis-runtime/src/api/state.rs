@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::Value;
+use trellis_core::time::{Precision, rfc3339};
 use trellis_state::{Concurrency, Consistency, DeleteRequest, Operation, SetRequest, StateError};
 
 use super::error::ApiError;
@@ -269,7 +270,7 @@ pub async fn get(
         headers.insert(header::CONTENT_TYPE, ct);
     }
     if let Some(expires) = item.expires_at
-        && let Ok(v) = HeaderValue::from_str(&rfc3339(expires))
+        && let Ok(v) = HeaderValue::from_str(&rfc3339(expires, Precision::Seconds))
     {
         headers.insert("metadata.ttlexpiretime", v);
     }
@@ -368,7 +369,7 @@ pub async fn bulk(
                     obj.insert("data".into(), wire_value(&item.value));
                     obj.insert("etag".into(), Value::String(item.etag));
                     if let Some(expires) = item.expires_at {
-                        let md = serde_json::json!({ "ttlExpireTime": rfc3339(expires) });
+                        let md = serde_json::json!({ "ttlExpireTime": rfc3339(expires, Precision::Seconds) });
                         obj.insert("metadata".into(), md);
                     }
                 }
@@ -503,37 +504,9 @@ fn wire_value(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// RFC 3339 in UTC with second precision, as Dapr reports `ttlExpireTime`.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, (rem / 60) % 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_times() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(rfc3339(t), "2026-11-18T11:06:40Z");
-    }
 
     #[test]
     fn parses_ttls() {
