@@ -1,12 +1,15 @@
 //! What every Trellis crate shares, so that each mechanism exists once: Go-style durations
 //! ([`duration`]), component metadata read by Dapr's rules ([`metadata`]) and RFC 3339
-//! timestamps ([`time`]).
+//! timestamps ([`time`]); behind the `redis` feature, the Redis connection setup every
+//! Redis-backed component shares.
 //!
 //! This crate depends on no other Trellis crate and does no I/O; every building block, the
 //! resource loader, the runtime and the tools may depend on it.
 
 pub mod duration;
 pub mod metadata;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod time;
 
 pub use duration::{DurationError, Signed};

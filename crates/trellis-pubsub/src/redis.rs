@@ -18,10 +18,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo, RedisError,
-    Value,
-};
+use redis::{Client, RedisError, Value};
+use trellis_core::redis::{Connected, RedisSettings};
 
 use crate::{
     Acker, Capabilities, Delivery, Message, Metadata, PubSub, PubSubError, PublishRequest,
@@ -32,10 +30,6 @@ const META_PREFIX: &str = "meta.";
 
 fn backend(e: RedisError) -> PubSubError {
     PubSubError::Backend(e.to_string())
-}
-
-fn invalid(msg: impl Into<String>) -> PubSubError {
-    PubSubError::InvalidRequest(msg.into())
 }
 
 #[derive(Debug, Clone)]
@@ -64,40 +58,21 @@ impl std::fmt::Debug for RedisBroker {
     }
 }
 
-/// Runs a command, once more if the first try could not connect (the retry waits on the
-/// reconnection the failure started).
-async fn retry_refused<T, F, Fut>(mut op: F) -> Result<T, PubSubError>
+/// See [`trellis_core::redis::retry_refused`].
+async fn retry_refused<T, F, Fut>(op: F) -> Result<T, PubSubError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, RedisError>>,
 {
-    match op().await {
-        Err(e) if e.is_connection_refusal() => op().await.map_err(backend),
-        other => other.map_err(backend),
-    }
+    trellis_core::redis::retry_refused(op)
+        .await
+        .map_err(backend)
 }
 
 impl RedisBroker {
     /// Connects to `redisHost`; fails when Redis does not answer.
     pub async fn open(md: &Metadata) -> Result<Self, PubSubError> {
-        if md.bool("enableTLS", false)? {
-            return Err(invalid(
-                "metadata enableTLS: tls connections to redis are not supported yet",
-            ));
-        }
-        let host_port = md
-            .get("redisHost")
-            .ok_or_else(|| invalid("metadata redisHost is required (host:port)"))?;
-        let (host, port) = match host_port.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() => (
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().map_err(|_| {
-                    invalid(format!("metadata redisHost: bad port in {host_port:?}"))
-                })?,
-            ),
-            _ => (host_port, 6379),
-        };
-        let db = md.i64("redisDB")?.unwrap_or(0);
+        let redis = RedisSettings::from_metadata(md)?;
         let max_len = Some(md.u64(["maxLenApprox", "maxLen"], 0)?)
             .filter(|n| *n > 0)
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -113,33 +88,11 @@ impl RedisBroker {
         // `concurrency` is the runtime's business (how many deliveries it handles at once);
         // it is validated here so a typo is reported.
         md.usize("concurrency", 10, 1..=100_000)?;
-        let mut info = RedisConnectionInfo::default()
-            .set_db(db)
-            .set_protocol(ProtocolVersion::RESP3);
-        if let Some(user) = md.get("redisUsername") {
-            info = info.set_username(user);
-        }
-        if let Some(password) = md.get("redisPassword") {
-            info = info.set_password(password);
-        }
-        let info = ConnectionAddr::Tcp(host.to_string(), port)
-            .into_connection_info()
-            .map_err(backend)?
-            .set_redis_settings(info);
-        let client = Client::open(info).map_err(backend)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            ConnectionManager::new_with_config(client.clone(), config.clone()),
-        )
-        .await
-        .map_err(|_| PubSubError::Backend("timed out connecting to redis".into()))?
-        .map_err(backend)?;
+        let Connected {
+            client,
+            config,
+            conn,
+        } = redis.connect().await.map_err(PubSubError::backend)?;
         Ok(RedisBroker {
             client,
             conn,

@@ -17,11 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo, RedisError,
-    Script,
-};
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script};
+use trellis_core::redis::RedisSettings;
 
 use crate::remote;
 use crate::{
@@ -130,9 +128,6 @@ end
 return 0
 "#;
 
-const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// A Redis-backed [`StateStore`].
 #[derive(Clone)]
 pub struct RedisStore {
@@ -160,76 +155,20 @@ impl std::fmt::Debug for RedisStore {
 }
 
 struct Settings {
-    host: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    db: i64,
+    redis: RedisSettings,
     default_ttl: Option<Duration>,
-    dial_timeout: Duration,
-    read_timeout: Duration,
     actor: bool,
-}
-
-fn invalid(msg: impl Into<String>) -> StateError {
-    StateError::InvalidRequest(msg.into())
 }
 
 impl Settings {
     fn parse(md: &Metadata) -> Result<Self, StateError> {
-        let host_port = md
-            .get(["redisHost"])
-            .ok_or_else(|| invalid("metadata redisHost is required (host:port)"))?
-            .trim();
-        let (host, port) = match host_port.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() => (
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().map_err(|_| {
-                    invalid(format!("metadata redisHost: bad port in {host_port:?}"))
-                })?,
-            ),
-            _ => (host_port, 6379),
-        };
-        if md.bool("enableTLS", false)? {
-            return Err(invalid(
-                "metadata enableTLS: tls connections to redis are not supported yet",
-            ));
-        }
-        if md.bool("failover", false)? {
-            return Err(invalid(
-                "metadata failover: redis sentinel is not supported yet",
-            ));
-        }
-        if let Some(kind) = md
-            .get(["redisType"])
-            .filter(|k| !k.eq_ignore_ascii_case("node"))
-        {
-            return Err(invalid(format!(
-                "metadata redisType: {kind:?} is not supported yet (only \"node\")"
-            )));
-        }
-        let positive = |names: &[&str], default| -> Result<Duration, StateError> {
-            Ok(md
-                .signed_duration(names)?
-                .and_then(|d| d.positive())
-                .unwrap_or(default))
-        };
         Ok(Settings {
-            host: host.to_string(),
-            port,
-            username: md.get(["redisUsername"]).map(str::to_string),
-            password: md
-                .get("redisPassword")
-                .filter(|p| !p.is_empty())
-                .map(str::to_string),
-            db: md.i64(["redisDB"])?.unwrap_or(0),
+            redis: RedisSettings::from_metadata(md)?,
             default_ttl: md
-                .i64(["ttlInSeconds"])?
+                .i64("ttlInSeconds")?
                 .filter(|s| *s > 0)
                 .and_then(|s| u64::try_from(s).ok())
                 .map(Duration::from_secs),
-            dial_timeout: positive(&["dialTimeout"], DEFAULT_DIAL_TIMEOUT)?,
-            read_timeout: positive(&["readTimeout"], DEFAULT_READ_TIMEOUT)?,
             actor: md.bool("actorStateStore", false)?,
         })
     }
@@ -239,59 +178,31 @@ fn backend(e: RedisError) -> StateError {
     StateError::Backend(e.to_string())
 }
 
-/// Runs a command, once more if the first try could not connect: a refused connection
-/// proves the command never reached the server, and the retry waits on the reconnection the
-/// failure started (the first call after the server comes back would fail otherwise).
-async fn retry_refused<T, F, Fut>(mut op: F) -> Result<T, StateError>
+fn invalid(msg: impl Into<String>) -> StateError {
+    StateError::InvalidRequest(msg.into())
+}
+
+/// See [`trellis_core::redis::retry_refused`].
+async fn retry_refused<T, F, Fut>(op: F) -> Result<T, StateError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, RedisError>>,
 {
-    match op().await {
-        Err(e) if e.is_connection_refusal() => op().await.map_err(backend),
-        other => other.map_err(backend),
-    }
+    trellis_core::redis::retry_refused(op)
+        .await
+        .map_err(backend)
 }
 
 impl RedisStore {
     /// Connects to `redisHost` and returns the store; fails when Redis does not answer.
     pub async fn open(metadata: &Metadata) -> Result<Self, StateError> {
         let s = Settings::parse(metadata)?;
-        let mut redis_info = RedisConnectionInfo::default()
-            .set_db(s.db)
-            // RESP3 makes the manager hear about a closed connection and reconnect before
-            // the next command, instead of failing that command.
-            .set_protocol(ProtocolVersion::RESP3);
-        if let Some(user) = &s.username {
-            redis_info = redis_info.set_username(user);
-        }
-        if let Some(password) = &s.password {
-            redis_info = redis_info.set_password(password);
-        }
-        let info = ConnectionAddr::Tcp(s.host.clone(), s.port)
-            .into_connection_info()
-            .map_err(backend)?
-            .set_redis_settings(redis_info);
-        let client = Client::open(info).map_err(backend)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.dial_timeout))
-            .set_response_timeout(Some(s.read_timeout))
-            // One quick retry per reconnection: while the server is down every call should
-            // fail at once, and each failed call starts the next attempt anyway.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let timeout = s.dial_timeout + s.read_timeout;
-        let conn = remote::with_timeout(timeout, async {
-            ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(backend)
-        })
-        .await?;
+        let timeout = s.redis.dial_timeout + s.redis.read_timeout;
+        let conn = s.redis.connect().await.map_err(StateError::backend)?.conn;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
-                host: format!("{}:{}", s.host, s.port),
+                host: s.redis.address(),
                 default_ttl: s.default_ttl,
                 timeout,
                 actor: s.actor,
@@ -560,34 +471,13 @@ mod tests {
 
     #[test]
     fn settings() {
-        let s = Settings::parse(&md(&[("redisHost", "localhost:6380")])).unwrap();
-        assert_eq!((s.host.as_str(), s.port, s.db), ("localhost", 6380, 0));
-        assert_eq!(s.default_ttl, None);
-        assert_eq!(s.dial_timeout, DEFAULT_DIAL_TIMEOUT);
-        let s = Settings::parse(&md(&[
-            ("redisHost", "[::1]:6379"),
-            ("redisDB", "3"),
-            ("redisPassword", "pw"),
-            ("ttlInSeconds", "60"),
-            ("readTimeout", "250ms"),
-        ]))
-        .unwrap();
-        assert_eq!((s.host.as_str(), s.port, s.db), ("::1", 6379, 3));
-        assert_eq!(s.password.as_deref(), Some("pw"));
+        let s = Settings::parse(&md(&[("redisHost", "h:1"), ("ttlInSeconds", "60")])).unwrap();
+        assert_eq!(s.redis.address(), "h:1");
         assert_eq!(s.default_ttl, Some(Duration::from_secs(60)));
-        assert_eq!(s.read_timeout, Duration::from_millis(250));
-        let err = Settings::parse(&md(&[("redisHost", "h:1"), ("enableTLS", "true")]))
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
-        for bad in [
-            vec![],
-            vec![("redisHost", "h:port")],
-            vec![("redisHost", "h:1"), ("redisType", "cluster")],
-            vec![("redisHost", "h:1"), ("redisDB", "x")],
-        ] {
-            assert!(Settings::parse(&md(&bad)).is_err(), "{bad:?}");
-        }
+        let s = Settings::parse(&md(&[("redisHost", "h:1"), ("ttlInSeconds", "-1")])).unwrap();
+        assert_eq!(s.default_ttl, None);
+        assert!(Settings::parse(&md(&[])).is_err());
+        assert!(Settings::parse(&md(&[("redisHost", "h:1"), ("ttlInSeconds", "x")])).is_err());
     }
 
     #[test]
