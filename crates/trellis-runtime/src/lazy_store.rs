@@ -10,8 +10,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 use trellis_state::{
-    Capabilities, DeleteRequest, Item, Metadata, Operation, Query, QueryResponse, SetRequest,
-    StateError, StateStore,
+    Capabilities, DeleteRequest, GetRequest, Item, Metadata, Operation, Query, QueryResponse,
+    SetRequest, StateError, StateStore,
 };
 
 use crate::components::StateFactory;
@@ -57,6 +57,10 @@ impl StateStore for LazyStore {
 
     async fn get(&self, key: &str) -> Result<Option<Item>, StateError> {
         self.store().await?.get(key).await
+    }
+
+    async fn get_with(&self, req: &GetRequest) -> Result<Option<Item>, StateError> {
+        self.store().await?.get_with(req).await
     }
 
     async fn bulk_get(&self, keys: &[String]) -> Vec<(String, Result<Option<Item>, StateError>)> {

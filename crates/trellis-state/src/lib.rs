@@ -8,6 +8,7 @@
 //! Backends live in their own modules behind cargo features and are registered in the
 //! runtime's component registry. Every backend passes the same [`conformance`] suite.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -108,6 +109,26 @@ impl DeleteRequest {
     }
 }
 
+/// One key to read, with what the caller asked for beyond the key (Dapr's `GetRequest`:
+/// `?consistency=` and `?metadata.<name>=` of `GET /v1.0/state/{store}/{key}`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GetRequest {
+    /// The key as stored (already prefixed).
+    pub key: String,
+    pub consistency: Consistency,
+    /// Per-request metadata, `metadata.` stripped from the names.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl GetRequest {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            ..Self::default()
+        }
+    }
+}
+
 /// A stored value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
@@ -202,6 +223,14 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn capabilities(&self) -> Capabilities;
 
     async fn get(&self, key: &str) -> Result<Option<Item>, StateError>;
+
+    /// Reads a key as `req` asks. The default reads `req.key` with [`StateStore::get`]:
+    /// every backend here answers every read with the latest acknowledged write (strong
+    /// consistency whatever was asked) and none takes per-read metadata; a store that does
+    /// overrides this.
+    async fn get_with(&self, req: &GetRequest) -> Result<Option<Item>, StateError> {
+        self.get(&req.key).await
+    }
 
     /// Reads several keys; the default reads them one by one.
     async fn bulk_get(&self, keys: &[String]) -> Vec<(String, Result<Option<Item>, StateError>)> {

@@ -118,7 +118,7 @@ fn target<'a>(
     if topic.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "ERR_TOPIC_EMPTY",
+            "ERR_TOPIC_NAME_EMPTY",
             format!("topic is empty in pubsub {name}"),
         ));
     }
@@ -196,11 +196,12 @@ fn message(
         )
     } else if is_cloudevent {
         let ev = cloudevent::complete(ctx, data).map_err(|e| {
+            // A 500, as in Dapr: its CloudEventCreation error, whatever the cause.
             ApiError::new(
-                StatusCode::BAD_REQUEST,
+                StatusCode::INTERNAL_SERVER_ERROR,
                 "ERR_PUBSUB_CLOUD_EVENTS_SER",
                 format!(
-                    "error when marshalling cloud event envelope for topic {} pubsub {}: {e}",
+                    "cannot create cloudevent for topic {} pubsub {}: {e}",
                     ctx.topic, ctx.pubsub
                 ),
             )

@@ -16,7 +16,9 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::Value;
 use trellis_core::time::{Precision, rfc3339};
-use trellis_state::{Concurrency, Consistency, DeleteRequest, Operation, SetRequest, StateError};
+use trellis_state::{
+    Concurrency, Consistency, DeleteRequest, GetRequest, Operation, SetRequest, StateError,
+};
 
 use super::error::ApiError;
 use super::gojson::{self, GoJson, fold_field, fold_keys};
@@ -244,19 +246,26 @@ fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
 pub async fn get(
     State(rt): State<Arc<Runtime>>,
     Path((name, key)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let component = store(&rt, &name)?;
-    let item = component
-        .store
-        .get(&component.key(&key))
-        .await
-        .map_err(|e| {
-            store_error(
-                "ERR_STATE_GET",
-                format!("fail to get {key} from state store {name}: {e}"),
-                &e,
-            )
-        })?;
+    // As Dapr does, `consistency` and `metadata.*` go to the store unchecked (an unknown
+    // consistency reads as the default, as Go stores compare it with "strong").
+    let req = GetRequest {
+        key: component.key(&key),
+        consistency: consistency(q.get("consistency").map(String::as_str)).unwrap_or_default(),
+        metadata: q
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?.to_string(), v.clone())))
+            .collect(),
+    };
+    let item = component.store.get_with(&req).await.map_err(|e| {
+        store_error(
+            "ERR_STATE_GET",
+            format!("fail to get {key} from state store {name}: {e}"),
+            &e,
+        )
+    })?;
     let Some(item) = item else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };

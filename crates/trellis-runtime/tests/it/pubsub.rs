@@ -208,7 +208,7 @@ async fn raw_payloads_and_app_cloudevents() {
         "not json",
     )
     .await;
-    assert_error(&r, 400, "ERR_PUBSUB_CLOUD_EVENTS_SER");
+    assert_error(&r, 500, "ERR_PUBSUB_CLOUD_EVENTS_SER");
     s.stop().await;
 }
 
@@ -535,7 +535,7 @@ async fn publish_errors() {
     let r = publish(&s, "/v1.0/publish/nope/t", &[], "x").await;
     assert_error(&r, 404, "ERR_PUBSUB_NOT_FOUND");
     let r = publish(&s, "/v1.0/publish/events/", &[], "x").await;
-    assert_error(&r, 404, "ERR_TOPIC_EMPTY");
+    assert_error(&r, 404, "ERR_TOPIC_NAME_EMPTY");
     let r = publish(&s, "/v1.0/publish/events/secret", &[], "x").await;
     assert_error(&r, 403, "ERR_PUBSUB_FORBIDDEN");
     let r = publish(
