@@ -1,0 +1,3 @@
+//! The tidy test binary: the workspace's invariants, checked on the source tree.
+
+mod tidy;
