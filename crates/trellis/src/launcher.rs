@@ -209,6 +209,7 @@ fn spawn_app(plan: &AppPlan, sidecar: &RunningSidecar) -> anyhow::Result<Child> 
     if let Some(dir) = &plan.cwd {
         cmd.current_dir(dir);
     }
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn().with_context(|| {
         format!("cannot start the app command {program:?}; is it installed and on PATH?")
     })?;
@@ -220,6 +221,40 @@ fn spawn_app(plan: &AppPlan, sidecar: &RunningSidecar) -> anyhow::Result<Child> 
         tokio::spawn(pump(err, prefix, true));
     }
     Ok(child)
+}
+
+/// Makes the app die with `trellis`, even when `trellis` cannot say so (SIGKILL, OOM
+/// killer): Linux sends the app SIGKILL when its parent dies (`PR_SET_PDEATHSIG`). Its
+/// sidecar is gone then, so there is nothing left for the app to do gracefully.
+///
+/// The signal fires when the *thread* that forked the child exits, not the process. Apps are
+/// spawned only from `launcher::run`, the future `main` blocks on, so that thread is the
+/// main thread, on the current-thread runtime and the multi-thread one alike (never a tokio
+/// worker that might be retired); the assertion below keeps it so.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    debug_assert_eq!(
+        std::thread::current().name(),
+        Some("main"),
+        "apps must be spawned from the main thread, or PR_SET_PDEATHSIG fires early"
+    );
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe operations are allowed: it makes two system calls (prctl, getppid)
+    // through nix's thin wrappers, allocates nothing, takes no lock and touches no state
+    // shared with the parent's other threads. Returning an error there makes `spawn` fail.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL))?;
+            // The parent may have died between fork and prctl; then no signal will come.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "trellis exited while starting the app",
+                ));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Copies the app's output line by line, prefixed with its app id. Bytes are passed through

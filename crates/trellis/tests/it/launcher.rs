@@ -63,6 +63,34 @@ async fn assert_gone(pid: u32, x: &Sidecar) {
     assert!(gone, "app process {pid} is still there\n{}", x.output());
 }
 
+/// Whether process `pid` has ended (gone, or a zombie its new parent has not reaped).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name in parentheses: `<pid> (<comm>) <state> ...`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_dies_when_trellis_is_killed() {
+    // The default current-thread runtime, and a multi-thread one (the forking thread matters).
+    for threads in ["1", "2"] {
+        let (_data, _app, mut x, _) = python(|b| b.arg("--worker-threads").arg(threads)).await;
+        let pid = app_pid(&x, &[]).await;
+        assert!(!ended(pid), "the app should be running");
+        x.signal(Signal::SIGKILL);
+        x.wait_exit(PATIENCE).await;
+        let died = wait_until(Duration::from_secs(5), || async move { ended(pid) }).await;
+        assert!(
+            died,
+            "app {pid} outlived its killed trellis ({threads} threads)"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_gets_its_environment_and_its_output_is_prefixed() {
     let (_data, _app, x, port) = python(|b| b).await;
