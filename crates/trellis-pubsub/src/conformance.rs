@@ -18,13 +18,18 @@
 //! `tokio` with the `macros` and `rt-multi-thread` features), so a failure names the broken
 //! behaviour. The future may produce an `impl PubSub`, an `Arc` of one, an
 //! `Arc<dyn PubSub>`, a [`Setup`] (a broker plus the suite's timeouts), or an `Option` of
-//! any of those, where `None` skips the case with a printed note (for a broker that is not
-//! reachable in this environment).
+//! any of those (`None` fails the case: a case that cannot run must not pass).
 //!
 //! Every case uses topic and group names of its own, made unique per run
 //! (`conf-<random>-<case>-<name>`), so the cases run in parallel, and the suite runs
-//! repeatedly, against one shared broker. Cases that need a capability the broker does not
-//! report (`ordered`, `ttl`) print a note and pass.
+//! repeatedly, against one shared broker.
+//!
+//! Cases that need a capability (`ordered`, `ttl`) exist only for a broker that has it: a
+//! broker without one says so in the invocation, `conformance_tests!(make, lacks: [ttl])`,
+//! and the case is not generated, so the test runner lists no test that proves nothing
+//! (nextest has no "skipped at run time"). The generated
+//! `declared_capabilities_match_the_broker` test keeps that list truthful: it fails when
+//! the broker's [`Capabilities`](crate::Capabilities) and `lacks` disagree.
 //!
 //! The cases are plain `pub async fn`s in [`cases`], so a backend can also call one directly.
 
@@ -231,17 +236,20 @@ where
     CF: std::future::Future<Output = ()>,
 {
     let Some(setup) = make.await.into_setup() else {
-        println!("skipped {case_name}: the broker factory returned None");
-        return;
+        panic!("{case_name}: the broker factory returned None, so there is nothing to test");
     };
     case(Arc::new(Ctx::new(setup, case_name))).await;
 }
 
-/// Expands to one `#[tokio::test]` per conformance case; see
-/// [`conformance`](crate::conformance).
+/// Expands to one `#[tokio::test]` per conformance case the broker can run; see
+/// [`conformance`](crate::conformance). `lacks: [ordered, ttl]` leaves out the cases of
+/// capabilities the broker does not have.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
+        $crate::conformance_tests!($make, lacks: []);
+    };
+    ($make:expr, lacks: [$($lack:ident),* $(,)?]) => {
         $crate::__pubsub_conformance_cases! { $make;
             roundtrip_keeps_data_content_type_and_metadata,
             every_group_gets_every_message,
@@ -253,11 +261,70 @@ macro_rules! conformance_tests {
             close_ends_the_subscription,
             bulk_publish_delivers_all,
             bulk_publish_reports_failed_entries,
-            single_consumer_receives_in_order,
-            ttl_expired_messages_are_not_delivered,
             invalid_requests_are_rejected,
         }
+        $crate::__pubsub_unless_lacking! { ordered; [$($lack),*];
+            $crate::__pubsub_conformance_cases! { $make; single_consumer_receives_in_order }
+        }
+        $crate::__pubsub_unless_lacking! { ttl; [$($lack),*];
+            $crate::__pubsub_conformance_cases! { $make; ttl_expired_messages_are_not_delivered }
+        }
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn declared_capabilities_match_the_broker() {
+            $crate::conformance::check_declared(&[$(stringify!($lack)),*], $make).await;
+        }
     };
+}
+
+/// Expands its body unless the capability is in the list (one rule per capability, since
+/// `macro_rules` cannot compare two identifiers).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __pubsub_unless_lacking {
+    (ordered; [ordered $(, $rest:ident)*]; $($body:tt)*) => {};
+    (ttl; [ttl $(, $rest:ident)*]; $($body:tt)*) => {};
+    ($cap:ident; [$other:ident $(, $rest:ident)*]; $($body:tt)*) => {
+        $crate::__pubsub_unless_lacking! { $cap; [$($rest),*]; $($body)* }
+    };
+    ($cap:ident; []; $($body:tt)*) => { $($body)* };
+}
+
+/// The capabilities a `lacks:` list may name, with the broker's answer for each.
+fn capability_flags(caps: crate::Capabilities) -> [(&'static str, bool); 2] {
+    [("ordered", caps.ordered), ("ttl", caps.ttl)]
+}
+
+/// Fails unless the broker reports exactly the capabilities the invocation did not list
+/// under `lacks`; used by [`conformance_tests!`](crate::conformance_tests).
+pub async fn check_declared<S: IntoSetup>(
+    lacks: &[&str],
+    make: impl std::future::Future<Output = S>,
+) {
+    let known = capability_flags(crate::Capabilities::default()).map(|(name, _)| name);
+    for lack in lacks {
+        assert!(
+            known.contains(lack),
+            "unknown capability {lack:?} in lacks (known: {known:?})"
+        );
+    }
+    let Some(setup) = make.await.into_setup() else {
+        panic!("the broker factory returned None, so there is nothing to test");
+    };
+    for (name, has) in capability_flags(setup.broker.capabilities()) {
+        let declared_lacking = lacks.contains(&name);
+        assert_ne!(
+            has,
+            declared_lacking,
+            "the broker {} {name}, but the conformance_tests! invocation {}",
+            if has { "reports" } else { "does not report" },
+            if declared_lacking {
+                "lists it under lacks"
+            } else {
+                "does not list it under lacks"
+            }
+        );
+    }
 }
 
 #[doc(hidden)]
@@ -592,10 +659,10 @@ pub mod cases {
     }
 
     pub async fn single_consumer_receives_in_order(ctx: Arc<Ctx>) {
-        if !ctx.broker().capabilities().ordered {
-            println!("skipped: the broker does not report ordered delivery");
-            return;
-        }
+        assert!(
+            ctx.broker().capabilities().ordered,
+            "run only for ordered brokers"
+        );
         const N: usize = 1000;
         let topic = ctx.topic("t");
         let mut sub = ctx.subscribe(&topic, &ctx.group("g")).await;
@@ -620,10 +687,10 @@ pub mod cases {
     }
 
     pub async fn ttl_expired_messages_are_not_delivered(ctx: Arc<Ctx>) {
-        if !ctx.broker().capabilities().ttl {
-            println!("skipped: the broker does not report ttl support");
-            return;
-        }
+        assert!(
+            ctx.broker().capabilities().ttl,
+            "run only for brokers with ttl"
+        );
         let topic = ctx.topic("t");
         let group = ctx.group("g");
         // The group exists, but nobody receives while the short TTL runs out.

@@ -353,7 +353,15 @@ fn now_ms() -> u64 {
 #[async_trait]
 impl PubSub for MqttBroker {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities {
+            bulk_publish: false,
+            // MQTT 3.1.1 has no message expiry (that is MQTT 5).
+            ttl: false,
+            // One client's QoS 1 messages on one topic reach a subscriber in the order
+            // published (MQTT 3.1.1, 4.6 "ordered topic"), shared subscriptions included:
+            // the conformance case checks it over 1,000 messages.
+            ordered: true,
+        }
     }
 
     async fn publish(&self, req: PublishRequest) -> Result<(), PubSubError> {

@@ -108,13 +108,14 @@ fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 
 /// Restart tests stop a server that every other test of that backend is using; only
 /// nextest runs them alone (`.config/nextest.toml` gives tests named `*_restart_*` the
-/// whole machine). Under `cargo test` they would break their neighbours, so they skip.
-pub fn may_restart_servers(test: &str) -> bool {
-    let ok = std::env::var_os("NEXTEST").is_some();
-    if !ok {
-        println!("skipped {test}: server restarts run only under cargo nextest (run alone)");
-    }
-    ok
+/// whole machine). Under `cargo test` they would break their neighbours, so there they
+/// fail at once with this message, rather than pass without having run.
+pub fn require_nextest(test: &str) {
+    assert!(
+        std::env::var_os("NEXTEST").is_some(),
+        "{test} restarts a server that other tests use, so it runs only under `cargo nextest \
+         run` (which runs it alone); under `cargo test`, leave it out: `-- --skip _restart_`"
+    );
 }
 
 impl Server {

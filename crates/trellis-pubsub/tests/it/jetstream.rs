@@ -21,7 +21,7 @@ mod conformance_per_topic_streams {
     trellis_pubsub::conformance_tests!(async {
         trellis_pubsub::conformance::Setup::new(super::open(&[]).await)
             .redelivery_timeout(std::time::Duration::from_secs(10))
-    });
+    }, lacks: [ttl]);
 }
 
 mod conformance_named_stream {
@@ -30,7 +30,7 @@ mod conformance_named_stream {
         let name = trellis_test_support::servers::unique("TRELLIS_IT");
         trellis_pubsub::conformance::Setup::new(super::open(&[("streamName", &name)]).await)
             .redelivery_timeout(std::time::Duration::from_secs(10))
-    });
+    }, lacks: [ttl]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,9 +65,7 @@ async fn two_topics_share_a_named_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_restart_publish_fails_then_recovers() {
-    if !servers::may_restart_servers("jetstream_restart_publish_fails_then_recovers") {
-        return;
-    }
+    servers::require_nextest("jetstream_restart_publish_fails_then_recovers");
     let broker = open(&[]).await;
     let topic = servers::unique("js-restart");
     let mut sub = broker

@@ -22,7 +22,7 @@ mod conformance {
     trellis_pubsub::conformance_tests!(async {
         trellis_pubsub::conformance::Setup::new(super::open().await)
             .redelivery_timeout(std::time::Duration::from_secs(10))
-    });
+    }, lacks: [ttl]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,9 +68,7 @@ async fn plain_mqtt_payloads_are_delivered_as_they_are() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_restart_publish_fails_then_recovers() {
-    if !servers::may_restart_servers("mqtt_restart_publish_fails_then_recovers") {
-        return;
-    }
+    servers::require_nextest("mqtt_restart_publish_fails_then_recovers");
     let broker = open().await;
     let topic = servers::unique("mqtt-restart");
     let mut sub = broker

@@ -37,9 +37,7 @@ async fn refuses_tls_and_unreachable_servers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restart_recovers_without_reopening() {
-    if !servers::may_restart_servers("rabbitmq_restart_recovers_without_reopening") {
-        return;
-    }
+    servers::require_nextest("rabbitmq_restart_recovers_without_reopening");
     let topic = servers::unique("trellis-it-ps-restart");
     let broker = RabbitBroker::open(&md(&[])).await.unwrap();
     // The durable queue is declared now, so it keeps what is published after the restart.

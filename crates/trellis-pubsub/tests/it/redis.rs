@@ -25,7 +25,7 @@ mod conformance {
     trellis_pubsub::conformance_tests!(async {
         let broker = super::RedisBroker::open(&super::md(&[])).await.unwrap();
         super::Setup::new(broker).redelivery_timeout(std::time::Duration::from_secs(5))
-    });
+    }, lacks: [ttl]);
 }
 
 async fn raw() -> redis::aio::MultiplexedConnection {
@@ -98,9 +98,7 @@ async fn refuses_tls_and_unreachable_servers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_recovers_without_reopening() {
-    if !servers::may_restart_servers("redis_restart_recovers_without_reopening") {
-        return;
-    }
+    servers::require_nextest("redis_restart_recovers_without_reopening");
     let topic = servers::unique("trellis-it-ps-restart");
     let broker = RedisBroker::open(&md(&[])).await.unwrap();
     let mut sub = broker

@@ -338,10 +338,8 @@ async fn key_prefixes_and_scopes_isolate_apps() {
 /// restart of the sidecar. Runs alone under nextest (`_restart_` in the name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_recovers_without_restarting_the_sidecar() {
-    use trellis_test_support::servers::{REDIS, may_restart_servers, unique};
-    if !may_restart_servers("redis_restart_recovers_without_restarting_the_sidecar") {
-        return;
-    }
+    use trellis_test_support::servers::{REDIS, require_nextest, unique};
+    require_nextest("redis_restart_recovers_without_restarting_the_sidecar");
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("rt");
     let redis_yaml = format!(

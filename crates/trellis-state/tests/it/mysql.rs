@@ -190,9 +190,7 @@ async fn url_connection_strings_work_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_restart_recovers_without_reopening() {
-    if !servers::may_restart_servers("mysql_restart_recovers_without_reopening") {
-        return;
-    }
+    servers::require_nextest("mysql_restart_recovers_without_reopening");
     let table = servers::unique("trellis_it_restart");
     let _drop = Tables(vec![table.clone()]);
     let store = MysqlStore::open(&md(&[("tableName", &table), ("timeoutInSeconds", "3")]))

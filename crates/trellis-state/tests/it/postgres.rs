@@ -304,9 +304,7 @@ async fn bad_metadata_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_recovers_without_reopening() {
-    if !servers::may_restart_servers("postgres_restart_recovers_without_reopening") {
-        return;
-    }
+    servers::require_nextest("postgres_restart_recovers_without_reopening");
     let table = servers::unique("trellis_it_restart");
     let _drop = Tables(vec![table.clone()]);
     let store = PostgresStore::open(&md(&[("tableName", &table), ("timeout", "3s")]))

@@ -137,9 +137,7 @@ async fn unreachable_server_fails_fast_with_the_drivers_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_recovers_without_reopening() {
-    if !servers::may_restart_servers("redis_restart_recovers_without_reopening") {
-        return;
-    }
+    servers::require_nextest("redis_restart_recovers_without_reopening");
     let key = servers::unique("trellis-it-restart");
     let store = RedisStore::open(&md(&[("readTimeout", "2s"), ("dialTimeout", "1s")]))
         .await

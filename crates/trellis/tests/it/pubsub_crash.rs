@@ -401,11 +401,7 @@ async fn acknowledged_messages_survive_kill_9_of_the_subscriber_app() {
 /// restart, neither sidecar restarted. Runs alone under nextest (`_restart_`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_restart_publish_fails_with_500_then_delivery_resumes() {
-    if !servers::may_restart_servers(
-        "jetstream_restart_publish_fails_with_500_then_delivery_resumes",
-    ) {
-        return;
-    }
+    servers::require_nextest("jetstream_restart_publish_fails_with_500_then_delivery_resumes");
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let resources = dir.path().join("resources");
