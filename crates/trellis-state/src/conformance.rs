@@ -13,14 +13,17 @@
 //! It expands to one `#[test]` per case (so a failure names the broken behaviour), each
 //! running on its own multi-threaded tokio runtime. The expression may evaluate to an
 //! `impl StateStore`, an `Arc<impl StateStore>`, an `Arc<dyn StateStore>`, or an `Option` of
-//! any of those, where `None` skips the case with a printed note (for a backend whose
-//! database is not reachable in this environment).
+//! any of those (`None` fails the case: a case that cannot run must not pass).
 //!
 //! Every case works under its own random key namespace (`conformance-<random>-<case>||`), so
 //! the cases run in parallel, and the suite runs repeatedly, against one shared database;
-//! keys a case created are deleted (best effort) when it ends. Cases that need a
-//! capability the store does not report (etag, transactional, ttl, query) print a note and
-//! pass.
+//! keys a case created are deleted (best effort) when it ends.
+//!
+//! Cases that need a capability (`etag`, `transactional`, `ttl`, `query`) exist only for a
+//! store that has it: a store without one says so, `conformance_tests!(make, lacks:
+//! [query])`, and those cases are not generated, so the test runner lists none that proves
+//! nothing. The generated `declared_capabilities_match_the_store` test fails when the
+//! store's [`Capabilities`](crate::Capabilities) and `lacks` disagree.
 //!
 //! The cases are plain `pub async fn`s in [`cases`], so a backend can also call one directly.
 
@@ -134,8 +137,7 @@ where
         .expect("build a tokio runtime");
     rt.block_on(async move {
         let Some(store) = make().await.into_store() else {
-            println!("skipped {case_name}: the store factory returned None");
-            return;
+            panic!("{case_name}: the store factory returned None, so there is nothing to test");
         };
         let ctx = Arc::new(Ctx::new(store, case_name));
         case(ctx.clone()).await;
@@ -143,45 +145,118 @@ where
     });
 }
 
-/// Expands to one `#[test]` per conformance case; see [`conformance`](crate::conformance).
+/// Expands to one `#[test]` per conformance case the store can run; see
+/// [`conformance`](crate::conformance). `lacks: [etag, transactional, ttl, query]` leaves out
+/// the cases of capabilities the store does not have.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
+        $crate::conformance_tests!($make, lacks: []);
+    };
+    ($make:expr, lacks: [$($lack:ident),* $(,)?]) => {
         $crate::__conformance_cases! { $make;
             get_missing,
             roundtrip_json_object,
             roundtrip_json_string,
             roundtrip_binary,
             bulk_set_roundtrip,
-            etag_changes_on_every_write,
-            etag_not_reused_after_recreate,
-            stale_etag_on_set_fails,
-            malformed_etag_changes_nothing,
             first_write_without_etag,
             last_write_without_etag_always_wins,
-            delete_with_stale_etag_fails,
             delete_with_correct_etag,
             delete_missing_without_etag,
             bulk_get_mixed,
-            transact_applies_all,
-            transact_with_stale_etag_applies_nothing,
-            transact_applies_in_order,
-            ttl_expires,
-            ttl_cleared_by_overwrite,
             content_type_roundtrip,
             odd_keys,
             large_value,
-            concurrent_etag_race_one_winner,
-            concurrent_counter_no_lost_update,
-            query_eq_nested,
-            query_in,
-            query_and_or,
-            query_sort,
-            query_paging,
-            query_prefix_isolation,
-            query_non_json_never_matches,
+        }
+        $crate::__state_unless_lacking! { etag; [$($lack),*];
+            $crate::__conformance_cases! { $make;
+                etag_changes_on_every_write,
+                etag_not_reused_after_recreate,
+                stale_etag_on_set_fails,
+                malformed_etag_changes_nothing,
+                delete_with_stale_etag_fails,
+                concurrent_etag_race_one_winner,
+                concurrent_counter_no_lost_update,
+            }
+            $crate::__state_unless_lacking! { transactional; [$($lack),*];
+                $crate::__conformance_cases! { $make; transact_with_stale_etag_applies_nothing }
+            }
+        }
+        $crate::__state_unless_lacking! { transactional; [$($lack),*];
+            $crate::__conformance_cases! { $make; transact_applies_all, transact_applies_in_order }
+        }
+        $crate::__state_unless_lacking! { ttl; [$($lack),*];
+            $crate::__conformance_cases! { $make; ttl_expires, ttl_cleared_by_overwrite }
+        }
+        $crate::__state_unless_lacking! { query; [$($lack),*];
+            $crate::__conformance_cases! { $make;
+                query_eq_nested,
+                query_in,
+                query_and_or,
+                query_sort,
+                query_paging,
+                query_prefix_isolation,
+                query_non_json_never_matches,
+            }
+        }
+
+        #[test]
+        fn declared_capabilities_match_the_store() {
+            $crate::conformance::run(
+                "declared_capabilities_match_the_store",
+                || $make,
+                |ctx| $crate::conformance::check_declared(ctx, &[$(stringify!($lack)),*]),
+            );
         }
     };
+}
+
+/// Expands its body unless the capability is in the list (one rule per capability, since
+/// `macro_rules` cannot compare two identifiers).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __state_unless_lacking {
+    (etag; [etag $(, $rest:ident)*]; $($body:tt)*) => {};
+    (transactional; [transactional $(, $rest:ident)*]; $($body:tt)*) => {};
+    (ttl; [ttl $(, $rest:ident)*]; $($body:tt)*) => {};
+    (query; [query $(, $rest:ident)*]; $($body:tt)*) => {};
+    ($cap:ident; [$other:ident $(, $rest:ident)*]; $($body:tt)*) => {
+        $crate::__state_unless_lacking! { $cap; [$($rest),*]; $($body)* }
+    };
+    ($cap:ident; []; $($body:tt)*) => { $($body)* };
+}
+
+/// Fails unless the store reports exactly the capabilities the invocation did not list
+/// under `lacks`; used by [`conformance_tests!`](crate::conformance_tests).
+pub async fn check_declared(ctx: Arc<Ctx>, lacks: &[&str]) {
+    let caps = ctx.store.capabilities();
+    let flags = [
+        ("etag", caps.etag),
+        ("transactional", caps.transactional),
+        ("ttl", caps.ttl),
+        ("query", caps.query),
+    ];
+    for lack in lacks {
+        assert!(
+            flags.iter().any(|(name, _)| name == lack),
+            "unknown capability {lack:?} in lacks"
+        );
+    }
+    for (name, has) in flags {
+        let declared_lacking = lacks.contains(&name);
+        assert_ne!(
+            has,
+            declared_lacking,
+            "the store {} {name}, but the conformance_tests! invocation {}",
+            if has { "reports" } else { "does not report" },
+            if declared_lacking {
+                "lists it under lacks"
+            } else {
+                "does not list it under lacks"
+            }
+        );
+    }
 }
 
 #[doc(hidden)]
@@ -216,14 +291,17 @@ pub mod cases {
         Capabilities, Concurrency, DeleteRequest, Item, Operation, Query, SetRequest, StateError,
     };
 
+    /// A case generated for a store without the capability it needs is a wrong `lacks:`
+    /// list (the declared-capabilities test says which); it fails rather than passing
+    /// without having run. Always `false` otherwise, so cases read `if skip(..) { return }`.
     fn skip(ctx: &Ctx, case: &str, needs: &str, has: bool) -> bool {
-        if !has {
-            println!(
-                "skipped {case}: the store does not report the {needs} capability ({:?})",
-                ctx.store.capabilities()
-            );
-        }
-        !has
+        assert!(
+            has,
+            "{case} needs the {needs} capability, which the store does not report ({:?}): \
+             list it under lacks in conformance_tests!",
+            ctx.store.capabilities()
+        );
+        false
     }
 
     fn caps(ctx: &Ctx) -> Capabilities {

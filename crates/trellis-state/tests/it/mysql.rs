@@ -32,7 +32,7 @@ mod conformance {
         )]))
         .await
         .expect("open a mysql store")
-    });
+    }, lacks: [query]);
 }
 
 async fn conn() -> mysql_async::Conn {

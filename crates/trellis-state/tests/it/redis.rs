@@ -25,7 +25,7 @@ mod conformance {
         trellis_state::redis::RedisStore::open(&super::md(&[]))
             .await
             .expect("open a redis store")
-    });
+    }, lacks: [query]);
 }
 
 async fn raw() -> redis::aio::MultiplexedConnection {
