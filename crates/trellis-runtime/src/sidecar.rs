@@ -30,11 +30,23 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Sidecar;
 
+/// The sockets a sidecar serves, bound by the caller (so tests can use port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The Dapr HTTP API.
+    pub http: TcpListener,
+    /// The sidecar-to-sidecar port.
+    pub internal: TcpListener,
+    /// The Dapr gRPC API; `None` serves none.
+    pub grpc: Option<TcpListener>,
+}
+
 /// A started sidecar. Dropping it without [`RunningSidecar::stop`] aborts its servers.
 #[derive(Debug)]
 pub struct RunningSidecar {
     pub http_addr: SocketAddr,
     pub internal_addr: SocketAddr,
+    pub grpc_addr: Option<SocketAddr>,
     runtime: Arc<Runtime>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -49,8 +61,30 @@ impl Sidecar {
         http: TcpListener,
         internal: TcpListener,
     ) -> Result<RunningSidecar, StartError> {
+        let listeners = Listeners {
+            http,
+            internal,
+            grpc: None,
+        };
+        Self::serve(config, listeners).await
+    }
+
+    /// As [`Sidecar::start`], also serving the gRPC API when `listeners.grpc` is given.
+    pub async fn serve(
+        config: SidecarConfig,
+        listeners: Listeners,
+    ) -> Result<RunningSidecar, StartError> {
+        let Listeners {
+            http,
+            internal,
+            grpc,
+        } = listeners;
         let http_addr = http.local_addr().map_err(StartError::Listener)?;
         let internal_addr = internal.local_addr().map_err(StartError::Listener)?;
+        let grpc_addr = match &grpc {
+            Some(l) => Some(l.local_addr().map_err(StartError::Listener)?),
+            None => None,
+        };
         let me = AppRef::new(config.app_id.clone(), config.namespace.clone());
 
         let registries = crate::components::Registries::default();
@@ -162,6 +196,14 @@ impl Sidecar {
             stopped(&stop),
             config.graceful_shutdown,
         ));
+        if let Some(grpc) = grpc {
+            tasks.spawn(crate::server::serve(
+                grpc,
+                api::grpc::router(runtime.clone()),
+                stopped(&stop),
+                config.graceful_shutdown,
+            ));
+        }
         tasks.spawn(crate::server::serve(
             internal,
             api::internal_router(runtime.clone()),
@@ -201,6 +243,7 @@ impl Sidecar {
         tracing::info!(
             app_id = %runtime.app.app_id,
             http = %http_addr,
+            grpc = ?grpc_addr,
             internal = %internal_addr,
             resolver = runtime.invoker.resolver_kind(),
             "sidecar started"
@@ -208,6 +251,7 @@ impl Sidecar {
         Ok(RunningSidecar {
             http_addr,
             internal_addr,
+            grpc_addr,
             runtime,
             stop,
             tasks,
