@@ -8,6 +8,7 @@ mod api;
 mod invoke;
 mod pubsub;
 mod state;
+mod targets;
 
 use tokio::net::TcpListener;
 use trellis_runtime::{AppChannelConfig, AppProtocol, RunningSidecar, Sidecar, SidecarConfig};
