@@ -24,6 +24,8 @@ pub enum StartError {
     NameResolution(#[from] trellis_nameres::ResolveError),
     #[error("invalid components:\n{}", .0.join("\n"))]
     Components(Vec<String>),
+    #[error(transparent)]
+    InvalidAppId(#[from] trellis_nameres::InvalidAppId),
 }
 
 /// Entry point: see [`Sidecar::start`].
@@ -85,7 +87,8 @@ impl Sidecar {
             Some(l) => Some(l.local_addr().map_err(StartError::Listener)?),
             None => None,
         };
-        let me = AppRef::new(config.app_id.clone(), config.namespace.clone());
+        // The CLI has checked both already; a library caller gets the same rule here.
+        let me = AppRef::new(config.app_id.clone(), config.namespace.clone())?;
 
         let registries = crate::components::Registries::default();
         check_components(&config, &registries)?;

@@ -106,6 +106,17 @@ impl ApiError {
         )
     }
 
+    /// A target that is not an app id (`../x`, a URL, 70 characters...): refused before any
+    /// resolver sees it. Dapr's invoke message around the broken rule; the rule's message
+    /// already names the target (quoted, cut short), so the id is not repeated here.
+    pub fn invalid_app_id(err: &trellis_nameres::InvalidAppId) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "ERR_DIRECT_INVOKE",
+            format!("failed to invoke, err: {err}"),
+        )
+    }
+
     pub fn no_app_id() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -59,8 +59,9 @@ async fn app_id_header(State(rt): State<Arc<Runtime>>, req: Request, next: Next)
     let target = req
         .headers()
         .get("dapr-app-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        // Not `to_str`: a value with non-ASCII bytes must be refused as an invalid id, not
+        // ignored as if the header were absent.
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     match target {
         Some(target) => invoke::by_header(&rt, &target, req).await,
         None => next.run(req).await,

@@ -462,6 +462,13 @@ async fn invoke_service_reaches_an_http_app_with_dapr_mapping() {
     req.get_mut().id = "nobody".into();
     let err = c.invoke_service(req).await.unwrap_err();
     assert_status(&err, Code::Internal, "ERR_DIRECT_INVOKE");
+    // Ids are validated as on HTTP, before any resolver runs.
+    for bad in ["../../x", "a/b", "x.", ".x", "http://127.0.0.1:5432"] {
+        let mut req = invoke("x", pbc::http_extension::Verb::Get, "", b"");
+        req.get_mut().id = bad.into();
+        let err = c.invoke_service(req).await.unwrap_err();
+        assert_status(&err, Code::InvalidArgument, "ERR_DIRECT_INVOKE");
+    }
     callee.stop().await;
     caller.stop().await;
 }

@@ -9,6 +9,7 @@ mod grpc;
 mod invoke;
 mod pubsub;
 mod state;
+mod targets;
 
 use tokio::net::TcpListener;
 use trellis_runtime::{

@@ -85,6 +85,9 @@ pub async fn invoke_service(
     if target.is_empty() {
         return Err(to_status(ApiError::no_app_id()));
     }
+    // The one validation of ids, before any resolver runs: INVALID_ARGUMENT when it fails.
+    let app = AppRef::parse(&target, &rt.app.namespace)
+        .map_err(|e| to_status(ApiError::invalid_app_id(&e)))?;
     let message = req.message.unwrap_or_default();
     let mut path_and_query = String::with_capacity(message.method.len() + 16);
     if !message.method.starts_with('/') {
@@ -118,7 +121,6 @@ pub async fn invoke_service(
         headers.insert(http::header::CONTENT_TYPE, ct);
     }
 
-    let app = AppRef::parse(&target, &rt.app.namespace);
     let resp = rt
         .invoker
         .invoke(&app, &path_and_query, http_req)
