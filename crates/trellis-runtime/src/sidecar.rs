@@ -11,7 +11,7 @@ use trellis_nameres::{AppRef, Balancer, BuildContext, Registration};
 use crate::api;
 use crate::config::SidecarConfig;
 use crate::health::{self, Health};
-use crate::invoke::{AppChannel, Caller, Invoker};
+use crate::invoke::{Caller, Invoker};
 use crate::pubsub::PubSubs;
 use crate::runtime::{ComponentSummary, Runtime, RuntimeParts};
 use crate::state::StateStores;
@@ -145,7 +145,7 @@ impl Sidecar {
         let app_channel = config
             .app
             .as_ref()
-            .map(|app| Arc::new(AppChannel::new(app, config.app_api_token.as_deref())));
+            .map(|app| crate::invoke::open_app_channel(app, config.app_api_token.as_deref()));
         let invoker = Invoker::new(
             Caller::new(me.clone()),
             Balancer::new(resolver),

@@ -251,10 +251,13 @@ pub fn parse_protocol(protocol: &str) -> anyhow::Result<trellis_runtime::AppProt
     match protocol {
         "http" => Ok(trellis_runtime::AppProtocol::Http),
         "h2c" => Ok(trellis_runtime::AppProtocol::H2c),
-        "grpc" | "grpcs" | "https" => {
-            bail!("--app-protocol {protocol} is not supported yet; use http or h2c")
+        "grpc" => Ok(trellis_runtime::AppProtocol::Grpc),
+        "grpcs" | "https" => {
+            bail!(
+                "--app-protocol {protocol} (TLS to the app) is not supported yet; use http, h2c or grpc"
+            )
         }
-        other => bail!("unknown --app-protocol {other:?}; expected http or h2c"),
+        other => bail!("unknown --app-protocol {other:?}; expected http, h2c or grpc"),
     }
 }
 
@@ -337,8 +340,9 @@ mod tests {
     fn protocols() {
         assert!(parse_protocol("http").is_ok());
         assert!(parse_protocol("h2c").is_ok());
+        assert!(parse_protocol("grpc").is_ok());
         assert!(
-            parse_protocol("grpc")
+            parse_protocol("grpcs")
                 .unwrap_err()
                 .to_string()
                 .contains("not supported")

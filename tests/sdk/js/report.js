@@ -76,4 +76,16 @@ function clientOptions() {
   };
 }
 
-module.exports = { report, step, describeError, finish, crash, clientOptions };
+// How a DaprServer app serves its sidecar: HTTP, or gRPC (`AppCallback`) when
+// DAPR_PROTOCOL=grpc.
+function serverOptions() {
+  const grpc = process.env.DAPR_PROTOCOL === "grpc";
+  return {
+    serverHost: "127.0.0.1",
+    serverPort: process.env.APP_PORT,
+    communicationProtocol: grpc ? CommunicationProtocolEnum.GRPC : CommunicationProtocolEnum.HTTP,
+    clientOptions: clientOptions(),
+  };
+}
+
+module.exports = { report, step, describeError, finish, crash, clientOptions, serverOptions };

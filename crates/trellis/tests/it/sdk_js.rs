@@ -629,3 +629,40 @@ async fn sdk_grpc_publish_and_publish_bulk_reach_sdk_subscriber() {
     want.extend(expected("bulk", 5));
     wait_received(&report, &t, &want, &sub).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_grpc_server_app_receives_invocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    // The same DaprServer app, serving AppCallback over gRPC (`--app-protocol grpc`).
+    let server = node_app("js-server", dir.path(), &report, "invoke-server.js")
+        .arg("--app-protocol")
+        .arg("grpc")
+        .env("DAPR_PROTOCOL", "grpc")
+        .app_port(free_port())
+        .spawn();
+    server.wait_healthy().await;
+    for protocol in ["http", "grpc"] {
+        let mut client = node_app("js-client", dir.path(), &report, "invoke-client.js")
+            .env("TARGET_APP", "js-server")
+            .env("DAPR_PROTOCOL", protocol)
+            .spawn();
+        report
+            .wait_client("js-client", &mut client, &[&server])
+            .await;
+        let ctx = report.context(&[&client, &server]);
+        let steps = report.steps("js-client");
+        assert_eq!(
+            result(&steps, "post", &ctx),
+            &json!({"echoed": {"hello": "world", "n": 42, "list": [1, 2]}, "by": "js-server"}),
+            "{protocol}: {ctx}"
+        );
+        // The SDK's gRPC server hands the handler the query string without the path.
+        assert_eq!(
+            result(&steps, "get", &ctx)["greeting"],
+            "hello",
+            "{protocol}: {ctx}"
+        );
+        std::fs::remove_file(&report.path).unwrap();
+    }
+}

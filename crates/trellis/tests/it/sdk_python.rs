@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use trellis_test_support::{SidecarBuilder, SubscriberApp, TestApp};
+use trellis_test_support::{SidecarBuilder, SubscriberApp, TestApp, request};
 
 use crate::sdk::{Report, error, result};
 use crate::{PATIENCE, sidecar};
@@ -257,4 +257,130 @@ async fn python_sdk_invokes_an_http_app_over_grpc() {
             .is_some_and(|d| d.starts_with("failed to invoke, id: nobody-here")),
         "{ctx}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpc_app_receives_invocations_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let app = python_app("py-grpc-app", dir.path(), &report, "grpc_app.py")
+        .arg("--app-protocol")
+        .arg("grpc")
+        .app_port(trellis_test_support::free_port())
+        .spawn();
+    app.wait_healthy().await;
+    let caller = sidecar("py-grpc-caller", dir.path()).spawn();
+    caller.wait_healthy().await;
+    let ctx = || report.context(&[&app, &caller]);
+
+    // HTTP caller -> OnInvoke of the gRPC app.
+    let r = request(
+        "POST",
+        &caller.url("/v1.0/invoke/py-grpc-app/method/echo"),
+        &[("content-type", "text/plain")],
+        "hello",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), ctx());
+    assert_eq!(
+        r.json(),
+        json!({"echoed": "hello", "by": "py-grpc-app"}),
+        "{}",
+        ctx()
+    );
+    // gRPC caller (InvokeService) -> OnInvoke.
+    let mut client = trellis_proto::runtime::dapr_client::DaprClient::connect(format!(
+        "http://127.0.0.1:{}",
+        caller.grpc_port
+    ))
+    .await
+    .unwrap();
+    let resp = client
+        .invoke_service(trellis_proto::runtime::InvokeServiceRequest {
+            id: "py-grpc-app".into(),
+            message: Some(trellis_proto::common::InvokeRequest {
+                method: "echo".into(),
+                data: Some(prost_types::Any {
+                    type_url: String::new(),
+                    value: b"over grpc".to_vec(),
+                }),
+                content_type: "text/plain".into(),
+                http_extension: None,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let echoed: Value = serde_json::from_slice(&resp.data.unwrap().value).unwrap();
+    assert_eq!(echoed["echoed"], "over grpc", "{}", ctx());
+    // A method the app does not have: its UNIMPLEMENTED comes back as it was.
+    let err = client
+        .invoke_service(trellis_proto::runtime::InvokeServiceRequest {
+            id: "py-grpc-app".into(),
+            message: Some(trellis_proto::common::InvokeRequest {
+                method: "nope".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    let invoked = report.of("py-grpc-app", "invoked");
+    assert_eq!(invoked.len(), 2, "{}", ctx());
+    assert_eq!(invoked[0]["caller"], "py-grpc-caller", "{}", ctx());
+
+    // Its subscriptions come from ListTopicSubscriptions; events arrive through OnTopicEvent.
+    let published = |topic: &str, body: &str| {
+        let url = caller.url(&format!("/v1.0/publish/pubsub/{topic}"));
+        let body = body.to_string();
+        async move {
+            let r = request("POST", &url, &[("content-type", "application/json")], body).await;
+            assert_eq!(r.status, 204, "{}", r.text());
+        }
+    };
+    published("orders", r#"{"orderId": 1}"#).await;
+    published("orders", r#"{"orderId": 2}"#).await;
+    published("flaky", r#"{"n": 1}"#).await;
+    report
+        .wait("events delivered", &[&app, &caller], PATIENCE, |events| {
+            let orders = events
+                .iter()
+                .filter(|e| e["event"] == "received" && e["topic"] == "orders")
+                .count();
+            let flaky = events
+                .iter()
+                .filter(|e| e["event"] == "received" && e["topic"] == "flaky")
+                .count();
+            orders >= 2 && flaky >= 2
+        })
+        .await;
+    let received = report.of("py-grpc-app", "received");
+    let mut ids: Vec<i64> = received
+        .iter()
+        .filter(|e| e["topic"] == "orders")
+        .filter_map(|e| e["data"]["orderId"].as_i64())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2], "{}", ctx());
+    let order = received.iter().find(|e| e["topic"] == "orders").unwrap();
+    assert_eq!(order["source"], "py-grpc-caller", "{}", ctx());
+    assert_eq!(order["type"], "com.dapr.event.sent", "{}", ctx());
+    // RETRY redelivers the same event, which SUCCESS then settles.
+    let flaky: Vec<&Value> = received.iter().filter(|e| e["topic"] == "flaky").collect();
+    assert_eq!(flaky[0]["first"], true, "{}", ctx());
+    assert_eq!(flaky[1]["first"], false, "{}", ctx());
+    assert_eq!(flaky[0]["id"], flaky[1]["id"], "{}", ctx());
+    // The metadata API lists the subscriptions the app declared over gRPC.
+    let md = request("GET", &app.url("/v1.0/metadata"), &[], "")
+        .await
+        .json();
+    let topics: Vec<&str> = md["subscriptions"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["topic"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        topics.contains(&"orders") && topics.contains(&"flaky"),
+        "{md}"
+    );
+    assert_eq!(md["appConnectionProperties"]["protocol"], "grpc", "{md}");
 }

@@ -142,6 +142,20 @@ pub async fn invoke_service(
         .unwrap_or_default()
         .to_string();
 
+    // A gRPC app's own error status passes through as it was.
+    if let Some(code) = parts
+        .headers
+        .get(super::app_channel::GRPC_STATUS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        let message = parts
+            .headers
+            .get("dapr-grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        return Err(Status::new(Code::from(code), message));
+    }
     if !parts.status.is_success() {
         let text = parts.status.canonical_reason().unwrap_or("Unknown");
         // Dapr keeps at most 63 bytes of the body in the error's metadata.

@@ -5,6 +5,8 @@
 //! RPC decodes its protobuf request into an [`ops`](super::ops) call and encodes the
 //! result; errors become a gRPC status with a `google.rpc.ErrorInfo` detail.
 
+mod app_channel;
+mod convert;
 mod invoke;
 mod service;
 mod status;
@@ -18,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use trellis_proto::runtime::dapr_server::DaprServer;
 
+pub use app_channel::GrpcAppChannel;
 pub use status::to_status;
 
 use crate::runtime::Runtime;
