@@ -23,7 +23,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use trellis_nameres::{AppRef, Balancer, ResolveError};
 
 pub use app_channel::{AppCall, AppChannel, HttpAppChannel, open as open_app_channel};
-pub use headers::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
+pub use headers::{APP_ID, CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
 pub use limit::LimitedBody;
 pub use peers::{Keepalive, PeerPool};
 pub use small::coalesce;

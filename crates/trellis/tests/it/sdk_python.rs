@@ -384,3 +384,73 @@ async fn python_grpc_app_receives_invocations_and_events() {
     );
     assert_eq!(md["appConnectionProperties"]["protocol"], "grpc", "{md}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_with_dapr_app_id_are_proxied_to_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let server = python_app("py-echo", dir.path(), &report, "proxy_server.py")
+        .arg("--app-protocol")
+        .arg("grpc")
+        .app_port(trellis_test_support::free_port())
+        .env("APP_API_TOKEN", "app-secret")
+        .spawn();
+    server.wait_healthy().await;
+    let mut client = python_app("py-proxy-client", dir.path(), &report, "proxy_client.py")
+        .env("TARGET_APP", "py-echo")
+        .spawn();
+    report
+        .wait_client("py-proxy-client", &mut client, &[&server])
+        .await;
+    // The app saw the slow call end when the caller's deadline passed.
+    report
+        .wait(
+            "the slow call to end",
+            &[&server, &client],
+            PATIENCE,
+            |events| events.iter().any(|e| e["event"] == "slow-ended"),
+        )
+        .await;
+    let ctx = report.context(&[&client, &server]);
+    let steps = report.steps("py-proxy-client");
+
+    let unary = result(&steps, "unary", &ctx);
+    assert_eq!(unary["data"], "echo:hello", "{ctx}");
+    assert_eq!(
+        unary["trailers"]["x-served-by"], "py-echo",
+        "trailers pass back\n{ctx}"
+    );
+    let seen = &report.of("py-echo", "unary")[0];
+    assert_eq!(seen["caller"], "py-proxy-client", "{ctx}");
+    assert_eq!(
+        seen["has_token"], true,
+        "APP_API_TOKEN reaches the app\n{ctx}"
+    );
+    assert_eq!(
+        result(&steps, "chat", &ctx),
+        &json!(["re:a", "re:b", "re:c"]),
+        "{ctx}"
+    );
+    assert_eq!(report.of("py-echo", "chat").len(), 3, "{ctx}");
+    let (code, _) = grpc_error(&steps, "deadline", &ctx);
+    assert_eq!(code, "DEADLINE_EXCEEDED", "{ctx}");
+    let started = &report.of("py-echo", "slow-started")[0];
+    assert_eq!(
+        started["deadline_seen"], true,
+        "grpc-timeout reaches the app\n{ctx}"
+    );
+    let ended = &report.of("py-echo", "slow-ended")[0];
+    assert_eq!(
+        ended["active"], false,
+        "the app's call was cancelled\n{ctx}"
+    );
+    let app_error = error(&steps, "app-error", &ctx);
+    assert_eq!(app_error["code"], "FAILED_PRECONDITION", "{ctx}");
+    assert_eq!(app_error["details"], "not now", "{ctx}");
+    let (code, _) = grpc_error(&steps, "unknown-method", &ctx);
+    assert_eq!(code, "UNIMPLEMENTED", "{ctx}");
+    let (code, _) = grpc_error(&steps, "unknown-app", &ctx);
+    assert_eq!(code, "INTERNAL", "{ctx}");
+    let (code, _) = grpc_error(&steps, "bad-app-id", &ctx);
+    assert_eq!(code, "INVALID_ARGUMENT", "{ctx}");
+}

@@ -120,6 +120,46 @@ impl GrpcAppChannel {
         }
     }
 
+    /// Forwards a gRPC call of the app's own services untouched: streams both ways,
+    /// trailers included; dropping the call (the caller cancelled) resets it at the app.
+    async fn proxy(
+        &self,
+        path_and_query: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, InvokeError> {
+        use tower::ServiceExt as _;
+        let (mut parts, body) = req.into_parts();
+        parts.uri = http::Uri::builder()
+            .scheme("http")
+            .authority("app")
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| InvokeError::InvalidMethod(path_and_query.to_string()))?;
+        parts.version = http::Version::HTTP_2;
+        // `te: trailers` is hop-by-hop, so it was stripped on the way; gRPC servers want it.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+        match &self.token {
+            Some(token) => {
+                if let Ok(v) = HeaderValue::from_bytes(token.as_encoded_bytes()) {
+                    parts.headers.insert("dapr-api-token", v);
+                }
+            }
+            None => {
+                parts.headers.remove("dapr-api-token");
+            }
+        }
+        let req = Request::from_parts(parts, tonic::body::Body::new(body));
+        let resp = self
+            .channel
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| InvokeError::AppChannel(format!("cannot reach the grpc app: {e}")))?;
+        Ok(resp.map(Body::new))
+    }
+
     async fn list_subscriptions(&self) -> Result<Response<Body>, InvokeError> {
         let mut client = AppCallbackClient::new(self.channel.clone());
         match client
@@ -239,6 +279,7 @@ impl AppChannel for GrpcAppChannel {
                 self.bulk_topic_event(path_and_query, &pubsub, &topic, req)
                     .await
             }
+            AppCall::GrpcProxy => self.proxy(path_and_query, req).await,
         }
     }
 

@@ -8,6 +8,7 @@
 mod app_channel;
 mod convert;
 mod invoke;
+mod proxy;
 mod service;
 mod status;
 
@@ -31,7 +32,10 @@ use crate::runtime::Runtime;
 /// 1. **catch-panic**: a bug in one RPC answers that RPC with INTERNAL and leaves the
 ///    connection and the sidecar running.
 /// 2. **API logging** (`--enable-api-logging`): every call, the refused ones included.
-/// 3. **API token**: before any RPC runs, as on HTTP; there are no exempt methods.
+/// 3. **API token**: before any RPC runs, as on HTTP; there are no exempt methods, and a
+///    proxied call needs the token too.
+/// 4. **proxy by `dapr-app-id`**: above the RPC dispatch, since a proxied call is for a
+///    service the sidecar does not serve itself.
 pub fn router(rt: Arc<Runtime>) -> Router {
     // Messages over the limit the HTTP API applies (`--max-body-size`) are refused by tonic
     // with OUT_OF_RANGE before any operation runs.
@@ -41,7 +45,11 @@ pub fn router(rt: Arc<Runtime>) -> Router {
     let mut router = tonic::service::Routes::new(dapr)
         .into_axum_router()
         .fallback(unimplemented)
-        .layer(middleware::from_fn(undeclared_rpcs));
+        .layer(middleware::from_fn(undeclared_rpcs))
+        .layer(middleware::from_fn_with_state(
+            rt.clone(),
+            proxy::proxy_by_app_id,
+        ));
     if rt.api_token.is_some() {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
     }
@@ -63,7 +71,7 @@ fn panic_status(panic: Box<dyn std::any::Any + Send>) -> Response {
     )))
 }
 
-fn grpc_response(status: tonic::Status) -> Response {
+pub(super) fn grpc_response(status: tonic::Status) -> Response {
     status.into_http::<axum::body::Body>()
 }
 
