@@ -454,3 +454,51 @@ async fn grpc_calls_with_dapr_app_id_are_proxied_to_the_app() {
     let (code, _) = grpc_error(&steps, "bad-app-id", &ctx);
     assert_eq!(code, "INVALID_ARGUMENT", "{ctx}");
 }
+
+/// `examples/python-sdk`, run as the README says (`trellis run -f`), with the SDK from the
+/// tests' venv instead of the example's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_example_works() {
+    let python = ensure_sdk();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python-sdk");
+    let work = tempfile::tempdir().unwrap();
+    for file in [
+        "python.sh",
+        "requirements.txt",
+        "inventory/app.py",
+        "shop/app.py",
+    ] {
+        let to = work.path().join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(example.join(file), to).unwrap();
+    }
+    // Same file, but on a port of this test's own so parallel runs cannot collide.
+    let port = trellis_test_support::free_port();
+    let run_file = std::fs::read_to_string(example.join("trellis.yaml"))
+        .unwrap()
+        .replace("appPort: 6101", &format!("appPort: {port}"));
+    std::fs::write(work.path().join("trellis.yaml"), run_file).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let run = crate::trellis(
+        &["run", "-f", &work.path().display().to_string()],
+        data.path(),
+    )
+    .env("TRELLIS_EXAMPLE_PYTHON", &python.display().to_string())
+    .spawn();
+    run.wait_output(
+        "order 1 received: [{'name': 'apple', 'count': 3}, {'name': 'pear', 'count': 1}]",
+        PATIENCE,
+    )
+    .await;
+    let out = run.output();
+    for line in [
+        "== APP - shop == cart saved and read back: [{'name': 'apple', 'count': 3}, {'name': 'pear', 'count': 1}]",
+        "== APP - inventory == reserve 3 x apple: ok",
+        "== APP - shop == reserved apple: {'reserved': True, 'left': 2}",
+        "== APP - shop == reserved pear: {'reserved': True, 'left': 1}",
+        "== APP - inventory == order 1 received: [{'name': 'apple', 'count': 3}, {'name': 'pear', 'count': 1}]",
+    ] {
+        assert!(out.contains(line), "{line:?} missing in:\n{out}");
+    }
+    run.signal(nix::sys::signal::Signal::SIGINT);
+}

@@ -68,9 +68,17 @@ fn str_field(event: &Map<String, Value>, key: &str) -> String {
         .to_string()
 }
 
+/// The `data` of a CloudEvent exactly as it was written (key order and spacing kept).
+#[derive(serde::Deserialize)]
+struct RawData<'a> {
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
 /// The data of a CloudEvent as bytes: `data_base64` decoded, a string as its text when the
-/// content type is not JSON, anything else as JSON text.
-fn event_data(event: &Map<String, Value>, content_type: &str) -> Vec<u8> {
+/// content type is not JSON, anything else as JSON text (`raw`, when given, is that text as
+/// the publisher wrote it).
+fn event_data(event: &Map<String, Value>, content_type: &str, raw: Option<&str>) -> Vec<u8> {
     if let Some(b64) = event.get("data_base64").and_then(Value::as_str) {
         return base64::engine::general_purpose::STANDARD
             .decode(b64)
@@ -81,7 +89,7 @@ fn event_data(event: &Map<String, Value>, content_type: &str) -> Vec<u8> {
         Some(Value::String(s)) if !crate::cloudevent::is_json_type(content_type) => {
             s.clone().into_bytes()
         }
-        Some(v) => v.to_string().into_bytes(),
+        Some(v) => raw.map_or_else(|| v.to_string().into_bytes(), |r| r.as_bytes().to_vec()),
     }
 }
 
@@ -98,12 +106,15 @@ pub fn topic_event(
     match parsed.filter(|e| e.contains_key("specversion")) {
         Some(event) => {
             let data_content_type = str_field(&event, "datacontenttype");
+            let raw = serde_json::from_slice::<RawData<'_>>(body)
+                .ok()
+                .and_then(|r| r.data.map(|d| d.get()));
             pb::TopicEventRequest {
                 id: str_field(&event, "id"),
                 source: str_field(&event, "source"),
                 r#type: str_field(&event, "type"),
                 spec_version: str_field(&event, "specversion"),
-                data: event_data(&event, &data_content_type),
+                data: event_data(&event, &data_content_type, raw),
                 data_content_type,
                 topic: topic.to_string(),
                 pubsub_name: pubsub.to_string(),
@@ -145,7 +156,7 @@ pub fn bulk_event(
                         source: str_field(ce, "source"),
                         r#type: str_field(ce, "type"),
                         spec_version: str_field(ce, "specversion"),
-                        data: event_data(ce, &data_content_type),
+                        data: event_data(ce, &data_content_type, None),
                         data_content_type,
                         extensions: Some(extensions(ce)),
                     })
