@@ -53,7 +53,7 @@ async fn accept_loop(listener: TcpListener) -> Result<()> {
     }
 }
 
-async fn parent_gone() {
+pub(crate) async fn parent_gone() {
     // Blocking read on a blocking-pool thread: the workspace's tokio has no
     // `io-std` feature, and this is one idle read for the whole process.
     let _ = tokio::task::spawn_blocking(|| {

@@ -13,9 +13,14 @@
 //! `trellis-bench pubsub` measures pub/sub throughput, publish latency and
 //! publish→delivery latency through two sidecars against the brokers used
 //! directly, for the embedded SQLite broker and NATS JetStream (see `pubsub.rs`).
+//!
+//! `trellis-bench grpc` measures gRPC invocation (proxied with `dapr-app-id`, and
+//! `InvokeService`) through two sidecars against a direct gRPC call, beside the HTTP path
+//! in the same run (see `grpc.rs`).
 
 mod direct;
 mod echo;
+mod grpc;
 mod load;
 mod nginx;
 mod procs;
@@ -52,6 +57,15 @@ enum Cmd {
     State(state::StateArgs),
     /// Pub/sub: throughput and latency through sidecars vs. the brokers used directly.
     Pubsub(pubsub::PubsubArgs),
+    /// gRPC invocation (proxied and InvokeService) through two sidecars vs. direct, beside
+    /// the HTTP path.
+    Grpc(grpc::GrpcArgs),
+    /// The gRPC echo app used by `grpc` (the bench starts it itself).
+    #[command(hide = true)]
+    GrpcEchoServer {
+        #[arg(long)]
+        port: u16,
+    },
     /// The echo app used as the target (the bench starts it itself).
     #[command(hide = true)]
     EchoServer {
@@ -114,6 +128,17 @@ fn main() -> Result<()> {
         Cmd::State(args) => rt.block_on(async {
             tokio::select! {
                 res = state::run(args) => res,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            }
+        }),
+        Cmd::GrpcEchoServer { port } => {
+            let res = rt.block_on(grpc::serve_echo(port));
+            rt.shutdown_background();
+            res
+        }
+        Cmd::Grpc(args) => rt.block_on(async {
+            tokio::select! {
+                res = grpc::run(args) => res,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             }
         }),

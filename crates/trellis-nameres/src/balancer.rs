@@ -161,7 +161,7 @@ mod tests {
             calls: calls.clone(),
             addrs: vec![addr(2), addr(1)],
         }));
-        let app = AppRef::new("a", "default");
+        let app = AppRef::new("a", "default").unwrap();
         let first: Vec<_> = balancer.candidates(&app).await.unwrap().iter().collect();
         let second: Vec<_> = balancer.candidates(&app).await.unwrap().iter().collect();
         assert_eq!(first.len(), 2);
@@ -187,7 +187,7 @@ mod tests {
             calls: calls.clone(),
             addrs: vec![],
         }));
-        let app = AppRef::new("a", "default");
+        let app = AppRef::new("a", "default").unwrap();
         assert!(balancer.candidates(&app).await.unwrap().is_empty());
         assert!(balancer.candidates(&app).await.unwrap().is_empty());
         assert_eq!(calls.load(Ordering::SeqCst), 2);

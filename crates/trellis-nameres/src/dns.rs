@@ -51,6 +51,8 @@ impl DnsResolver {
         Ok(Self { template, port })
     }
 
+    /// The template filled in. An `AppRef` holds only letters, digits, `-` and `_`, so a
+    /// substituted id can never add a port, a path or another host to the template.
     fn host_for(&self, app: &AppRef) -> String {
         let host = self
             .template
@@ -102,15 +104,18 @@ mod tests {
     fn fills_the_template() {
         let r = DnsResolver::from_config(&json!({"template": "{appid}.{namespace}.svc"})).unwrap();
         assert_eq!(
-            r.host_for(&AppRef::new("orders", "prod")),
+            r.host_for(&AppRef::new("orders", "prod").unwrap()),
             "orders.prod.svc:50002"
         );
         let r =
             DnsResolver::from_config(&json!({"template": "{appid}.svc:7000", "port": 1})).unwrap();
-        assert_eq!(r.host_for(&AppRef::new("a", "b")), "a.svc:7000");
+        assert_eq!(r.host_for(&AppRef::new("a", "b").unwrap()), "a.svc:7000");
         let r =
             DnsResolver::from_config(&json!({"template": "localhost", "port": "4000"})).unwrap();
-        assert_eq!(r.host_for(&AppRef::new("a", "b")), "localhost:4000");
+        assert_eq!(
+            r.host_for(&AppRef::new("a", "b").unwrap()),
+            "localhost:4000"
+        );
     }
 
     #[test]
@@ -122,7 +127,10 @@ mod tests {
     #[tokio::test]
     async fn resolves_localhost() {
         let r = DnsResolver::from_config(&json!({"template": "localhost", "port": 4000})).unwrap();
-        let addrs = r.resolve(&AppRef::new("a", "default")).await.unwrap();
+        let addrs = r
+            .resolve(&AppRef::new("a", "default").unwrap())
+            .await
+            .unwrap();
         assert!(
             addrs
                 .iter()

@@ -10,15 +10,26 @@
 //! Plain files were chosen over an embedded database or multicast (Dapr's mDNS) because
 //! they need no daemon, survive any crash, work without a network, and can be inspected
 //! with `ls` and `cat`.
+//!
+//! Paths: the namespace and app id directories are built only from ids that pass
+//! [`crate::validate_app_id`] and [`crate::validate_namespace`] (checked again here, not
+//! only when the `AppRef` was made), and every path read, written or removed is checked to
+//! lie inside the registry directory, in release builds too: ids come from API callers, and
+//! an id such as `../../x` or an absolute path would otherwise point the resolver at
+//! "entries" anywhere on the machine. Entry files must be regular files, so a symlink in the
+//! registry is never followed to a file elsewhere.
 
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AppRef, BoxFuture, NameResolver, Registration, ResolveError};
+use crate::{
+    AppRef, BoxFuture, NameResolver, Registration, ResolveError, validate_app_id,
+    validate_namespace,
+};
 
 /// One registry file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,10 +76,10 @@ impl LocalRegistry {
                     http_address: me.http_address,
                     app_port: me.app_port,
                 };
-                let app_dir = dir.join(&me.app.namespace).join(&me.app.app_id);
+                let app_dir = app_dir(dir, &me.app)?;
                 fs::create_dir_all(&app_dir).map_err(|e| register_err(&app_dir, e))?;
                 let path = app_dir.join(format!("{pid}-{}.json", me.internal_address.port()));
-                write_atomically(&path, &entry).map_err(|e| register_err(&path, e))?;
+                write_atomically(dir, &path, &entry).map_err(|e| register_err(&path, e))?;
                 tracing::debug!(path = %path.display(), "registered in the local registry");
                 Some(path)
             }
@@ -81,15 +92,15 @@ impl LocalRegistry {
 
     /// The live entries of one app.
     pub fn entries(&self, app: &AppRef) -> Result<Vec<Entry>, ResolveError> {
-        read_app_dir(&self.dir.join(&app.namespace).join(&app.app_id))
+        read_app_dir(&self.dir, &app_dir(&self.dir, app)?)
     }
 
     /// Every live entry of every app, for `trellis list`.
     pub fn all_entries(&self) -> Result<Vec<Entry>, ResolveError> {
         let mut out = Vec::new();
-        for ns in subdirs(&self.dir)? {
-            for app in subdirs(&ns)? {
-                out.extend(read_app_dir(&app)?);
+        for ns in subdirs(&self.dir, &self.dir)? {
+            for app in subdirs(&self.dir, &ns)? {
+                out.extend(read_app_dir(&self.dir, &app)?);
             }
         }
         out.sort_by(|a, b| (&a.namespace, &a.app_id, a.pid).cmp(&(&b.namespace, &b.app_id, b.pid)));
@@ -129,7 +140,38 @@ impl NameResolver for LocalRegistry {
     }
 }
 
-fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, ResolveError> {
+/// `<registry>/<namespace>/<app-id>`, from ids that are valid (checked again: the fields of
+/// an `AppRef` are public) and a result that is checked to stay inside the registry.
+fn app_dir(registry: &Path, app: &AppRef) -> Result<PathBuf, ResolveError> {
+    validate_namespace(&app.namespace)?;
+    validate_app_id(&app.app_id)?;
+    let path = registry.join(&app.namespace).join(&app.app_id);
+    inside(registry, &path)?;
+    Ok(path)
+}
+
+/// Whether `path` is `registry` followed by plain names only: no `..`, no root or prefix.
+/// (`components` already skips interior `.`, which stays where it is.)
+/// Purely lexical, so it costs nothing per lookup; symlinks are handled where files are read.
+/// Not a `debug_assert`: this is the check that keeps a bad id from reaching the rest of the
+/// file system, so release builds run it too.
+fn inside(registry: &Path, path: &Path) -> Result<(), ResolveError> {
+    let plain = path
+        .strip_prefix(registry)
+        .is_ok_and(|rest| rest.components().all(|c| matches!(c, Component::Normal(_))));
+    if plain {
+        Ok(())
+    } else {
+        tracing::error!(path = %path.display(), registry = %registry.display(), "registry path outside the registry refused");
+        Err(ResolveError::OutsideRegistry {
+            path: path.display().to_string(),
+            dir: registry.display().to_string(),
+        })
+    }
+}
+
+fn subdirs(registry: &Path, dir: &Path) -> Result<Vec<PathBuf>, ResolveError> {
+    inside(registry, dir)?;
     let read = match fs::read_dir(dir) {
         Ok(read) => read,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -147,7 +189,8 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, ResolveError> {
         .collect())
 }
 
-fn read_app_dir(dir: &Path) -> Result<Vec<Entry>, ResolveError> {
+fn read_app_dir(registry: &Path, dir: &Path) -> Result<Vec<Entry>, ResolveError> {
+    inside(registry, dir)?;
     let read = match fs::read_dir(dir) {
         Ok(read) => read,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -162,6 +205,12 @@ fn read_app_dir(dir: &Path) -> Result<Vec<Entry>, ResolveError> {
     for file in read.filter_map(Result::ok) {
         let path = file.path();
         if path.extension().is_none_or(|ext| ext != "json") {
+            continue;
+        }
+        // Sidecars write regular files; a symlink could lead anywhere. (`file_type` does
+        // not follow links.)
+        if !file.file_type().is_ok_and(|t| t.is_file()) || inside(registry, &path).is_err() {
+            tracing::debug!(path = %path.display(), "ignoring registry entry that is not a plain file");
             continue;
         }
         // A file that vanished or is unreadable belongs to a sidecar that is stopping.
@@ -180,8 +229,11 @@ fn read_app_dir(dir: &Path) -> Result<Vec<Entry>, ResolveError> {
     Ok(live)
 }
 
-fn write_atomically(path: &Path, entry: &Entry) -> io::Result<()> {
+fn write_atomically(registry: &Path, path: &Path, entry: &Entry) -> io::Result<()> {
     let tmp = path.with_extension("json.tmp");
+    for p in [path, tmp.as_path()] {
+        inside(registry, p).map_err(io::Error::other)?;
+    }
     let bytes = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
     fs::write(&tmp, bytes)?;
     fs::rename(&tmp, path)
@@ -216,7 +268,7 @@ mod tests {
 
     fn reg(app: &str, port: u16) -> Registration {
         Registration {
-            app: AppRef::new(app, "default"),
+            app: AppRef::new(app, "default").unwrap(),
             internal_address: SocketAddr::from(([127, 0, 0, 1], port)),
             http_address: None,
             app_port: None,
@@ -228,14 +280,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let me = LocalRegistry::open(dir.path(), Some(reg("orders", 4001))).unwrap();
         let reader = LocalRegistry::open(dir.path(), None).unwrap();
-        let app = AppRef::new("orders", "default");
+        let app = AppRef::new("orders", "default").unwrap();
         assert_eq!(
             reader.resolve(&app).await.unwrap(),
             vec![SocketAddr::from(([127, 0, 0, 1], 4001))]
         );
         assert!(
             reader
-                .resolve(&AppRef::new("orders", "other"))
+                .resolve(&AppRef::new("orders", "other").unwrap())
                 .await
                 .unwrap()
                 .is_empty()
@@ -261,17 +313,118 @@ mod tests {
             app_port: None,
         };
         let path = app_dir.join("stale.json");
-        write_atomically(&path, &stale).unwrap();
+        write_atomically(dir.path(), &path, &stale).unwrap();
         fs::write(app_dir.join("garbage.json"), b"{not json").unwrap();
         let reader = LocalRegistry::open(dir.path(), None).unwrap();
         assert!(
             reader
-                .resolve(&AppRef::new("orders", "default"))
+                .resolve(&AppRef::new("orders", "default").unwrap())
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert!(!path.exists(), "dead entry swept");
+    }
+
+    /// A live entry for `addr`, as a sidecar of this process would write it.
+    fn live_entry(app_id: &str, addr: SocketAddr) -> Entry {
+        let pid = std::process::id();
+        Entry {
+            app_id: app_id.into(),
+            namespace: "default".into(),
+            pid,
+            process_start: process_start(pid),
+            internal_address: addr,
+            http_address: None,
+            app_port: None,
+        }
+    }
+
+    #[test]
+    fn paths_stay_inside_the_registry() {
+        let reg = Path::new("/data/registry");
+        assert!(inside(reg, &reg.join("default").join("orders")).is_ok());
+        for bad in [
+            "/data/registry/../decoy",
+            "/data/decoy",
+            "/etc",
+            "relative/registry/x",
+        ] {
+            assert!(inside(reg, Path::new(bad)).is_err(), "{bad}");
+        }
+        // `join` with an absolute component replaces the base: refused, not followed.
+        #[expect(
+            clippy::join_absolute_paths,
+            reason = "the replacement is what is tested"
+        )]
+        let replaced = reg.join("/etc");
+        assert!(inside(reg, &replaced).is_err());
+    }
+
+    /// An `AppRef` whose public fields were changed after validation still cannot reach the
+    /// decoy entries beside the registry directory.
+    #[tokio::test]
+    async fn ids_changed_after_validation_are_checked_again() {
+        let data = tempfile::tempdir().unwrap();
+        let registry = data.path().join("registry");
+        let decoy = data.path().join("decoy");
+        fs::create_dir_all(&decoy).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 4999));
+        let entry = live_entry("decoy", addr);
+        fs::write(decoy.join("x.json"), serde_json::to_vec(&entry).unwrap()).unwrap();
+        let reader = LocalRegistry::open(&registry, None).unwrap();
+        let decoy_abs = decoy.display().to_string();
+        for (id, ns) in [
+            ("decoy", ".."),
+            ("../decoy", "default"),
+            (decoy_abs.as_str(), "default"),
+            ("x", decoy_abs.as_str()),
+        ] {
+            let mut app = AppRef::new("placeholder", "default").unwrap();
+            app.app_id = id.into();
+            app.namespace = ns.into();
+            let err = reader.resolve(&app).await.unwrap_err();
+            assert!(
+                matches!(err, ResolveError::InvalidApp(_)),
+                "{id} {ns}: {err}"
+            );
+        }
+        assert!(
+            LocalRegistry::open(
+                &registry,
+                Some(Registration {
+                    app: AppRef {
+                        app_id: "..".into(),
+                        namespace: "default".into()
+                    },
+                    ..reg("x", 1)
+                })
+            )
+            .is_err()
+        );
+        assert!(
+            !registry.join("default").exists(),
+            "nothing created for the bad id"
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn symlinked_entries_are_not_followed() {
+        let data = tempfile::tempdir().unwrap();
+        let registry = data.path().join("registry");
+        let app_dir = registry.join("default").join("orders");
+        fs::create_dir_all(&app_dir).unwrap();
+        let outside = data.path().join("outside.json");
+        let entry = live_entry("orders", SocketAddr::from(([127, 0, 0, 1], 4998)));
+        fs::write(&outside, serde_json::to_vec(&entry).unwrap()).unwrap();
+        std::os::unix::fs::symlink(&outside, app_dir.join("link.json")).unwrap();
+        let reader = LocalRegistry::open(&registry, None).unwrap();
+        let orders = AppRef::new("orders", "default").unwrap();
+        assert!(reader.resolve(&orders).await.unwrap().is_empty());
+        // The same file, copied in as a regular file, is a live entry: the test can fail.
+        fs::copy(&outside, app_dir.join("real.json")).unwrap();
+        assert_eq!(reader.resolve(&orders).await.unwrap().len(), 1);
     }
 
     #[test]

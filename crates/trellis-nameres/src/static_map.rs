@@ -58,7 +58,11 @@ impl StaticResolver {
                     )));
                 }
             }
-            map.insert(AppRef::parse(id, DEFAULT_NAMESPACE), list);
+            // Keys are app ids like any other: checked by the one rule, so that a typo such
+            // as `orders/prod` fails here instead of never matching.
+            let app = AppRef::parse(id, DEFAULT_NAMESPACE)
+                .map_err(|e| invalid(format!("static: apps: {e}")))?;
+            map.insert(app, list);
         }
         Ok(Self { apps: map })
     }
@@ -108,12 +112,18 @@ mod tests {
             "billing.prod": "127.0.0.1:6000"
         }}))
         .unwrap();
-        let orders = r.resolve(&AppRef::new("orders", "default")).await.unwrap();
+        let orders = r
+            .resolve(&AppRef::new("orders", "default").unwrap())
+            .await
+            .unwrap();
         assert_eq!(orders.len(), 2);
-        let billing = r.resolve(&AppRef::new("billing", "prod")).await.unwrap();
+        let billing = r
+            .resolve(&AppRef::new("billing", "prod").unwrap())
+            .await
+            .unwrap();
         assert_eq!(billing, vec!["127.0.0.1:6000".parse().unwrap()]);
         assert!(
-            r.resolve(&AppRef::new("billing", "default"))
+            r.resolve(&AppRef::new("billing", "default").unwrap())
                 .await
                 .unwrap()
                 .is_empty()
@@ -125,5 +135,11 @@ mod tests {
         assert!(StaticResolver::from_config(&json!({})).is_err());
         assert!(StaticResolver::from_config(&json!({"apps": {"a": 5}})).is_err());
         assert!(StaticResolver::from_config(&json!({"apps": {"a": ["nohost"]}})).is_err());
+        for key in ["", "a/b", "a.b.c", ".x", "../x"] {
+            let err = StaticResolver::from_config(&json!({"apps": {key: "127.0.0.1:1"}}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("invalid app id"), "{key:?}: {err}");
+        }
     }
 }

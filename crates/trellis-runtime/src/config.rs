@@ -73,6 +73,8 @@ pub enum AppProtocol {
     Http,
     /// HTTP/2 without TLS (`h2c`).
     H2c,
+    /// gRPC without TLS (`grpc`): the app serves Dapr's `AppCallback` services.
+    Grpc,
 }
 
 impl AppProtocol {
@@ -80,6 +82,7 @@ impl AppProtocol {
         match self {
             AppProtocol::Http => "http",
             AppProtocol::H2c => "h2c",
+            AppProtocol::Grpc => "grpc",
         }
     }
 }

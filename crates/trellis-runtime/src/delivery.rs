@@ -31,7 +31,7 @@ use crate::Body;
 use crate::api::callbacks::{self, AppVerdict, BulkEntry};
 use crate::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
 use crate::config::DeliveryPolicy;
-use crate::invoke::AppChannel;
+use crate::invoke::{AppCall, AppChannel};
 use crate::pubsub::PubSubComponent;
 use crate::runtime::Runtime;
 use crate::subscriptions::{self, ActiveSubscription};
@@ -55,7 +55,7 @@ const BROKER_RETRY: Duration = Duration::from_secs(1);
 /// Everything one subscription loop needs.
 struct Loop {
     rt: Arc<Runtime>,
-    channel: Arc<AppChannel>,
+    channel: Arc<dyn AppChannel>,
     sub: ActiveSubscription,
     component: Arc<PubSubComponent>,
     policy: DeliveryPolicy,
@@ -65,7 +65,7 @@ struct Loop {
 /// already validated declarative subscriptions.
 pub async fn run(
     rt: Arc<Runtime>,
-    channel: Arc<AppChannel>,
+    channel: Arc<dyn AppChannel>,
     declarative: Vec<ActiveSubscription>,
     policy: DeliveryPolicy,
     graceful: Duration,
@@ -76,7 +76,7 @@ pub async fn run(
         _ = stop.wait_for(|s| *s) => return,
     }
     let programmatic = tokio::select! {
-        subs = programmatic(&rt, &channel) => subs,
+        subs = programmatic(&rt, channel.as_ref()) => subs,
         _ = stop.wait_for(|s| *s) => return,
     };
     let mut subs: Vec<ActiveSubscription> = Vec::new();
@@ -116,15 +116,16 @@ pub async fn run(
 
 /// The app's `GET /dapr/subscribe`, compiled; problems are logged, never fatal (the app
 /// keeps its other subscriptions and its invocations).
-async fn programmatic(rt: &Runtime, channel: &AppChannel) -> Vec<ActiveSubscription> {
+async fn programmatic(rt: &Runtime, channel: &dyn AppChannel) -> Vec<ActiveSubscription> {
     // The app just answered its readiness check, but a connection can still fail once;
     // a few tries keep one hiccup from costing the app all its subscriptions.
     let mut tries = 0;
     let resp = loop {
         tries += 1;
-        let req = Request::get("/dapr/subscribe")
+        let mut req = Request::get("/dapr/subscribe")
             .body(Body::empty())
             .unwrap_or_default();
+        req.extensions_mut().insert(AppCall::ListSubscriptions);
         match channel.call("/dapr/subscribe", req).await {
             Ok(resp) => break resp,
             Err(e) if tries >= SUBSCRIBE_TRIES => {
@@ -398,10 +399,14 @@ impl Loop {
             let ids: Vec<&str> = entries.iter().map(|e| e.entry_id).collect();
             let id = uuid::Uuid::new_v4().to_string();
             let body = callbacks::bulk_envelope(&id, &spec.pubsub, &spec.topic, &entries);
-            let answers = match Request::post(path)
+            let request = Request::post(path)
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body))
-            {
+                .extension(AppCall::BulkTopicEvent {
+                    pubsub: spec.pubsub.clone(),
+                    topic: spec.topic.clone(),
+                })
+                .body(Body::from(body));
+            let answers = match request {
                 Err(e) => {
                     vec![AppVerdict::Retry(format!("cannot build the request: {e}")); ids.len()]
                 }
@@ -488,10 +493,14 @@ impl Loop {
         if let Some(tp) = &glance.traceparent {
             builder = builder.header("traceparent", tp.as_str());
         }
-        let req = match builder.body(Body::from(msg.data.clone())) {
+        let mut req = match builder.body(Body::from(msg.data.clone())) {
             Ok(r) => r,
             Err(e) => return AppVerdict::Retry(format!("cannot build the request: {e}")),
         };
+        req.extensions_mut().insert(AppCall::TopicEvent {
+            pubsub: self.sub.spec.pubsub.clone(),
+            topic: self.sub.spec.topic.clone(),
+        });
         match self.channel.call(path, req).await {
             Ok(resp) => {
                 let status = resp.status();

@@ -81,7 +81,11 @@ impl Health {
 }
 
 /// Waits for the app to come up, then (with health checks on) keeps probing it.
-pub async fn watch_app(health: Arc<Health>, config: AppChannelConfig, channel: Arc<AppChannel>) {
+pub async fn watch_app(
+    health: Arc<Health>,
+    config: AppChannelConfig,
+    channel: Arc<dyn AppChannel>,
+) {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(5);
     let mut next_notice = Duration::from_secs(2);
@@ -113,10 +117,10 @@ pub async fn watch_app(health: Arc<Health>, config: AppChannelConfig, channel: A
     let Some(check) = config.health_check else {
         return;
     };
-    probe_forever(&health, &check, &channel).await;
+    probe_forever(&health, &check, channel.as_ref()).await;
 }
 
-async fn probe_forever(health: &Health, check: &AppHealthCheck, channel: &AppChannel) {
+async fn probe_forever(health: &Health, check: &AppHealthCheck, channel: &dyn AppChannel) {
     let mut failures = 0u32;
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -5,9 +5,10 @@
 //!   app ──HTTP──▶ api::router ──▶ invoke::Invoker ──h2c──▶ peer's internal server ──HTTP──▶ peer's app
 //! ```
 //!
-//! [`Sidecar::start`] wires everything together from a [`SidecarConfig`] and two listeners the
-//! caller bound (so tests can use port 0). Only the [`api`] module knows Dapr's wire JSON and
-//! error codes; [`invoke`] deals in `http` types and its own error enum.
+//! [`Sidecar::serve`] wires everything together from a [`SidecarConfig`] and the listeners the
+//! caller bound (so tests can use port 0). Only the [`api`] module knows Dapr's wire formats
+//! (JSON over HTTP, protobuf over gRPC) and error codes; [`invoke`] deals in `http` types and
+//! its own error enum.
 
 pub mod api;
 pub mod cel;
@@ -27,7 +28,7 @@ pub mod state;
 pub mod subscriptions;
 
 pub use config::{AppChannelConfig, AppHealthCheck, AppProtocol, DeliveryPolicy, SidecarConfig};
-pub use sidecar::{RunningSidecar, Sidecar, StartError};
+pub use sidecar::{Listeners, RunningSidecar, Sidecar, StartError};
 
 /// The body type used throughout the sidecar.
 pub type Body = axum::body::Body;

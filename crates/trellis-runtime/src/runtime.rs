@@ -52,7 +52,7 @@ pub struct ComponentSummary {
 pub struct Runtime {
     pub app: AppRef,
     pub invoker: Invoker,
-    pub app_channel: Option<Arc<AppChannel>>,
+    pub app_channel: Option<Arc<dyn AppChannel>>,
     pub app_config: Option<AppChannelConfig>,
     pub health: Arc<Health>,
     pub state: StateStores,
@@ -74,7 +74,7 @@ pub struct Runtime {
 pub struct RuntimeParts {
     pub app: AppRef,
     pub invoker: Invoker,
-    pub app_channel: Option<Arc<AppChannel>>,
+    pub app_channel: Option<Arc<dyn AppChannel>>,
     pub app_config: Option<AppChannelConfig>,
     pub health: Arc<Health>,
     pub state: StateStores,

@@ -11,7 +11,7 @@ use trellis_nameres::{AppRef, Balancer, BuildContext, Registration};
 use crate::api;
 use crate::config::SidecarConfig;
 use crate::health::{self, Health};
-use crate::invoke::{AppChannel, Caller, Invoker};
+use crate::invoke::{Caller, Invoker};
 use crate::pubsub::PubSubs;
 use crate::runtime::{ComponentSummary, Runtime, RuntimeParts};
 use crate::state::StateStores;
@@ -24,17 +24,31 @@ pub enum StartError {
     NameResolution(#[from] trellis_nameres::ResolveError),
     #[error("invalid components:\n{}", .0.join("\n"))]
     Components(Vec<String>),
+    #[error(transparent)]
+    InvalidAppId(#[from] trellis_nameres::InvalidAppId),
 }
 
 /// Entry point: see [`Sidecar::start`].
 #[derive(Debug)]
 pub struct Sidecar;
 
+/// The sockets a sidecar serves, bound by the caller (so tests can use port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The Dapr HTTP API.
+    pub http: TcpListener,
+    /// The sidecar-to-sidecar port.
+    pub internal: TcpListener,
+    /// The Dapr gRPC API; `None` serves none.
+    pub grpc: Option<TcpListener>,
+}
+
 /// A started sidecar. Dropping it without [`RunningSidecar::stop`] aborts its servers.
 #[derive(Debug)]
 pub struct RunningSidecar {
     pub http_addr: SocketAddr,
     pub internal_addr: SocketAddr,
+    pub grpc_addr: Option<SocketAddr>,
     runtime: Arc<Runtime>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -49,9 +63,32 @@ impl Sidecar {
         http: TcpListener,
         internal: TcpListener,
     ) -> Result<RunningSidecar, StartError> {
+        let listeners = Listeners {
+            http,
+            internal,
+            grpc: None,
+        };
+        Self::serve(config, listeners).await
+    }
+
+    /// As [`Sidecar::start`], also serving the gRPC API when `listeners.grpc` is given.
+    pub async fn serve(
+        config: SidecarConfig,
+        listeners: Listeners,
+    ) -> Result<RunningSidecar, StartError> {
+        let Listeners {
+            http,
+            internal,
+            grpc,
+        } = listeners;
         let http_addr = http.local_addr().map_err(StartError::Listener)?;
         let internal_addr = internal.local_addr().map_err(StartError::Listener)?;
-        let me = AppRef::new(config.app_id.clone(), config.namespace.clone());
+        let grpc_addr = match &grpc {
+            Some(l) => Some(l.local_addr().map_err(StartError::Listener)?),
+            None => None,
+        };
+        // The CLI has checked both already; a library caller gets the same rule here.
+        let me = AppRef::new(config.app_id.clone(), config.namespace.clone())?;
 
         let registries = crate::components::Registries::default();
         check_components(&config, &registries)?;
@@ -108,7 +145,7 @@ impl Sidecar {
         let app_channel = config
             .app
             .as_ref()
-            .map(|app| Arc::new(AppChannel::new(app, config.app_api_token.as_deref())));
+            .map(|app| crate::invoke::open_app_channel(app, config.app_api_token.as_deref()));
         let invoker = Invoker::new(
             Caller::new(me.clone()),
             Balancer::new(resolver),
@@ -162,6 +199,14 @@ impl Sidecar {
             stopped(&stop),
             config.graceful_shutdown,
         ));
+        if let Some(grpc) = grpc {
+            tasks.spawn(crate::server::serve(
+                grpc,
+                api::grpc::router(runtime.clone()),
+                stopped(&stop),
+                config.graceful_shutdown,
+            ));
+        }
         tasks.spawn(crate::server::serve(
             internal,
             api::internal_router(runtime.clone()),
@@ -201,6 +246,7 @@ impl Sidecar {
         tracing::info!(
             app_id = %runtime.app.app_id,
             http = %http_addr,
+            grpc = ?grpc_addr,
             internal = %internal_addr,
             resolver = runtime.invoker.resolver_kind(),
             "sidecar started"
@@ -208,6 +254,7 @@ impl Sidecar {
         Ok(RunningSidecar {
             http_addr,
             internal_addr,
+            grpc_addr,
             runtime,
             stop,
             tasks,

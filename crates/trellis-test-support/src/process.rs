@@ -110,6 +110,7 @@ pub struct SidecarBuilder {
     command: Vec<String>,
     cwd: Option<PathBuf>,
     http_port: u16,
+    grpc_port: u16,
     data_dir: PathBuf,
 }
 
@@ -117,6 +118,7 @@ impl SidecarBuilder {
     /// A sidecar for `app_id` sharing the registry under `data_dir` with its peers.
     pub fn new(bin: impl AsRef<Path>, app_id: &str, data_dir: &Path) -> Self {
         let http_port = free_port();
+        let grpc_port = free_port();
         Self {
             bin: bin.as_ref().to_path_buf(),
             args: vec![
@@ -125,6 +127,8 @@ impl SidecarBuilder {
                 app_id.into(),
                 "--dapr-http-port".into(),
                 http_port.to_string(),
+                "--dapr-grpc-port".into(),
+                grpc_port.to_string(),
                 "--dapr-internal-grpc-port".into(),
                 "0".into(),
                 "--data-dir".into(),
@@ -134,6 +138,7 @@ impl SidecarBuilder {
             command: Vec::new(),
             cwd: None,
             http_port,
+            grpc_port,
             data_dir: data_dir.to_path_buf(),
         }
     }
@@ -147,6 +152,7 @@ impl SidecarBuilder {
             command: Vec::new(),
             cwd: None,
             http_port: 0,
+            grpc_port: 0,
             data_dir: data_dir.to_path_buf(),
         }
     }
@@ -229,6 +235,7 @@ impl SidecarBuilder {
         Sidecar {
             child,
             http_port: self.http_port,
+            grpc_port: self.grpc_port,
             output,
             exit: None,
         }
@@ -271,6 +278,8 @@ impl Output {
 pub struct Sidecar {
     child: Child,
     pub http_port: u16,
+    /// The Dapr gRPC port, when the builder chose it (0 otherwise).
+    pub grpc_port: u16,
     output: Output,
     exit: Option<std::process::ExitStatus>,
 }

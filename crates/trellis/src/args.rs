@@ -150,7 +150,7 @@ impl RunArgs {
     }
 
     fn app_plan(&self, app_id: String) -> anyhow::Result<AppPlan> {
-        validate_app_id(&app_id)?;
+        validate_app_id(&app_id, "--app-id")?;
         let health_flags = self.app_health_check_path.is_some()
             || self.app_health_probe_interval.is_some()
             || self.app_health_probe_timeout.is_some()
@@ -174,7 +174,7 @@ impl RunArgs {
         };
         Ok(AppPlan {
             app_id,
-            namespace: namespace(),
+            namespace: namespace()?,
             app_port: self.app_port,
             app_protocol: parse_protocol(&self.app_protocol)?,
             app_channel_address: self.app_channel_address.clone(),
@@ -251,29 +251,20 @@ pub fn parse_protocol(protocol: &str) -> anyhow::Result<trellis_runtime::AppProt
     match protocol {
         "http" => Ok(trellis_runtime::AppProtocol::Http),
         "h2c" => Ok(trellis_runtime::AppProtocol::H2c),
-        "grpc" | "grpcs" | "https" => {
-            bail!("--app-protocol {protocol} is not supported yet; use http or h2c")
+        "grpc" => Ok(trellis_runtime::AppProtocol::Grpc),
+        "grpcs" | "https" => {
+            bail!(
+                "--app-protocol {protocol} (TLS to the app) is not supported yet; use http, h2c or grpc"
+            )
         }
-        other => bail!("unknown --app-protocol {other:?}; expected http or h2c"),
+        other => bail!("unknown --app-protocol {other:?}; expected http, h2c or grpc"),
     }
 }
 
-/// App ids become header values, file names and URL segments; Dapr forbids dots (they
-/// separate the namespace).
-pub fn validate_app_id(id: &str) -> anyhow::Result<()> {
-    if id.is_empty() {
-        bail!("the app id must not be empty");
-    }
-    if id.contains('.') {
-        bail!("invalid app id {id:?}: app ids cannot contain dots (a dot separates the namespace)");
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
-        bail!("invalid app id {id:?}: {c:?} is not allowed; use letters, digits, '-' and '_'");
-    }
-    Ok(())
+/// `--app-id` and a run file's `appID`: the one rule of `trellis_nameres` (ids become
+/// header values, file names in the registry and host names), with the flag or key named.
+pub fn validate_app_id(id: &str, source: &str) -> anyhow::Result<()> {
+    trellis_nameres::validate_app_id(id).map_err(|e| anyhow::anyhow!("{source}: {e}"))
 }
 
 /// Parses Kubernetes-style quantities as Dapr's `--max-body-size` does: 4Mi, 512Ki, 1Gi, 100.
@@ -299,12 +290,15 @@ pub fn parse_size(text: &str) -> anyhow::Result<usize> {
     Ok(usize::try_from(n.saturating_mul(factor)).unwrap_or(usize::MAX))
 }
 
-/// The namespace, from `NAMESPACE` as Dapr reads it.
-pub fn namespace() -> String {
-    std::env::var("NAMESPACE")
+/// The namespace, from `NAMESPACE` as Dapr reads it, checked by the same rule as app ids.
+pub fn namespace() -> anyhow::Result<String> {
+    let namespace = std::env::var("NAMESPACE")
         .ok()
         .filter(|ns| !ns.is_empty())
-        .unwrap_or_else(|| trellis_nameres::DEFAULT_NAMESPACE.to_string())
+        .unwrap_or_else(|| trellis_nameres::DEFAULT_NAMESPACE.to_string());
+    trellis_nameres::validate_namespace(&namespace)
+        .map_err(|e| anyhow::anyhow!("NAMESPACE: {e}"))?;
+    Ok(namespace)
 }
 
 /// `--data-dir`, else `$TRELLIS_DATA_DIR` (handled by clap), else the user's data directory.
@@ -335,18 +329,20 @@ mod tests {
 
     #[test]
     fn app_ids() {
-        assert!(validate_app_id("orders-v2_x").is_ok());
-        assert!(validate_app_id("orders.prod").is_err());
-        assert!(validate_app_id("").is_err());
-        assert!(validate_app_id("a b").is_err());
+        assert!(validate_app_id("orders-v2_x", "--app-id").is_ok());
+        for bad in ["orders.prod", "", "a b", "../x", "/etc"] {
+            let err = validate_app_id(bad, "--app-id").unwrap_err().to_string();
+            assert!(err.starts_with("--app-id: invalid app id"), "{err}");
+        }
     }
 
     #[test]
     fn protocols() {
         assert!(parse_protocol("http").is_ok());
         assert!(parse_protocol("h2c").is_ok());
+        assert!(parse_protocol("grpc").is_ok());
         assert!(
-            parse_protocol("grpc")
+            parse_protocol("grpcs")
                 .unwrap_err()
                 .to_string()
                 .contains("not supported")

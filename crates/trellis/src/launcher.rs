@@ -20,7 +20,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use trellis_resources::Resources;
-use trellis_runtime::{AppChannelConfig, RunningSidecar, Sidecar, SidecarConfig};
+use trellis_runtime::{AppChannelConfig, Listeners, RunningSidecar, Sidecar, SidecarConfig};
 
 use crate::args::{AppPlan, Plan};
 
@@ -85,6 +85,7 @@ async fn start(plan: &AppPlan) -> anyhow::Result<Started> {
     let internal_host = if local_only { "127.0.0.1" } else { "0.0.0.0" };
 
     let http = bind("127.0.0.1", plan.http_port, "--dapr-http-port").await?;
+    let grpc = bind("127.0.0.1", plan.grpc_port, "--dapr-grpc-port").await?;
     let internal = bind(
         internal_host,
         plan.internal_port,
@@ -120,7 +121,12 @@ async fn start(plan: &AppPlan) -> anyhow::Result<Started> {
             .insert("appCommand".into(), plan.command.join(" "));
     }
 
-    let sidecar = Sidecar::start(config, http, internal).await?;
+    let listeners = Listeners {
+        http,
+        internal,
+        grpc: Some(grpc),
+    };
+    let sidecar = Sidecar::serve(config, listeners).await?;
     let child = if plan.command.is_empty() {
         None
     } else {
@@ -183,7 +189,11 @@ fn non_empty_env(name: &str) -> Option<String> {
 fn spawn_app(plan: &AppPlan, sidecar: &RunningSidecar) -> anyhow::Result<Child> {
     let program = &plan.command[0];
     let http_port = sidecar.http_addr.port().to_string();
-    let grpc_port = plan.grpc_port.to_string();
+    // The ports actually bound (a 0 in the plan means "pick one"), so SDKs dial the right one.
+    let grpc_port = sidecar
+        .grpc_addr
+        .map_or(plan.grpc_port, |a| a.port())
+        .to_string();
     let mut cmd = Command::new(program);
     cmd.args(&plan.command[1..])
         .env("APP_ID", &plan.app_id)
@@ -191,6 +201,10 @@ fn spawn_app(plan: &AppPlan, sidecar: &RunningSidecar) -> anyhow::Result<Child> 
         .env("DAPR_HTTP_PORT", &http_port)
         .env("TRELLIS_HTTP_PORT", &http_port)
         .env("DAPR_GRPC_PORT", &grpc_port)
+        .env(
+            "DAPR_GRPC_ENDPOINT",
+            format!("http://127.0.0.1:{grpc_port}"),
+        )
         .env("TRELLIS_GRPC_PORT", &grpc_port)
         .env("DAPR_METRICS_PORT", plan.metrics_port.to_string())
         .env("APP_PROTOCOL", plan.app_protocol.as_str())

@@ -193,7 +193,7 @@ fn app_plan(
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .context("cannot derive an app id from appDirPath; set appID")?,
     };
-    args::validate_app_id(&app_id)?;
+    args::validate_app_id(&app_id, "appID")?;
 
     // Resources: the app's own, else <appDir>/.dapr/resources, else common's.
     let mut resources: Vec<PathBuf> = app
@@ -281,7 +281,7 @@ fn app_plan(
         .unwrap_or_else(|| "http".into());
     Ok(AppPlan {
         app_id,
-        namespace: args::namespace(),
+        namespace: args::namespace()?,
         app_port,
         app_protocol: args::parse_protocol(&protocol)?,
         app_channel_address: app
@@ -380,6 +380,24 @@ apps:
             "{err}"
         );
         assert!(err.contains("apps[1]") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn app_ids_follow_the_one_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("my.app")).unwrap();
+        let text =
+            "version: 1\napps:\n  - appID: ../../x\n    appDirPath: .\n  - appDirPath: ./my.app\n";
+        let err = format!("{:#}", parse(text, dir.path(), &cli()).unwrap_err());
+        assert!(
+            err.contains("apps[0]: appID: invalid app id \"../../x\": '.' is not allowed"),
+            "{err}"
+        );
+        // An id derived from the directory name is checked the same way.
+        assert!(
+            err.contains("apps[1]: appID: invalid app id \"my.app\""),
+            "{err}"
+        );
     }
 
     #[test]

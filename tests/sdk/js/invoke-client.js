@@ -2,16 +2,12 @@
 // its own sidecar with client.invoker.invoke, then exiting.
 "use strict";
 
-const { DaprClient, CommunicationProtocolEnum, HttpMethod } = require("@dapr/dapr");
-const { step, finish, crash } = require("./report");
+const { DaprClient, HttpMethod } = require("@dapr/dapr");
+const { step, finish, crash, clientOptions } = require("./report");
 
 async function main() {
   const target = process.env.TARGET_APP;
-  const client = new DaprClient({
-    daprHost: "127.0.0.1",
-    daprPort: process.env.DAPR_HTTP_PORT,
-    communicationProtocol: CommunicationProtocolEnum.HTTP,
-  });
+  const client = new DaprClient(clientOptions());
   await step("post", () =>
     client.invoker.invoke(target, "echo", HttpMethod.POST, { hello: "world", n: 42, list: [1, 2] }),
   );

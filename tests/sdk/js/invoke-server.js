@@ -2,25 +2,21 @@
 // with server.invoker.listen, as an app written against Dapr would.
 "use strict";
 
-const { DaprServer, CommunicationProtocolEnum, HttpMethod } = require("@dapr/dapr");
-const { report, crash } = require("./report");
+const { DaprServer, HttpMethod } = require("@dapr/dapr");
+const { report, crash, serverOptions } = require("./report");
 
 async function main() {
-  const server = new DaprServer({
-    serverHost: "127.0.0.1",
-    serverPort: process.env.APP_PORT,
-    communicationProtocol: CommunicationProtocolEnum.HTTP,
-    clientOptions: { daprHost: "127.0.0.1", daprPort: process.env.DAPR_HTTP_PORT },
-  });
+  const server = new DaprServer(serverOptions());
   await server.invoker.listen(
     "echo",
     async (data) => {
-      const body = JSON.parse(data.body);
+      // Over HTTP the body is the JSON text; over gRPC the SDK has parsed it already.
+      const body = typeof data.body === "string" ? JSON.parse(data.body) : data.body;
       report("invoked", {
         method: "echo",
         body,
-        contentType: data.metadata.contentType,
-        caller: data.headers["dapr-caller-app-id"],
+        contentType: data.metadata && data.metadata.contentType,
+        caller: data.headers && data.headers["dapr-caller-app-id"],
       });
       return { echoed: body, by: process.env.APP_ID };
     },

@@ -2,15 +2,11 @@
 // metadata.get(), and metadata.set() read back through metadata.get(); then exits.
 "use strict";
 
-const { DaprClient, CommunicationProtocolEnum } = require("@dapr/dapr");
-const { step, finish, crash } = require("./report");
+const { DaprClient } = require("@dapr/dapr");
+const { step, finish, crash, clientOptions } = require("./report");
 
 async function main() {
-  const client = new DaprClient({
-    daprHost: "127.0.0.1",
-    daprPort: process.env.DAPR_HTTP_PORT,
-    communicationProtocol: CommunicationProtocolEnum.HTTP,
-  });
+  const client = new DaprClient(clientOptions());
   await step("healthy", () => client.health.isHealthy());
   await step("metadata", () => client.metadata.get());
   await step("set", () => client.metadata.set("sdkCheck", "set-by-js"));

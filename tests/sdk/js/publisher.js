@@ -5,19 +5,15 @@
 // n}` and the strings "text-single", "text-bulk".
 "use strict";
 
-const { DaprClient, CommunicationProtocolEnum } = require("@dapr/dapr");
-const { step, finish, crash } = require("./report");
+const { DaprClient } = require("@dapr/dapr");
+const { step, finish, crash, clientOptions } = require("./report");
 
 const PUBSUB = "pubsub";
 
 async function main() {
   const topic = process.env.TOPIC;
   const count = Number(process.env.COUNT || "10");
-  const client = new DaprClient({
-    daprHost: "127.0.0.1",
-    daprPort: process.env.DAPR_HTTP_PORT,
-    communicationProtocol: CommunicationProtocolEnum.HTTP,
-  });
+  const client = new DaprClient(clientOptions());
   const modes = (process.env.MODES || "publish,bulk").split(",");
   if (modes.includes("publish")) {
     for (let i = 0; i < count; i++) {

@@ -7,6 +7,7 @@
 "use strict";
 
 const fs = require("fs");
+const { CommunicationProtocolEnum } = require("@dapr/dapr");
 
 const REPORT = process.env.SDK_REPORT;
 if (!REPORT) {
@@ -22,10 +23,15 @@ function report(event, fields = {}) {
   fs.appendFileSync(REPORT, line + "\n");
 }
 
-// The SDK's HTTP client throws `Error(JSON.stringify({error, error_msg, status}))` for a
+// The SDK's gRPC client throws a ConnectError with the status code and message. Its HTTP
+// client throws `Error(JSON.stringify({error, error_msg, status}))` for a
 // non-2xx answer (and save/delete/publish return `{error}` with that Error instead of
 // throwing): turn either into `{status, body}` so the test sees the sidecar's answer.
 function describeError(e) {
+  // In gRPC mode the SDK throws Connect errors: the gRPC code (a number) and the message.
+  if (e && e.name === "ConnectError") {
+    return { grpcCode: e.code, message: e.rawMessage };
+  }
   try {
     const parsed = JSON.parse(e.message);
     return { status: parsed.status, body: parsed.error_msg };
@@ -59,4 +65,27 @@ function crash(e) {
   process.exit(1);
 }
 
-module.exports = { report, step, describeError, finish, crash };
+// How a client app reaches its sidecar: HTTP unless DAPR_PROTOCOL=grpc, so one app runs the
+// same calls over either of the sidecar's APIs.
+function clientOptions() {
+  const grpc = process.env.DAPR_PROTOCOL === "grpc";
+  return {
+    daprHost: "127.0.0.1",
+    daprPort: grpc ? process.env.DAPR_GRPC_PORT : process.env.DAPR_HTTP_PORT,
+    communicationProtocol: grpc ? CommunicationProtocolEnum.GRPC : CommunicationProtocolEnum.HTTP,
+  };
+}
+
+// How a DaprServer app serves its sidecar: HTTP, or gRPC (`AppCallback`) when
+// DAPR_PROTOCOL=grpc.
+function serverOptions() {
+  const grpc = process.env.DAPR_PROTOCOL === "grpc";
+  return {
+    serverHost: "127.0.0.1",
+    serverPort: process.env.APP_PORT,
+    communicationProtocol: grpc ? CommunicationProtocolEnum.GRPC : CommunicationProtocolEnum.HTTP,
+    clientOptions: clientOptions(),
+  };
+}
+
+module.exports = { report, step, describeError, finish, crash, clientOptions, serverOptions };

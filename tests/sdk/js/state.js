@@ -3,18 +3,14 @@
 // call returned; the test decides what is right.
 "use strict";
 
-const { DaprClient, CommunicationProtocolEnum, StateConcurrencyEnum } = require("@dapr/dapr");
-const { step, finish, crash } = require("./report");
+const { DaprClient, StateConcurrencyEnum } = require("@dapr/dapr");
+const { step, finish, crash, clientOptions } = require("./report");
 
 const STORE = "statestore";
 const FIRST_WRITE = { concurrency: StateConcurrencyEnum.CONCURRENCY_FIRST_WRITE };
 
 async function main() {
-  const client = new DaprClient({
-    daprHost: "127.0.0.1",
-    daprPort: process.env.DAPR_HTTP_PORT,
-    communicationProtocol: CommunicationProtocolEnum.HTTP,
-  });
+  const client = new DaprClient(clientOptions());
   const state = client.state;
 
   await step("save", () =>

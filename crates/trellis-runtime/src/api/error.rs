@@ -1,5 +1,7 @@
-//! Dapr's error responses: `{"errorCode": "ERR_…", "message": "…"}` with the matching status.
-//! Every error the sidecar itself produces over HTTP goes through [`ApiError`].
+//! Dapr's error responses: `{"errorCode": "ERR_…", "message": "…"}` with the matching status
+//! over HTTP, a status with a `google.rpc.ErrorInfo` detail over gRPC. Every error the
+//! sidecar itself produces goes through [`ApiError`], which carries both codes so that each
+//! operation decides its error once for both protocols.
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -12,6 +14,11 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The gRPC code where Dapr's differs from the one the HTTP status suggests.
+    grpc: Option<tonic::Code>,
+    /// The `ErrorInfo.reason` of Dapr's richer gRPC errors (`DAPR_STATE_NOT_FOUND`, ...),
+    /// where Dapr has one; otherwise the error code.
+    reason: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -27,7 +34,48 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            grpc: None,
+            reason: None,
         }
+    }
+
+    /// Sets the gRPC code Dapr answers this error with, where the HTTP status does not
+    /// imply it (see [`ApiError::grpc_code`]).
+    pub fn grpc(mut self, code: tonic::Code) -> Self {
+        self.grpc = Some(code);
+        self
+    }
+
+    /// Sets the reason of the gRPC `ErrorInfo` detail.
+    pub fn reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The gRPC code: the one set with [`ApiError::grpc`], else the usual counterpart of
+    /// the HTTP status (as Dapr pairs them in its predefined errors).
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        if let Some(code) = self.grpc {
+            return code;
+        }
+        match self.status {
+            StatusCode::BAD_REQUEST => Code::InvalidArgument,
+            StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+            StatusCode::FORBIDDEN => Code::PermissionDenied,
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::CONFLICT => Code::Aborted,
+            StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
+            StatusCode::NOT_IMPLEMENTED => Code::Unimplemented,
+            StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+            StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+            _ => Code::Internal,
+        }
+    }
+
+    /// The `ErrorInfo.reason` of the gRPC error.
+    pub fn grpc_reason(&self) -> &'static str {
+        self.reason.unwrap_or(self.code)
     }
 
     /// Any invocation failure, as Dapr reports it: `failed to invoke, id: X, err: …`. (A body
@@ -55,6 +103,17 @@ impl ApiError {
                 "failed to read request body: stream too large: the limit is {} bytes; raise it with --dapr-http-max-request-size (MB)",
                 max_body
             ),
+        )
+    }
+
+    /// A target that is not an app id (`../x`, a URL, 70 characters...): refused before any
+    /// resolver sees it. Dapr's invoke message around the broken rule; the rule's message
+    /// already names the target (quoted, cut short), so the id is not repeated here.
+    pub fn invalid_app_id(err: &trellis_nameres::InvalidAppId) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "ERR_DIRECT_INVOKE",
+            format!("failed to invoke, err: {err}"),
         )
     }
 

@@ -49,6 +49,16 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
+    // A gRPC call of the app's own services (proxied by the caller's sidecar) goes to the
+    // app as it is, whatever its channel would make of an invocation.
+    let is_grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if is_grpc {
+        req.extensions_mut()
+            .insert(crate::invoke::AppCall::GrpcProxy);
+    }
     let (parts, body) = req.into_parts();
     let req = match crate::invoke::coalesce(&parts.headers, body).await {
         Ok(body) => Request::from_parts(parts, body),

@@ -36,6 +36,16 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
     if target.is_empty() {
         return ApiError::no_app_id().into_response();
     }
+    // The one check of the target, before anything (the resolver above all) sees it. When
+    // `http://` targets (HTTPEndpoint) arrive they are told apart before this line.
+    let app = match AppRef::parse(target, &rt.app.namespace) {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::debug!(error = %err, "invocation target refused");
+            drain(req.into_body()).await;
+            return ApiError::invalid_app_id(&err).into_response();
+        }
+    };
     let (req, exceeded) = match limit_body(req, rt.max_request_body) {
         Ok(limited) => limited,
         Err((err, body)) => {
@@ -62,7 +72,6 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
-    let app = AppRef::parse(target, &rt.app.namespace);
     match rt.invoker.invoke(&app, &path_and_query, req).await {
         Ok(resp) => resp,
         Err(_) if exceeded.is_some_and(|e| e.load(std::sync::atomic::Ordering::Acquire)) => {

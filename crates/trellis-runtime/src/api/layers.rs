@@ -59,8 +59,9 @@ async fn app_id_header(State(rt): State<Arc<Runtime>>, req: Request, next: Next)
     let target = req
         .headers()
         .get("dapr-app-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        // Not `to_str`: a value with non-ASCII bytes must be refused as an invalid id, not
+        // ignored as if the header were absent.
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     match target {
         Some(target) => invoke::by_header(&rt, &target, req).await,
         None => next.run(req).await,
@@ -96,14 +97,14 @@ async fn require_token(State(rt): State<Arc<Runtime>>, req: Request, next: Next)
 
 /// Compares without an early exit, so response timing does not reveal how much of a guessed
 /// token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn log_call(req: Request, next: Next) -> Response {
+pub(super) async fn log_call(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = Instant::now();

@@ -10,8 +10,11 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use trellis_proto::runtime as pb;
+
 use super::error::ApiError;
 use crate::runtime::Runtime;
+use crate::subscriptions::SubscriptionKind;
 
 #[derive(Deserialize)]
 pub struct HealthQuery {
@@ -223,4 +226,81 @@ pub async fn get_metadata(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Va
         workflows: serde_json::Map::new(),
     };
     Json(serde_json::to_value(metadata).unwrap_or_default())
+}
+
+/// The same metadata as [`get_metadata`], as the gRPC `GetMetadata` answers it.
+pub(super) fn grpc_metadata(rt: &Runtime) -> pb::GetMetadataResponse {
+    let app_connection_properties = rt
+        .app_config
+        .as_ref()
+        .map(|app| pb::AppConnectionProperties {
+            port: i32::from(app.port),
+            protocol: app.protocol.as_str().to_string(),
+            channel_address: app.host.clone(),
+            max_concurrency: 0,
+            health: app
+                .health_check
+                .as_ref()
+                .map(|h| pb::AppConnectionHealthProperties {
+                    health_check_path: h.path.clone(),
+                    health_probe_interval: trellis_core::duration::format(h.interval),
+                    health_probe_timeout: trellis_core::duration::format(h.timeout),
+                    health_threshold: i32::try_from(h.threshold).unwrap_or(i32::MAX),
+                }),
+        });
+    pb::GetMetadataResponse {
+        id: rt.app.app_id.clone(),
+        runtime_version: crate::RUNTIME_VERSION.to_string(),
+        enabled_features: rt.enabled_features.clone(),
+        registered_components: rt
+            .components
+            .iter()
+            .map(|c| pb::RegisteredComponents {
+                name: c.name.clone(),
+                r#type: c.type_name.clone(),
+                version: c.version.clone(),
+                capabilities: c.capabilities.clone(),
+            })
+            .collect(),
+        extended_metadata: rt.extended().into_iter().collect(),
+        subscriptions: rt
+            .subscriptions()
+            .into_iter()
+            .map(|s| pb::PubsubSubscription {
+                rules: Some(pb::PubsubSubscriptionRules {
+                    rules: s
+                        .rules
+                        .iter()
+                        .map(|r| pb::PubsubSubscriptionRule {
+                            r#match: r.match_expr.clone().unwrap_or_default(),
+                            path: r.path.clone(),
+                        })
+                        .chain(s.default_route.iter().map(|d| pb::PubsubSubscriptionRule {
+                            r#match: String::new(),
+                            path: d.clone(),
+                        }))
+                        .collect(),
+                }),
+                r#type: match s.kind {
+                    SubscriptionKind::Declarative => pb::PubsubSubscriptionType::Declarative,
+                    SubscriptionKind::Programmatic => pb::PubsubSubscriptionType::Programmatic,
+                } as i32,
+                pubsub_name: s.pubsub,
+                topic: s.topic,
+                metadata: s.metadata.into_iter().collect(),
+                dead_letter_topic: s.dead_letter_topic.unwrap_or_default(),
+            })
+            .collect(),
+        http_endpoints: rt
+            .http_endpoints
+            .iter()
+            .map(|name| pb::MetadataHttpEndpoint { name: name.clone() })
+            .collect(),
+        app_connection_properties,
+        actor_runtime: Some(pb::ActorRuntime {
+            runtime_status: pb::actor_runtime::ActorRuntimeStatus::Disabled as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

@@ -1,15 +1,20 @@
-//! The Dapr HTTP API: routes, wire JSON, and the mapping of errors to Dapr codes.
+//! The Dapr API: HTTP routes and wire JSON, the gRPC service ([`grpc`]), and the mapping
+//! of errors to Dapr codes.
 //!
-//! [`router`] builds the public API and [`internal_router`] the sidecar-to-sidecar port;
-//! both are plain `axum::Router`s that tests can drive without a socket.
+//! Every operation is implemented once in [`ops`]; the HTTP handlers here and the gRPC
+//! service are thin adapters over it. [`router`] builds the public HTTP API,
+//! [`grpc::router`] the gRPC API and [`internal_router`] the sidecar-to-sidecar port; all
+//! are plain `axum::Router`s that tests can drive without a socket.
 
 pub mod callbacks;
 mod error;
 mod gojson;
+pub mod grpc;
 mod internal;
 mod invoke;
 mod layers;
 mod meta;
+pub mod ops;
 mod pubsub;
 mod state;
 

@@ -1,12 +1,10 @@
 //! Dapr's state API: `/v1.0/state/{store}...` and `/v1.0-alpha1/state/{store}/query`.
 //!
-//! Wire JSON is parsed into `trellis_state` requests here, keys get this app's prefix, and
-//! store errors become Dapr's codes and statuses: ETag mismatch 409, malformed ETag 400,
-//! anything the backend says 500 with its text.
+//! The HTTP adapter over [`ops::state`](super::ops::state): wire JSON (read with Go's
+//! case-insensitive keys) in, the operation's result as Dapr's JSON and headers out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -16,14 +14,12 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::Value;
 use trellis_core::time::{Precision, rfc3339};
-use trellis_state::{
-    Concurrency, Consistency, DeleteRequest, GetRequest, Operation, SetRequest, StateError,
-};
+use trellis_state::{Concurrency, Consistency};
 
 use super::error::ApiError;
 use super::gojson::{self, GoJson, fold_field, fold_keys};
+use super::ops::state::{self as ops, malformed};
 use crate::runtime::Runtime;
-use crate::state::StateComponent;
 
 // ---- wire types --------------------------------------------------------------------------
 
@@ -100,23 +96,6 @@ impl GoJson for TransactionOp {
 
 // ---- helpers -----------------------------------------------------------------------------
 
-fn store<'a>(rt: &'a Runtime, name: &str) -> Result<&'a Arc<StateComponent>, ApiError> {
-    if rt.state.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR_STATE_STORES_NOT_CONFIGURED",
-            "state store is not configured",
-        ));
-    }
-    rt.state.get(name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "ERR_STATE_STORE_NOT_FOUND",
-            format!("state store {name} is not found"),
-        )
-    })
-}
-
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
@@ -133,16 +112,8 @@ pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
     })
 }
 
-fn malformed(err: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "ERR_MALFORMED_REQUEST",
-        format!("failed deserializing HTTP body: {err}"),
-    )
-}
-
 fn parse_json<T: GoJson>(bytes: &[u8]) -> Result<T, ApiError> {
-    gojson::from_slice(bytes).map_err(malformed)
+    gojson::from_slice(bytes).map_err(|e| malformed(format!("failed deserializing HTTP body: {e}")))
 }
 
 fn concurrency(value: Option<&str>) -> Result<Concurrency, String> {
@@ -175,70 +146,43 @@ fn etag_text(etag: Option<Value>) -> Result<Option<String>, String> {
     }
 }
 
-fn ttl(metadata: &HashMap<String, String>) -> Result<Option<Duration>, String> {
-    let Some(raw) = metadata.get("ttlInSeconds") else {
-        return Ok(None);
-    };
-    match raw.trim().parse::<i64>() {
-        Ok(-1) => Ok(None),
-        Ok(secs) if secs > 0 => Ok(Some(Duration::from_secs(secs as u64))),
-        _ => Err(format!(
-            "metadata.ttlInSeconds {raw:?} must be a positive number of seconds, or -1 for none"
-        )),
-    }
-}
-
 fn is_json_type(content_type: &str) -> bool {
     let ct = content_type.split(';').next().unwrap_or_default().trim();
     ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
 }
 
-/// Turns one wire item into a store request; `Err` is a 400 message.
-fn set_request(component: &StateComponent, item: SaveItem) -> Result<SetRequest, String> {
-    let key = item.key.filter(|k| !k.is_empty()).ok_or("key is empty")?;
-    let content_type = item.metadata.get("contentType").cloned();
+/// Turns one wire item into the operation's request.
+fn save_item(item: SaveItem) -> Result<ops::SaveItem, ApiError> {
+    let content_type = item.metadata.get("contentType");
     // A string saved with a non-JSON content type is the app's raw bytes (text, CSV...);
     // everything else is JSON and stays JSON.
-    let (value, is_json) = match (&item.value, &content_type) {
+    let (value, is_json) = match (&item.value, content_type) {
         (Value::String(s), Some(ct)) if !is_json_type(ct) => {
             (Bytes::from(s.clone().into_bytes()), false)
         }
         (v, _) => (
-            Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+            Bytes::from(serde_json::to_vec(v).map_err(|e| malformed(e.to_string()))?),
             true,
         ),
     };
-    Ok(SetRequest {
-        key: component.key(&key),
+    Ok(ops::SaveItem {
+        key: item.key.unwrap_or_default(),
         value,
         is_json,
-        etag: etag_text(item.etag)?,
-        concurrency: concurrency(item.options.concurrency.as_deref())?,
-        consistency: consistency(item.options.consistency.as_deref())?,
-        ttl: ttl(&item.metadata)?,
-        content_type,
+        etag: etag_text(item.etag).map_err(malformed)?,
+        concurrency: concurrency(item.options.concurrency.as_deref()).map_err(malformed)?,
+        consistency: consistency(item.options.consistency.as_deref()).map_err(malformed)?,
+        metadata: item.metadata,
     })
 }
 
-/// Maps a store error for one operation (`code` is `ERR_STATE_SAVE`, ...).
-fn store_error(code: &'static str, message: String, err: &StateError) -> ApiError {
-    let status = match err {
-        StateError::EtagMismatch => StatusCode::CONFLICT,
-        StateError::InvalidEtag(_) | StateError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-        StateError::NotSupported(_) => {
-            return ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                message,
-            );
-        }
-        StateError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError::new(status, code, message)
-}
-
-fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+fn delete_item(item: SaveItem) -> Result<ops::DeleteItem, ApiError> {
+    Ok(ops::DeleteItem {
+        key: item.key.unwrap_or_default(),
+        etag: etag_text(item.etag).map_err(malformed)?,
+        concurrency: concurrency(item.options.concurrency.as_deref()).map_err(malformed)?,
+        consistency: consistency(item.options.consistency.as_deref()).map_err(malformed)?,
+    })
 }
 
 // ---- handlers ----------------------------------------------------------------------------
@@ -248,25 +192,14 @@ pub async fn get(
     Path((name, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let component = store(&rt, &name)?;
     // As Dapr does, `consistency` and `metadata.*` go to the store unchecked (an unknown
     // consistency reads as the default, as Go stores compare it with "strong").
-    let req = GetRequest {
-        key: component.key(&key),
-        consistency: consistency(q.get("consistency").map(String::as_str)).unwrap_or_default(),
-        metadata: q
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?.to_string(), v.clone())))
-            .collect(),
-    };
-    let item = component.store.get_with(&req).await.map_err(|e| {
-        store_error(
-            "ERR_STATE_GET",
-            format!("fail to get {key} from state store {name}: {e}"),
-            &e,
-        )
-    })?;
-    let Some(item) = item else {
+    let consistency = consistency(q.get("consistency").map(String::as_str)).unwrap_or_default();
+    let metadata = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?.to_string(), v.clone())))
+        .collect();
+    let Some(item) = ops::get(&rt, &name, &key, consistency, metadata).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let mut resp = Response::new(Body::from(item.value));
@@ -291,32 +224,14 @@ pub async fn save(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let component = store(&rt, &name)?;
+    ops::store(&rt, &name)?;
     let bytes = read_body(body, rt.max_request_body).await?;
     let items: Vec<SaveItem> = parse_json(&bytes)?;
-    let mut reqs = Vec::with_capacity(items.len());
-    for item in items {
-        reqs.push(
-            set_request(component, item).map_err(|e| bad_request("ERR_MALFORMED_REQUEST", e))?,
-        );
-    }
-    let result = match reqs.len() {
-        0 => Ok(()),
-        1 => {
-            let req = reqs
-                .pop()
-                .ok_or_else(|| ApiError::internal("empty save request"))?;
-            component.store.set(req).await
-        }
-        _ => component.store.bulk_set(reqs).await,
-    };
-    result.map_err(|e| {
-        store_error(
-            "ERR_STATE_SAVE",
-            format!("failed saving state in state store {name}: {e}"),
-            &e,
-        )
-    })?;
+    let items = items
+        .into_iter()
+        .map(save_item)
+        .collect::<Result<Vec<_>, _>>()?;
+    ops::save(&rt, &name, items).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -332,27 +247,20 @@ pub async fn delete(
     Query(q): Query<DeleteQuery>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let component = store(&rt, &name)?;
+    ops::store(&rt, &name)?;
     let etag = headers
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim_matches('"').to_string())
         .filter(|v| !v.is_empty());
-    let req = DeleteRequest {
-        key: component.key(&key),
+    let bad = |e| ApiError::new(StatusCode::BAD_REQUEST, "ERR_STATE_DELETE", e);
+    let item = ops::DeleteItem {
+        key,
         etag,
-        concurrency: concurrency(q.concurrency.as_deref())
-            .map_err(|e| bad_request("ERR_STATE_DELETE", e))?,
-        consistency: consistency(q.consistency.as_deref())
-            .map_err(|e| bad_request("ERR_STATE_DELETE", e))?,
+        concurrency: concurrency(q.concurrency.as_deref()).map_err(bad)?,
+        consistency: consistency(q.consistency.as_deref()).map_err(bad)?,
     };
-    component.store.delete(req).await.map_err(|e| {
-        store_error(
-            "ERR_STATE_DELETE",
-            format!("failed deleting state with key {key}: {e}"),
-            &e,
-        )
-    })?;
+    ops::delete(&rt, &name, item).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -361,16 +269,13 @@ pub async fn bulk(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let component = store(&rt, &name)?;
+    ops::store(&rt, &name)?;
     let bytes = read_body(body, rt.max_request_body).await?;
     let request: BulkGet = parse_json(&bytes)?;
-    let keys: Vec<String> = request.keys.iter().map(|k| component.key(k)).collect();
-    let results = component.store.bulk_get(&keys).await;
-    let items: Vec<Value> = request
-        .keys
+    let results = ops::bulk_get(&rt, &name, request.keys).await?;
+    let items: Vec<Value> = results
         .into_iter()
-        .zip(results)
-        .map(|(key, (_, result))| {
+        .map(|(key, result)| {
             let mut obj = serde_json::Map::new();
             obj.insert("key".into(), Value::String(key));
             match result {
@@ -384,7 +289,7 @@ pub async fn bulk(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    obj.insert("error".into(), Value::String(e.to_string()));
+                    obj.insert("error".into(), Value::String(e));
                 }
             }
             Value::Object(obj)
@@ -398,60 +303,19 @@ pub async fn transaction(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let component = store(&rt, &name)?;
-    if !component.capabilities.transactional {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR_STATE_STORE_NOT_SUPPORTED",
-            format!("state store {name} doesn't support transaction"),
-        ));
-    }
+    ops::store(&rt, &name)?;
     let bytes = read_body(body, rt.max_request_body).await?;
     let tx: Transaction = parse_json(&bytes)?;
-    let mut ops = Vec::with_capacity(tx.operations.len());
-    for op in tx.operations {
-        let op = match op.operation.as_str() {
-            "upsert" => Operation::Upsert(
-                set_request(component, op.request)
-                    .map_err(|e| bad_request("ERR_MALFORMED_REQUEST", e))?,
-            ),
-            "delete" => {
-                let r = op.request;
-                let key = r
-                    .key
-                    .filter(|k| !k.is_empty())
-                    .ok_or_else(|| bad_request("ERR_MALFORMED_REQUEST", "key is empty"))?;
-                Operation::Delete(DeleteRequest {
-                    key: component.key(&key),
-                    etag: etag_text(r.etag).map_err(|e| bad_request("ERR_MALFORMED_REQUEST", e))?,
-                    concurrency: concurrency(r.options.concurrency.as_deref())
-                        .map_err(|e| bad_request("ERR_MALFORMED_REQUEST", e))?,
-                    consistency: consistency(r.options.consistency.as_deref())
-                        .map_err(|e| bad_request("ERR_MALFORMED_REQUEST", e))?,
-                })
-            }
-            other => {
-                return Err(bad_request(
-                    "ERR_NOT_SUPPORTED_STATE_OPERATION",
-                    format!("operation type {other} not supported"),
-                ));
-            }
-        };
-        ops.push(op);
-    }
-    component.store.transact(ops).await.map_err(|e| {
-        let message = format!("error while executing state transaction: {e}");
-        match e {
-            StateError::NotSupported(_) => store_error("ERR_STATE_TRANSACTION", message, &e),
-            // Dapr answers every failed transaction 500, a stale ETag too (unlike a save
-            // or delete, which get 409); SDKs read the status.
-            _ => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ERR_STATE_TRANSACTION",
-                message,
-            ),
-        }
-    })?;
+    let ops_list = tx
+        .operations
+        .into_iter()
+        .map(|op| match op.operation.as_str() {
+            "upsert" => save_item(op.request).map(ops::TxOp::Upsert),
+            "delete" => delete_item(op.request).map(ops::TxOp::Delete),
+            other => Err(ops::unsupported_operation(other)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ops::transact(&rt, &name, ops_list).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -460,38 +324,16 @@ pub async fn query(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let component = store(&rt, &name)?;
-    if !component.capabilities.query {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR_STATE_STORE_NOT_SUPPORTED",
-            format!("state store {name} doesn't support query"),
-        ));
-    }
+    ops::store(&rt, &name)?;
     let bytes = read_body(body, rt.max_request_body).await?;
     let raw: Value = parse_json(&bytes)?;
-    let query = trellis_state::Query::from_json(&raw)
-        .map_err(|e| bad_request("ERR_MALFORMED_REQUEST", e.to_string()))?;
-    let response = component
-        .store
-        .query(&component.prefix, &query)
-        .await
-        .map_err(|e| {
-            store_error(
-                "ERR_STATE_QUERY",
-                format!("failed query in state store {name}: {e}"),
-                &e,
-            )
-        })?;
+    let response = ops::query(&rt, &name, &raw).await?;
     let results: Vec<Value> = response
         .results
         .iter()
         .map(|r| {
             let mut obj = serde_json::Map::new();
-            obj.insert(
-                "key".into(),
-                Value::String(component.app_key(&r.key).to_string()),
-            );
+            obj.insert("key".into(), Value::String(r.key.clone()));
             obj.insert("data".into(), wire_value(&r.data));
             if let Some(etag) = &r.etag {
                 obj.insert("etag".into(), Value::String(etag.clone()));
@@ -511,19 +353,4 @@ pub async fn query(
 fn wire_value(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ttls() {
-        let md = |v: &str| HashMap::from([("ttlInSeconds".to_string(), v.to_string())]);
-        assert_eq!(ttl(&md("60")).unwrap(), Some(Duration::from_secs(60)));
-        assert_eq!(ttl(&md("-1")).unwrap(), None);
-        assert!(ttl(&md("0")).is_err());
-        assert!(ttl(&md("soon")).is_err());
-        assert_eq!(ttl(&HashMap::new()).unwrap(), None);
-    }
 }

@@ -1,8 +1,14 @@
-//! The channel from a sidecar to its own app: pooled keep-alive HTTP/1.1 (or h2c) to
-//! `host:port`, plus the app's health probe.
+//! The channel from a sidecar to its own app, shared by invocation and pub/sub delivery.
+//!
+//! [`AppChannel`] is the one interface: every request to the app is HTTP-shaped (method,
+//! path, headers, body), tagged with an [`AppCall`] saying what it is for. The HTTP channel
+//! here ([`HttpAppChannel`], pooled keep-alive HTTP/1.1 or h2c to `host:port`) sends it as
+//! it is; the gRPC channel (`api::grpc::GrpcAppChannel`) maps each kind to the app's
+//! `AppCallback` RPC and its answer back.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use http::{HeaderValue, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -13,8 +19,54 @@ use super::headers::{API_TOKEN, finish_response};
 use crate::Body;
 use crate::config::{AppChannelConfig, AppHealthCheck, AppProtocol};
 
+/// What a request to the app is for, as a request extension; none means [`AppCall::Invoke`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppCall {
+    /// A service invocation of the method at the request's path.
+    Invoke,
+    /// `GET /dapr/subscribe`: the app's programmatic subscriptions.
+    ListSubscriptions,
+    /// One event (a CloudEvent, or raw data) for the route at the request's path.
+    TopicEvent { pubsub: String, topic: String },
+    /// A `com.dapr.event.sent.bulk` envelope for the route at the request's path.
+    BulkTopicEvent { pubsub: String, topic: String },
+    /// A gRPC call of one of the app's own services, proxied as it is (`dapr-app-id`
+    /// metadata on a call to the sidecar's gRPC port).
+    GrpcProxy,
+}
+
+/// A sidecar's way to its app.
+#[async_trait]
+pub trait AppChannel: Send + Sync + std::fmt::Debug {
+    /// Sends `req` (method, headers, body; what it is for in its [`AppCall`] extension) to
+    /// `path_and_query` on the app; the app's answer as an HTTP response.
+    async fn call(
+        &self,
+        path_and_query: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, InvokeError>;
+
+    /// One health probe: true when the app answers healthy within the check's timeout.
+    async fn probe(&self, check: &AppHealthCheck) -> bool;
+}
+
+/// Opens the channel `config.protocol` names.
+pub fn open(
+    config: &AppChannelConfig,
+    app_api_token: Option<&str>,
+) -> std::sync::Arc<dyn AppChannel> {
+    match config.protocol {
+        AppProtocol::Http | AppProtocol::H2c => {
+            std::sync::Arc::new(HttpAppChannel::new(config, app_api_token))
+        }
+        AppProtocol::Grpc => {
+            std::sync::Arc::new(crate::api::grpc::GrpcAppChannel::new(config, app_api_token))
+        }
+    }
+}
+
 #[derive(Debug)]
-pub struct AppChannel {
+pub struct HttpAppChannel {
     client: Client<HttpConnector, Body>,
     authority: String,
     /// The HTTP version requests to the app must carry (a peer's request arrives as HTTP/2).
@@ -22,7 +74,7 @@ pub struct AppChannel {
     token: Option<HeaderValue>,
 }
 
-impl AppChannel {
+impl HttpAppChannel {
     pub fn new(config: &AppChannelConfig, app_api_token: Option<&str>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -45,15 +97,26 @@ impl AppChannel {
             client: builder.build(connector),
             authority,
             version: match config.protocol {
+                AppProtocol::H2c | AppProtocol::Grpc => http::Version::HTTP_2,
                 AppProtocol::Http => http::Version::HTTP_11,
-                AppProtocol::H2c => http::Version::HTTP_2,
             },
             token: app_api_token.and_then(|t| HeaderValue::from_str(t).ok()),
         }
     }
 
-    /// Sends `req` (method, headers, body) to `path_and_query` on the app.
-    pub async fn call(
+    fn uri(&self, path_and_query: &str) -> Result<Uri, InvokeError> {
+        Uri::builder()
+            .scheme("http")
+            .authority(self.authority.as_str())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| InvokeError::InvalidMethod(path_and_query.to_string()))
+    }
+}
+
+#[async_trait]
+impl AppChannel for HttpAppChannel {
+    async fn call(
         &self,
         path_and_query: &str,
         mut req: Request<Body>,
@@ -82,8 +145,8 @@ impl AppChannel {
         }
     }
 
-    /// One health probe: `GET <path>` answered with 2xx within the timeout.
-    pub async fn probe(&self, check: &AppHealthCheck) -> bool {
+    /// `GET <path>` answered with 2xx within the timeout.
+    async fn probe(&self, check: &AppHealthCheck) -> bool {
         let Ok(uri) = self.uri(&check.path) else {
             return false;
         };
@@ -95,14 +158,5 @@ impl AppChannel {
             Ok(Ok(resp)) => resp.status().is_success(),
             _ => false,
         }
-    }
-
-    fn uri(&self, path_and_query: &str) -> Result<Uri, InvokeError> {
-        Uri::builder()
-            .scheme("http")
-            .authority(self.authority.as_str())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| InvokeError::InvalidMethod(path_and_query.to_string()))
     }
 }

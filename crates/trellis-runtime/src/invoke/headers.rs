@@ -94,7 +94,7 @@ mod tests {
         h.insert("dapr-caller-app-id", HeaderValue::from_static("spoofed"));
         h.insert("x-custom", HeaderValue::from_static("kept"));
         h.insert("authorization", HeaderValue::from_static("Bearer kept"));
-        prepare_outbound(&mut h, &Caller::new(AppRef::new("a", "ns1")), "b");
+        prepare_outbound(&mut h, &Caller::new(AppRef::new("a", "ns1").unwrap()), "b");
         assert_eq!(h["dapr-caller-app-id"], "a");
         assert_eq!(h["dapr-caller-namespace"], "ns1");
         assert_eq!(h["dapr-callee-app-id"], "b");

@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Request, Response, Uri};
 use trellis_nameres::{AppRef, Balancer, ResolveError};
 
-pub use app_channel::AppChannel;
-pub use headers::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
+pub use app_channel::{AppCall, AppChannel, HttpAppChannel, open as open_app_channel};
+pub use headers::{APP_ID, CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
 pub use limit::LimitedBody;
 pub use peers::{Keepalive, PeerPool};
 pub use small::coalesce;
@@ -84,14 +84,14 @@ pub struct Invoker {
     caller: Caller,
     balancer: Balancer,
     peers: PeerPool,
-    app: Option<std::sync::Arc<AppChannel>>,
+    app: Option<std::sync::Arc<dyn AppChannel>>,
 }
 
 impl Invoker {
     pub fn new(
         caller: Caller,
         balancer: Balancer,
-        app: Option<std::sync::Arc<AppChannel>>,
+        app: Option<std::sync::Arc<dyn AppChannel>>,
         keepalive: Keepalive,
     ) -> Self {
         Self {

@@ -16,8 +16,15 @@ use crate::Body;
 /// Bodies up to this size are read whole: a few TCP segments at most.
 pub const SMALL_BODY: u64 = 16 * 1024;
 
-/// The declared length, if it is small enough to read whole.
+/// The declared length, if it is small enough to read whole. Never for gRPC, whose
+/// trailers (the call's status) a collected body would lose.
 pub fn small_length(headers: &HeaderMap) -> Option<u64> {
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return None;
+    }
     headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

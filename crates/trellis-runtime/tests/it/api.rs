@@ -10,7 +10,7 @@ use trellis_runtime::api::router;
 
 use crate::sidecar;
 
-async fn call(
+pub async fn call(
     router: axum::Router,
     method: &str,
     path: &str,

@@ -5,12 +5,16 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod grpc;
 mod invoke;
 mod pubsub;
 mod state;
+mod targets;
 
 use tokio::net::TcpListener;
-use trellis_runtime::{AppChannelConfig, AppProtocol, RunningSidecar, Sidecar, SidecarConfig};
+use trellis_runtime::{
+    AppChannelConfig, AppProtocol, Listeners, RunningSidecar, Sidecar, SidecarConfig,
+};
 
 /// Starts a sidecar for `app_id` on free ports, sharing the registry in `registry`.
 pub async fn sidecar(
@@ -30,6 +34,29 @@ pub async fn sidecar(
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
     Sidecar::start(config, http, internal).await.unwrap()
+}
+
+/// As [`sidecar`], also serving the gRPC API on a free port.
+pub async fn grpc_sidecar(
+    app_id: &str,
+    registry: &std::path::Path,
+    app_port: Option<u16>,
+    tweak: impl FnOnce(&mut SidecarConfig),
+) -> RunningSidecar {
+    let mut config = SidecarConfig::new(app_id, registry);
+    config.app = app_port.map(|port| AppChannelConfig {
+        host: "127.0.0.1".into(),
+        port,
+        protocol: AppProtocol::Http,
+        health_check: None,
+    });
+    tweak(&mut config);
+    let listeners = Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        internal: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+    };
+    Sidecar::serve(config, listeners).await.unwrap()
 }
 
 pub fn url(s: &RunningSidecar, path: &str) -> String {

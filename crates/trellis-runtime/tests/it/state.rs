@@ -320,7 +320,7 @@ async fn key_prefixes_and_scopes_isolate_apps() {
     .await;
     let r = request("GET", &url(&c, "/v1.0/state/store/k"), &[], "").await;
     assert_eq!(r.status, 500, "{}", r.text());
-    assert_eq!(r.json()["errorCode"], "ERR_STATE_STORES_NOT_CONFIGURED");
+    assert_eq!(r.json()["errorCode"], "ERR_STATE_STORE_NOT_CONFIGURED");
     let r = request("GET", &url(&c, "/v1.0/metadata"), &[], "").await;
     let components = r.json()["components"].clone();
     assert!(

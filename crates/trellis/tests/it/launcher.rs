@@ -380,7 +380,14 @@ async fn bad_flags_are_rejected_with_clear_messages() {
             &["run", "--app-id", "x", "--app-protocol", "ftp"],
             &["ftp", "--app-protocol"],
         ),
-        (&["run", "--app-id", "a.b"], &["a.b", "dots"]),
+        (
+            &["run", "--app-id", "a.b"],
+            &["--app-id", "\"a.b\"", "'.' is not allowed"],
+        ),
+        (
+            &["run", "--app-id", "a/x"],
+            &["--app-id", "'/' is not allowed", "1 to 63 letters"],
+        ),
         (
             &[
                 "run",
@@ -404,6 +411,15 @@ async fn bad_flags_are_rejected_with_clear_messages() {
     for (args, needles) in cases {
         assert_fails(args, d, needles).await;
     }
+    let (code, p) =
+        run_to_end(trellis(&["run", "--app-id", "x"], d).env("NAMESPACE", "../ns")).await;
+    assert_eq!(code, Some(1), "{}", p.output());
+    assert!(
+        p.stderr()
+            .contains("NAMESPACE: invalid namespace \"../ns\""),
+        "{}",
+        p.stderr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,9 @@ mod launcher;
 mod multiapp;
 mod pubsub;
 mod pubsub_crash;
+mod sdk;
 mod sdk_js;
+mod sdk_python;
 mod state;
 mod streaming;
 

@@ -1,0 +1,35 @@
+//! Dapr's gRPC wire contract, generated at build time from the `.proto` files in `proto/`.
+//!
+//! The files are written for Trellis from Dapr's wire facts (package, service, message and
+//! field names and numbers), so that Dapr's SDKs and generated clients talk to Trellis
+//! unchanged. Only the runtime's API layer (and tests) use these types: the building blocks
+//! never see them.
+
+// The modules mirror the protobuf packages, as the generated code refers to other packages
+// by relative paths (`super::super::common::v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod dapr {
+    pub mod proto {
+        pub mod common {
+            pub mod v1 {
+                tonic::include_proto!("dapr.proto.common.v1");
+            }
+        }
+        pub mod runtime {
+            pub mod v1 {
+                tonic::include_proto!("dapr.proto.runtime.v1");
+            }
+        }
+    }
+}
+
+/// `dapr.proto.common.v1`: invocation, state items and options.
+pub use dapr::proto::common::v1 as common;
+/// `dapr.proto.runtime.v1`: the `Dapr` service and the `AppCallback` services.
+pub use dapr::proto::runtime::v1 as runtime;
+
+/// The fully qualified name of the `Dapr` service, the prefix of its RPC paths.
+pub const DAPR_SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
+
+// `DAPR_RPCS`: the names of the RPCs the `Dapr` service declares (written by build.rs).
+include!(concat!(env!("OUT_DIR"), "/dapr_rpcs.rs"));

@@ -1,0 +1,386 @@
+//! The channel to a gRPC app (`--app-protocol grpc`): each HTTP-shaped request the sidecar
+//! sends its app becomes a call of the app's `AppCallback` services, and the answer comes
+//! back HTTP-shaped, so invocation and delivery stay the same for every app.
+//!
+//! | [`AppCall`] | RPC | answer |
+//! |---|---|---|
+//! | `Invoke` | `OnInvoke` (verb and query in the `HTTPExtension`, headers as metadata) | 200 with the data; an error status as its HTTP counterpart, the gRPC code in `dapr-grpc-status` |
+//! | `ListSubscriptions` | `ListTopicSubscriptions` | the subscriptions as `/dapr/subscribe` JSON |
+//! | `TopicEvent` | `OnTopicEvent` (the CloudEvent's attributes as fields) | `{"status": ...}` |
+//! | `BulkTopicEvent` | `OnBulkTopicEvent`, else `OnBulkTopicEventAlpha1` | `{"statuses": [...]}` |
+//!
+//! Health probes call `AppCallbackHealthCheck.HealthCheck`. An RPC the app does not
+//! implement answers 404, which delivery treats as "drop" and `/dapr/subscribe` as "none".
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use trellis_proto::common::{self as pbc, http_extension::Verb};
+use trellis_proto::runtime::app_callback_alpha_client::AppCallbackAlphaClient;
+use trellis_proto::runtime::app_callback_client::AppCallbackClient;
+use trellis_proto::runtime::app_callback_health_check_client::AppCallbackHealthCheckClient;
+
+use super::convert;
+use crate::Body;
+use crate::config::{AppChannelConfig, AppHealthCheck};
+use crate::invoke::{AppCall, AppChannel, InvokeError};
+
+/// The gRPC code of an app's error answer, for callers that speak gRPC themselves.
+pub const GRPC_STATUS_HEADER: &str = "dapr-grpc-status";
+
+#[derive(Debug)]
+pub struct GrpcAppChannel {
+    channel: Channel,
+    token: Option<AsciiMetadataValue>,
+}
+
+impl GrpcAppChannel {
+    pub fn new(config: &AppChannelConfig, app_api_token: Option<&str>) -> Self {
+        let host = if config.host.contains(':') {
+            format!("[{}]", config.host)
+        } else {
+            config.host.clone()
+        };
+        // `connect_lazy` never fails for a well-formed URI; the address comes from flags
+        // that were validated, so the fallback only guards against surprises.
+        let endpoint = Endpoint::from_shared(format!("http://{host}:{}", config.port))
+            .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(3))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Self {
+            channel: endpoint.connect_lazy(),
+            token: app_api_token.and_then(|t| AsciiMetadataValue::try_from(t).ok()),
+        }
+    }
+
+    fn request<T>(&self, message: T, metadata: MetadataMap) -> tonic::Request<T> {
+        let mut req = tonic::Request::from_parts(metadata, Default::default(), message);
+        if let Some(token) = &self.token {
+            req.metadata_mut().insert("dapr-api-token", token.clone());
+        }
+        req
+    }
+
+    async fn invoke(
+        &self,
+        path_and_query: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, InvokeError> {
+        let (parts, body) = req.into_parts();
+        let data = read(body).await?;
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let message = pbc::InvokeRequest {
+            method: path.trim_start_matches('/').to_string(),
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: data.to_vec(),
+            }),
+            content_type,
+            http_extension: Some(pbc::HttpExtension {
+                verb: verb(&parts.method) as i32,
+                querystring: query.to_string(),
+            }),
+        };
+        let metadata = metadata_from(&parts.headers);
+        let mut client = AppCallbackClient::new(self.channel.clone());
+        match client.on_invoke(self.request(message, metadata)).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                let mut out =
+                    Response::new(Body::from(resp.data.map(|d| d.value).unwrap_or_default()));
+                if !resp.content_type.is_empty()
+                    && let Ok(ct) = HeaderValue::from_str(&resp.content_type)
+                {
+                    out.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                Ok(out)
+            }
+            Err(status) if is_unreachable(&status) => Err(InvokeError::AppChannel(format!(
+                "cannot reach the grpc app: {}",
+                status.message()
+            ))),
+            Err(status) => Ok(error_response(&status)),
+        }
+    }
+
+    /// Forwards a gRPC call of the app's own services untouched: streams both ways,
+    /// trailers included; dropping the call (the caller cancelled) resets it at the app.
+    async fn proxy(
+        &self,
+        path_and_query: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, InvokeError> {
+        use tower::ServiceExt as _;
+        let (mut parts, body) = req.into_parts();
+        parts.uri = http::Uri::builder()
+            .scheme("http")
+            .authority("app")
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| InvokeError::InvalidMethod(path_and_query.to_string()))?;
+        parts.version = http::Version::HTTP_2;
+        // `te: trailers` is hop-by-hop, so it was stripped on the way; gRPC servers want it.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+        match &self.token {
+            Some(token) => {
+                if let Ok(v) = HeaderValue::from_bytes(token.as_encoded_bytes()) {
+                    parts.headers.insert("dapr-api-token", v);
+                }
+            }
+            None => {
+                parts.headers.remove("dapr-api-token");
+            }
+        }
+        let req = Request::from_parts(parts, tonic::body::Body::new(body));
+        let resp = self
+            .channel
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| InvokeError::AppChannel(format!("cannot reach the grpc app: {e}")))?;
+        Ok(resp.map(Body::new))
+    }
+
+    async fn list_subscriptions(&self) -> Result<Response<Body>, InvokeError> {
+        let mut client = AppCallbackClient::new(self.channel.clone());
+        match client
+            .list_topic_subscriptions(self.request((), MetadataMap::new()))
+            .await
+        {
+            Ok(resp) => {
+                let subs: Vec<Value> = resp
+                    .into_inner()
+                    .subscriptions
+                    .into_iter()
+                    .map(convert::subscription_json)
+                    .collect();
+                Ok(json_response(StatusCode::OK, &Value::Array(subs)))
+            }
+            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
+            Err(status) => Ok(error_response(&status)),
+        }
+    }
+
+    async fn topic_event(
+        &self,
+        path: &str,
+        pubsub: &str,
+        topic: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, InvokeError> {
+        let (parts, body) = req.into_parts();
+        let data = read(body).await?;
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let event = convert::topic_event(&data, content_type, pubsub, topic, handler(path));
+        let mut client = AppCallbackClient::new(self.channel.clone());
+        match client
+            .on_topic_event(self.request(event, metadata_from(&parts.headers)))
+            .await
+        {
+            Ok(resp) => {
+                let status = convert::status_name(resp.into_inner().status);
+                Ok(json_response(StatusCode::OK, &json!({ "status": status })))
+            }
+            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
+            Err(status) => Ok(error_response(&status)),
+        }
+    }
+
+    async fn bulk_topic_event(
+        &self,
+        path: &str,
+        pubsub: &str,
+        topic: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, InvokeError> {
+        let (parts, body) = req.into_parts();
+        let data = read(body).await?;
+        let Some(bulk) = convert::bulk_event(&data, pubsub, topic, handler(path)) else {
+            return Ok(json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "not a bulk envelope"}),
+            ));
+        };
+        let metadata = metadata_from(&parts.headers);
+        let mut client = AppCallbackClient::new(self.channel.clone());
+        let mut result = client
+            .on_bulk_topic_event(self.request(bulk.clone(), metadata.clone()))
+            .await;
+        if matches!(&result, Err(s) if s.code() == Code::Unimplemented) {
+            // SDKs of Dapr before 1.17 serve bulk delivery only under its alpha name.
+            let mut alpha = AppCallbackAlphaClient::new(self.channel.clone());
+            result = alpha
+                .on_bulk_topic_event_alpha1(self.request(bulk, metadata))
+                .await;
+        }
+        match result {
+            Ok(resp) => {
+                let statuses: Vec<Value> = resp
+                    .into_inner()
+                    .statuses
+                    .into_iter()
+                    .map(|s| {
+                        json!({"entryId": s.entry_id, "status": convert::status_name(s.status)})
+                    })
+                    .collect();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "statuses": statuses }),
+                ))
+            }
+            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
+            Err(status) => Ok(error_response(&status)),
+        }
+    }
+}
+
+#[async_trait]
+impl AppChannel for GrpcAppChannel {
+    async fn call(
+        &self,
+        path_and_query: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, InvokeError> {
+        let call = req
+            .extensions()
+            .get::<AppCall>()
+            .cloned()
+            .unwrap_or(AppCall::Invoke);
+        match call {
+            AppCall::Invoke => self.invoke(path_and_query, req).await,
+            AppCall::ListSubscriptions => self.list_subscriptions().await,
+            AppCall::TopicEvent { pubsub, topic } => {
+                self.topic_event(path_and_query, &pubsub, &topic, req).await
+            }
+            AppCall::BulkTopicEvent { pubsub, topic } => {
+                self.bulk_topic_event(path_and_query, &pubsub, &topic, req)
+                    .await
+            }
+            AppCall::GrpcProxy => self.proxy(path_and_query, req).await,
+        }
+    }
+
+    /// `AppCallbackHealthCheck.HealthCheck` answered OK within the timeout (the check's
+    /// path means nothing to a gRPC app).
+    async fn probe(&self, check: &AppHealthCheck) -> bool {
+        let mut client = AppCallbackHealthCheckClient::new(self.channel.clone());
+        let call = client.health_check(self.request((), MetadataMap::new()));
+        matches!(tokio::time::timeout(check.timeout, call).await, Ok(Ok(_)))
+    }
+}
+
+/// The route as the app registered it: delivery gives every route a leading `/` (and the
+/// default handler the route `/`), gRPC apps name handlers without one.
+fn handler(path: &str) -> &str {
+    path.strip_prefix('/').unwrap_or(path)
+}
+
+async fn read(body: Body) -> Result<Bytes, InvokeError> {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| InvokeError::AppChannel(format!("reading the request body: {e}")))
+}
+
+fn verb(method: &http::Method) -> Verb {
+    match *method {
+        http::Method::GET => Verb::Get,
+        http::Method::HEAD => Verb::Head,
+        http::Method::POST => Verb::Post,
+        http::Method::PUT => Verb::Put,
+        http::Method::DELETE => Verb::Delete,
+        http::Method::CONNECT => Verb::Connect,
+        http::Method::OPTIONS => Verb::Options,
+        http::Method::TRACE => Verb::Trace,
+        http::Method::PATCH => Verb::Patch,
+        _ => Verb::None,
+    }
+}
+
+/// Request headers that mean something to the app, as gRPC metadata.
+fn metadata_from(headers: &http::HeaderMap) -> MetadataMap {
+    let mut md = MetadataMap::new();
+    for (name, value) in headers {
+        let skip = matches!(
+            name.as_str(),
+            "content-type"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "host"
+                | "te"
+                | "keep-alive"
+                | "upgrade"
+                | "user-agent"
+        ) || name.as_str().starts_with("grpc-");
+        if skip {
+            continue;
+        }
+        if let (Ok(key), Ok(value)) = (
+            AsciiMetadataKey::from_bytes(name.as_str().as_bytes()),
+            AsciiMetadataValue::try_from(value.as_bytes()),
+        ) {
+            md.append(key, value);
+        }
+    }
+    md
+}
+
+/// A status that says the app could not be reached at all (nothing was handled).
+fn is_unreachable(status: &Status) -> bool {
+    status.code() == Code::Unavailable && status.message().contains("transport")
+        || status.code() == Code::Unknown && status.message().contains("transport error")
+}
+
+fn unreachable(status: &Status) -> InvokeError {
+    InvokeError::AppChannel(format!("cannot reach the grpc app: {}", status.message()))
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// An app's error status as an HTTP answer: gRPC's HTTP counterpart of the code, the
+/// status as JSON, and the code itself in a header for gRPC callers.
+fn error_response(status: &Status) -> Response<Body> {
+    let http = convert::http_status_for(status.code());
+    let mut resp = json_response(
+        http,
+        &json!({"code": status.code() as i32, "message": status.message(), "details": []}),
+    );
+    resp.headers_mut()
+        .insert(GRPC_STATUS_HEADER, HeaderValue::from(status.code() as i32));
+    if let Ok(v) = HeaderValue::from_str(status.message()) {
+        resp.headers_mut().insert("dapr-grpc-message", v);
+    }
+    resp
+}

@@ -1,0 +1,74 @@
+//! gRPC proxying: an ordinary gRPC call to the sidecar that carries `dapr-app-id` metadata
+//! and is not one of the sidecar's own services goes to that app's gRPC server, as Dapr's
+//! gRPC service invocation does. The call travels as it is (streams both ways, trailers,
+//! `grpc-timeout`) through the one [`Invoker`](crate::invoke::Invoker); when the caller
+//! cancels, dropping the call resets it at every hop down to the app.
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use trellis_nameres::AppRef;
+
+use super::{grpc_response, to_status};
+use crate::api::ApiError;
+use crate::invoke::{APP_ID, AppCall};
+use crate::runtime::Runtime;
+
+/// The services the sidecar serves itself; calls to them are never proxied.
+fn is_sidecar_service(path: &str) -> bool {
+    let service = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .map_or("", |(service, _)| service);
+    service == trellis_proto::DAPR_SERVICE || service == "TaskHubSidecarService"
+}
+
+pub async fn proxy_by_app_id(
+    State(rt): State<Arc<Runtime>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let target = match req.headers().get(APP_ID) {
+        Some(v) if !is_sidecar_service(req.uri().path()) => {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+        _ => return next.run(req).await,
+    };
+    let app = match AppRef::parse(&target, &rt.app.namespace) {
+        Ok(app) => app,
+        Err(e) => return grpc_response(to_status(ApiError::invalid_app_id(&e))),
+    };
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
+    req.extensions_mut().insert(AppCall::GrpcProxy);
+    match rt.invoker.invoke(&app, &path_and_query, req).await {
+        // A status in the headers is a trailers-only answer (the app failed the call at
+        // once): it must leave as one HEADERS frame that ends the stream, which an empty
+        // body gives; the hops in between may have turned its end into a DATA frame.
+        Ok(resp) if resp.headers().contains_key("grpc-status") => {
+            let (parts, _) = resp.into_parts();
+            Response::from_parts(parts, axum::body::Body::empty())
+        }
+        Ok(resp) => resp.into_response(),
+        Err(err) => {
+            tracing::debug!(target, error = %err, "grpc proxy call failed");
+            grpc_response(to_status(ApiError::invoke(&target, &err)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_sidecar_service;
+
+    #[test]
+    fn only_foreign_services_are_proxied() {
+        assert!(is_sidecar_service("/dapr.proto.runtime.v1.Dapr/GetState"));
+        assert!(is_sidecar_service("/TaskHubSidecarService/Hello"));
+        assert!(!is_sidecar_service("/helloworld.Greeter/SayHello"));
+        assert!(!is_sidecar_service("/"));
+    }
+}

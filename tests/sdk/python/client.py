@@ -1,0 +1,95 @@
+"""DaprClient (gRPC) against a Trellis sidecar: the scenario named by SCENARIO.
+
+  state    save/get/ETags/first-write/bulk/delete/transactions/query/metadata
+  publish  publish_event and publish_events to topic `orders` of the default pubsub
+  invoke   invoke_method on TARGET_APP (run with DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc)
+
+Each SDK call is reported as a step; the test decides what is right."""
+
+import json
+import os
+
+from dapr.clients import DaprClient
+from dapr.clients.grpc._state import StateItem, StateOptions, Concurrency
+from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
+
+from report import crash, finish, step
+
+STORE = "statestore"
+FIRST_WRITE = StateOptions(concurrency=Concurrency.first_write)
+
+
+def state(d):
+    step("save", lambda: d.save_state(STORE, "apple", json.dumps({"name": "apple", "price": 3})) and None)
+    step("get", lambda: d.get_state(STORE, "apple").data.decode())
+    step("get-missing", lambda: d.get_state(STORE, "nothing-here").data.decode())
+    etag = step("etag", lambda: d.get_state(STORE, "apple").etag)
+    step("save-current-etag", lambda: d.save_state(STORE, "apple", '{"v":2}', etag=etag, options=FIRST_WRITE) and None)
+    step("save-stale-etag", lambda: d.save_state(STORE, "apple", '{"v":3}', etag=etag, options=FIRST_WRITE) and None)
+    step("get-after-stale", lambda: d.get_state(STORE, "apple").data.decode())
+    step("first-write-new-key", lambda: d.save_state(STORE, "fresh", "1", options=FIRST_WRITE) and None)
+    step("first-write-existing-key", lambda: d.save_state(STORE, "fresh", "2", options=FIRST_WRITE) and None)
+    step("save-bulk", lambda: d.save_bulk_state(STORE, [
+        StateItem(key="k1", value=json.dumps({"city": "Lyon", "n": 1})),
+        StateItem(key="k2", value=json.dumps({"city": "Oslo", "n": 2})),
+        StateItem(key="k3", value=json.dumps({"city": "Lyon", "n": 3})),
+    ]) and None)
+    step("get-bulk", lambda: [
+        {"key": i.key, "data": i.data.decode(), "has_etag": bool(i.etag), "error": i.error}
+        for i in d.get_bulk_state(STORE, ["k1", "k2", "none"]).items
+    ])
+    step("query", lambda: sorted(r.key for r in d.query_state(
+        STORE, json.dumps({"filter": {"EQ": {"city": "Lyon"}}})).results))
+    step("transaction", lambda: d.execute_state_transaction(STORE, [
+        TransactionalStateOperation(key="k4", data="four"),
+        TransactionalStateOperation(key="k1", data="", operation_type=TransactionOperationType.delete),
+    ]) and None)
+    step("after-transaction", lambda: [d.get_state(STORE, k).data.decode() for k in ["k1", "k4"]])
+    step("delete-stale-etag", lambda: d.delete_state(STORE, "k2", etag="12345", options=FIRST_WRITE) and None)
+    step("delete", lambda: d.delete_state(STORE, "k2") and None)
+    step("get-deleted", lambda: d.get_state(STORE, "k2").data.decode())
+    step("unknown-store", lambda: d.get_state("no-such-store", "x").data.decode())
+    step("set-metadata", lambda: d.set_metadata("sdk", "python") and None)
+    step("metadata", lambda: (lambda m: {
+        "id": m.application_id,
+        "components": sorted(c.name for c in m.registered_components),
+        "extended": dict(m.extended_metadata),
+    })(d.get_metadata()))
+
+
+def publish(d):
+    step("publish", lambda: d.publish_event("pubsub", "orders", json.dumps({"orderId": 1}),
+                                            data_content_type="application/json") and None)
+    step("publish-text", lambda: d.publish_event("pubsub", "orders", "hello",
+                                                 data_content_type="text/plain") and None)
+    step("publish-bulk", lambda: [
+        e.entry.entry_id for e in d.publish_events(
+            "pubsub", "orders",
+            [json.dumps({"orderId": n}) for n in (2, 3, 4)],
+            data_content_type="application/json").failed_entries
+    ])
+    step("publish-unknown-pubsub", lambda: d.publish_event("nope", "orders", "x") and None)
+
+
+def invoke(d):
+    target = os.environ["TARGET_APP"]
+    step("invoke-post", lambda: (lambda r: {"content_type": r.content_type, "body": json.loads(r.data)})(
+        d.invoke_method(target, "orders/7", data='{"n":7}', content_type="application/json",
+                        http_verb="POST", http_querystring=(("a", "1"),))))
+    step("invoke-get", lambda: json.loads(d.invoke_method(target, "hello", http_verb="GET").data))
+    step("invoke-404", lambda: d.invoke_method(target, "status/404", http_verb="GET").data.decode())
+    step("invoke-unknown-app", lambda: d.invoke_method("nobody-here", "x", http_verb="GET").data.decode())
+
+
+def main():
+    scenario = os.environ["SCENARIO"]
+    with DaprClient() as d:
+        {"state": state, "publish": publish, "invoke": invoke}[scenario](d)
+    finish()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # noqa: BLE001
+        crash(e)
