@@ -10,6 +10,7 @@ mod convert;
 mod invoke;
 mod service;
 mod status;
+mod subscribe;
 
 use std::sync::Arc;
 
