@@ -15,6 +15,11 @@
 //! How many requests of one subscription the app handles at once is the component's
 //! `concurrencyMode` (see [`crate::pubsub::delivery_concurrency`]): one at a time keeps the
 //! broker's per-topic order up to the app (until a message is retried).
+//!
+//! The app is reached through an [`AppChannel`]: its HTTP or gRPC port for the
+//! subscriptions above, or the stream of a streaming subscription
+//! (`api::grpc::subscribe`), which joins its group itself and hands the subscription to
+//! [`deliver`]. Every target is settled by the same rules.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,7 +35,6 @@ use trellis_pubsub::{Acker, Delivery, Message, PublishRequest, SubscribeRequest,
 use crate::Body;
 use crate::api::callbacks::{self, AppVerdict, BulkEntry};
 use crate::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
-use crate::config::DeliveryPolicy;
 use crate::invoke::{AppCall, AppChannel};
 use crate::pubsub::PubSubComponent;
 use crate::runtime::Runtime;
@@ -58,7 +62,6 @@ struct Loop {
     channel: Arc<dyn AppChannel>,
     sub: ActiveSubscription,
     component: Arc<PubSubComponent>,
-    policy: DeliveryPolicy,
 }
 
 /// Runs every subscription of the app until `stop` turns true. `declarative` are the
@@ -67,8 +70,6 @@ pub async fn run(
     rt: Arc<Runtime>,
     channel: Arc<dyn AppChannel>,
     declarative: Vec<ActiveSubscription>,
-    policy: DeliveryPolicy,
-    graceful: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::select! {
@@ -107,11 +108,38 @@ pub async fn run(
             channel: channel.clone(),
             sub,
             component,
-            policy: policy.clone(),
         };
-        loops.spawn(l.run(graceful, stop.clone()));
+        loops.spawn(l.run(stop.clone()));
     }
     while loops.join_next().await.is_some() {}
+}
+
+/// How `sub` joins its consumer group: the app id is the group, as for every subscription.
+pub fn subscribe_request(rt: &Runtime, sub: &ActiveSubscription) -> SubscribeRequest {
+    let mut req = SubscribeRequest::new(sub.spec.topic.clone(), rt.app.app_id.clone());
+    req.metadata = sub.spec.metadata.clone();
+    req
+}
+
+/// Delivers `subscription`, already joined (see [`subscribe_request`]), to `channel` by
+/// the rules of `sub` until `stop` turns true or the broker closes it. Then it closes the
+/// subscription and gives deliveries in progress the graceful-shutdown time to settle;
+/// what is still unsettled goes back to the group.
+pub async fn deliver(
+    rt: Arc<Runtime>,
+    channel: Arc<dyn AppChannel>,
+    sub: ActiveSubscription,
+    component: Arc<PubSubComponent>,
+    subscription: Box<dyn Subscription>,
+    stop: watch::Receiver<bool>,
+) {
+    let l = Loop {
+        rt,
+        channel,
+        sub,
+        component,
+    };
+    Arc::new(l).consume(subscription, stop).await;
 }
 
 /// The app's `GET /dapr/subscribe`, compiled; problems are logged, never fatal (the app
@@ -196,12 +224,12 @@ enum Received {
 }
 
 impl Loop {
-    async fn run(self, graceful: Duration, mut stop: watch::Receiver<bool>) {
+    /// Joins the group, retrying while the broker fails, then delivers.
+    async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let (pubsub, topic) = (&this.sub.spec.pubsub, &this.sub.spec.topic);
-        let mut req = SubscribeRequest::new(topic.clone(), this.rt.app.app_id.clone());
-        req.metadata = this.sub.spec.metadata.clone();
-        let mut subscription = loop {
+        let req = subscribe_request(&this.rt, &this.sub);
+        let subscription = loop {
             tokio::select! {
                 r = this.component.broker.subscribe(req.clone()) => match r {
                     Ok(s) => break s,
@@ -214,6 +242,16 @@ impl Loop {
                 _ = stop.wait_for(|s| *s) => return,
             }
         };
+        this.consume(subscription, stop).await;
+    }
+
+    async fn consume(
+        self: Arc<Self>,
+        mut subscription: Box<dyn Subscription>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let this = self;
+        let (pubsub, topic) = (&this.sub.spec.pubsub, &this.sub.spec.topic);
         this.rt
             .delivery_stats
             .subscribed
@@ -232,7 +270,7 @@ impl Loop {
         let concurrency = this
             .component
             .delivery_concurrency
-            .unwrap_or(this.policy.max_in_flight)
+            .unwrap_or(this.rt.delivery.max_in_flight)
             .max(1);
         let at_app = Arc::new(Semaphore::new(concurrency));
         let tasks = Arc::new(Semaphore::new(concurrency + MAX_SETTLING));
@@ -275,7 +313,10 @@ impl Loop {
         // Let deliveries in progress finish; what is still unsettled after that goes back
         // to the group (dropped unsettled = redelivered).
         let drain = async { while in_flight.join_next().await.is_some() {} };
-        if tokio::time::timeout(graceful, drain).await.is_err() {
+        if tokio::time::timeout(this.rt.graceful_shutdown, drain)
+            .await
+            .is_err()
+        {
             in_flight.abort_all();
             while in_flight.join_next().await.is_some() {}
         }
@@ -458,7 +499,7 @@ impl Loop {
             AppVerdict::Retry(why) => {
                 stats.retried.fetch_add(1, Ordering::Relaxed);
                 let attempt = msg.delivery_attempt;
-                let exhausted = attempt >= self.policy.max_attempts;
+                let exhausted = attempt >= self.rt.delivery.max_attempts;
                 match (&spec.dead_letter_topic, exhausted) {
                     (Some(dlt), true) => self.dead_letter(dlt, delivery, &why).await,
                     _ => {
@@ -469,7 +510,7 @@ impl Loop {
                             attempt,
                             "redelivering: {why}"
                         );
-                        delivery.nack(self.policy.backoff(attempt)).await
+                        delivery.nack(self.rt.delivery.backoff(attempt)).await
                     }
                 }
             }
@@ -546,7 +587,7 @@ impl Loop {
             }
             Err(e) => {
                 tracing::warn!(dead_letter_topic = topic, error = %e, "dead-lettering failed; redelivering");
-                let after = self.policy.max_backoff;
+                let after = self.rt.delivery.max_backoff;
                 delivery.nack(after).await
             }
         }

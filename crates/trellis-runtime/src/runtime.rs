@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use trellis_nameres::AppRef;
 
-use crate::config::AppChannelConfig;
+use crate::config::{AppChannelConfig, DeliveryPolicy};
 use crate::health::Health;
 use crate::invoke::{AppChannel, Invoker};
 use crate::pubsub::PubSubs;
@@ -39,6 +40,23 @@ impl DeliveryStats {
     }
 }
 
+/// A streaming subscription's entry in the metadata API; dropping it removes the entry.
+#[derive(Debug)]
+pub struct ListedStream {
+    rt: Arc<Runtime>,
+    id: u64,
+}
+
+impl Drop for ListedStream {
+    fn drop(&mut self) {
+        self.rt
+            .streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _)| *id != self.id);
+    }
+}
+
 /// What the metadata API lists about a loaded component.
 #[derive(Debug, Clone)]
 pub struct ComponentSummary {
@@ -64,7 +82,17 @@ pub struct Runtime {
     pub max_request_body: usize,
     pub api_token: Option<String>,
     pub enable_api_logging: bool,
+    /// Retries and concurrency of deliveries, for every subscription.
+    pub delivery: DeliveryPolicy,
+    /// How long work in progress may take to finish once the sidecar stops.
+    pub graceful_shutdown: Duration,
+    /// Turns true when the sidecar stops; long-lived calls (streaming subscriptions) end.
+    stopping: watch::Receiver<bool>,
+    /// The app's subscriptions (declarative and programmatic), set once delivery starts.
     subscriptions: RwLock<Vec<SubscriptionSpec>>,
+    /// Streaming subscriptions open right now, by a number of their own.
+    streams: RwLock<Vec<(u64, SubscriptionSpec)>>,
+    next_stream: AtomicU64,
     extended: RwLock<BTreeMap<String, String>>,
     shutdown_requested: watch::Sender<bool>,
 }
@@ -86,6 +114,10 @@ pub struct RuntimeParts {
     pub api_token: Option<String>,
     pub enable_api_logging: bool,
     pub extended: BTreeMap<String, String>,
+    pub delivery: DeliveryPolicy,
+    pub graceful_shutdown: Duration,
+    /// The sidecar's stop signal (true once it stops).
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl Runtime {
@@ -99,7 +131,12 @@ impl Runtime {
             state: parts.state,
             pubsub: parts.pubsub,
             delivery_stats: DeliveryStats::default(),
+            delivery: parts.delivery,
+            graceful_shutdown: parts.graceful_shutdown,
+            stopping: parts.stopping,
             subscriptions: RwLock::new(Vec::new()),
+            streams: RwLock::new(Vec::new()),
+            next_stream: AtomicU64::new(0),
             components: parts.components,
             http_endpoints: parts.http_endpoints,
             enabled_features: parts.enabled_features,
@@ -125,19 +162,43 @@ impl Runtime {
             .insert(key, value);
     }
 
-    /// The subscriptions being delivered, as the metadata API lists them.
+    /// The subscriptions being delivered, as the metadata API lists them: the app's, then
+    /// the streaming ones open now, oldest first.
     pub fn subscriptions(&self) -> Vec<SubscriptionSpec> {
-        self.subscriptions
+        let mut subs = self
+            .subscriptions
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        subs.extend(streams.iter().map(|(_, spec)| spec.clone()));
+        subs
     }
 
+    /// Sets the app's own subscriptions (streaming ones are listed by [`Runtime::list_stream`]).
     pub fn set_subscriptions(&self, subs: Vec<SubscriptionSpec>) {
         *self
             .subscriptions
             .write()
             .unwrap_or_else(|p| p.into_inner()) = subs;
+    }
+
+    /// Lists a streaming subscription until the returned guard is dropped.
+    pub fn list_stream(self: &Arc<Self>, spec: SubscriptionSpec) -> ListedStream {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, spec));
+        ListedStream {
+            rt: self.clone(),
+            id,
+        }
+    }
+
+    /// The sidecar's stop signal: true once it is stopping.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.clone()
     }
 
     /// Asks the owner of this sidecar to shut it down (`POST /v1.0/shutdown`).

@@ -152,6 +152,7 @@ impl Sidecar {
             app_channel.clone(),
             config.peer_keepalive,
         );
+        let (stop, _) = watch::channel(false);
         let runtime = Arc::new(Runtime::new(RuntimeParts {
             app: me,
             invoker,
@@ -183,9 +184,11 @@ impl Sidecar {
             api_token: config.api_token.clone(),
             enable_api_logging: config.enable_api_logging,
             extended: config.extended_metadata.clone(),
+            delivery: config.delivery.clone(),
+            graceful_shutdown: config.graceful_shutdown,
+            stopping: stop.subscribe(),
         }));
 
-        let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let stopped = |stop: &watch::Sender<bool>| {
             let mut rx = stop.subscribe();
@@ -220,8 +223,6 @@ impl Sidecar {
                     runtime.clone(),
                     channel.clone(),
                     declarative,
-                    config.delivery.clone(),
-                    config.graceful_shutdown,
                     stop.subscribe(),
                 ));
             }

@@ -15,6 +15,9 @@ use crate::pubsub::PubSubs;
 pub enum SubscriptionKind {
     Declarative,
     Programmatic,
+    /// Opened by the app over gRPC (`SubscribeTopicEventsAlpha1`), for as long as its
+    /// stream lasts.
+    Streaming,
 }
 
 impl SubscriptionKind {
@@ -23,6 +26,7 @@ impl SubscriptionKind {
         match self {
             SubscriptionKind::Declarative => "DECLARATIVE",
             SubscriptionKind::Programmatic => "PROGRAMMATIC",
+            SubscriptionKind::Streaming => "STREAMING",
         }
     }
 }
@@ -46,6 +50,28 @@ pub struct SubscriptionSpec {
     pub dead_letter_topic: Option<String>,
     /// Deliver in batches (`bulkSubscribe.enabled`); `None` = one event per request.
     pub bulk_subscribe: Option<BulkConfig>,
+}
+
+impl SubscriptionSpec {
+    /// A streaming subscription: every event goes down the stream, so it has the one route
+    /// `/` (as Dapr lists it), and no bulk delivery.
+    pub fn streaming(
+        pubsub: String,
+        topic: String,
+        metadata: BTreeMap<String, String>,
+        dead_letter_topic: Option<String>,
+    ) -> Self {
+        Self {
+            kind: SubscriptionKind::Streaming,
+            pubsub,
+            topic,
+            rules: Vec::new(),
+            default_route: Some("/".to_string()),
+            metadata,
+            dead_letter_topic,
+            bulk_subscribe: None,
+        }
+    }
 }
 
 /// How a bulk subscription batches: at most `max_messages` events per request, and a

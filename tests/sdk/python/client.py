@@ -3,15 +3,22 @@
   state    save/get/ETags/first-write/bulk/delete/transactions/query/metadata
   publish  publish_event and publish_events to topic `orders` of the default pubsub
   invoke   invoke_method on TARGET_APP (run with DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc)
+  stream   streaming subscriptions: subscribe() and subscribe_with_handler() on topics
+           `stream-orders` and `stream-handled`, answering SUCCESS, RETRY and DROP
 
 Each SDK call is reported as a step; the test decides what is right."""
 
 import json
 import os
+import queue
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from dapr.clients import DaprClient
 from dapr.clients.grpc._state import StateItem, StateOptions, Concurrency
 from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
+from dapr.clients.grpc._response import TopicEventResponse
 
 from report import crash, finish, step
 
@@ -81,10 +88,82 @@ def invoke(d):
     step("invoke-unknown-app", lambda: d.invoke_method("nobody-here", "x", http_verb="GET").data.decode())
 
 
+def streaming_listed():
+    """The streaming subscriptions the sidecar's /v1.0/metadata lists (the SDK's
+    get_metadata leaves subscriptions out)."""
+    url = f"http://127.0.0.1:{os.environ['DAPR_HTTP_PORT']}/v1.0/metadata"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        md = json.load(r)
+    return [f"{s['pubsubname']}/{s['topic']}" for s in md.get("subscriptions", [])
+            if s.get("type") == "STREAMING"]
+
+
+def stream(d):
+    waiter = ThreadPoolExecutor(max_workers=1)
+
+    def next_message(sub):
+        # next_message() blocks until an event comes; a missing one fails the step instead.
+        return waiter.submit(sub.next_message).result(timeout=15)
+
+    def publish_order(n):
+        d.publish_event("pubsub", "stream-orders", json.dumps({"orderId": n}),
+                        data_content_type="application/json")
+
+    sub = d.subscribe("pubsub", "stream-orders")
+    step("listed-while-open", streaming_listed)
+
+    publish_order(1)
+    msg = next_message(sub)
+    step("event", lambda: {
+        "has_id": bool(msg.id()), "source": msg.source(), "type": msg.type(),
+        "topic": msg.topic(), "pubsub": msg.pubsub_name(),
+        "content_type": msg.data_content_type(), "data": msg.data(),
+    })
+    sub.respond_success(msg)
+
+    publish_order(2)
+    first = next_message(sub)
+    sub.respond_retry(first)
+    again = step("retried", lambda: next_message(sub))
+    step("retried-same", lambda: {"same_id": again.id() == first.id(), "data": again.data()})
+    sub.respond_success(again)
+
+    publish_order(3)
+    sub.respond_drop(next_message(sub))
+    publish_order(4)
+    after = step("after-drop", lambda: next_message(sub))
+    step("after-drop-data", lambda: after.data())
+    sub.respond_success(after)
+
+    sub.close()
+
+    def listed_after_close():
+        deadline = time.monotonic() + 10
+        while streaming_listed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return streaming_listed()
+
+    step("listed-after-close", listed_after_close)
+
+    handled = queue.Queue()
+
+    def handler(message):
+        handled.put(message.data())
+        return TopicEventResponse("success")
+
+    close = d.subscribe_with_handler("pubsub", "stream-handled", handler)
+    d.publish_event("pubsub", "stream-handled", json.dumps({"n": 5}),
+                    data_content_type="application/json")
+    step("handled", lambda: handled.get(timeout=15))
+    close()
+
+    step("subscribe-unknown-pubsub", lambda: d.subscribe("nope", "x") and None)
+
+
 def main():
     scenario = os.environ["SCENARIO"]
     with DaprClient() as d:
-        {"state": state, "publish": publish, "invoke": invoke}[scenario](d)
+        {"state": state, "publish": publish, "invoke": invoke, "stream": stream}[scenario](d)
     finish()
 
 

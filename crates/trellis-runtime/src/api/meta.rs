@@ -284,6 +284,7 @@ pub(super) fn grpc_metadata(rt: &Runtime) -> pb::GetMetadataResponse {
                 r#type: match s.kind {
                     SubscriptionKind::Declarative => pb::PubsubSubscriptionType::Declarative,
                     SubscriptionKind::Programmatic => pb::PubsubSubscriptionType::Programmatic,
+                    SubscriptionKind::Streaming => pb::PubsubSubscriptionType::Streaming,
                 } as i32,
                 pubsub_name: s.pubsub,
                 topic: s.topic,

@@ -17,7 +17,7 @@ use crate::{grpc_sidecar, sidecar, url};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn client(s: &RunningSidecar) -> DaprClient<Channel> {
+pub(crate) async fn client(s: &RunningSidecar) -> DaprClient<Channel> {
     let addr = s.grpc_addr.expect("grpc listener");
     DaprClient::connect(format!("http://{addr}")).await.unwrap()
 }
@@ -43,7 +43,7 @@ fn with_etag(mut item: pbc::StateItem, etag: &str, first_write: bool) -> pbc::St
 
 /// Asserts a gRPC error: its code, and the `ErrorInfo` reason in domain `dapr.io`.
 #[track_caller]
-fn assert_status(err: &tonic::Status, code: Code, reason: &str) {
+pub(crate) fn assert_status(err: &tonic::Status, code: Code, reason: &str) {
     assert_eq!(err.code(), code, "{err:?}");
     let info = err.get_details_error_info().expect("an ErrorInfo detail");
     assert_eq!(info.reason, reason, "{err:?}");

@@ -9,6 +9,7 @@ mod grpc;
 mod invoke;
 mod pubsub;
 mod state;
+mod streaming;
 mod targets;
 
 use tokio::net::TcpListener;

@@ -447,7 +447,7 @@ fn uuid() -> String {
     )
 }
 
-fn resources(yaml: &str) -> trellis_resources::Resources {
+pub(crate) fn resources(yaml: &str) -> trellis_resources::Resources {
     trellis_resources::parse_str(Path::new("r.yaml"), yaml).unwrap()
 }
 
@@ -513,7 +513,7 @@ async fn declarative_subscriptions_with_scopes() {
     s.stop().await;
 }
 
-fn pubsub_component(name: &str, db: &Path, extra: &str) -> String {
+pub(crate) fn pubsub_component(name: &str, db: &Path, extra: &str) -> String {
     format!(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: pubsub.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    value: \"{}\"\n{extra}",
         db.display()

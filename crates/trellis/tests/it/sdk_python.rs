@@ -217,6 +217,52 @@ async fn python_sdk_publishes_over_grpc_to_a_subscriber() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_streaming_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-stream", dir.path(), &report, "client.py")
+        .env("SCENARIO", "stream")
+        .spawn();
+    report.wait_client("py-stream", &mut app, &[]).await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("py-stream");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+
+    assert_eq!(
+        r("listed-while-open"),
+        json!(["pubsub/stream-orders"]),
+        "{ctx}"
+    );
+    assert_eq!(
+        r("event"),
+        json!({
+            "has_id": true, "source": "py-stream", "type": "com.dapr.event.sent",
+            "topic": "stream-orders", "pubsub": "pubsub",
+            "content_type": "application/json", "data": {"orderId": 1},
+        }),
+        "{ctx}"
+    );
+    assert_eq!(
+        r("retried-same"),
+        json!({"same_id": true, "data": {"orderId": 2}}),
+        "{ctx}"
+    );
+    assert_eq!(
+        r("after-drop-data"),
+        json!({"orderId": 4}),
+        "the dropped one stayed gone\n{ctx}"
+    );
+    assert_eq!(r("listed-after-close"), json!([]), "{ctx}");
+    assert_eq!(r("handled"), json!({"n": 5}), "{ctx}");
+    let unknown = error(&steps, "subscribe-unknown-pubsub", &ctx);
+    let message = unknown["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("INVALID_ARGUMENT") && message.contains("pubsub nope is not found"),
+        "{ctx}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_invokes_an_http_app_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let report = Report::new(dir.path());

@@ -11,6 +11,7 @@ mod invoke;
 mod proxy;
 mod service;
 mod status;
+mod subscribe;
 
 use std::sync::Arc;
 

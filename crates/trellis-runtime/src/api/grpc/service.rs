@@ -3,11 +3,9 @@
 //! [`ops`]: crate::api::ops
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::Stream;
 use tonic::{Request, Response, Status};
 use trellis_proto::common::{self as pbc, state_options};
 use trellis_proto::runtime::{self as pb, dapr_server::Dapr};
@@ -306,16 +304,13 @@ impl Dapr for DaprApi {
         Ok(Response::new(pb::BulkPublishResponse { failed_entries }))
     }
 
-    type SubscribeTopicEventsAlpha1Stream =
-        Pin<Box<dyn Stream<Item = Result<pb::SubscribeTopicEventsResponseAlpha1, Status>> + Send>>;
+    type SubscribeTopicEventsAlpha1Stream = super::subscribe::EventStream;
 
     async fn subscribe_topic_events_alpha1(
         &self,
-        _request: Request<tonic::Streaming<pb::SubscribeTopicEventsRequestAlpha1>>,
+        request: Request<tonic::Streaming<pb::SubscribeTopicEventsRequestAlpha1>>,
     ) -> Reply<Self::SubscribeTopicEventsAlpha1Stream> {
-        Err(Status::unimplemented(
-            "streaming subscriptions are not implemented in this Trellis build yet; subscribe through /dapr/subscribe or a Subscription resource",
-        ))
+        super::subscribe::subscribe(self.rt.clone(), request).await
     }
 
     async fn get_metadata(

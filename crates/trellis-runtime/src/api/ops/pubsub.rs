@@ -48,8 +48,48 @@ pub struct BulkFailure {
     pub failed: Vec<(String, String)>,
 }
 
-/// The pub/sub and topic of a request, with Dapr's checks in Dapr's order.
+/// The pub/sub and topic of a publish, with Dapr's checks in Dapr's order.
 pub fn target<'a>(
+    rt: &'a Runtime,
+    name: &str,
+    topic: &str,
+) -> Result<&'a Arc<PubSubComponent>, ApiError> {
+    let component = component(rt, name, topic)?;
+    if !component.scopes.can_publish(&rt.app.app_id, topic) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "ERR_PUBSUB_FORBIDDEN",
+            format!("topic {topic} is not allowed for app id {}", rt.app.app_id),
+        )
+        .reason("DAPR_PUBSUB_FORBIDDEN"));
+    }
+    Ok(component)
+}
+
+/// The pub/sub and topic of a streaming subscription: the same checks as a publish, the
+/// topic scoping being the component's `subscriptionScopes`.
+pub fn subscribe_target<'a>(
+    rt: &'a Runtime,
+    name: &str,
+    topic: &str,
+) -> Result<&'a Arc<PubSubComponent>, ApiError> {
+    let component = component(rt, name, topic)?;
+    if !component.scopes.can_subscribe(&rt.app.app_id, topic) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "ERR_PUBSUB_FORBIDDEN",
+            format!(
+                "subscription to topic '{topic}' on pubsub '{name}' is not allowed for app id {}",
+                rt.app.app_id
+            ),
+        )
+        .reason("DAPR_PUBSUB_FORBIDDEN"));
+    }
+    Ok(component)
+}
+
+/// The component `name`, once the names are known to be usable.
+fn component<'a>(
     rt: &'a Runtime,
     name: &str,
     topic: &str,
@@ -89,14 +129,6 @@ pub fn target<'a>(
         )
         .grpc(Code::InvalidArgument)
         .reason("DAPR_PUBSUB_TOPIC_NAME_EMPTY"));
-    }
-    if !component.scopes.can_publish(&rt.app.app_id, topic) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "ERR_PUBSUB_FORBIDDEN",
-            format!("topic {topic} is not allowed for app id {}", rt.app.app_id),
-        )
-        .reason("DAPR_PUBSUB_FORBIDDEN"));
     }
     Ok(component)
 }
