@@ -197,6 +197,8 @@ pub struct Registration {
     pub internal_address: SocketAddr,
     /// The sidecar's public Dapr HTTP API address, for tools such as `trellis list`.
     pub http_address: Option<SocketAddr>,
+    /// The sidecar's public Dapr gRPC API address, for the same tools.
+    pub grpc_address: Option<SocketAddr>,
     pub app_port: Option<u16>,
 }
 

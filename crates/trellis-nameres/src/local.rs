@@ -45,6 +45,8 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_address: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_address: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_port: Option<u16>,
 }
 
@@ -74,6 +76,7 @@ impl LocalRegistry {
                     process_start: process_start(pid),
                     internal_address: me.internal_address,
                     http_address: me.http_address,
+                    grpc_address: me.grpc_address,
                     app_port: me.app_port,
                 };
                 let app_dir = app_dir(dir, &me.app)?;
@@ -271,6 +274,7 @@ mod tests {
             app: AppRef::new(app, "default").unwrap(),
             internal_address: SocketAddr::from(([127, 0, 0, 1], port)),
             http_address: None,
+            grpc_address: None,
             app_port: None,
         }
     }
@@ -310,6 +314,7 @@ mod tests {
             process_start: Some(1),
             internal_address: SocketAddr::from(([127, 0, 0, 1], 9)),
             http_address: None,
+            grpc_address: None,
             app_port: None,
         };
         let path = app_dir.join("stale.json");
@@ -336,6 +341,7 @@ mod tests {
             process_start: process_start(pid),
             internal_address: addr,
             http_address: None,
+            grpc_address: None,
             app_port: None,
         }
     }

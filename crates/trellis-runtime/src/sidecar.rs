@@ -136,6 +136,7 @@ impl Sidecar {
                     app: me.clone(),
                     internal_address: advertised(internal_addr),
                     http_address: Some(advertised(http_addr)),
+                    grpc_address: grpc_addr.map(advertised),
                     app_port: config.app.as_ref().map(|a| a.port),
                 }),
             },

@@ -69,16 +69,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("no sidecars running (registry: {})", dir.display());
             } else {
                 println!(
-                    "{:<20} {:<12} {:>8} {:<22} {:<22} {:>8}",
-                    "APP ID", "NAMESPACE", "PID", "HTTP", "INTERNAL", "APP PORT"
+                    "{:<20} {:<12} {:>8} {:<22} {:<22} {:<22} {:>8}",
+                    "APP ID", "NAMESPACE", "PID", "HTTP", "GRPC", "INTERNAL", "APP PORT"
                 );
                 for e in entries {
                     println!(
-                        "{:<20} {:<12} {:>8} {:<22} {:<22} {:>8}",
+                        "{:<20} {:<12} {:>8} {:<22} {:<22} {:<22} {:>8}",
                         e.app_id,
                         e.namespace,
                         e.pid,
                         e.http_address.map(|a| a.to_string()).unwrap_or_default(),
+                        e.grpc_address.map(|a| a.to_string()).unwrap_or_default(),
                         e.internal_address,
                         e.app_port.map(|p| p.to_string()).unwrap_or_default()
                     );

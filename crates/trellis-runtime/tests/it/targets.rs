@@ -27,6 +27,7 @@ fn plant_entry(dir: &std::path::Path, app: &TestApp) {
         process_start: process_start(pid),
         internal_address: SocketAddr::from(([127, 0, 0, 1], app.port())),
         http_address: None,
+        grpc_address: None,
         app_port: None,
     };
     std::fs::write(dir.join("1-1.json"), serde_json::to_vec(&entry).unwrap()).unwrap();

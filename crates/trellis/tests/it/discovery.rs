@@ -447,6 +447,11 @@ async fn list_shows_running_sidecars() {
         format!("127.0.0.1:{}", s.a.http_port),
         "{ctx}"
     );
+    assert_eq!(
+        a["grpcAddress"],
+        format!("127.0.0.1:{}", s.a.grpc_port),
+        "the gRPC API port is listed too: {ctx}"
+    );
     assert!(a.get("appPort").is_none_or(|p| p.is_null()), "{ctx}");
     assert_eq!(b["pid"], s.bs[0].pid(), "{ctx}");
     assert_eq!(b["appPort"], s.apps[0].port(), "{ctx}");
