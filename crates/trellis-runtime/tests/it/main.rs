@@ -24,17 +24,7 @@ pub async fn sidecar(
     app_port: Option<u16>,
     tweak: impl FnOnce(&mut SidecarConfig),
 ) -> RunningSidecar {
-    let mut config = SidecarConfig::new(app_id, registry);
-    config.app = app_port.map(|port| AppChannelConfig {
-        host: "127.0.0.1".into(),
-        port,
-        protocol: AppProtocol::Http,
-        health_check: None,
-    });
-    tweak(&mut config);
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Sidecar::start(config, http, internal).await.unwrap()
+    start(app_id, registry, app_port, tweak, false).await
 }
 
 /// As [`sidecar`], also serving the gRPC API on a free port.
@@ -43,6 +33,16 @@ pub async fn grpc_sidecar(
     registry: &std::path::Path,
     app_port: Option<u16>,
     tweak: impl FnOnce(&mut SidecarConfig),
+) -> RunningSidecar {
+    start(app_id, registry, app_port, tweak, true).await
+}
+
+async fn start(
+    app_id: &str,
+    registry: &std::path::Path,
+    app_port: Option<u16>,
+    tweak: impl FnOnce(&mut SidecarConfig),
+    grpc: bool,
 ) -> RunningSidecar {
     let mut config = SidecarConfig::new(app_id, registry);
     config.app = app_port.map(|port| AppChannelConfig {
@@ -55,7 +55,10 @@ pub async fn grpc_sidecar(
     let listeners = Listeners {
         http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         internal: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        grpc: match grpc {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        },
     };
     Sidecar::serve(config, listeners).await.unwrap()
 }
