@@ -187,14 +187,7 @@ impl GrpcAppChannel {
         topic: &str,
         req: Request<Body>,
     ) -> Result<Response<Body>, InvokeError> {
-        let (parts, body) = req.into_parts();
-        let data = read(body).await?;
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let event = convert::topic_event(&data, content_type, pubsub, topic, handler(path));
+        let (event, parts) = topic_event_request(req, pubsub, topic, handler(path)).await?;
         let mut client = AppCallbackClient::new(self.channel.clone());
         match client
             .on_topic_event(self.request(event, metadata_from(&parts.headers)))
@@ -290,6 +283,31 @@ impl AppChannel for GrpcAppChannel {
         let call = client.health_check(self.request((), MetadataMap::new()));
         matches!(tokio::time::timeout(check.timeout, call).await, Ok(Ok(_)))
     }
+}
+
+/// Reads one delivery (HTTP-shaped, as the delivery loop sends it) into the
+/// `TopicEventRequest` gRPC receivers get: gRPC apps and streaming subscriptions alike.
+pub(super) async fn topic_event_request(
+    req: Request<Body>,
+    pubsub: &str,
+    topic: &str,
+    path: &str,
+) -> Result<
+    (
+        trellis_proto::runtime::TopicEventRequest,
+        http::request::Parts,
+    ),
+    InvokeError,
+> {
+    let (parts, body) = req.into_parts();
+    let data = read(body).await?;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let event = convert::topic_event(&data, content_type, pubsub, topic, path);
+    Ok((event, parts))
 }
 
 /// The route as the app registered it: delivery gives every route a leading `/` (and the

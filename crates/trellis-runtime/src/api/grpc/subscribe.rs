@@ -26,7 +26,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::Stream;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::BodyExt as _;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Status, Streaming};
@@ -298,18 +297,7 @@ impl StreamChannel {
         topic: &str,
         req: Request<Body>,
     ) -> Result<Response<Body>, InvokeError> {
-        let (parts, body) = req.into_parts();
-        let data = body
-            .collect()
-            .await
-            .map_err(|e| InvokeError::AppChannel(format!("reading the event: {e}")))?
-            .to_bytes();
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let event = convert::topic_event(&data, content_type, pubsub, topic, path);
+        let (event, _) = super::app_channel::topic_event_request(req, pubsub, topic, path).await?;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending();
@@ -374,6 +362,7 @@ impl AppChannel for StreamChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt as _;
 
     fn processed(id: &str, status: Option<i32>) -> pb::SubscribeTopicEventsRequestProcessedAlpha1 {
         pb::SubscribeTopicEventsRequestProcessedAlpha1 {
