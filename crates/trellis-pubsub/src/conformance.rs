@@ -27,7 +27,9 @@
 //! Cases that need a capability (`ordered`, `ttl`) exist only for a broker that has it: a
 //! broker without one says so in the invocation, `conformance_tests!(make, lacks: [ttl])`,
 //! and the case is not generated, so the test runner lists no test that proves nothing
-//! (nextest has no "skipped at run time"). The generated
+//! (nextest has no "skipped at run time"). `replay` (does a new group get what the topic
+//! already holds?) generates no case of its own: `new_group_starts_where_the_broker_says`
+//! checks whichever answer the broker declares. The generated
 //! `declared_capabilities_match_the_broker` test keeps that list truthful: it fails when
 //! the broker's [`Capabilities`](crate::Capabilities) and `lacks` disagree.
 //!
@@ -257,7 +259,7 @@ macro_rules! conformance_tests {
             nack_redelivers_with_next_attempt,
             unsettled_delivery_is_redelivered,
             group_keeps_messages_while_nobody_subscribes,
-            new_group_starts_at_its_first_subscribe,
+            new_group_starts_where_the_broker_says,
             close_ends_the_subscription,
             bulk_publish_delivers_all,
             bulk_publish_reports_failed_entries,
@@ -291,8 +293,12 @@ macro_rules! __pubsub_unless_lacking {
 }
 
 /// The capabilities a `lacks:` list may name, with the broker's answer for each.
-fn capability_flags(caps: crate::Capabilities) -> [(&'static str, bool); 2] {
-    [("ordered", caps.ordered), ("ttl", caps.ttl)]
+fn capability_flags(caps: crate::Capabilities) -> [(&'static str, bool); 3] {
+    [
+        ("ordered", caps.ordered),
+        ("ttl", caps.ttl),
+        ("replay", caps.replay),
+    ]
 }
 
 /// Fails unless the broker reports exactly the capabilities the invocation did not list
@@ -581,8 +587,20 @@ pub mod cases {
         ctx.expect_nothing(sub.as_mut()).await;
     }
 
-    pub async fn new_group_starts_at_its_first_subscribe(ctx: Arc<Ctx>) {
+    /// A broker that replays gives a new group what was published before any subscriber
+    /// existed (the publisher-first race of a multi-app run); one that does not gives it
+    /// only what comes after its first subscribe.
+    pub async fn new_group_starts_where_the_broker_says(ctx: Arc<Ctx>) {
         let topic = ctx.topic("t");
+        if ctx.broker().capabilities().replay {
+            ctx.publish(msg(&topic, "before")).await;
+            let mut late = ctx.subscribe(&topic, &ctx.group("late")).await;
+            ctx.publish(msg(&topic, "after")).await;
+            let got: BTreeSet<String> = ctx.recv_ack(late.as_mut(), 2).await.into_iter().collect();
+            assert_eq!(got, BTreeSet::from(["before".into(), "after".into()]));
+            ctx.expect_nothing(late.as_mut()).await;
+            return;
+        }
         // Someone subscribes, so that the topic exists for brokers that need that.
         let mut early = ctx.subscribe(&topic, &ctx.group("early")).await;
         ctx.publish(msg(&topic, "before")).await;

@@ -12,9 +12,10 @@
 //! - A consumer group is a durable pull consumer of the topic's stream, named after the
 //!   group (the app id, or `durableName` when set) and a hash of the topic. It survives the
 //!   subscribers, so the group gets what was published while it was down; all instances of
-//!   the group pull from it, so they share the messages. A new consumer starts with the
-//!   messages published from then on (`deliverPolicy` `new`; Dapr's default is `all`,
-//!   which would replay the whole stream to a new group).
+//!   the group pull from it, so they share the messages. A new consumer starts at the
+//!   beginning of what the stream holds for its topic (`deliverPolicy` `all`, Dapr's
+//!   default), so events published before the subscriber came up are not lost; `new`
+//!   starts it at its first subscribe.
 //! - Ack and nack are JetStream's `+ACK` and `-NAK` (with the nack's delay); a delivery
 //!   dropped unsettled is nacked at once; one held by a process that dies comes back after
 //!   `ackWait`. [`Message::delivery_attempt`] is JetStream's delivery count.
@@ -60,6 +61,9 @@ impl std::fmt::Debug for JetStreamBroker {
     }
 }
 
+/// How long a publish waits for the client's first connection before failing.
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(5);
+
 fn be(e: impl std::fmt::Display) -> PubSubError {
     PubSubError::backend(e)
 }
@@ -97,7 +101,7 @@ impl JetStreamBroker {
         let ack_wait = md.positive_duration("ackWait", Duration::from_secs(30))?;
         let max_deliver = md.usize("maxDeliver", 0, 0..=1_000_000)?;
         let deliver_policy = match md.get("deliverPolicy").map(str::to_ascii_lowercase) {
-            None => consumer::DeliverPolicy::New,
+            None => consumer::DeliverPolicy::All,
             Some(p) => match p.as_str() {
                 "new" => consumer::DeliverPolicy::New,
                 "all" => consumer::DeliverPolicy::All,
@@ -198,12 +202,27 @@ impl JetStreamBroker {
         Ok(name)
     }
 
+    /// Waits (a bounded while) for the first connection of a client just opened: `open`
+    /// returns before it is made, so that a sidecar starts while NATS is down, and the
+    /// first publish of a freshly started app must not fail for that. Once the client has
+    /// been connected this returns at once; a later disconnect fails publishes at once.
+    async fn first_connect(&self) {
+        let deadline = tokio::time::Instant::now() + FIRST_CONNECT_WAIT;
+        while self.client.connection_state() == async_nats::connection::State::Pending
+            && tokio::time::Instant::now() < deadline
+        {
+            // Only ever at start-up, so a short poll costs nothing worth an event hook.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Validates and sends one message; the returned future resolves with the stream's ack.
     async fn send(
         &self,
         req: PublishRequest,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, PubSubError> {
         req.validate()?;
+        self.first_connect().await;
         // While disconnected the client would buffer the message and send it after the
         // reconnect, long after this call timed out: fail at once instead.
         if let state @ (async_nats::connection::State::Disconnected
@@ -241,6 +260,7 @@ impl PubSub for JetStreamBroker {
             bulk_publish: false,
             ttl: false,
             ordered: true,
+            replay: matches!(self.deliver_policy, consumer::DeliverPolicy::All),
         }
     }
 

@@ -198,6 +198,11 @@ pub struct Capabilities {
     /// A single subscriber of a group receives one topic's messages in publish order
     /// (as long as none is nacked or redelivered).
     pub ordered: bool,
+    /// A consumer group created by its first subscribe also gets what the topic already
+    /// holds (Dapr's start for Redis Streams and JetStream), so a subscriber whose app
+    /// comes up after its publisher's loses nothing. Brokers that drop messages nobody is
+    /// bound to yet (RabbitMQ, MQTT) start a group at its first subscribe.
+    pub replay: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -361,6 +361,8 @@ impl PubSub for MqttBroker {
             // published (MQTT 3.1.1, 4.6 "ordered topic"), shared subscriptions included:
             // the conformance case checks it over 1,000 messages.
             ordered: true,
+            // The broker keeps nothing for a subscription that does not exist yet.
+            replay: false,
         }
     }
 

@@ -224,6 +224,9 @@ impl PubSub for RabbitBroker {
             bulk_publish: false,
             ttl: true,
             ordered: true,
+            // An exchange drops what no queue is bound to yet, and a group's queue is
+            // declared at its first subscribe (as in Dapr).
+            replay: false,
         }
     }
 

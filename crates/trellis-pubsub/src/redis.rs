@@ -3,9 +3,9 @@
 //!
 //! - A topic is a stream; publish is `XADD topic [MAXLEN ~ n] * data <payload>` (the field
 //!   Dapr writes), plus `contentType` and one `meta.<name>` field per metadata entry.
-//! - A consumer group is a Redis group, created at its first subscribe with id `$` and
-//!   `MKSTREAM`, and kept: it gets everything published from then on, also while no member
-//!   runs. Each subscription is a consumer of its own (`<consumerID>-<random>`).
+//! - A consumer group is a Redis group, created at its first subscribe with id `0` and
+//!   `MKSTREAM` (as Dapr does), and kept: it gets what the stream already holds and
+//!   everything published from then on, also while no member runs. Each subscription is a consumer of its own (`<consumerID>-<random>`).
 //! - Ack is `XACK`. A nacked (or dropped) delivery stays pending; its idle time is set so
 //!   that it becomes claimable after the nack's delay (`XCLAIM ... IDLE ... JUSTID`, which
 //!   does not count a delivery). Every `redeliverInterval` a subscription looks for entries
@@ -125,6 +125,7 @@ impl PubSub for RedisBroker {
             bulk_publish: false,
             ttl: false,
             ordered: true,
+            replay: true,
         }
     }
 
@@ -191,7 +192,9 @@ async fn create_group(
                 .arg("CREATE")
                 .arg(topic)
                 .arg(group)
-                .arg("$")
+                // From the start of the stream, as Dapr: events published before the
+                // subscriber's app came up are not lost.
+                .arg("0")
                 .arg("MKSTREAM")
                 .query_async::<Value>(&mut conn)
                 .await

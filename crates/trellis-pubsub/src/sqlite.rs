@@ -8,7 +8,9 @@
 //! `cleanupInterval` (default 5 m; `<= 0` disables), `pollInterval` (default 5 ms: how
 //! quickly a subscriber notices what other processes did), `prefetch` (default 256: how many
 //! messages a subscriber leases at once; it fetches the next ones when half are handed out,
-//! so that a fast consumer never waits for a commit), `busyTimeout` (default 5 s: how long to wait for
+//! so that a fast consumer never waits for a commit), `deliverPolicy` (`all`, the default:
+//! a new group starts at the oldest message its topic holds; `new`: at its first
+//! subscribe), `busyTimeout` (default 5 s: how long to wait for
 //! another process's write lock), `timeout` (default 20 s: for any one operation).
 //!
 //! # Layout
@@ -18,8 +20,10 @@
 //!   never reused after messages are deleted).
 //! - `pubsub_groups`: one row per (topic, consumer group) with a **frontier**: the highest
 //!   message id already handed out to the group. A group created by its first subscribe
-//!   starts at the current last id, so it gets everything published after that, also
-//!   while none of its subscribers runs.
+//!   starts before the oldest message its topic holds (`deliverPolicy` `all`, the default,
+//!   as Dapr's Redis and JetStream components: a subscriber whose app comes up after its
+//!   publisher's loses nothing), or at the current last id (`new`); either way it gets
+//!   everything published after that, also while none of its subscribers runs.
 //! - `pubsub_inflight`: one row per message handed out to a group and not acknowledged
 //!   yet, with the delivery attempt and `visible_at`, the moment it may be handed out
 //!   again (the lease deadline, or the time a nack asked for). Ack deletes the row.
@@ -109,6 +113,10 @@ struct Config {
     busy_timeout: Duration,
     timeout: Duration,
     prefetch: usize,
+    /// A new group starts at the oldest message its topic holds (`deliverPolicy` `all`,
+    /// the default, as Dapr's Redis and JetStream components) rather than at its first
+    /// subscribe (`new`).
+    replay: bool,
 }
 
 impl Config {
@@ -131,6 +139,19 @@ impl Config {
             busy_timeout: md.positive_duration("busyTimeout", Duration::from_secs(5))?,
             timeout: md.positive_duration("timeout", Duration::from_secs(20))?,
             prefetch: md.usize("prefetch", 256, 1..=4096)?,
+            replay: match md
+                .get("deliverPolicy")
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None | Some("all") => true,
+                Some("new") => false,
+                Some(other) => {
+                    return Err(PubSubError::InvalidRequest(format!(
+                        "metadata deliverPolicy: {other:?} is not one of all, new"
+                    )));
+                }
+            },
         })
     }
 
@@ -177,6 +198,7 @@ enum Job {
     Subscribe {
         topic: String,
         group: String,
+        replay: bool,
         reply: Reply<i64>,
     },
     Fetch {
@@ -637,9 +659,10 @@ impl Writer {
             Job::Subscribe {
                 topic,
                 group,
+                replay,
                 reply,
             } => {
-                let res = self.subscribe(&topic, &group, next_id, now);
+                let res = self.subscribe(&topic, &group, replay, next_id, now);
                 let ok = res.is_ok();
                 (Answer::Group(reply, res), ok)
             }
@@ -781,6 +804,7 @@ impl Writer {
         &self,
         topic: &str,
         group: &str,
+        replay: bool,
         next_id: &mut Option<i64>,
         now: i64,
     ) -> Result<i64, PubSubError> {
@@ -792,7 +816,12 @@ impl Writer {
         if let Some(id) = existing {
             return Ok(id);
         }
-        let frontier = self.next_id(next_id)? - 1;
+        // Ids only grow, so frontier 0 is before every message the topic holds.
+        let frontier = if replay {
+            0
+        } else {
+            self.next_id(next_id)? - 1
+        };
         self.conn
             .prepare_cached(
                 "INSERT INTO pubsub_groups (topic, grp, frontier, created_at) \
@@ -1278,6 +1307,7 @@ struct Shared {
     timeout: Duration,
     ack_deadline: Duration,
     prefetch: usize,
+    replay: bool,
     connection: String,
 }
 
@@ -1393,6 +1423,7 @@ impl SqliteBroker {
                 timeout: cfg.timeout,
                 ack_deadline: cfg.ack_deadline,
                 prefetch: cfg.prefetch,
+                replay: cfg.replay,
                 connection: cfg.connection,
             }),
         })
@@ -1406,6 +1437,7 @@ impl PubSub for SqliteBroker {
             bulk_publish: true,
             ttl: true,
             ordered: true,
+            replay: self.shared.replay,
         }
     }
 
@@ -1457,6 +1489,7 @@ impl PubSub for SqliteBroker {
             .call(|reply| Job::Subscribe {
                 topic: req.topic,
                 group: req.consumer_group,
+                replay: self.shared.replay,
                 reply,
             })
             .await?;

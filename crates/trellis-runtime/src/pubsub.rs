@@ -24,6 +24,7 @@ const EMBEDDED_CAPABILITIES: Capabilities = Capabilities {
     bulk_publish: true,
     ttl: true,
     ordered: true,
+    replay: true,
 };
 
 #[derive(Debug)]

@@ -22,7 +22,7 @@ mod conformance {
     trellis_pubsub::conformance_tests!(async {
         trellis_pubsub::conformance::Setup::new(super::open().await)
             .redelivery_timeout(std::time::Duration::from_secs(10))
-    }, lacks: [ttl]);
+    }, lacks: [ttl, replay]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

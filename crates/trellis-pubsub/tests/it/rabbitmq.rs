@@ -20,7 +20,7 @@ mod conformance {
     trellis_pubsub::conformance_tests!(async {
         let broker = super::RabbitBroker::open(&super::md(&[])).await.unwrap();
         super::Setup::new(broker).redelivery_timeout(std::time::Duration::from_secs(5))
-    });
+    }, lacks: [replay]);
 }
 
 #[tokio::test]

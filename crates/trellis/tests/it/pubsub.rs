@@ -1,13 +1,13 @@
 //! Pub/sub through real `trellis` processes sharing one data directory: app A's sidecar
 //! publishes, app B behind another process receives, also what was published while B's
-//! process was down.
+//! process was down, and what was published before B's sidecar ever subscribed.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use trellis_test_support::{SubscriberApp, request, wait_until};
+use trellis_test_support::{SubscriberApp, request, servers, wait_until};
 
 use crate::{PATIENCE, sidecar};
 
@@ -173,4 +173,83 @@ async fn acknowledged_messages_survive_kill_9_of_the_subscriber() {
         "kill -9 of the subscriber's sidecar: {N} messages, {deliveries} deliveries, duplicate rate {:.2}%",
         (deliveries - N) as f64 * 100.0 / N as f64
     );
+}
+
+/// A multi-app run where the publisher is up first (issue 15): A publishes before B's
+/// sidecar has subscribed, and B still gets every event, because a new consumer group
+/// starts at the beginning of what the topic holds, as in Dapr. `component` is the pub/sub
+/// component's `spec` lines (type and metadata); `None` is the embedded broker.
+async fn late_subscriber_gets_every_event(component: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = servers::unique("late");
+    let mut args = Vec::new();
+    if let Some(spec) = component {
+        let resources = dir.path().join("resources");
+        std::fs::create_dir_all(&resources).unwrap();
+        std::fs::write(
+            resources.join("pubsub.yaml"),
+            format!(
+                "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\n\
+                 spec:\n  version: v1\n{spec}"
+            ),
+        )
+        .unwrap();
+        args = vec![
+            "--resources-path".to_string(),
+            resources.display().to_string(),
+        ];
+    }
+    let a = args
+        .iter()
+        .fold(sidecar("app-a", dir.path()), |b, a| b.arg(a.clone()))
+        .spawn();
+    a.wait_healthy().await;
+    let url = a.url(&format!("/v1.0/publish/pubsub/{topic}"));
+    let sent: HashSet<String> = (0..5).map(|i| format!("early {i}")).collect();
+    for m in &sent {
+        let r = request("POST", &url, &[("content-type", "text/plain")], m.clone()).await;
+        assert_eq!(r.status, 204, "{}\nA's output:\n{}", r.text(), a.output());
+    }
+
+    let app = SubscriberApp::start(Some(json!([
+        {"pubsubname": "pubsub", "topic": topic, "route": "/orders"}
+    ])))
+    .await;
+    let b = args
+        .iter()
+        .fold(sidecar("app-b", dir.path()), |b, a| b.arg(a.clone()))
+        .app_port(app.port())
+        .spawn();
+    b.wait_healthy().await;
+    let all = wait_until(PATIENCE, || async { data(&app).is_superset(&sent) }).await;
+    assert!(
+        all,
+        "B got {:?} of {sent:?}\nB's output:\n{}",
+        data(&app),
+        b.output()
+    );
+    // Each event once: the group started before the first one, not before a copy of it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.received_on("/orders").len(), sent.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_started_after_its_publisher_gets_every_event_embedded() {
+    late_subscriber_gets_every_event(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_started_after_its_publisher_gets_every_event_redis() {
+    late_subscriber_gets_every_event(Some(
+        "  type: pubsub.redis\n  metadata:\n  - name: redisHost\n    value: 127.0.0.1:6379\n",
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_started_after_its_publisher_gets_every_event_jetstream() {
+    late_subscriber_gets_every_event(Some(
+        "  type: pubsub.jetstream\n  metadata:\n  - name: natsURL\n    value: nats://127.0.0.1:4222\n",
+    ))
+    .await;
 }
