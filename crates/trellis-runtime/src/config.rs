@@ -38,6 +38,8 @@ pub struct SidecarConfig {
     pub delivery: DeliveryPolicy,
     /// HTTP/2 pings on connections to other sidecars.
     pub peer_keepalive: crate::invoke::Keepalive,
+    /// Retries of calls to other apps that never reached the callee's app.
+    pub builtin_retries: crate::invoke::BuiltinRetries,
 }
 
 impl SidecarConfig {
@@ -63,6 +65,7 @@ impl SidecarConfig {
             graceful_shutdown: Duration::from_secs(5),
             delivery: DeliveryPolicy::default(),
             peer_keepalive: crate::invoke::Keepalive::default(),
+            builtin_retries: crate::invoke::BuiltinRetries::default(),
         }
     }
 }

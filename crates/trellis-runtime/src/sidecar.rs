@@ -152,6 +152,7 @@ impl Sidecar {
             Balancer::new(resolver),
             app_channel.clone(),
             config.peer_keepalive,
+            config.builtin_retries,
         );
         let (stop, _) = watch::channel(false);
         let runtime = Arc::new(Runtime::new(RuntimeParts {

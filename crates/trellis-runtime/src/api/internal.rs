@@ -1,7 +1,9 @@
 //! The sidecar-to-sidecar port: requests from peers, handed to this sidecar's app.
 //!
 //! Peers have already applied their own API checks; this side checks that the call is meant
-//! for this app and that the app is healthy, then streams it to the app channel.
+//! for this app and that the app is healthy, then streams it to the app channel. When the
+//! request never reached the app (meant for another app, app unhealthy or not listening
+//! yet) the error carries [`UNDELIVERED`], so the calling sidecar may send it again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use http::HeaderValue;
 
 use super::error::ApiError;
 use super::layers;
-use crate::invoke::{CALLEE_APP_ID, InvokeError};
+use crate::invoke::{CALLEE_APP_ID, InvokeError, UNDELIVERED};
 use crate::runtime::Runtime;
 
 pub fn internal_router(rt: Arc<Runtime>) -> Router {
@@ -31,13 +33,13 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
         // A stale registry entry can point at a port that now belongs to another sidecar.
         let callee = String::from_utf8_lossy(callee.as_bytes()).into_owned();
         let err = InvokeError::AppChannel(format!("this sidecar serves app {me}, not {callee}"));
-        return ApiError::invoke(&callee, &err).into_response();
+        return undelivered(ApiError::invoke(&callee, &err));
     }
     let Some(channel) = rt.app_channel.as_ref() else {
         return ApiError::invoke(me, &InvokeError::NoAppChannel).into_response();
     };
     if !rt.health.app_healthy() {
-        return ApiError::invoke(me, &InvokeError::AppUnhealthy).into_response();
+        return undelivered(ApiError::invoke(me, &InvokeError::AppUnhealthy));
     }
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
         && let Ok(value) = HeaderValue::from_str(&peer.ip().to_string())
@@ -69,9 +71,21 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
     };
     match channel.call(&path_and_query, req).await {
         Ok(resp) => resp,
+        Err(err @ InvokeError::AppNotReached(_)) => {
+            tracing::debug!(error = %err, "the app is not reachable");
+            undelivered(ApiError::invoke(me, &err))
+        }
         Err(err) => {
             tracing::debug!(error = %err, "app channel call failed");
             ApiError::invoke(me, &err).into_response()
         }
     }
+}
+
+/// An error answer saying the app never saw the request.
+fn undelivered(err: ApiError) -> Response {
+    let mut resp = err.into_response();
+    resp.headers_mut()
+        .insert(UNDELIVERED, HeaderValue::from_static("1"));
+    resp
 }

@@ -140,7 +140,12 @@ impl AppChannel for HttpAppChannel {
                     Some(cause) => format!("{error}: {cause}"),
                     None => error.to_string(),
                 };
-                Err(InvokeError::AppChannel(detail))
+                // Not connected: the app has not seen a byte of the request.
+                if error.is_connect() {
+                    Err(InvokeError::AppNotReached(detail))
+                } else {
+                    Err(InvokeError::AppChannel(detail))
+                }
             }
         }
     }

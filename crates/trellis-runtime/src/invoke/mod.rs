@@ -6,12 +6,16 @@
 //! sidecar's own app id goes straight to the app channel.
 //!
 //! Retries: a request that never left this sidecar (connection refused, connection already
-//! closed) is tried on the next instance. Once a request may have reached the callee nothing
-//! is retried here; that is a resiliency policy's decision, made above this layer.
+//! closed) is tried on the next instance. A call that provably never reached the callee's
+//! app (no instance registered yet, none reachable, or the callee's sidecar saying it did
+//! not deliver) is tried again a few times, a second apart, as Dapr's built-in retries do
+//! ([`builtin_retry`]). Once a request may have reached the callee's app nothing is retried
+//! here; that is a resiliency policy's decision, made above this layer.
 //!
 //! Bodies are streamed in both directions, never buffered.
 
 mod app_channel;
+mod builtin_retry;
 mod headers;
 mod limit;
 mod peers;
@@ -23,6 +27,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use trellis_nameres::{AppRef, Balancer, ResolveError};
 
 pub use app_channel::{AppCall, AppChannel, HttpAppChannel, open as open_app_channel};
+pub use builtin_retry::{BuiltinRetries, UNDELIVERED};
 pub use headers::{APP_ID, CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
 pub use limit::LimitedBody;
 pub use peers::{Keepalive, PeerPool};
@@ -56,6 +61,10 @@ pub enum InvokeError {
     AppUnhealthy,
     #[error("error invoking app channel: {0}")]
     AppChannel(String),
+    /// The app could not be reached at all (connection refused): nothing of the request
+    /// got to it, so the caller's sidecar may send it again.
+    #[error("error invoking app channel: {0}")]
+    AppNotReached(String),
     #[error("invalid method path {0:?}")]
     InvalidMethod(String),
 }
@@ -85,6 +94,19 @@ pub struct Invoker {
     balancer: Balancer,
     peers: PeerPool,
     app: Option<std::sync::Arc<dyn AppChannel>>,
+    retries: BuiltinRetries,
+}
+
+/// How one try of a call to another app ended.
+enum Attempt {
+    /// An answer (or an error) to return as it is.
+    Done(Result<Response<Body>, InvokeError>),
+    /// Nothing reached the callee's app: `last` is what to return if no retry is left,
+    /// `request` the request when it was never sent (else it is gone).
+    Undelivered {
+        last: Result<Response<Body>, InvokeError>,
+        request: Option<Request<Body>>,
+    },
 }
 
 impl Invoker {
@@ -93,12 +115,14 @@ impl Invoker {
         balancer: Balancer,
         app: Option<std::sync::Arc<dyn AppChannel>>,
         keepalive: Keepalive,
+        retries: BuiltinRetries,
     ) -> Self {
         Self {
             caller,
             balancer,
             peers: PeerPool::new(keepalive),
             app,
+            retries,
         }
     }
 
@@ -130,19 +154,51 @@ impl Invoker {
             return app.call(path_and_query, req).await;
         }
 
-        let candidates =
-            self.balancer
-                .candidates(target)
-                .await
-                .map_err(|source| InvokeError::Resolve {
+        // Only a small body can be sent again once sent; it is in memory already.
+        let replay = match self.retries.retries {
+            0 => None,
+            _ => builtin_retry::Replay::capture(&mut req).await,
+        };
+        let mut retries_left = self.retries.retries;
+        loop {
+            let (last, request) = match self.attempt(target, path_and_query, req).await {
+                Attempt::Done(result) => return result,
+                Attempt::Undelivered { last, request } => (last, request),
+            };
+            let again = request.or_else(|| replay.as_ref().map(builtin_retry::Replay::request));
+            let Some(again) = again.filter(|_| retries_left > 0) else {
+                return last.map(without_undelivered);
+            };
+            retries_left -= 1;
+            tracing::debug!(
+                app = %target,
+                retries_left,
+                "the call did not reach the app; trying again (built-in retries)"
+            );
+            tokio::time::sleep(self.retries.interval).await;
+            req = again;
+        }
+    }
+
+    /// One try: resolve `target`, send to the first instance that takes the request.
+    async fn attempt(&self, target: &AppRef, path_and_query: &str, req: Request<Body>) -> Attempt {
+        let candidates = match self.balancer.candidates(target).await {
+            Ok(candidates) => candidates,
+            Err(source) => {
+                return Attempt::Done(Err(InvokeError::Resolve {
                     app: target.clone(),
                     source,
-                })?;
+                }));
+            }
+        };
         if candidates.is_empty() {
-            return Err(InvokeError::NotFound {
-                app: target.clone(),
-                resolver: self.balancer.resolver_kind(),
-            });
+            return Attempt::Undelivered {
+                last: Err(InvokeError::NotFound {
+                    app: target.clone(),
+                    resolver: self.balancer.resolver_kind(),
+                }),
+                request: Some(req),
+            };
         }
 
         let mut pending = Some(req);
@@ -151,18 +207,31 @@ impl Invoker {
         for addr in candidates.iter() {
             let Some(mut req) = pending.take() else { break };
             tried += 1;
-            *req.uri_mut() = peer_uri(addr, path_and_query)?;
+            *req.uri_mut() = match peer_uri(addr, path_and_query) {
+                Ok(uri) => uri,
+                Err(e) => return Attempt::Done(Err(e)),
+            };
             *req.version_mut() = http::Version::HTTP_2;
             // h2 carries the authority in the URI; a Host header would be a second one.
             req.headers_mut().remove(http::header::HOST);
             match self.peers.send(addr, req).await {
                 Ok(resp) => {
-                    return headers::finish_response(resp)
-                        .await
-                        .map_err(|e| InvokeError::Failed {
+                    let undelivered = resp.headers().contains_key(UNDELIVERED);
+                    let result = headers::finish_response(resp).await.map_err(|e| {
+                        InvokeError::Failed {
                             app: target.clone(),
                             detail: format!("reading the response: {e}"),
-                        });
+                        }
+                    });
+                    if undelivered {
+                        // A stale entry or an app not up yet: look again next time.
+                        self.balancer.invalidate(target);
+                        return Attempt::Undelivered {
+                            last: result,
+                            request: None,
+                        };
+                    }
+                    return Attempt::Done(result);
                 }
                 Err(peers::SendError::NotSent { request, error }) => {
                     tracing::debug!(%addr, app = %target, %error, "instance unreachable; trying the next one");
@@ -171,19 +240,28 @@ impl Invoker {
                     pending = Some(*request);
                 }
                 Err(peers::SendError::Failed(detail)) => {
-                    return Err(InvokeError::Failed {
+                    return Attempt::Done(Err(InvokeError::Failed {
                         app: target.clone(),
                         detail,
-                    });
+                    }));
                 }
             }
         }
-        Err(InvokeError::Unreachable {
-            app: target.clone(),
-            tried,
-            last_error,
-        })
+        Attempt::Undelivered {
+            last: Err(InvokeError::Unreachable {
+                app: target.clone(),
+                tried,
+                last_error,
+            }),
+            request: pending,
+        }
     }
+}
+
+/// The callee's marker is for this sidecar only.
+fn without_undelivered(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut().remove(UNDELIVERED);
+    resp
 }
 
 fn peer_uri(addr: SocketAddr, path_and_query: &str) -> Result<Uri, InvokeError> {

@@ -197,3 +197,96 @@ async fn a_silent_peer_is_dropped_after_an_unanswered_ping() {
     a.stop().await;
     peer.abort();
 }
+
+/// Dapr's built-in retries, with a short interval so the test stays quick.
+fn quick_retries(c: &mut trellis_runtime::SidecarConfig) {
+    c.builtin_retries = trellis_runtime::invoke::BuiltinRetries {
+        retries: 3,
+        interval: std::time::Duration::from_millis(200),
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_an_app_still_starting_goes_through_once_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = trellis_test_support::free_port();
+    let b = sidecar("late-app", dir.path(), Some(port), |_| {}).await;
+    let a = sidecar("late-app-caller", dir.path(), None, quick_retries).await;
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        TestApp::start_on(port, "late").await
+    });
+    let r = request(
+        "POST",
+        &url(&a, "/v1.0/invoke/late-app/method/orders"),
+        &[],
+        "order 1",
+    )
+    .await;
+    let app = late.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"], "order 1", "the body is sent again whole");
+    assert_eq!(app.hits(), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_an_app_registered_a_moment_later_goes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = sidecar("early-caller", dir.path(), None, quick_retries).await;
+    let registry = dir.path().to_path_buf();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let app = TestApp::start("registered-late").await;
+        let b = sidecar("registered-late", &registry, Some(app.port()), |_| {}).await;
+        (app, b)
+    });
+    let r = request(
+        "GET",
+        &url(&a, "/v1.0/invoke/registered-late/method/x"),
+        &[],
+        "",
+    )
+    .await;
+    let (app, b) = late.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-instance"), Some("registered-late"));
+    assert_eq!(app.hits(), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_app_answered_is_not_retried_and_retries_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start("answers").await;
+    let b = sidecar("answers", dir.path(), Some(app.port()), |_| {}).await;
+    let a = sidecar("answers-caller", dir.path(), None, quick_retries).await;
+
+    // The app's own 503 reached the app: once, returned as it is.
+    let r = request("GET", &url(&a, "/v1.0/invoke/answers/method/status/503"), &[], "").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(app.hits(), 1);
+
+    // An app that never comes: the last error after three retries, the marker not leaked.
+    let started = std::time::Instant::now();
+    let r = request("GET", &url(&a, "/v1.0/invoke/nobody-here/method/x"), &[], "").await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_DIRECT_INVOKE");
+    assert!(r.text().contains("no running instance of app"), "{}", r.text());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(600),
+        "three retries 200 ms apart took {:?}",
+        started.elapsed()
+    );
+    let port = trellis_test_support::free_port();
+    let silent = sidecar("never-listens", dir.path(), Some(port), |_| {}).await;
+    let r = request("GET", &url(&a, "/v1.0/invoke/never-listens/method/x"), &[], "").await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("error invoking app channel"), "{}", r.text());
+    assert_eq!(r.header("trellis-undelivered"), None);
+    silent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -302,6 +302,38 @@ async fn callee_app_down_is_an_invoke_error() {
     }
 }
 
+/// Dapr's built-in retries (3, a second apart): a call sent before its callee's sidecar
+/// is up reaches the callee once it is, as in Dapr's service-invocation quickstart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_sent_before_the_callee_started_reaches_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = sidecar("a", dir.path()).spawn();
+    a.wait_healthy().await;
+    let port = trellis_test_support::free_port();
+    let url = a.url("/v1.0/invoke/late/method/orders");
+    let call = tokio::spawn(async move { try_request("POST", &url, &[], "order 1").await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The callee's sidecar first, its app half a second after.
+    let late = sidecar("late", dir.path()).app_port(port).spawn();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let app = TestApp::start_on(port, "late").await;
+    let resp = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call hung")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.output(), late.output()));
+    assert_eq!(
+        resp.status.as_u16(),
+        200,
+        "{}\n{}\n{}",
+        resp.text(),
+        a.output(),
+        late.output()
+    );
+    assert_eq!(resp.json()["body"], "order 1");
+    assert_eq!(app.hits(), 1, "the app saw the call once");
+}
+
 /// How many of `calls` calls each `x-instance` served.
 async fn spread(s: &Setup, calls: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();

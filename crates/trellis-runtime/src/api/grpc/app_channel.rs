@@ -112,10 +112,7 @@ impl GrpcAppChannel {
                 }
                 Ok(out)
             }
-            Err(status) if is_unreachable(&status) => Err(InvokeError::AppChannel(format!(
-                "cannot reach the grpc app: {}",
-                status.message()
-            ))),
+            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
             Err(status) => Ok(error_response(&status)),
         }
     }
@@ -374,7 +371,28 @@ fn is_unreachable(status: &Status) -> bool {
 }
 
 fn unreachable(status: &Status) -> InvokeError {
-    InvokeError::AppChannel(format!("cannot reach the grpc app: {}", status.message()))
+    let detail = format!("cannot reach the grpc app: {}", status.message());
+    if not_connected(status) {
+        InvokeError::AppNotReached(detail)
+    } else {
+        InvokeError::AppChannel(detail)
+    }
+}
+
+/// A transport error from connecting: the app has not seen the call.
+fn not_connected(status: &Status) -> bool {
+    let refused = |text: &str| text.contains("tcp connect error") || text.contains("Connection refused");
+    if refused(status.message()) {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if refused(&err.to_string()) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
