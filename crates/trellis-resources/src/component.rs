@@ -17,6 +17,14 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
 }
 
+impl ObjectMeta {
+    /// True when a sidecar in `namespace` loads this resource: one without a namespace
+    /// belongs to every namespace (Dapr self-hosted).
+    pub fn in_namespace(&self, namespace: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    }
+}
+
 /// The value of a metadata item or header: inline text, or a reference to a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataValue {

@@ -53,6 +53,17 @@ impl Resources {
         self
     }
 
+    /// Keeps only what a sidecar whose `NAMESPACE` is set to `namespace` loads: components,
+    /// resiliencies, subscriptions and HTTP endpoints without `metadata.namespace` and those in `namespace`. Dapr self-hosted filters like
+    /// this only when `NAMESPACE` is set; unset, the namespaces in the files are ignored.
+    pub fn in_namespace(mut self, namespace: &str) -> Resources {
+        self.components.retain(|c| c.meta.in_namespace(namespace));
+        self.resiliencies.retain(|r| r.meta.in_namespace(namespace));
+        self.subscriptions.retain(|s| s.meta.in_namespace(namespace));
+        self.http_endpoints.retain(|h| h.meta.in_namespace(namespace));
+        self
+    }
+
     /// Appends everything in `other` (no validation; load everything in one call to get the
     /// cross-file checks).
     pub fn merge(&mut self, other: Resources) {

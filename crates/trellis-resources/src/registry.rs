@@ -73,6 +73,16 @@ impl<F> Registry<F> {
         }
     }
 
+    /// Makes `alias` another name for `target` (every version registered so far), for the
+    /// older names Dapr still accepts (`state.postgres` for `state.postgresql`). Nothing
+    /// happens when `target` is not registered (its backend is compiled out).
+    pub fn alias(&mut self, alias: &str, target: &str) {
+        if let Some(versions) = self.index.get(&target.trim().to_ascii_lowercase()).cloned() {
+            self.index
+                .insert(alias.trim().to_ascii_lowercase(), versions);
+        }
+    }
+
     /// The factory for `type_name` at `version`.
     pub fn get(&self, type_name: &str, version: &str) -> Result<&F, UnknownComponentType> {
         self.index
@@ -169,6 +179,17 @@ mod tests {
             ]
         );
         assert_eq!(r.block(), "state");
+    }
+
+    #[test]
+    fn an_alias_shares_every_version_and_a_missing_target_adds_nothing() {
+        let mut r = registry();
+        r.alias("state.postgres", "state.postgresql");
+        r.alias("state.nothing", "state.absent");
+        assert_eq!(*r.get("state.postgres", "v1").unwrap(), "pg");
+        assert_eq!(*r.get("State.Postgres", "v2").unwrap(), "pg");
+        assert!(r.get("state.nothing", "v1").is_err());
+        assert_eq!(r.known().len(), 3);
     }
 
     #[test]

@@ -1127,3 +1127,23 @@ fn non_utf8_file_is_an_error() {
     let err = load_paths(&[path]).unwrap_err();
     assert!(err.to_string().contains("not valid utf-8"), "{err}");
 }
+
+#[test]
+fn namespaces_filter_only_when_given() {
+    let text = format!(
+        "{COMPONENT_HEAD}metadata:\n  name: mine\n  namespace: quickstarts\nspec:\n  type: state.redis\n---\n{COMPONENT_HEAD}metadata:\n  name: theirs\n  namespace: other\nspec:\n  type: state.redis\n---\n{COMPONENT_HEAD}metadata:\n  name: everyones\nspec:\n  type: state.redis\n"
+    );
+    let r = parse(&text).unwrap();
+    let names = |r: &Resources| {
+        r.components
+            .iter()
+            .map(|c| c.meta.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&r), ["mine", "theirs", "everyones"]);
+    assert_eq!(
+        names(&r.clone().in_namespace("quickstarts")),
+        ["mine", "everyones"]
+    );
+    assert_eq!(names(&r.in_namespace("default")), ["everyones"]);
+}

@@ -87,6 +87,8 @@ impl Default for Registries {
                 Ok(Arc::new(store) as Arc<dyn StateStore>)
             })
         });
+        // The older name Dapr still registers for the same store.
+        state.alias("state.postgres", "state.postgresql");
         #[allow(unused_mut)]
         let mut pubsub: Registry<PubSubFactory> = Registry::new("pubsub");
         #[cfg(feature = "pubsub-sqlite")]
@@ -124,6 +126,8 @@ impl Default for Registries {
                 Ok(Arc::new(broker) as Arc<dyn PubSub>)
             })
         });
+        // Older Dapr releases' name for their MQTT 3.1.1 component.
+        pubsub.alias("pubsub.mqtt", "pubsub.mqtt3");
         let pending = BUILDING_BLOCKS
             .iter()
             .filter(|b| **b != "state" && **b != "pubsub")
@@ -133,6 +137,37 @@ impl Default for Registries {
             state,
             pubsub,
             pending,
+        }
+    }
+}
+
+/// Metadata keys that name a file, per component type: a relative path in them is resolved
+/// against the app's working directory ([`resolve_relative_paths`]), as Dapr resolves it
+/// against daprd's, which `dapr run` starts in the app's directory.
+const PATH_KEYS: &[(&str, &str)] = &[
+    ("state.sqlite", "connectionString"),
+    ("pubsub.sqlite", "connectionString"),
+];
+
+/// Rewrites every relative file path in the components' metadata ([`PATH_KEYS`]) to one
+/// under `base`; `:memory:` and `file:` URIs are left as they are.
+pub fn resolve_relative_paths(resources: &mut trellis_resources::Resources, base: &std::path::Path) {
+    for component in &mut resources.components {
+        let type_name = component.type_name.to_ascii_lowercase();
+        for item in &mut component.metadata {
+            let names_a_file = PATH_KEYS
+                .iter()
+                .any(|(t, key)| *t == type_name && item.name.eq_ignore_ascii_case(key));
+            if !names_a_file {
+                continue;
+            }
+            if let trellis_resources::MetadataValue::Plain(value) = &mut item.value {
+                let path = std::path::Path::new(value.as_str());
+                let special = value.starts_with("file:") || value.starts_with(':');
+                if !special && !value.is_empty() && path.is_relative() {
+                    *value = base.join(path).display().to_string();
+                }
+            }
         }
     }
 }
@@ -169,7 +204,10 @@ impl Registries {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -184,5 +222,26 @@ mod tests {
         assert!(r.check("pubsub.kafka", "v1").is_err());
         #[cfg(feature = "pubsub-sqlite")]
         assert!(r.check("pubsub.sqlite", "v1").is_ok());
+    }
+
+    #[test]
+    fn relative_file_paths_move_under_the_base_and_others_stay() {
+        let text = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: a\nspec:\n  type: state.sqlite\n  metadata:\n  - name: connectionString\n    value: data/a.db\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: b\nspec:\n  type: pubsub.sqlite\n  metadata:\n  - name: ConnectionString\n    value: \":memory:\"\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: c\nspec:\n  type: state.sqlite\n  metadata:\n  - name: connectionString\n    value: /abs/c.db\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: d\nspec:\n  type: state.redis\n  metadata:\n  - name: connectionString\n    value: rel\n";
+        let mut r = trellis_resources::parse_str(Path::new("c.yaml"), text).unwrap();
+        resolve_relative_paths(&mut r, Path::new("/apps/shop"));
+        let value = |i: usize| r.components[i].metadata_str("connectionString").unwrap();
+        assert_eq!(value(0), "/apps/shop/data/a.db");
+        assert_eq!(value(1), ":memory:");
+        assert_eq!(value(2), "/abs/c.db");
+        assert_eq!(value(3), "rel", "only keys that name a file");
+    }
+
+    #[test]
+    #[cfg(all(feature = "state-postgres", feature = "pubsub-mqtt3"))]
+    fn older_dapr_names_are_accepted() {
+        let r = Registries::default();
+        assert!(r.check("state.postgres", "v1").is_ok());
+        assert!(r.check("state.postgres", "v2").is_ok());
+        assert!(r.check("pubsub.mqtt", "v1").is_ok());
     }
 }

@@ -290,6 +290,11 @@ pub fn parse_size(text: &str) -> anyhow::Result<usize> {
     Ok(usize::try_from(n.saturating_mul(factor)).unwrap_or(usize::MAX))
 }
 
+/// Whether `NAMESPACE` is set: only then do the namespaces in resource files filter them.
+pub fn namespace_is_set() -> bool {
+    std::env::var("NAMESPACE").is_ok_and(|ns| !ns.is_empty())
+}
+
 /// The namespace, from `NAMESPACE` as Dapr reads it, checked by the same rule as app ids.
 pub fn namespace() -> anyhow::Result<String> {
     let namespace = std::env::var("NAMESPACE")

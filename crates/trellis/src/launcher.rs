@@ -169,7 +169,18 @@ fn load_resources(plan: &AppPlan) -> anyhow::Result<Resources> {
     }
     let resources = trellis_resources::load_paths(&plan.resources_paths)
         .map_err(|e| anyhow::anyhow!("invalid resource files:\n{e}"))?;
-    Ok(resources.for_app(&plan.app_id))
+    let resources = resources.for_app(&plan.app_id);
+    let mut resources = match crate::args::namespace_is_set() {
+        true => resources.in_namespace(&plan.namespace),
+        false => resources,
+    };
+    // Relative file paths in component metadata mean the app's directory, as in Dapr.
+    let base = match &plan.cwd {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir().context("reading the working directory")?,
+    };
+    trellis_runtime::components::resolve_relative_paths(&mut resources, &base);
+    Ok(resources)
 }
 
 async fn bind(host: &str, port: u16, flag: &str) -> anyhow::Result<TcpListener> {
@@ -362,10 +373,20 @@ async fn supervise(started: Started, mut stop: watch::Receiver<StopSignal>, mult
                 status.and_then(|s| s.signal()) == Some(sig as i32) || code == 0
             });
             if multi || code != 0 {
-                match code {
-                    0 => tracing::info!(app_id = plan.app_id, "app exited successfully"),
-                    _ if stopped_by_us => tracing::info!(app_id = plan.app_id, "app stopped"),
-                    code => tracing::warn!(app_id = plan.app_id, code, "app exited with an error"),
+                // Which app ended how: on the signal passed on to it (and its exit code or
+                // the signal that ended it), on its own, or with an error.
+                match (asked, code) {
+                    (Some(signal), code) if stopped_by_us => {
+                        let how = match status.and_then(|s| s.signal()) {
+                            Some(n) => Signal::try_from(n).map_or(format!("signal {n}"), |s| s.to_string()),
+                            None => format!("exit code {code}"),
+                        };
+                        tracing::info!(app_id = plan.app_id, %signal, ended_by = how, "app stopped");
+                    }
+                    (_, 0) => tracing::info!(app_id = plan.app_id, "app exited successfully"),
+                    (_, code) => {
+                        tracing::warn!(app_id = plan.app_id, code, "app exited with an error");
+                    }
                 }
             }
             code

@@ -27,4 +27,7 @@ def orders(message: SubscriptionMessage) -> None:
     print(f"order {order['orderId']} received: {order['items']}", flush=True)
 
 
-app.run(int(os.environ["APP_PORT"]))
+try:
+    app.run(int(os.environ["APP_PORT"]))
+except KeyboardInterrupt:  # Ctrl-C in `trellis run`: stop quietly
+    print("inventory stopped", flush=True)

@@ -2,7 +2,12 @@
 # `reserve` calls to the inventory app (gRPC InvokeService), and an `orders` event.
 import json
 import os
+import signal
+import sys
 import time
+
+# Ctrl-C in `trellis run` stops the app quietly, without a traceback.
+signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
 
 os.environ.setdefault("DAPR_API_METHOD_INVOCATION_PROTOCOL", "grpc")
 

@@ -1,7 +1,10 @@
 # checkout: sends ten orders to order-processor through its own Trellis sidecar, using the
 # Dapr service invocation API, and publishes a `shipments` event for each (the same calls
 # work unchanged against Dapr).
-import json, os, time, urllib.error, urllib.request
+import json, os, signal, sys, time, urllib.error, urllib.request
+
+# Ctrl-C in `trellis run` stops the app quietly, without a traceback.
+signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
 
 sidecar = f"http://127.0.0.1:{os.environ['DAPR_HTTP_PORT']}"
 

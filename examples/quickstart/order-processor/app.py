@@ -59,4 +59,7 @@ class Orders(BaseHTTPRequestHandler):
 
 port = int(os.environ.get("APP_PORT", "6001"))
 print(f"order-processor listening on {port}", flush=True)
-ThreadingHTTPServer(("127.0.0.1", port), Orders).serve_forever()
+try:
+    ThreadingHTTPServer(("127.0.0.1", port), Orders).serve_forever()
+except KeyboardInterrupt:  # Ctrl-C in `trellis run`: stop quietly
+    print("order-processor stopped", flush=True)

@@ -599,3 +599,43 @@ async fn chunked_bodies_over_the_limit_are_body_read_errors() {
         );
     }
 }
+
+/// A component's `metadata.namespace` is ignored while `NAMESPACE` is unset (Dapr's
+/// quickstarts carry `namespace: quickstarts`) and filters components once it is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_namespaces_filter_only_when_namespace_is_set() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let resources = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        resources.path().join("kv.yaml"),
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: kv\n  namespace: quickstarts\nspec:\n  type: state.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    value: \"{}\"\n",
+            data.path().join("kv.db").display()
+        ),
+    )
+    .expect("write");
+    let path = resources.path().display().to_string();
+    for (namespace, loaded) in [(None, true), (Some("quickstarts"), true), (Some("other"), false)] {
+        let mut builder = sidecar("ns-app", data.path()).arg("--resources-path").arg(&path);
+        if let Some(ns) = namespace {
+            builder = builder.env("NAMESPACE", ns);
+        }
+        let mut s = builder.spawn();
+        s.wait_healthy().await;
+        let meta = request("GET", &s.url("/v1.0/metadata"), &[], "").await.json();
+        let names: Vec<String> = meta["components"]
+            .as_array()
+            .expect("components")
+            .iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(
+            names.iter().any(|n| n == "kv"),
+            loaded,
+            "NAMESPACE={namespace:?}: components {names:?}\n{}",
+            s.output()
+        );
+        s.signal(nix::sys::signal::Signal::SIGTERM);
+        let _ = s.wait_exit(PATIENCE).await;
+    }
+}

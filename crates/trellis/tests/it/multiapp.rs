@@ -308,5 +308,79 @@ async fn the_quickstart_example_works() {
         out.contains("order 10 received from checkout, stored as {'orderId': 10}"),
         "{out}"
     );
+    // Ctrl-C: the apps stop without a Python traceback, and the runner says which app
+    // stopped how.
+    let mut run = run;
     run.signal(Signal::SIGINT);
+    assert_eq!(run.wait_exit(PATIENCE).await, Some(0), "{}", run.output());
+    let out = run.output();
+    assert!(!out.contains("Traceback"), "{out}");
+    assert!(out.contains("== APP - order-processor == order-processor stopped"), "{out}");
+    let stopped = out
+        .lines()
+        .find(|l| l.contains("app stopped") && l.contains("order-processor"))
+        .unwrap_or_else(|| panic!("no stop line for order-processor in:\n{out}"));
+    assert!(
+        stopped.contains("signal=SIGINT") && stopped.contains("ended_by=\"exit code 0\""),
+        "{stopped}"
+    );
+    assert!(
+        out.contains("app exited successfully app_id=\"checkout\""),
+        "{out}"
+    );
+}
+
+/// Relative file paths in component metadata mean the app's directory (Dapr resolves them
+/// against daprd's, which `dapr run -f` starts there), and Dapr's older type names load:
+/// `state.postgres` for `state.postgresql`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_component_paths_and_older_type_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app_dir = dir.path().join("kv-dir");
+    std::fs::create_dir_all(app_dir.join(".dapr/resources")).expect("create dirs");
+    std::fs::write(app_dir.join("app.py"), PYTHON_ECHO_APP).expect("write app.py");
+    let table = trellis_test_support::servers::unique("alias_state").to_lowercase();
+    std::fs::write(
+        app_dir.join(".dapr/resources/components.yaml"),
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: local\nspec:\n  \
+             type: state.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    \
+             value: data/local.db\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\n\
+             metadata:\n  name: pg\nspec:\n  type: state.postgres\n  version: v1\n  metadata:\n  \
+             - name: connectionString\n    value: \"host=127.0.0.1 user=postgres dbname=test\"\n  \
+             - name: tableName\n    value: {table}\n"
+        ),
+    )
+    .expect("write components");
+    std::fs::create_dir_all(app_dir.join("data")).expect("create data dir");
+    let (app_port, http_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("run.yaml"),
+        format!(
+            "version: 1\ncommon:\n  env:\n    EXIT_CODE_ON_SIGNAL: 0\napps:\n  - appID: kv\n    \
+             appDirPath: ./kv-dir\n    appPort: {app_port}\n    daprHTTPPort: {http_port}\n    \
+             command: [\"python3\", \"app.py\"]\n"
+        ),
+    )
+    .expect("write run file");
+    let run_file = dir.path().join("run.yaml").display().to_string();
+    let mut t = trellis(&["run", "-f", &run_file], dir.path()).spawn();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let healthy = wait_for_status(&format!("{base}/v1.0/healthz"), 204, PATIENCE).await;
+    assert!(healthy, "never healthy:\n{}", t.output());
+    for store in ["local", "pg"] {
+        let url = format!("{base}/v1.0/state/{store}");
+        let body = r#"[{"key":"k","value":"v"}]"#;
+        let resp = trellis_test_support::request("POST", &url, &[], body).await;
+        assert_eq!(resp.status.as_u16(), 204, "{store}: {}\n{}", resp.text(), t.output());
+        let resp = trellis_test_support::request("GET", &format!("{url}/k"), &[], "").await;
+        assert_eq!(resp.text(), "\"v\"", "{store}\n{}", t.output());
+    }
+    assert!(
+        app_dir.join("data/local.db").exists(),
+        "the relative connectionString is under the app's directory\n{}",
+        t.output()
+    );
+    t.signal(Signal::SIGTERM);
+    let _ = t.wait_exit(PATIENCE).await;
 }

@@ -546,5 +546,11 @@ async fn the_python_sdk_example_works() {
     ] {
         assert!(out.contains(line), "{line:?} missing in:\n{out}");
     }
+    // Ctrl-C stops the gRPC app without a traceback.
+    let mut run = run;
     run.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(run.wait_exit(PATIENCE).await, Some(0), "{}", run.output());
+    let out = run.output();
+    assert!(!out.contains("Traceback"), "{out}");
+    assert!(out.contains("== APP - inventory == inventory stopped"), "{out}");
 }
