@@ -59,8 +59,10 @@ impl Resources {
     pub fn in_namespace(mut self, namespace: &str) -> Resources {
         self.components.retain(|c| c.meta.in_namespace(namespace));
         self.resiliencies.retain(|r| r.meta.in_namespace(namespace));
-        self.subscriptions.retain(|s| s.meta.in_namespace(namespace));
-        self.http_endpoints.retain(|h| h.meta.in_namespace(namespace));
+        self.subscriptions
+            .retain(|s| s.meta.in_namespace(namespace));
+        self.http_endpoints
+            .retain(|h| h.meta.in_namespace(namespace));
         self
     }
 

@@ -151,7 +151,10 @@ const PATH_KEYS: &[(&str, &str)] = &[
 
 /// Rewrites every relative file path in the components' metadata ([`PATH_KEYS`]) to one
 /// under `base`; `:memory:` and `file:` URIs are left as they are.
-pub fn resolve_relative_paths(resources: &mut trellis_resources::Resources, base: &std::path::Path) {
+pub fn resolve_relative_paths(
+    resources: &mut trellis_resources::Resources,
+    base: &std::path::Path,
+) {
     for component in &mut resources.components {
         let type_name = component.type_name.to_ascii_lowercase();
         for item in &mut component.metadata {

@@ -378,7 +378,9 @@ async fn supervise(started: Started, mut stop: watch::Receiver<StopSignal>, mult
                 match (asked, code) {
                     (Some(signal), code) if stopped_by_us => {
                         let how = match status.and_then(|s| s.signal()) {
-                            Some(n) => Signal::try_from(n).map_or(format!("signal {n}"), |s| s.to_string()),
+                            Some(n) => {
+                                Signal::try_from(n).map_or(format!("signal {n}"), |s| s.to_string())
+                            }
                             None => format!("exit code {code}"),
                         };
                         tracing::info!(app_id = plan.app_id, %signal, ended_by = how, "app stopped");

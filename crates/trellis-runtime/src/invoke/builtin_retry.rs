@@ -60,7 +60,11 @@ impl Replay {
     /// Keeps a copy of `req` when its body is small and in memory; `req` keeps an equal
     /// body. A body that fails to read is left for the send to report.
     pub(super) async fn capture(req: &mut Request<Body>) -> Option<Self> {
-        let small = req.body().size_hint().exact().is_some_and(|n| n <= SMALL_BODY);
+        let small = req
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= SMALL_BODY);
         if !small {
             return None;
         }

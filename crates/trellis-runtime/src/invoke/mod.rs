@@ -105,7 +105,7 @@ enum Attempt {
     /// `request` the request when it was never sent (else it is gone).
     Undelivered {
         last: Result<Response<Body>, InvokeError>,
-        request: Option<Request<Body>>,
+        request: Option<Box<Request<Body>>>,
     },
 }
 
@@ -165,7 +165,9 @@ impl Invoker {
                 Attempt::Done(result) => return result,
                 Attempt::Undelivered { last, request } => (last, request),
             };
-            let again = request.or_else(|| replay.as_ref().map(builtin_retry::Replay::request));
+            let again = request
+                .map(|r| *r)
+                .or_else(|| replay.as_ref().map(builtin_retry::Replay::request));
             let Some(again) = again.filter(|_| retries_left > 0) else {
                 return last.map(without_undelivered);
             };
@@ -197,7 +199,7 @@ impl Invoker {
                     app: target.clone(),
                     resolver: self.balancer.resolver_kind(),
                 }),
-                request: Some(req),
+                request: Some(Box::new(req)),
             };
         }
 
@@ -217,12 +219,13 @@ impl Invoker {
             match self.peers.send(addr, req).await {
                 Ok(resp) => {
                     let undelivered = resp.headers().contains_key(UNDELIVERED);
-                    let result = headers::finish_response(resp).await.map_err(|e| {
-                        InvokeError::Failed {
-                            app: target.clone(),
-                            detail: format!("reading the response: {e}"),
-                        }
-                    });
+                    let result =
+                        headers::finish_response(resp)
+                            .await
+                            .map_err(|e| InvokeError::Failed {
+                                app: target.clone(),
+                                detail: format!("reading the response: {e}"),
+                            });
                     if undelivered {
                         // A stale entry or an app not up yet: look again next time.
                         self.balancer.invalidate(target);
@@ -253,7 +256,7 @@ impl Invoker {
                 tried,
                 last_error,
             }),
-            request: pending,
+            request: pending.map(Box::new),
         }
     }
 }

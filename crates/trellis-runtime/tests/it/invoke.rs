@@ -265,16 +265,32 @@ async fn a_call_the_app_answered_is_not_retried_and_retries_end() {
     let a = sidecar("answers-caller", dir.path(), None, quick_retries).await;
 
     // The app's own 503 reached the app: once, returned as it is.
-    let r = request("GET", &url(&a, "/v1.0/invoke/answers/method/status/503"), &[], "").await;
+    let r = request(
+        "GET",
+        &url(&a, "/v1.0/invoke/answers/method/status/503"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 503);
     assert_eq!(app.hits(), 1);
 
     // An app that never comes: the last error after three retries, the marker not leaked.
     let started = std::time::Instant::now();
-    let r = request("GET", &url(&a, "/v1.0/invoke/nobody-here/method/x"), &[], "").await;
+    let r = request(
+        "GET",
+        &url(&a, "/v1.0/invoke/nobody-here/method/x"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 500, "{}", r.text());
     assert_eq!(r.json()["errorCode"], "ERR_DIRECT_INVOKE");
-    assert!(r.text().contains("no running instance of app"), "{}", r.text());
+    assert!(
+        r.text().contains("no running instance of app"),
+        "{}",
+        r.text()
+    );
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(600),
         "three retries 200 ms apart took {:?}",
@@ -282,9 +298,19 @@ async fn a_call_the_app_answered_is_not_retried_and_retries_end() {
     );
     let port = trellis_test_support::free_port();
     let silent = sidecar("never-listens", dir.path(), Some(port), |_| {}).await;
-    let r = request("GET", &url(&a, "/v1.0/invoke/never-listens/method/x"), &[], "").await;
+    let r = request(
+        "GET",
+        &url(&a, "/v1.0/invoke/never-listens/method/x"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 500, "{}", r.text());
-    assert!(r.text().contains("error invoking app channel"), "{}", r.text());
+    assert!(
+        r.text().contains("error invoking app channel"),
+        "{}",
+        r.text()
+    );
     assert_eq!(r.header("trellis-undelivered"), None);
     silent.stop().await;
     a.stop().await;

@@ -615,14 +615,22 @@ async fn component_namespaces_filter_only_when_namespace_is_set() {
     )
     .expect("write");
     let path = resources.path().display().to_string();
-    for (namespace, loaded) in [(None, true), (Some("quickstarts"), true), (Some("other"), false)] {
-        let mut builder = sidecar("ns-app", data.path()).arg("--resources-path").arg(&path);
+    for (namespace, loaded) in [
+        (None, true),
+        (Some("quickstarts"), true),
+        (Some("other"), false),
+    ] {
+        let mut builder = sidecar("ns-app", data.path())
+            .arg("--resources-path")
+            .arg(&path);
         if let Some(ns) = namespace {
             builder = builder.env("NAMESPACE", ns);
         }
         let mut s = builder.spawn();
         s.wait_healthy().await;
-        let meta = request("GET", &s.url("/v1.0/metadata"), &[], "").await.json();
+        let meta = request("GET", &s.url("/v1.0/metadata"), &[], "")
+            .await
+            .json();
         let names: Vec<String> = meta["components"]
             .as_array()
             .expect("components")

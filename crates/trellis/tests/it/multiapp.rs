@@ -315,7 +315,10 @@ async fn the_quickstart_example_works() {
     assert_eq!(run.wait_exit(PATIENCE).await, Some(0), "{}", run.output());
     let out = run.output();
     assert!(!out.contains("Traceback"), "{out}");
-    assert!(out.contains("== APP - order-processor == order-processor stopped"), "{out}");
+    assert!(
+        out.contains("== APP - order-processor == order-processor stopped"),
+        "{out}"
+    );
     let stopped = out
         .lines()
         .find(|l| l.contains("app stopped") && l.contains("order-processor"))
@@ -372,7 +375,13 @@ async fn relative_component_paths_and_older_type_names() {
         let url = format!("{base}/v1.0/state/{store}");
         let body = r#"[{"key":"k","value":"v"}]"#;
         let resp = trellis_test_support::request("POST", &url, &[], body).await;
-        assert_eq!(resp.status.as_u16(), 204, "{store}: {}\n{}", resp.text(), t.output());
+        assert_eq!(
+            resp.status.as_u16(),
+            204,
+            "{store}: {}\n{}",
+            resp.text(),
+            t.output()
+        );
         let resp = trellis_test_support::request("GET", &format!("{url}/k"), &[], "").await;
         assert_eq!(resp.text(), "\"v\"", "{store}\n{}", t.output());
     }

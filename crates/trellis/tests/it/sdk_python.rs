@@ -552,5 +552,8 @@ async fn the_python_sdk_example_works() {
     assert_eq!(run.wait_exit(PATIENCE).await, Some(0), "{}", run.output());
     let out = run.output();
     assert!(!out.contains("Traceback"), "{out}");
-    assert!(out.contains("== APP - inventory == inventory stopped"), "{out}");
+    assert!(
+        out.contains("== APP - inventory == inventory stopped"),
+        "{out}"
+    );
 }

@@ -381,7 +381,8 @@ fn unreachable(status: &Status) -> InvokeError {
 
 /// A transport error from connecting: the app has not seen the call.
 fn not_connected(status: &Status) -> bool {
-    let refused = |text: &str| text.contains("tcp connect error") || text.contains("Connection refused");
+    let refused =
+        |text: &str| text.contains("tcp connect error") || text.contains("Connection refused");
     if refused(status.message()) {
         return true;
     }
