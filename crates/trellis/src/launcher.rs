@@ -391,7 +391,9 @@ async fn supervise(started: Started, mut stop: watch::Receiver<StopSignal>, mult
                     }
                 }
             }
-            code
+            // In a run file, an app that ended because Ctrl-C asked it to did what it was
+            // told: the run as a whole succeeded. Alone, trellis mirrors its app's code.
+            if multi && stopped_by_us { 0 } else { code }
         }
     };
     sidecar.stop().await;
