@@ -152,7 +152,8 @@ impl Sidecar {
             Balancer::new(resolver),
             app_channel.clone(),
             config.peer_keepalive,
-            config.builtin_retries,
+            crate::invoke::BuiltinRetries::from_resiliencies(&config.resources.resiliencies)
+                .unwrap_or(config.builtin_retries),
         );
         let (stop, _) = watch::channel(false);
         let runtime = Arc::new(Runtime::new(RuntimeParts {

@@ -16,6 +16,11 @@
 //! A request whose body was sent cannot be sent again unless this sidecar still has it: a
 //! small body (read whole anyway, see `small.rs`) is kept for the retries; a streamed one
 //! is retried only while it was never sent.
+//!
+//! As in Dapr, a Resiliency retry policy named `DaprBuiltInServiceRetries` replaces the
+//! defaults (its `maxRetries`, and its `duration`, or for an exponential policy a wait
+//! from 500 ms growing 1.5× per retry up to its `maxInterval`); what counts as
+//! undelivered stays the same.
 
 use std::time::Duration;
 
@@ -31,11 +36,17 @@ use crate::Body;
 /// app; read (and removed) by the calling sidecar, never seen by apps.
 pub const UNDELIVERED: HeaderName = HeaderName::from_static("trellis-undelivered");
 
+/// The Resiliency retry policy that replaces the defaults.
+pub const POLICY_NAME: &str = "DaprBuiltInServiceRetries";
+
 /// How many times, and how far apart, an undelivered call is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BuiltinRetries {
     pub retries: u32,
+    /// The wait before the first retry (and every retry when `max_interval` is `None`).
     pub interval: Duration,
+    /// Set for an exponential backoff: the wait grows 1.5× per retry up to this.
+    pub max_interval: Option<Duration>,
 }
 
 impl Default for BuiltinRetries {
@@ -44,6 +55,43 @@ impl Default for BuiltinRetries {
         Self {
             retries: 3,
             interval: Duration::from_secs(1),
+            max_interval: None,
+        }
+    }
+}
+
+impl BuiltinRetries {
+    /// The `DaprBuiltInServiceRetries` policy of the app's resiliency resources, if one
+    /// defines it (the last one wins, as files load in order).
+    pub fn from_resiliencies(resiliencies: &[trellis_resources::Resiliency]) -> Option<Self> {
+        let policy = resiliencies
+            .iter()
+            .rev()
+            .find_map(|r| r.policies.retries.get(POLICY_NAME))?;
+        // -1 is "forever" in Dapr; a u32 of retries a second apart is longer than forever.
+        let retries = u32::try_from(policy.max_retries).unwrap_or(u32::MAX);
+        Some(match policy.policy {
+            trellis_resources::BackoffPolicy::Constant => Self {
+                retries,
+                interval: policy.duration,
+                max_interval: None,
+            },
+            trellis_resources::BackoffPolicy::Exponential => Self {
+                retries,
+                interval: Duration::from_millis(500),
+                max_interval: Some(policy.max_interval),
+            },
+        })
+    }
+
+    /// The wait before retry number `n` (0 for the first).
+    pub fn delay(&self, n: u32) -> Duration {
+        match self.max_interval {
+            None => self.interval,
+            Some(max) => {
+                let grown = self.interval.as_secs_f64() * 1.5f64.powi(n.min(64) as i32);
+                Duration::try_from_secs_f64(grown).unwrap_or(max).min(max)
+            }
         }
     }
 }
@@ -98,6 +146,43 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resiliency(policy: &str) -> Vec<trellis_resources::Resiliency> {
+        let text = format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  \
+             policies:\n    retries:\n      {POLICY_NAME}:\n{policy}\n  targets: {{}}\n"
+        );
+        match trellis_resources::parse_str(std::path::Path::new("r.yaml"), &text) {
+            Ok(r) => r.resiliencies,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_resiliency_policy_replaces_the_defaults() {
+        assert_eq!(BuiltinRetries::from_resiliencies(&[]), None);
+        let constant = BuiltinRetries::from_resiliencies(&resiliency(
+            "        policy: constant\n        duration: 2s\n        maxRetries: 10",
+        ));
+        assert_eq!(
+            constant,
+            Some(BuiltinRetries {
+                retries: 10,
+                interval: Duration::from_secs(2),
+                max_interval: None
+            })
+        );
+        let forever = BuiltinRetries::from_resiliencies(&resiliency(
+            "        policy: exponential\n        maxInterval: 2s",
+        ));
+        let Some(forever) = forever else {
+            panic!("policy not found");
+        };
+        assert_eq!(forever.retries, u32::MAX);
+        let waits: Vec<u128> = (0..5).map(|n| forever.delay(n).as_millis()).collect();
+        assert_eq!(waits, [500, 750, 1125, 1687, 2000]);
+        assert_eq!(BuiltinRetries::default().delay(7), Duration::from_secs(1));
+    }
 
     #[tokio::test]
     async fn a_small_body_is_kept_and_replayed_whole() {

@@ -171,13 +171,15 @@ impl Invoker {
             let Some(again) = again.filter(|_| retries_left > 0) else {
                 return last.map(without_undelivered);
             };
+            let delay = self.retries.delay(self.retries.retries - retries_left);
             retries_left -= 1;
             tracing::debug!(
                 app = %target,
                 retries_left,
+                ?delay,
                 "the call did not reach the app; trying again (built-in retries)"
             );
-            tokio::time::sleep(self.retries.interval).await;
+            tokio::time::sleep(delay).await;
             req = again;
         }
     }

@@ -203,6 +203,7 @@ fn quick_retries(c: &mut trellis_runtime::SidecarConfig) {
     c.builtin_retries = trellis_runtime::invoke::BuiltinRetries {
         retries: 3,
         interval: std::time::Duration::from_millis(200),
+        max_interval: None,
     };
 }
 
@@ -315,4 +316,30 @@ async fn a_call_the_app_answered_is_not_retried_and_retries_end() {
     silent.stop().await;
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dapr_builtin_service_retries_policy_replaces_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  \
+                policies:\n    retries:\n      DaprBuiltInServiceRetries:\n        \
+                policy: constant\n        duration: 1s\n        maxRetries: 0\n  targets: {}\n";
+    let resources = trellis_resources::parse_str(std::path::Path::new("r.yaml"), yaml).unwrap();
+    let a = sidecar("no-retries", dir.path(), None, |c| c.resources = resources).await;
+    // The defaults would retry three times a second apart; maxRetries 0 fails at once.
+    let started = std::time::Instant::now();
+    let r = request(
+        "GET",
+        &url(&a, "/v1.0/invoke/nobody-there/method/x"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2500),
+        "no retries, yet it took {:?}",
+        started.elapsed()
+    );
+    a.stop().await;
 }
