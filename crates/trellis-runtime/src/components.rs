@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use trellis_pubsub::{PubSub, PubSubError};
 use trellis_resources::registry::Registry;
+use trellis_secrets::{SecretError, SecretStore};
 use trellis_state::{Metadata, StateError, StateStore};
 
 /// Builds a state store from its component metadata.
@@ -19,6 +20,13 @@ pub type StateFactory = fn(Metadata) -> BoxFuture<'static, Result<Arc<dyn StateS
 /// Builds a pub/sub broker from its component metadata.
 pub type PubSubFactory =
     fn(trellis_pubsub::Metadata) -> BoxFuture<'static, Result<Arc<dyn PubSub>, PubSubError>>;
+
+/// Builds a secret store from its component metadata and the process environment (which
+/// `secretstores.local.env` reads).
+pub type SecretFactory = fn(
+    trellis_secrets::Metadata,
+    crate::config::Environment,
+) -> BoxFuture<'static, Result<Arc<dyn SecretStore>, SecretError>>;
 
 /// The building blocks Dapr defines.
 pub const BUILDING_BLOCKS: [&str; 8] = [
@@ -42,6 +50,7 @@ pub const EMBEDDED_PUBSUB_TYPE: &str = "pubsub.sqlite";
 pub struct Registries {
     pub state: Registry<StateFactory>,
     pub pubsub: Registry<PubSubFactory>,
+    pub secrets: Registry<SecretFactory>,
     /// Building blocks that have no component types yet; kept so that their components are
     /// reported as unknown types of a known block.
     pending: Vec<Registry<()>>,
@@ -128,14 +137,31 @@ impl Default for Registries {
         });
         // Older Dapr releases' name for their MQTT 3.1.1 component.
         pubsub.alias("pubsub.mqtt", "pubsub.mqtt3");
+        #[allow(unused_mut)]
+        let mut secrets: Registry<SecretFactory> = Registry::new("secretstores");
+        #[cfg(feature = "secretstores-local-env")]
+        secrets.register("secretstores.local.env", &["v1"], |md, env| {
+            Box::pin(async move {
+                let store = trellis_secrets::local_env::LocalEnvStore::open(&md, env.0)?;
+                Ok(Arc::new(store) as Arc<dyn SecretStore>)
+            })
+        });
+        #[cfg(feature = "secretstores-local-file")]
+        secrets.register("secretstores.local.file", &["v1"], |md, _| {
+            Box::pin(async move {
+                let store = trellis_secrets::local_file::LocalFileStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn SecretStore>)
+            })
+        });
         let pending = BUILDING_BLOCKS
             .iter()
-            .filter(|b| **b != "state" && **b != "pubsub")
+            .filter(|b| !["state", "pubsub", "secretstores"].contains(b))
             .map(|b| Registry::new(b))
             .collect();
         Self {
             state,
             pubsub,
+            secrets,
             pending,
         }
     }
@@ -147,6 +173,7 @@ impl Default for Registries {
 const PATH_KEYS: &[(&str, &str)] = &[
     ("state.sqlite", "connectionString"),
     ("pubsub.sqlite", "connectionString"),
+    ("secretstores.local.file", "secretsFile"),
 ];
 
 /// Rewrites every relative file path in the components' metadata ([`PATH_KEYS`]) to one
@@ -189,6 +216,13 @@ impl Registries {
         if block == "pubsub" {
             return self
                 .pubsub
+                .get(type_name, version)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
+        if block == "secretstores" {
+            return self
+                .secrets
                 .get(type_name, version)
                 .map(|_| ())
                 .map_err(|e| e.to_string());

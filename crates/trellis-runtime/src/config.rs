@@ -7,6 +7,17 @@ use std::time::Duration;
 
 use trellis_resources::{Configuration, Resources};
 
+/// Environment variables handed to the sidecar. Its `Debug` shows how many, never a value:
+/// they hold secrets, and configurations get logged.
+#[derive(Clone, Default)]
+pub struct Environment(pub std::sync::Arc<BTreeMap<String, String>>);
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Environment({} variables)", self.0.len())
+    }
+}
+
 /// Dapr's default for `--dapr-http-max-request-size` (4 MB).
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 4 << 20;
 
@@ -23,6 +34,9 @@ pub struct SidecarConfig {
     pub api_token: Option<String>,
     /// `APP_API_TOKEN`: sent to the app as `dapr-api-token`.
     pub app_api_token: Option<String>,
+    /// The process environment, for `secretstores.local.env` (the binary reads it; the
+    /// runtime never does).
+    pub environment: Environment,
     pub enable_api_logging: bool,
     /// Where local data lives: the name-resolution registry (`registry/`) and the embedded
     /// stores' files.
@@ -57,6 +71,7 @@ impl SidecarConfig {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             api_token: None,
             app_api_token: None,
+            environment: Environment::default(),
             enable_api_logging: false,
             data_dir: data_dir.into(),
             resources: Resources::default(),

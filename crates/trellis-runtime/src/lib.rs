@@ -22,12 +22,15 @@ mod lazy_store;
 mod loading;
 pub mod pubsub;
 pub mod runtime;
+pub mod secrets;
 pub mod server;
 mod sidecar;
 pub mod state;
 pub mod subscriptions;
 
-pub use config::{AppChannelConfig, AppHealthCheck, AppProtocol, DeliveryPolicy, SidecarConfig};
+pub use config::{
+    AppChannelConfig, AppHealthCheck, AppProtocol, DeliveryPolicy, Environment, SidecarConfig,
+};
 pub use sidecar::{Listeners, RunningSidecar, Sidecar, StartError};
 
 /// The body type used throughout the sidecar.

@@ -12,6 +12,7 @@ use crate::config::{AppChannelConfig, DeliveryPolicy};
 use crate::health::Health;
 use crate::invoke::{AppChannel, Invoker};
 use crate::pubsub::PubSubs;
+use crate::secrets::SecretStores;
 use crate::state::StateStores;
 use crate::subscriptions::SubscriptionSpec;
 
@@ -75,6 +76,7 @@ pub struct Runtime {
     pub health: Arc<Health>,
     pub state: StateStores,
     pub pubsub: PubSubs,
+    pub secrets: SecretStores,
     pub delivery_stats: DeliveryStats,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
@@ -107,6 +109,7 @@ pub struct RuntimeParts {
     pub health: Arc<Health>,
     pub state: StateStores,
     pub pubsub: PubSubs,
+    pub secrets: SecretStores,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
     pub enabled_features: Vec<String>,
@@ -130,6 +133,7 @@ impl Runtime {
             health: parts.health,
             state: parts.state,
             pubsub: parts.pubsub,
+            secrets: parts.secrets,
             delivery_stats: DeliveryStats::default(),
             delivery: parts.delivery,
             graceful_shutdown: parts.graceful_shutdown,

@@ -92,6 +92,15 @@ impl Sidecar {
 
         let registries = crate::components::Registries::default();
         check_components(&config, &registries)?;
+        // Secret stores first: the other components' metadata may name their secrets.
+        let secrets = crate::secrets::SecretStores::open(&config, &registries)
+            .await
+            .map_err(StartError::Components)?;
+        let mut config = config;
+        crate::secrets::resolve_refs(&mut config.resources, &secrets)
+            .await
+            .map_err(StartError::Components)?;
+        let config = config;
         let state = StateStores::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
@@ -119,6 +128,12 @@ impl Sidecar {
             type_name: p.type_name.clone(),
             version: p.version.clone(),
             capabilities: pubsub_capabilities(p.capabilities),
+        }));
+        components.extend(secrets.iter().map(|s| ComponentSummary {
+            name: s.name.clone(),
+            type_name: s.type_name.clone(),
+            version: s.version.clone(),
+            capabilities: Vec::new(),
         }));
 
         let (resolver_name, resolver_config) = config
@@ -164,6 +179,7 @@ impl Sidecar {
             health: health.clone(),
             state,
             pubsub,
+            secrets,
             components,
             http_endpoints: config
                 .resources

@@ -104,6 +104,8 @@ async fn start(plan: &AppPlan) -> anyhow::Result<Started> {
     config.max_request_body = plan.max_request_body;
     config.api_token = non_empty_env("DAPR_API_TOKEN");
     config.app_api_token = non_empty_env("APP_API_TOKEN");
+    config.environment =
+        trellis_runtime::Environment(std::sync::Arc::new(std::env::vars().collect()));
     config.enable_api_logging = plan.enable_api_logging;
     config.resources = resources;
     config.configuration = configuration;

@@ -5,6 +5,7 @@
   invoke   invoke_method on TARGET_APP (run with DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc)
   stream   streaming subscriptions: subscribe() and subscribe_with_handler() on topics
            `stream-orders` and `stream-handled`, answering SUCCESS, RETRY and DROP
+  secrets  get_secret / get_bulk_secret on the `files` store the test configures
 
 Each SDK call is reported as a step; the test decides what is right."""
 
@@ -160,10 +161,21 @@ def stream(d):
     step("subscribe-unknown-pubsub", lambda: d.subscribe("nope", "x") and None)
 
 
+def secrets(d):
+    step("get", lambda: dict(d.get_secret("files", "db:password").secret))
+    step("get-with-metadata", lambda: dict(
+        d.get_secret("files", "api", secret_metadata={"version": "1"}).secret))
+    step("bulk", lambda: {k: dict(v) for k, v in d.get_bulk_secret("files").secrets.items()})
+    step("denied", lambda: d.get_secret("files", "hidden").secret)
+    step("missing", lambda: d.get_secret("files", "nothing-here").secret)
+    step("unknown-store", lambda: d.get_secret("nope", "x").secret)
+
+
 def main():
     scenario = os.environ["SCENARIO"]
     with DaprClient() as d:
-        {"state": state, "publish": publish, "invoke": invoke, "stream": stream}[scenario](d)
+        {"state": state, "publish": publish, "invoke": invoke, "stream": stream,
+         "secrets": secrets}[scenario](d)
     finish()
 
 

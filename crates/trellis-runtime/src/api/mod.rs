@@ -16,6 +16,7 @@ mod layers;
 mod meta;
 pub mod ops;
 mod pubsub;
+mod secrets;
 mod state;
 
 use std::sync::Arc;
@@ -54,6 +55,10 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             "/v1.0-alpha1/state/{store}/query",
             post(state::query).put(state::query),
         )
+        // `bulk` is matched before `{key}`, as in Dapr: a secret named "bulk" cannot be read
+        // one at a time.
+        .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
+        .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route(
             "/v1.0/publish/bulk/{pubsub}/{*topic}",
             post(pubsub::bulk_publish).put(pubsub::bulk_publish),

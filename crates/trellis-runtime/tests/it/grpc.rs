@@ -527,7 +527,7 @@ async fn rpcs_of_missing_building_blocks_are_unimplemented_by_name() {
         .await
         .unwrap();
     for (path, block) in [
-        ("/dapr.proto.runtime.v1.Dapr/GetSecret", "secrets"),
+        ("/dapr.proto.runtime.v1.Dapr/InvokeBinding", "bindings"),
         (
             "/dapr.proto.runtime.v1.Dapr/TryLockAlpha1",
             "distributed lock",

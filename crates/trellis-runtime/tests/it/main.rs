@@ -8,6 +8,7 @@ mod api;
 mod grpc;
 mod invoke;
 mod pubsub;
+mod secrets;
 mod state;
 mod streaming;
 mod targets;

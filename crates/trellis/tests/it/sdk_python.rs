@@ -116,6 +116,75 @@ fn grpc_error(steps: &BTreeMap<String, Value>, name: &str, ctx: &str) -> (String
     )
 }
 
+/// `get_secret` and `get_bulk_secret` over gRPC against a `secretstores.local.file` store,
+/// with a secrets scope that denies one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_reads_secrets_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let resources = dir.path().join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        json!({"db": {"password": "pw-1"}, "api": "key-2", "hidden": "no"}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        resources.join("files.yaml"),
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: files\nspec:\n  \
+             type: secretstores.local.file\n  version: v1\n  metadata:\n  - name: secretsFile\n    \
+             value: \"{}\"\n",
+            dir.path().join("secrets.json").display()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  \
+         secrets:\n    scopes:\n    - storeName: files\n      deniedSecrets: [hidden]\n",
+    )
+    .unwrap();
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-secrets", dir.path(), &report, "client.py")
+        .env("SCENARIO", "secrets")
+        .arg("--resources-path")
+        .arg(resources.display().to_string())
+        .arg("--config")
+        .arg(config.display().to_string())
+        .spawn();
+    report.wait_client("py-secrets", &mut app, &[]).await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("py-secrets");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+    assert_eq!(r("get"), json!({"db:password": "pw-1"}), "{ctx}");
+    assert_eq!(r("get-with-metadata"), json!({"api": "key-2"}), "{ctx}");
+    assert_eq!(
+        r("bulk"),
+        json!({"api": {"api": "key-2"}, "db:password": {"db:password": "pw-1"}}),
+        "{ctx}"
+    );
+    // The SDK raises the secrets RPCs' errors as plain gRPC errors (no ErrorInfo reason).
+    for (step, code, text) in [
+        (
+            "denied",
+            "PERMISSION_DENIED",
+            "access denied by policy to get \"hidden\"",
+        ),
+        ("missing", "INTERNAL", "secret nothing-here not found"),
+        (
+            "unknown-store",
+            "INVALID_ARGUMENT",
+            "failed finding secret store with key nope",
+        ),
+    ] {
+        let e = error(&steps, step, &ctx);
+        assert_eq!(e["code"], code, "{step}: {ctx}");
+        let details = e["details"].as_str().unwrap_or_default();
+        assert!(details.contains(text), "{step}: {details}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_state_and_metadata_over_grpc() {
     let dir = tempfile::tempdir().unwrap();

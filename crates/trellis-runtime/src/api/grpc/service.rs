@@ -12,7 +12,7 @@ use trellis_proto::runtime::{self as pb, dapr_server::Dapr};
 use trellis_state::{Concurrency, Consistency};
 
 use super::status::to_status;
-use crate::api::ops::{pubsub as pubsub_ops, state as state_ops};
+use crate::api::ops::{pubsub as pubsub_ops, secrets as secret_ops, state as state_ops};
 use crate::runtime::Runtime;
 
 pub struct DaprApi {
@@ -91,6 +91,39 @@ impl Dapr for DaprApi {
         request: Request<pb::InvokeServiceRequest>,
     ) -> Reply<pbc::InvokeResponse> {
         super::invoke::invoke_service(&self.rt, request).await
+    }
+
+    async fn get_secret(
+        &self,
+        request: Request<pb::GetSecretRequest>,
+    ) -> Reply<pb::GetSecretResponse> {
+        let req = request.into_inner();
+        let metadata = req.metadata.into_iter().collect();
+        let secret = secret_ops::get(&self.rt, &req.store_name, &req.key, metadata)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GetSecretResponse {
+            data: secret.into_iter().collect(),
+        }))
+    }
+
+    async fn get_bulk_secret(
+        &self,
+        request: Request<pb::GetBulkSecretRequest>,
+    ) -> Reply<pb::GetBulkSecretResponse> {
+        let req = request.into_inner();
+        let metadata = req.metadata.into_iter().collect();
+        let all = secret_ops::bulk(&self.rt, &req.store_name, metadata)
+            .await
+            .map_err(to_status)?;
+        let data = all
+            .into_iter()
+            .map(|(name, secret)| {
+                let secrets = secret.into_iter().collect();
+                (name, pb::SecretResponse { secrets })
+            })
+            .collect();
+        Ok(Response::new(pb::GetBulkSecretResponse { data }))
     }
 
     async fn get_state(

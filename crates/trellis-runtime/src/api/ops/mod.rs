@@ -8,4 +8,5 @@
 //! [`ApiError`]: super::ApiError
 
 pub mod pubsub;
+pub mod secrets;
 pub mod state;
