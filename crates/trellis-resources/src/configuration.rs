@@ -1,5 +1,7 @@
 //! The `Configuration` resource (`kind: Configuration`): tracing, metrics, access control, API
-//! allow-lists, secret scopes, features, name resolution and middleware pipelines.
+//! allow-lists, secret scopes, features, name resolution, mTLS and middleware pipelines.
+
+use std::time::Duration;
 
 use serde_norway::Mapping;
 
@@ -39,8 +41,21 @@ pub struct ConfigurationSpec {
     pub app_http_pipeline: Option<PipelineSpec>,
     /// `spec.httpPipeline`: middleware applied to calls the app makes to the sidecar.
     pub http_pipeline: Option<PipelineSpec>,
-    /// The whole `spec` as JSON, for settings this crate does not model yet (logging, mtls, ...).
+    /// `spec.mtls`.
+    pub mtls: Option<MtlsSpec>,
+    /// The whole `spec` as JSON, for settings this crate does not model yet (logging, ...).
     pub raw: serde_json::Value,
+}
+
+/// `spec.mtls`: mTLS between sidecars.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MtlsSpec {
+    /// `enabled`; unset leaves the choice to the runtime.
+    pub enabled: Option<bool>,
+    /// `workloadCertTTL`.
+    pub workload_cert_ttl: Option<Duration>,
+    /// `allowedClockSkew`.
+    pub allowed_clock_skew: Option<Duration>,
 }
 
 /// `spec.nameResolution`.
@@ -334,6 +349,15 @@ fn parse_spec(ctx: &mut Ctx<'_>, spec: &Mapping) -> ConfigurationSpec {
         SecretsSpec { scopes }
     });
 
+    let mtls = ctx.mapping(spec, "mtls", p).map(|m| {
+        let path = child(p, "mtls");
+        MtlsSpec {
+            enabled: ctx.bool(m, "enabled", &path),
+            workload_cert_ttl: ctx.duration(m, "workloadCertTTL", &path),
+            allowed_clock_skew: ctx.duration(m, "allowedClockSkew", &path),
+        }
+    });
+
     let app_http_pipeline = parse_pipeline(ctx, spec, "appHttpPipeline");
     let http_pipeline = parse_pipeline(ctx, spec, "httpPipeline");
 
@@ -347,6 +371,7 @@ fn parse_spec(ctx: &mut Ctx<'_>, spec: &Mapping) -> ConfigurationSpec {
         secrets,
         app_http_pipeline,
         http_pipeline,
+        mtls,
         raw: to_json(&serde_norway::Value::Mapping(spec.clone())),
     }
 }

@@ -21,8 +21,8 @@ mod tests;
 pub use component::{Component, MetadataItem, MetadataValue, ObjectMeta};
 pub use configuration::{
     AccessControlSpec, ApiAccessRule, ApiSpec, AppOperation, AppPolicySpec, Configuration,
-    ConfigurationSpec, FeatureSpec, HandlerSpec, MetricsSpec, NameResolutionSpec, OtelSpec,
-    PipelineSpec, SecretsScope, SecretsSpec, TracingSpec, ZipkinSpec,
+    ConfigurationSpec, FeatureSpec, HandlerSpec, MetricsSpec, MtlsSpec, NameResolutionSpec,
+    OtelSpec, PipelineSpec, SecretsScope, SecretsSpec, TracingSpec, ZipkinSpec,
 };
 pub use error::{LoadError, LoadErrors, Location};
 pub use http_endpoint::HttpEndpoint;

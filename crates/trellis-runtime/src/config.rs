@@ -54,6 +54,17 @@ pub struct SidecarConfig {
     pub peer_keepalive: crate::invoke::Keepalive,
     /// Retries of calls to other apps that never reached the callee's app.
     pub builtin_retries: crate::invoke::BuiltinRetries,
+    /// mTLS on the sidecar-to-sidecar port; `None` serves and dials it in plaintext.
+    pub mtls: Option<MtlsConfig>,
+}
+
+/// mTLS between sidecars (`Configuration.spec.mtls` and the authority to use).
+#[derive(Debug, Clone)]
+pub struct MtlsConfig {
+    pub authority: std::sync::Arc<trellis_mtls::Authority>,
+    /// The trust domain of this sidecar's SPIFFE id; peers must share it.
+    pub trust_domain: String,
+    pub certs: trellis_mtls::CertSettings,
 }
 
 impl SidecarConfig {
@@ -81,6 +92,7 @@ impl SidecarConfig {
             delivery: DeliveryPolicy::default(),
             peer_keepalive: crate::invoke::Keepalive::default(),
             builtin_retries: crate::invoke::BuiltinRetries::default(),
+            mtls: None,
         }
     }
 }

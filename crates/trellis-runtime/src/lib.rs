@@ -29,7 +29,8 @@ pub mod state;
 pub mod subscriptions;
 
 pub use config::{
-    AppChannelConfig, AppHealthCheck, AppProtocol, DeliveryPolicy, Environment, SidecarConfig,
+    AppChannelConfig, AppHealthCheck, AppProtocol, DeliveryPolicy, Environment, MtlsConfig,
+    SidecarConfig,
 };
 pub use sidecar::{Listeners, RunningSidecar, Sidecar, StartError};
 

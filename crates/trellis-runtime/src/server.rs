@@ -4,24 +4,44 @@
 //! port) go through [`serve`]: HTTP/1.1 and HTTP/2 (prior knowledge, as peers use) on one
 //! port, `TCP_NODELAY` on every connection (small responses must not wait for Nagle), and
 //! on shutdown: stop accepting, let in-flight requests finish within the drain time, then
-//! drop what is left.
+//! drop what is left. The internal port may also require mTLS ([`serve_with`]).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tower::Service;
+use tower::{Service, ServiceExt as _};
 
 /// Serves `service` on `listener` until `shutdown` resolves, then drains for up to `drain`.
 pub async fn serve<S>(
     listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    serve_with(listener, None, service, shutdown, drain).await;
+}
+
+/// As [`serve`], with every connection first going through a TLS handshake when `tls` is
+/// given (the internal port with mTLS). The handshake runs in the connection's own task, so
+/// a slow or hostile client never holds up accepting others; the peer's verified identity
+/// goes into every request of the connection as a [`PeerIdentity`] extension.
+pub async fn serve_with<S>(
+    listener: TcpListener,
+    tls: Option<trellis_mtls::TlsAcceptor>,
     service: S,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -58,22 +78,36 @@ pub async fn serve<S>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let hyper_service = TowerToHyperService::new(service.clone().map_request(
-                    move |req: Request<hyper::body::Incoming>| {
-                        let mut req = req.map(crate::Body::new);
-                        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                        req
-                    },
-                ));
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), hyper_service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, "connection ended with an error");
+                let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(serve_connection(builder, stream, service, peer, None, watcher));
                     }
-                });
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                            let tls = match handshake.await {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "refused a connection: tls handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "refused a connection: tls handshake timed out");
+                                    return;
+                                }
+                            };
+                            let id = match trellis_mtls::tls::peer_id(tls.get_ref().1.peer_certificates()) {
+                                Ok(id) => id,
+                                Err(error) => {
+                                    tracing::debug!(%peer, %error, "refused a connection: no sidecar identity");
+                                    return;
+                                }
+                            };
+                            serve_connection(builder, tls, service, peer, Some(PeerIdentity(Arc::new(id))), watcher).await;
+                        });
+                    }
+                }
             }
             () = &mut shutdown => break,
         }
@@ -87,4 +121,42 @@ pub async fn serve<S>(
     }
 }
 
-use tower::ServiceExt as _;
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The verified identity of the sidecar on the other end of an mTLS connection, put into
+/// each of its requests: the only source of a caller's identity on the internal port.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Arc<trellis_mtls::SpiffeId>);
+
+/// Serves one connection (plain or TLS) until it ends or the drain closes it.
+async fn serve_connection<I, S>(
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    peer: SocketAddr,
+    identity: Option<PeerIdentity>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let hyper_service = TowerToHyperService::new(service.map_request(
+        move |req: Request<hyper::body::Incoming>| {
+            let mut req = req.map(crate::Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            if let Some(identity) = &identity {
+                req.extensions_mut().insert(identity.clone());
+            }
+            req
+        },
+    ));
+    let conn = builder
+        .serve_connection(TokioIo::new(io), hyper_service)
+        .into_owned();
+    if let Err(error) = watcher.watch(conn).await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}

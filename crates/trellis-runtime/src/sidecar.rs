@@ -26,6 +26,8 @@ pub enum StartError {
     Components(Vec<String>),
     #[error(transparent)]
     InvalidAppId(#[from] trellis_nameres::InvalidAppId),
+    #[error("mtls: {0}")]
+    Mtls(#[from] trellis_mtls::MtlsError),
 }
 
 /// Entry point: see [`Sidecar::start`].
@@ -157,6 +159,30 @@ impl Sidecar {
             },
         )?;
 
+        // mTLS: this sidecar's certificate (renewed in the background) on both ends of the
+        // internal port.
+        let identity = match &config.mtls {
+            Some(m) => Some(trellis_mtls::WorkloadIdentity::new(
+                trellis_mtls::SpiffeId::new(&m.trust_domain, &me.namespace, &me.app_id),
+                m.authority.clone(),
+                m.certs,
+            )?),
+            None => None,
+        };
+        let (acceptor, peer_tls) = match &identity {
+            Some(identity) => (
+                Some(trellis_mtls::TlsAcceptor::from(
+                    trellis_mtls::tls::server_config(identity)?,
+                )),
+                Some(crate::invoke::PeerTls {
+                    connector: trellis_mtls::TlsConnector::from(trellis_mtls::tls::client_config(
+                        identity,
+                    )?),
+                    trust_domain: identity.id().trust_domain.clone(),
+                }),
+            ),
+            None => (None, None),
+        };
         let health = Arc::new(Health::default());
         let app_channel = config
             .app
@@ -169,6 +195,7 @@ impl Sidecar {
             config.peer_keepalive,
             crate::invoke::BuiltinRetries::from_resiliencies(&config.resources.resiliencies)
                 .unwrap_or(config.builtin_retries),
+            peer_tls,
         );
         let (stop, _) = watch::channel(false);
         let runtime = Arc::new(Runtime::new(RuntimeParts {
@@ -229,12 +256,22 @@ impl Sidecar {
                 config.graceful_shutdown,
             ));
         }
-        tasks.spawn(crate::server::serve(
+        tasks.spawn(crate::server::serve_with(
             internal,
+            acceptor,
             api::internal_router(runtime.clone()),
             stopped(&stop),
             config.graceful_shutdown,
         ));
+        if let Some(identity) = identity {
+            let stopping = stopped(&stop);
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = identity.keep_renewed() => {}
+                    () = stopping => {}
+                }
+            });
+        }
         health.set_outbound_ready();
         match &app_channel {
             Some(channel) => {
@@ -268,6 +305,7 @@ impl Sidecar {
             http = %http_addr,
             grpc = ?grpc_addr,
             internal = %internal_addr,
+            mtls = config.mtls.is_some(),
             resolver = runtime.invoker.resolver_kind(),
             "sidecar started"
         );

@@ -79,6 +79,17 @@ pub struct RunArgs {
     /// Threads serving the sidecar(s) of this process.
     #[arg(long, env = "TRELLIS_WORKER_THREADS", default_value_t = 1)]
     worker_threads: usize,
+    /// PEM file of the trust anchors (root certificates) sidecars must chain to; with
+    /// --issuer-cert-file and --issuer-key-file, used instead of the local authority in the
+    /// data dir (also DAPR_TRUST_ANCHORS, DAPR_CERT_CHAIN, DAPR_CERT_KEY as PEM text).
+    #[arg(long, requires_all = ["issuer_cert_file", "issuer_key_file"])]
+    trust_anchors_file: Option<PathBuf>,
+    /// PEM file of the issuer certificate that signs workload certificates.
+    #[arg(long, requires_all = ["trust_anchors_file", "issuer_key_file"])]
+    issuer_cert_file: Option<PathBuf>,
+    /// PEM file of the issuer's private key (PKCS#8).
+    #[arg(long, requires_all = ["trust_anchors_file", "issuer_cert_file"])]
+    issuer_key_file: Option<PathBuf>,
     /// Run the apps of a multi-app run file (or a directory holding trellis.yaml or dapr.yaml).
     #[arg(long, short = 'f', conflicts_with_all = ["app_id", "app_port", "command"])]
     run_file: Option<PathBuf>,
@@ -120,6 +131,8 @@ pub struct AppPlan {
     pub command: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
+    /// `--trust-anchors-file`, `--issuer-cert-file`, `--issuer-key-file`, when given.
+    pub authority_files: Option<crate::mtls::AuthorityFiles>,
 }
 
 impl RunArgs {
@@ -192,6 +205,7 @@ impl RunArgs {
             command: self.command.clone(),
             cwd: None,
             env: BTreeMap::new(),
+            authority_files: self.authority_files(),
         })
     }
 
@@ -201,7 +215,16 @@ impl RunArgs {
             log_api: self.enable_api_logging,
             graceful_shutdown: Duration::from_secs(self.dapr_graceful_shutdown_seconds),
             data_dir: data_dir(self.data_dir.clone()),
+            authority_files: self.authority_files(),
         }
+    }
+
+    fn authority_files(&self) -> Option<crate::mtls::AuthorityFiles> {
+        Some(crate::mtls::AuthorityFiles {
+            trust_anchors: self.trust_anchors_file.clone()?,
+            issuer_cert: self.issuer_cert_file.clone()?,
+            issuer_key: self.issuer_key_file.clone()?,
+        })
     }
 }
 
@@ -211,6 +234,7 @@ pub struct AppPlanDefaults {
     pub log_api: bool,
     pub graceful_shutdown: Duration,
     pub data_dir: PathBuf,
+    pub authority_files: Option<crate::mtls::AuthorityFiles>,
 }
 
 pub fn health_check(

@@ -6,6 +6,7 @@
 
 mod args;
 mod launcher;
+mod mtls;
 mod runfile;
 
 use std::path::PathBuf;

@@ -315,6 +315,7 @@ fn app_plan(
             .unwrap_or_default(),
         cwd: Some(dir),
         env,
+        authority_files: defaults.authority_files.clone(),
     })
 }
 

@@ -1,7 +1,9 @@
 //! The sidecar-to-sidecar port: requests from peers, handed to this sidecar's app.
 //!
 //! Peers have already applied their own API checks; this side checks that the call is meant
-//! for this app and that the app is healthy, then streams it to the app channel. When the
+//! for this app and that the app is healthy, then streams it to the app channel. With
+//! mTLS, the caller's app id and namespace headers are replaced by the identity its
+//! certificate proved (`server::PeerIdentity`); a header alone proves nothing. When the
 //! request never reached the app (meant for another app, app unhealthy or not listening
 //! yet) the error carries [`UNDELIVERED`], so the calling sidecar may send it again.
 
@@ -15,8 +17,9 @@ use http::HeaderValue;
 
 use super::error::ApiError;
 use super::layers;
-use crate::invoke::{CALLEE_APP_ID, InvokeError, UNDELIVERED};
+use crate::invoke::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, InvokeError, UNDELIVERED};
 use crate::runtime::Runtime;
+use crate::server::PeerIdentity;
 
 pub fn internal_router(rt: Arc<Runtime>) -> Router {
     Router::new()
@@ -40,6 +43,23 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
     };
     if !rt.health.app_healthy() {
         return undelivered(ApiError::invoke(me, &InvokeError::AppUnhealthy));
+    }
+    // With mTLS the caller is who its certificate says, whatever headers it sent.
+    if let Some(PeerIdentity(id)) = req.extensions().get::<PeerIdentity>().cloned() {
+        let headers = req.headers_mut();
+        for (name, value) in [
+            (CALLER_APP_ID, &id.app_id),
+            (CALLER_NAMESPACE, &id.namespace),
+        ] {
+            match HeaderValue::from_str(value) {
+                Ok(v) => {
+                    headers.insert(name, v);
+                }
+                Err(_) => {
+                    headers.remove(name);
+                }
+            }
+        }
     }
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
         && let Ok(value) = HeaderValue::from_str(&peer.ip().to_string())

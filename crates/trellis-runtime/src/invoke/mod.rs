@@ -30,7 +30,7 @@ pub use app_channel::{AppCall, AppChannel, HttpAppChannel, open as open_app_chan
 pub use builtin_retry::{BuiltinRetries, UNDELIVERED};
 pub use headers::{APP_ID, CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
 pub use limit::LimitedBody;
-pub use peers::{Keepalive, PeerPool};
+pub use peers::{Keepalive, PeerPool, PeerTls};
 pub use small::coalesce;
 
 use crate::Body;
@@ -116,11 +116,12 @@ impl Invoker {
         app: Option<std::sync::Arc<dyn AppChannel>>,
         keepalive: Keepalive,
         retries: BuiltinRetries,
+        tls: Option<PeerTls>,
     ) -> Self {
         Self {
             caller,
             balancer,
-            peers: PeerPool::new(keepalive),
+            peers: PeerPool::new(keepalive, tls),
             app,
             retries,
         }
@@ -218,7 +219,7 @@ impl Invoker {
             *req.version_mut() = http::Version::HTTP_2;
             // h2 carries the authority in the URI; a Host header would be a second one.
             req.headers_mut().remove(http::header::HOST);
-            match self.peers.send(addr, req).await {
+            match self.peers.send(addr, target, req).await {
                 Ok(resp) => {
                     let undelivered = resp.headers().contains_key(UNDELIVERED);
                     let result =

@@ -15,6 +15,11 @@
 //! within [`Keepalive::timeout`] is closed, so a peer that vanished without closing its
 //! socket (a machine gone, a black-holed route) costs the next call a reconnect instead
 //! of a hang.
+//!
+//! With mTLS ([`PeerTls`]) every connection is TLS 1.3 with this sidecar's certificate, and
+//! is used only for the app its peer's certificate names: a connection whose peer is
+//! another app than the one called (a stale registry entry, an impostor) carries nothing,
+//! and the request moves on as "not sent".
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +34,9 @@ use h2::{RecvStream, SendStream};
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
+
+use trellis_mtls::rustls::pki_types as rustls_pki_types;
+use trellis_nameres::AppRef;
 
 use super::small::SMALL_BODY;
 use crate::Body;
@@ -55,10 +63,38 @@ impl Default for Keepalive {
     }
 }
 
+/// mTLS to peers: the connector with this sidecar's certificate, and its trust domain (a
+/// peer must be in the same one).
+#[derive(Clone)]
+pub struct PeerTls {
+    pub connector: trellis_mtls::TlsConnector,
+    pub trust_domain: String,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerTls({})", self.trust_domain)
+    }
+}
+
+/// A pooled connection and, with mTLS, the app its peer proved to be.
+#[derive(Clone)]
+struct Pooled {
+    sender: SendRequest<Bytes>,
+    peer: Option<AppRef>,
+}
+
 #[derive(Debug, Default)]
 pub struct PeerPool {
-    conns: Mutex<HashMap<SocketAddr, SendRequest<Bytes>>>,
+    conns: Mutex<HashMap<SocketAddr, Pooled>>,
     keepalive: Keepalive,
+    tls: Option<PeerTls>,
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pooled({:?})", self.peer)
+    }
 }
 
 pub(super) enum SendError {
@@ -72,19 +108,23 @@ pub(super) enum SendError {
 }
 
 impl PeerPool {
-    pub fn new(keepalive: Keepalive) -> Self {
+    pub fn new(keepalive: Keepalive, tls: Option<PeerTls>) -> Self {
         Self {
             conns: Mutex::default(),
             keepalive,
+            tls,
         }
     }
 
+    /// Sends `request` to the sidecar at `addr`, which must be (with mTLS: prove to be) an
+    /// instance of `target`.
     pub(super) async fn send(
         &self,
         addr: SocketAddr,
+        target: &AppRef,
         request: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
-        let mut sender = match self.ready_sender(addr).await {
+        let mut sender = match self.ready_sender(addr, target).await {
             Ok(sender) => sender,
             Err(error) => {
                 return Err(SendError::NotSent {
@@ -128,10 +168,15 @@ impl PeerPool {
 
     /// A connection to `addr` that is ready for a new stream, reconnecting once if the
     /// pooled one has gone away.
-    async fn ready_sender(&self, addr: SocketAddr) -> Result<SendRequest<Bytes>, String> {
+    async fn ready_sender(
+        &self,
+        addr: SocketAddr,
+        target: &AppRef,
+    ) -> Result<SendRequest<Bytes>, String> {
         let pooled = self.lock().get(&addr).cloned();
-        if let Some(sender) = pooled {
-            match sender.ready().await {
+        if let Some(pooled) = pooled {
+            check_peer(addr, pooled.peer.as_ref(), target)?;
+            match pooled.sender.ready().await {
                 Ok(sender) => return Ok(sender),
                 Err(error) => {
                     tracing::debug!(%addr, %error, "pooled peer connection is gone; reconnecting");
@@ -139,17 +184,19 @@ impl PeerPool {
                 }
             }
         }
-        let sender = connect(addr, self.keepalive).await?;
+        let pooled = connect(addr, self.keepalive, self.tls.as_ref()).await?;
         // Two callers may race to connect; the last one wins and the other connection closes
         // once its request is done. Rare, harmless, and cheaper than connecting under a lock.
-        self.lock().insert(addr, sender.clone());
-        sender
+        self.lock().insert(addr, pooled.clone());
+        check_peer(addr, pooled.peer.as_ref(), target)?;
+        pooled
+            .sender
             .ready()
             .await
             .map_err(|e| format!("peer {addr} refused a new stream: {e}"))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, SendRequest<Bytes>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Pooled>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -168,22 +215,73 @@ fn finish(result: Result<Response<RecvStream>, h2::Error>) -> Result<Response<Bo
     }))
 }
 
-async fn connect(addr: SocketAddr, keepalive: Keepalive) -> Result<SendRequest<Bytes>, String> {
+/// With mTLS, the peer must be the app called (the same id, namespace and trust domain the
+/// caller means); without, any peer is taken at its word.
+fn check_peer(addr: SocketAddr, peer: Option<&AppRef>, target: &AppRef) -> Result<(), String> {
+    match peer {
+        Some(peer) if peer != target => Err(format!(
+            "the sidecar at {addr} proved to be app {peer}, not {target}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn connect(
+    addr: SocketAddr,
+    keepalive: Keepalive,
+    tls: Option<&PeerTls>,
+) -> Result<Pooled, String> {
     let setup = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        h2::client::Builder::new()
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .handshake::<_, Bytes>(stream)
+        let Some(tls) = tls else {
+            let sender = handshake(addr, stream, keepalive).await?;
+            return Ok(Pooled { sender, peer: None });
+        };
+        let server_name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        let stream = tls
+            .connector
+            .connect(server_name, stream)
             .await
-            .map_err(|e| format!("http/2 handshake with {addr}: {e}"))
+            .map_err(|e| format!("tls handshake with {addr}: {e}"))?;
+        let id = trellis_mtls::tls::peer_id(stream.get_ref().1.peer_certificates())
+            .map_err(|e| format!("tls handshake with {addr}: {e}"))?;
+        if id.trust_domain != tls.trust_domain {
+            return Err(format!(
+                "the sidecar at {addr} is in trust domain {:?}, not {:?}",
+                id.trust_domain, tls.trust_domain
+            ));
+        }
+        let peer = AppRef::new(id.app_id, id.namespace)
+            .map_err(|e| format!("the sidecar at {addr} has an invalid identity: {e}"))?;
+        let sender = handshake(addr, stream, keepalive).await?;
+        Ok(Pooled {
+            sender,
+            peer: Some(peer),
+        })
     };
-    let (sender, mut conn) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
+    tokio::time::timeout(CONNECT_TIMEOUT, setup)
         .await
-        .map_err(|_| format!("connecting to {addr} timed out"))??;
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+}
+
+/// The HTTP/2 handshake over `io` (plain TCP or TLS), and the connection's task.
+async fn handshake<I>(
+    addr: SocketAddr,
+    io: I,
+    keepalive: Keepalive,
+) -> Result<SendRequest<Bytes>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, mut conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| format!("http/2 handshake with {addr}: {e}"))?;
     let pings = conn.ping_pong();
     tokio::spawn(async move {
         tokio::select! {

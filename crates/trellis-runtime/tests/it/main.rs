@@ -7,6 +7,7 @@
 mod api;
 mod grpc;
 mod invoke;
+mod mtls;
 mod pubsub;
 mod secrets;
 mod state;

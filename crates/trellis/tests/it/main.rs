@@ -9,6 +9,7 @@
 
 mod discovery;
 mod launcher;
+mod mtls;
 mod multiapp;
 mod pubsub;
 mod pubsub_crash;
