@@ -163,8 +163,11 @@ pub struct Options {
     /// The most weight ([`Backend::weight`]) one transaction takes; a single job heavier
     /// than this still goes, alone.
     pub max_weight: usize,
-    /// The longest the writer lingers for more jobs after the queue ran dry (see
-    /// [`gather`]); zero takes only what is queued.
+    /// The longest the writer lingers for more jobs after the queue ran dry, when its
+    /// batch is still smaller than the one before: the callers the last commit answered
+    /// are likely about to send their next job, and waiting for them (a quarter of the
+    /// last commit at most) lets them share the next fsync. Zero takes only what is
+    /// queued.
     pub gather_wait: Duration,
     /// How often [`Backend::periodic`] runs; `None` never.
     pub periodic: Option<Duration>,
@@ -335,7 +338,7 @@ impl<B: Backend> Writer<B> {
         }
     }
 
-    /// Whether [`gather`] needs to know how long commits take.
+    /// Whether `gather` needs to know how long commits take (it lingers only if so).
     fn timed(&self) -> bool {
         !self.options.gather_wait.is_zero()
     }
