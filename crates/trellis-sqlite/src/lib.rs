@@ -1,7 +1,10 @@
-//! SQLite plumbing shared by the embedded state store (`trellis-state`) and the embedded
-//! broker (`trellis-pubsub`): both keep one file that several `trellis` processes write
-//! at once, and both meet the same two SQLite behaviours there.
+//! SQLite plumbing shared by the embedded backends (the state store in `trellis-state`, the
+//! broker in `trellis-pubsub`): each keeps one file that several `trellis` processes write
+//! at once, and each writes through the same machinery.
 //!
+//! - [`writer`]: the group-commit writer thread, the one way an embedded backend writes
+//!   (concurrent writers share one fsync; answers go out only after the commit).
+//! - [`open`] and [`open_writer`]: opening a backend's database, the same way for all.
 //! - SQLite's own busy handler sleeps 1, 2, 5, 10 … up to 100 ms between tries. Against a
 //!   process that commits back to back (group commits, each a few ms of fsync) such a
 //!   waiter almost never finds the lock free and starves. [`wait_for_locks`] installs a
@@ -10,6 +13,11 @@
 //!   fetches; see docs/benchmarks.md).
 //! - Two processes switching a new file's journal mode at once can get SQLITE_BUSY without
 //!   the busy handler being asked; [`set_journal_mode`] retries.
+
+mod open;
+pub mod writer;
+
+pub use open::{OpenError, in_memory, open, open_writer};
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
