@@ -1,7 +1,7 @@
-//! `trellis-bench grpc`: gRPC service invocation through two sidecars against a direct gRPC
-//! call, beside the HTTP path measured in the same run.
+//! `trellis-bench grpc`: the sidecar's gRPC paths against direct calls, beside the HTTP
+//! paths measured in the same run.
 //!
-//! Scenarios, each sending the same `--body` bytes and expecting them back:
+//! The invocation part sends the same `--body` bytes and expects them back:
 //! * `http direct`, `http via trellis`: an HTTP POST to the HTTP echo app, directly and
 //!   through two sidecars (`/v1.0/invoke/echo/method/echo`), as `trellis-bench invoke` does;
 //! * `grpc direct`: `AppCallback/OnInvoke` on a gRPC echo app;
@@ -10,48 +10,75 @@
 //! * `grpc InvokeService via trellis`: `Dapr/InvokeService` on sidecar A, which sidecar B
 //!   turns into `OnInvoke` on the app.
 //!
+//! The state part saves and gets single keys of the embedded store (`statestore`) on one
+//! sidecar (`trellis run --app-id bench`, no app), through `Dapr/SaveState` and
+//! `Dapr/GetState` and through the HTTP state API, against the same store used directly
+//! in process: the `state` bench's embedded baseline, with its keys and value.
+//!
 //! Each client task owns one connection (an HTTP/1.1 keep-alive or one HTTP/2 channel).
 
-use std::path::{Path, PathBuf};
+use std::fmt::Write as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
+use clap::builder::RangedU64ValueParser;
 use tonic::transport::{Channel, Endpoint};
 use trellis_proto::common as pbc;
 use trellis_proto::runtime::{
     self as pb, app_callback_client::AppCallbackClient, dapr_client::DaprClient,
 };
 
-use crate::load::{self, Client, Mode, Outcome, Schedule, Target};
+use crate::direct::{self, Backend, Op};
+use crate::echo;
+use crate::invoke::{echo_scenario, watch};
+use crate::load::{self, Client, Target};
 use crate::procs::{self, ChildGuard};
-use crate::{echo, report, sidecar};
+use crate::report::{self, PhaseText, Target as Goal};
+use crate::runner::{self, BenchArgs, Results, Scenario, Session};
+use crate::sidecar::{self, Sidecar, Spec};
+use crate::state::{self, KEYS, Keys, SIDECAR_PREFIX};
+
+/// gRPC state overhead over the store used directly, p50 (issue 8).
+const STATE_ADDED_P50_MS: f64 = 0.05;
+/// Idle RSS of a sidecar with the gRPC server linked (issue 8).
+const RSS_IDLE_MIB: f64 = 10.0;
+
+/// The gRPC app's id: the `dapr-app-id` of proxied calls.
+const GRPC_APP_ID: &str = "grpc-echo";
+/// The store of the state part: the sidecar's built-in embedded store.
+const STORE: &str = "statestore";
 
 #[derive(Args)]
 pub struct GrpcArgs {
-    /// Requests per second in the fixed-rate phase.
-    #[arg(long, default_value_t = 1000)]
-    rate: u32,
-    /// Length of each measured phase, e.g. 10s, 500ms, 1m.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
-    duration: Duration,
-    /// Unrecorded warm-up before each phase.
-    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
-    warmup: Duration,
-    /// Connections (HTTP keep-alive or HTTP/2 channels) used by the load generator.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
-    /// Request body size in bytes.
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Request body size in bytes (invocation part).
     #[arg(long, default_value_t = 1024)]
     body: usize,
-    /// Also write the markdown report to this file.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Use this trellis binary instead of building one with cargo.
-    #[arg(long)]
-    trellis_bin: Option<PathBuf>,
+    /// Size in bytes of the stored value (state part; a JSON string, quotes included).
+    #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(2..))]
+    value: usize,
+    /// Which parts to run (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "invoke,state"
+    )]
+    parts: Vec<PartName>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PartName {
+    /// Service invocation: HTTP and gRPC, direct and through two sidecars.
+    Invoke,
+    /// GetState and SaveState through the sidecar's gRPC and HTTP APIs vs. the store.
+    State,
 }
 
 // ---- the gRPC echo app -------------------------------------------------------------------
@@ -127,22 +154,21 @@ async fn spawn_echo(port: u16) -> Result<ChildGuard> {
 
 // ---- clients -----------------------------------------------------------------------------
 
-#[derive(Clone, Copy)]
-enum Via {
-    Direct,
-    Proxy,
-    InvokeService,
-}
-
-struct GrpcClient {
+/// One HTTP/2 channel to 127.0.0.1:`port`, opened on first use and after a failure.
+struct Conn {
     port: u16,
-    via: Via,
-    body: Bytes,
     channel: Option<Channel>,
 }
 
-impl GrpcClient {
-    async fn channel(&mut self) -> Result<Channel> {
+impl Conn {
+    fn new(port: u16) -> Self {
+        Self {
+            port,
+            channel: None,
+        }
+    }
+
+    async fn get(&mut self) -> Result<Channel> {
         if let Some(c) = &self.channel {
             return Ok(c.clone());
         }
@@ -154,9 +180,23 @@ impl GrpcClient {
     }
 }
 
-impl Client for GrpcClient {
+#[derive(Clone, Copy)]
+enum Via {
+    Direct,
+    Proxy,
+    InvokeService,
+}
+
+/// Invokes `echo` on the gRPC app and checks the echoed length.
+struct InvokeClient {
+    conn: Conn,
+    via: Via,
+    body: Bytes,
+}
+
+impl Client for InvokeClient {
     async fn call(&mut self, _seq: u64) -> Result<()> {
-        let channel = self.channel().await?;
+        let channel = self.conn.get().await?;
         let message = pbc::InvokeRequest {
             method: "echo".into(),
             data: Some(prost_types::Any {
@@ -172,13 +212,13 @@ impl Client for GrpcClient {
                 let mut req = tonic::Request::new(message);
                 req.metadata_mut().insert(
                     "dapr-app-id",
-                    tonic::metadata::MetadataValue::from_static("grpc-echo"),
+                    tonic::metadata::MetadataValue::from_static(GRPC_APP_ID),
                 );
                 AppCallbackClient::new(channel).on_invoke(req).await?
             }
             Via::InvokeService => {
                 let req = pb::InvokeServiceRequest {
-                    id: "grpc-echo".into(),
+                    id: GRPC_APP_ID.into(),
                     message: Some(message),
                 };
                 DaprClient::new(channel).invoke_service(req).await?
@@ -192,258 +232,330 @@ impl Client for GrpcClient {
     }
 
     fn reset(&mut self) {
-        self.channel = None;
+        self.conn.channel = None;
     }
+}
+
+/// `Dapr/SaveState` of one key (last write, no ETag) or `Dapr/GetState` of one key, with
+/// the keys and value of the HTTP state clients.
+struct StateClient {
+    conn: Conn,
+    op: Op,
+    keys: Arc<Vec<String>>,
+    value: Bytes,
+}
+
+impl Client for StateClient {
+    async fn call(&mut self, seq: u64) -> Result<()> {
+        let mut dapr = DaprClient::new(self.conn.get().await?);
+        let key = self.keys[(seq % self.keys.len() as u64) as usize].clone();
+        match self.op {
+            Op::Save => {
+                let item = pbc::StateItem {
+                    key,
+                    value: self.value.to_vec(),
+                    ..Default::default()
+                };
+                dapr.save_state(pb::SaveStateRequest {
+                    store_name: STORE.into(),
+                    states: vec![item],
+                })
+                .await?;
+            }
+            Op::Get => {
+                let req = pb::GetStateRequest {
+                    store_name: STORE.into(),
+                    key,
+                    ..Default::default()
+                };
+                let len = dapr.get_state(req).await?.into_inner().data.len();
+                if len != self.value.len() {
+                    bail!("value of {len} bytes, expected {}", self.value.len());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.conn.channel = None;
+    }
+}
+
+fn grpc_scenario<'a, C: Client>(name: &str, make: impl Fn() -> C + 'a, n: usize) -> Scenario<'a> {
+    Scenario::new(name, move || {
+        let clients: Vec<C> = (0..n).map(|_| make()).collect();
+        async move { Ok(clients) }
+    })
 }
 
 // ---- the run -----------------------------------------------------------------------------
 
-struct Row {
-    name: &'static str,
-    baseline: &'static str,
-    fixed: Outcome,
-    max: Outcome,
+pub async fn run(args: GrpcArgs) -> Result<()> {
+    let mut session = Session::start(&args.bench, "trellis-bench-grpc-", None)?;
+    let bin = session
+        .bin
+        .clone()
+        .context("the grpc bench measures sidecars, and there is no trellis binary")?;
+    let tmp = session.tmp.path().to_owned();
+    let ctx = Ctx {
+        args: &args,
+        bin: &bin,
+        tmp: &tmp,
+        n: args.bench.connections,
+    };
+    let mut results = Vec::new();
+    if args.parts.contains(&PartName::Invoke) {
+        eprintln!("part: invocation");
+        let res = invoke_part(&ctx, &mut session.notes).await;
+        results.extend(runner::keep(&mut session.notes, "the invocation part", res));
+    }
+    if args.parts.contains(&PartName::State) {
+        eprintln!("part: state");
+        let res = state_part(&ctx, &mut session.notes).await;
+        results.extend(runner::keep(&mut session.notes, "the state part", res));
+    }
+    let md = render(&args, &session, &results);
+    session.finish(&md)
 }
 
-pub async fn run(args: GrpcArgs) -> Result<()> {
-    if args.rate == 0 || args.connections == 0 || args.duration.is_zero() {
-        bail!("--rate, --connections and --duration must be greater than zero");
-    }
-    let command = crate::command_line();
-    let (cpus, cpu_model) = procs::machine();
-    let load_at_start = procs::loadavg();
-    let bin = sidecar::locate(args.trellis_bin.as_deref())?;
-    let tmp = tempfile::Builder::new()
-        .prefix("trellis-bench-grpc-")
-        .tempdir()
-        .context("creating a temp dir")?;
-    let data_dir = tmp.path().join("trellis-data");
-    std::fs::create_dir_all(&data_dir)?;
+/// What every part runs with.
+struct Ctx<'a> {
+    args: &'a GrpcArgs,
+    bin: &'a Path,
+    tmp: &'a Path,
+    /// Clients per phase.
+    n: usize,
+}
 
-    // HTTP path: the HTTP echo app behind sidecars A and B, as `invoke` measures it.
+/// The HTTP echo app behind sidecars A and B, as `invoke` measures it, and the gRPC echo
+/// app behind sidecar B (`--app-protocol grpc`), called through sidecar A's gRPC port.
+async fn invoke_part(ctx: &Ctx<'_>, notes: &mut Vec<String>) -> Result<Results> {
+    let (args, bin, tmp, n) = (ctx.args, ctx.bin, ctx.tmp, ctx.n);
+    let data_dir = tmp.join("trellis-data");
+    std::fs::create_dir_all(&data_dir)?;
     let http_echo = procs::free_port()?;
     let _http_app = echo::spawn(http_echo).await?;
-    let mut http_sidecars = sidecar::start(&bin, tmp.path(), &data_dir, http_echo).await?;
+    let mut http = sidecar::start_pair(bin, tmp, &data_dir, http_echo).await?;
 
-    // gRPC path: the gRPC echo app behind sidecar B (`--app-protocol grpc`), called through
-    // sidecar A's gRPC port.
     let grpc_echo = procs::free_port()?;
     let _grpc_app = spawn_echo(grpc_echo).await?;
-    let (port_b, port_a, grpc_a) = (
-        procs::free_port()?,
-        procs::free_port()?,
-        procs::free_port()?,
+    let log = |name: &str| tmp.join(format!("{name}.log"));
+    let mut b = Spec::new("grpc sidecar B", GRPC_APP_ID, &data_dir, log(GRPC_APP_ID));
+    b.app = Some((grpc_echo, "grpc"));
+    let mut b = Sidecar::start(bin, b).await?;
+    let mut a = Spec::new(
+        "grpc sidecar A",
+        "grpc-bench-client",
+        &data_dir,
+        log("grpc-a"),
     );
-    let spawn = |name: &str, app_id: &str, http: u16, grpc: u16, app: Option<u16>| {
-        let mut cmd = Command::new(&bin);
-        cmd.args(["run", "--app-id", app_id, "--dapr-http-port"])
-            .arg(http.to_string())
-            .arg("--dapr-grpc-port")
-            .arg(grpc.to_string())
-            .args(["--dapr-internal-grpc-port", "0", "--data-dir"])
-            .arg(&data_dir)
-            .stdin(Stdio::null());
-        if let Some(app) = app {
-            cmd.args(["--app-protocol", "grpc", "--app-port"])
-                .arg(app.to_string());
-        }
-        ChildGuard::spawn(
-            name,
-            &mut cmd,
-            Some(&tmp.path().join(format!("{app_id}.log"))),
-        )
-    };
-    let mut b = spawn("grpc sidecar B", "grpc-echo", port_b, 0, Some(grpc_echo))?;
-    let mut a = spawn("grpc sidecar A", "grpc-bench-client", port_a, grpc_a, None)?;
-    for port in [port_b, port_a] {
-        load::wait_for_status(port, "GET", "/v1.0/healthz", 204, Duration::from_secs(10)).await?;
-    }
-    let probe = GrpcClient {
-        port: grpc_a,
+    a.grpc = true;
+    let mut a = Sidecar::start(bin, a).await?;
+    let grpc_a = a.grpc_port.context("sidecar A has no gRPC port")?;
+    let probe = InvokeClient {
+        conn: Conn::new(grpc_a),
         via: Via::InvokeService,
         body: Bytes::from_static(b"x"),
-        channel: None,
     };
     load::fill(vec![probe], 1)
         .await
         .context("sidecar A cannot reach the grpc echo app through sidecar B")?;
-    let idle_a_kb = procs::rss_kb(&[a.pid()]);
 
     let body = Bytes::from(vec![b'x'; args.body]);
-    let http_target = |port: u16, path: &str| Target {
+    let target = |port: u16, path: &str| Target {
         port,
         path: path.to_owned(),
     };
-    let grpc_clients = |port: u16, via: Via| -> Vec<GrpcClient> {
-        (0..args.connections)
-            .map(|_| GrpcClient {
-                port,
-                via,
-                body: body.clone(),
-                channel: None,
-            })
-            .collect()
+    let invoke = |port: u16, via: Via| {
+        let body = body.clone();
+        move || InvokeClient {
+            conn: Conn::new(port),
+            via,
+            body: body.clone(),
+        }
     };
-    let mut rows = Vec::new();
-    for (name, baseline) in [
-        ("http direct", "http direct"),
-        ("http via trellis", "http direct"),
-        ("grpc direct", "grpc direct"),
-        ("grpc proxy via trellis", "grpc direct"),
-        ("grpc InvokeService via trellis", "grpc direct"),
-    ] {
-        let mut outcomes = Vec::new();
-        for mode in [Mode::FixedRate(f64::from(args.rate)), Mode::MaxThroughput] {
-            eprintln!(
-                "phase: {name}, {}",
-                if matches!(mode, Mode::MaxThroughput) {
-                    "max throughput"
-                } else {
-                    "fixed rate"
-                }
-            );
-            let schedule = Schedule::new(args.warmup, args.duration);
-            let outcome = match name {
-                "http direct" => {
-                    load::run(
-                        name,
-                        &http_target(http_echo, "/echo"),
-                        mode,
-                        args.connections,
-                        body.clone(),
-                        schedule,
-                    )
-                    .await?
-                }
-                "http via trellis" => {
-                    load::run(
-                        name,
-                        &http_target(http_sidecars.port_a, sidecar::INVOKE_PATH),
-                        mode,
-                        args.connections,
-                        body.clone(),
-                        schedule,
-                    )
-                    .await?
-                }
-                "grpc direct" => {
-                    load::run_clients(name, mode, schedule, grpc_clients(grpc_echo, Via::Direct))
-                        .await?
-                }
-                "grpc proxy via trellis" => {
-                    load::run_clients(name, mode, schedule, grpc_clients(grpc_a, Via::Proxy))
-                        .await?
-                }
-                _ => {
-                    load::run_clients(
-                        name,
-                        mode,
-                        schedule,
-                        grpc_clients(grpc_a, Via::InvokeService),
-                    )
-                    .await?
-                }
-            };
-            outcomes.push(outcome);
-        }
-        let max = outcomes.pop().context("max phase")?;
-        let fixed = outcomes.pop().context("fixed phase")?;
-        rows.push(Row {
-            name,
-            baseline,
-            fixed,
-            max,
-        });
-    }
-    let mut notes = Vec::new();
-    for (child, name) in [(&mut a, "grpc sidecar A"), (&mut b, "grpc sidecar B")] {
-        if let Some(status) = child.exited() {
-            notes.push(format!(
-                "{name} exited during the run ({status}); its numbers are suspect"
-            ));
-        }
-    }
-    notes.extend(http_sidecars.stop());
-
-    let md = render(
-        &args,
-        &rows,
-        idle_a_kb,
-        &command,
-        cpus,
-        &cpu_model,
-        &load_at_start,
-        &notes,
-    );
-    print!("{md}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("report written to {}", out.display());
-    }
-    Ok(())
+    let grpc_watches = |sc: Scenario<'static>, what: &str| {
+        sc.against("grpc direct")
+            .watch(watch(&format!("grpc sidecar A ({what})"), a.pid()))
+            .watch(watch(&format!("grpc sidecar B ({what})"), b.pid()))
+    };
+    let scenarios = vec![
+        echo_scenario("http direct", target(http_echo, "/echo"), &body, n),
+        echo_scenario(
+            "http via trellis",
+            target(http.a.port, sidecar::INVOKE_PATH),
+            &body,
+            n,
+        )
+        .against("http direct")
+        .watch(watch("http sidecar A", http.a.pid()))
+        .watch(watch("http sidecar B", http.b.pid())),
+        grpc_scenario("grpc direct", invoke(grpc_echo, Via::Direct), n),
+        grpc_watches(
+            grpc_scenario("grpc proxy via trellis", invoke(grpc_a, Via::Proxy), n),
+            "proxy",
+        ),
+        grpc_watches(
+            grpc_scenario(
+                "grpc InvokeService via trellis",
+                invoke(grpc_a, Via::InvokeService),
+                n,
+            ),
+            "InvokeService",
+        ),
+    ];
+    let results = runner::run(&args.bench, scenarios, async |_| {}).await?;
+    notes.extend(results.error_notes(""));
+    notes.extend(a.stop());
+    notes.extend(b.stop());
+    notes.extend(http.stop());
+    Ok(results)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn render(
-    args: &GrpcArgs,
-    rows: &[Row],
-    idle_a_kb: u64,
-    command: &str,
-    cpus: usize,
-    cpu_model: &str,
-    load: &str,
-    notes: &[String],
-) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(s, "## gRPC invocation: {}\n", report::utc_now());
-    let _ = writeln!(
-        s,
-        "`{command}` on {cpus} CPUs ({cpu_model}), load average before: {load}\n"
-    );
-    let _ = writeln!(
-        s,
-        "Fixed rate {} req/s over {} connections, {} B bodies, {:?} measured after {:?} warm-up.\n",
-        args.rate, args.connections, args.body, args.duration, args.warmup
-    );
-    let base = |name: &str| rows.iter().find(|r| r.name == name);
-    s.push_str("| scenario | req/s | errors | p50 | p90 | p99 | added p50 | added p90 | added p99 | max req/s |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
-    for r in rows {
-        let added = |q: f64| match base(r.baseline) {
-            Some(b) if b.name != r.name => format!("{:+.3}", r.fixed.ms(q) - b.fixed.ms(q)),
-            _ => "—".to_string(),
+/// One sidecar with the embedded store and its gRPC API; the same store file opened in
+/// process is the baseline.
+async fn state_part(ctx: &Ctx<'_>, notes: &mut Vec<String>) -> Result<Results> {
+    let (args, bin, tmp, n) = (ctx.args, ctx.bin, ctx.tmp, ctx.n);
+    let dir = tmp.join("state");
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let backend = Backend::Sqlite(direct::sqlite_open(&dir.join("direct.db")).await?);
+    let mut spec = Spec::new("state sidecar", "bench", &data_dir, dir.join("sidecar.log"));
+    spec.grpc = true;
+    let mut sidecar = Sidecar::start(bin, spec).await?;
+    let grpc_port = sidecar
+        .grpc_port
+        .context("the state sidecar has no gRPC port")?;
+    let value = state::json_string(args.value);
+    let keys = Keys::new(STORE, SIDECAR_PREFIX, &value)?;
+    let grpc_keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
+
+    let mut scenarios = Vec::new();
+    for op in [Op::Save, Op::Get] {
+        let direct = format!("state {} direct (in process)", op.name());
+        let via = |api: &str| format!("state {} via trellis {api}", op.name());
+        let grpc = {
+            let (keys, value) = (grpc_keys.clone(), value.clone());
+            move || StateClient {
+                conn: Conn::new(grpc_port),
+                op,
+                keys: keys.clone(),
+                value: value.clone(),
+            }
         };
-        let _ = writeln!(
-            s,
-            "| {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {:.0} |",
-            r.name,
-            r.fixed.rate(),
-            r.fixed.errors + r.max.errors,
-            r.fixed.ms(0.50),
-            r.fixed.ms(0.90),
-            r.fixed.ms(0.99),
-            added(0.50),
-            added(0.90),
-            added(0.99),
-            r.max.rate(),
+        scenarios.push(keys.direct_scenario(&direct, &backend, op, n));
+        scenarios.push(
+            keys.http_scenario(&via("HTTP"), sidecar.port, op, n)
+                .against(&direct)
+                .watch(watch(
+                    &format!("state sidecar (HTTP {})", op.name()),
+                    sidecar.pid(),
+                )),
+        );
+        scenarios.push(
+            grpc_scenario(&via("gRPC"), grpc, n)
+                .against(&direct)
+                .watch(watch(
+                    &format!("state sidecar (gRPC {})", op.name()),
+                    sidecar.pid(),
+                )),
         );
     }
+    // Idle RSS is read above, before any state call.
+    eprintln!("  writing {KEYS} keys through the sidecar and directly");
+    keys.fill_sidecar(sidecar.port, n)
+        .await
+        .context("saving through the sidecar")?;
+    keys.fill_direct(&backend, n)
+        .await
+        .context("saving directly")?;
+    let results = runner::run(&args.bench, scenarios, async |_| {}).await;
+    notes.extend(sidecar.stop());
+    let results = results?;
+    notes.extend(results.error_notes(""));
+    Ok(results)
+}
+
+fn render(args: &GrpcArgs, session: &Session, results: &[Results]) -> String {
+    let bench = &args.bench;
+    let mut s = String::new();
+    report::write_run_header(&mut s, "gRPC", session);
     let _ = writeln!(
         s,
-        "\nLatencies in ms; \"added\" is against the direct call of the same protocol in this run. \
-         Sidecar A (gRPC server linked, serving the gRPC path) idle RSS: {:.1} MiB.",
-        idle_a_kb as f64 / 1024.0
+        "- Load: {} connections per phase (HTTP/1.1 keep-alive, or one HTTP/2 channel each), {} B bodies \
+         (invocation), {} B values over {KEYS} keys (state), {} warm-up before each phase (not recorded)",
+        bench.connections,
+        args.body,
+        args.value,
+        report::secs(bench.warmup)
     );
-    for r in rows {
-        for (o, phase) in [(&r.fixed, "fixed rate"), (&r.max, "max throughput")] {
-            if let Some(e) = &o.first_error {
-                let _ = writeln!(s, "- {} {phase}: first error: {e}", r.name);
-            }
-        }
+    s.push_str(
+        "- Paths: *http direct* = client → HTTP echo app; *http via trellis* = client → sidecar A (HTTP API) → \
+         sidecar B → echo app; *grpc direct* = client → gRPC echo app (`OnInvoke`); *grpc proxy* = client → \
+         sidecar A's gRPC port (`OnInvoke` with `dapr-app-id`) → sidecar B → app; *grpc InvokeService* = \
+         client → `Dapr/InvokeService` on sidecar A → sidecar B → app (`OnInvoke`); *state … direct* = \
+         `trellis_state::sqlite::SqliteStore` in the bench process (the sidecar's `statestore` defaults); \
+         *state … via trellis* = client → `trellis run --app-id bench` (HTTP state API, or `Dapr/SaveState` / \
+         `Dapr/GetState`) → `statestore`. Everything on 127.0.0.1, all on the same cores.\n\n",
+    );
+    let all: Vec<&Results> = results.iter().collect();
+    let text = PhaseText {
+        labels: &["scenario"],
+        unit: "ops/s",
+        who: "connection",
+        added: "scenario − its baseline (the direct call of the same protocol, or the store called in process)",
+        shares: "The load generator, the apps, the store and the sidecars share the same cores.",
+    };
+    report::phase_tables(&mut s, bench, &text, &all);
+    report::resources_table(&mut s, bench, "ops/s", &all);
+    report::targets_table(&mut s, ["measured", "reference"], &targets(&all));
+    if bench.rate != 1000 {
+        let _ = writeln!(
+            s,
+            "The targets are defined at 1000 ops/s; this run used {} ops/s.\n",
+            bench.rate
+        );
     }
-    for n in notes {
-        let _ = writeln!(s, "- {n}");
-    }
+    report::write_notes(&mut s, &session.notes);
     s
+}
+
+fn targets(results: &[&Results]) -> Vec<Goal> {
+    let added = |name: &str| results.iter().find_map(|r| r.added_ms(name, 0.5));
+    let http = added("http via trellis");
+    let mut rows = Vec::new();
+    for name in ["grpc proxy via trellis", "grpc InvokeService via trellis"] {
+        let v = added(name);
+        rows.push(Goal {
+            label: format!("{name}: added p50 ≤ the HTTP path's"),
+            measured: v.map_or("—".into(), report::added_ms),
+            reference: format!(
+                "http via trellis: {}",
+                http.map_or("—".into(), report::added_ms)
+            ),
+            met: v.zip(http).map(|(v, h)| v <= h),
+        });
+    }
+    let idle = results
+        .iter()
+        .find_map(|r| r.get("grpc proxy via trellis"))
+        .and_then(|r| r.watches.first())
+        .map(|w| report::mib(w.1));
+    rows.push(Goal {
+        label: format!("grpc sidecar A RSS idle ≤ {RSS_IDLE_MIB} MiB (gRPC server linked)"),
+        measured: idle.map_or("—".into(), |v| format!("{v:.1} MiB")),
+        reference: "—".into(),
+        met: idle.map(|v| v <= RSS_IDLE_MIB),
+    });
+    for (rpc, op) in [("GetState", "get"), ("SaveState", "save")] {
+        let http = added(&format!("state {op} via trellis HTTP"));
+        rows.push(Goal::added_at_most(
+            format!("gRPC {rpc} overhead over the store p50 ≤ {STATE_ADDED_P50_MS:.2} ms"),
+            added(&format!("state {op} via trellis gRPC")),
+            STATE_ADDED_P50_MS,
+            format!("HTTP: {}", http.map_or("—".into(), report::added_ms)),
+        ));
+    }
+    rows
 }

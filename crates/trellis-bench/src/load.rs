@@ -99,10 +99,6 @@ impl Outcome {
         self.hist.value_at_quantile(q) as f64 / 1000.0
     }
 
-    pub fn max_ms(&self) -> f64 {
-        self.hist.max() as f64 / 1000.0
-    }
-
     fn record(&mut self, res: Result<()>, latency: Duration) {
         match res {
             Ok(()) => {
@@ -208,7 +204,7 @@ impl<F: Fn(u64) -> Call + Send + Sync + 'static> Client for HttpClient<F> {
 pub fn echo_client(
     target: &Target,
     body: Bytes,
-) -> HttpClient<impl Fn(u64) -> Call + Send + Sync + 'static> {
+) -> HttpClient<impl Fn(u64) -> Call + Send + Sync + 'static + use<>> {
     let uri = Uri::try_from(target.path.as_str()).unwrap_or_default();
     HttpClient::new(target.port, move |_| Call {
         method: Method::POST,
@@ -218,22 +214,6 @@ pub fn echo_client(
         status: StatusCode::OK,
         body_len: Some(body.len()),
     })
-}
-
-/// Runs one phase: `connections` tasks, each owning one keep-alive
-/// connection, until `schedule.end`. Prints a progress line per second.
-pub async fn run(
-    label: &str,
-    target: &Target,
-    mode: Mode,
-    connections: usize,
-    body: Bytes,
-    schedule: Schedule,
-) -> Result<Outcome> {
-    let clients = (0..connections)
-        .map(|_| echo_client(target, body.clone()))
-        .collect();
-    run_clients(label, mode, schedule, clients).await
 }
 
 /// Runs one phase with one task per client until `schedule.end`. Prints a

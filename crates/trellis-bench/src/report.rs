@@ -1,89 +1,430 @@
-//! The markdown report: latency tables per phase, resource use, start-up
-//! times and the targets, each with a ✅/❌.
+//! The report table every bench renders, and the parts every report shares.
+//!
+//! [`Table`] is a markdown table whose columns are padded to line up, so the same text
+//! reads well in a terminal and pastes into `docs/benchmarks.md`. [`comparison`] fills one
+//! with rows measured against a baseline (throughput, errors, p50/p90/p99/max, added
+//! latency with its ratio, throughput against the baseline's) from the [`Col`]s a table
+//! asks for; [`phase_tables`] and [`resources_table`] are the fixed-rate, max-throughput
+//! and CPU/RSS sections of a [`runner::run`](crate::runner::run), and [`targets_table`]
+//! the ✅/❌ list. The run header and the notes close the set.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
+use hdrhistogram::Histogram;
+
 use crate::load::Outcome;
-use crate::procs::Usage;
+use crate::runner::{BenchArgs, Results, ScenarioResult, Session};
 
-/// Targets for the trellis sidecar, as agreed for service invocation.
-const ADDED_P50_MS: f64 = 0.10;
-const ADDED_P90_MS: f64 = 0.15;
-const ADDED_P99_MS: f64 = 0.30;
-const CPU_CORES: f64 = 0.02;
-const RSS_IDLE_MIB: f64 = 10.0;
-const RSS_LOAD_MIB: f64 = 15.0;
-const START_MS: f64 = 50.0;
-/// The rate at which the latency and CPU targets are defined.
-const TARGET_RATE: f64 = 1000.0;
+// ---- the table ------------------------------------------------------------------------------
 
-/// Name of the scenario every other one is compared against.
-pub const BASELINE: &str = "direct";
-/// Name of the scenario the targets apply to.
-pub const TRELLIS: &str = "trellis";
-
-pub struct ScenarioResult {
-    pub name: &'static str,
-    pub fixed: Outcome,
-    pub max: Outcome,
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
 }
 
-pub struct ResourceRow {
+/// A markdown table: a header, an alignment row and the rows, padded to line up.
+pub struct Table {
+    head: Vec<(String, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<S: Into<String>>(head: impl IntoIterator<Item = (S, Align)>) -> Self {
+        Self {
+            head: head.into_iter().map(|(h, a)| (h.into(), a)).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells are left empty.
+    pub fn push(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Appends the table and a blank line to `s`.
+    pub fn render(&self, s: &mut String) {
+        let cell = |row: &[String], i: usize| row.get(i).cloned().unwrap_or_default();
+        let widths: Vec<usize> = (0..self.head.len())
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| width(&cell(r, i)))
+                    .chain([width(&self.head[i].0), 3])
+                    .max()
+                    .unwrap_or(3)
+            })
+            .collect();
+        let line = |s: &mut String, cells: Vec<String>| {
+            s.push('|');
+            for ((text, w), (_, align)) in cells.iter().zip(&widths).zip(&self.head) {
+                let pad = " ".repeat(w - width(text));
+                match align {
+                    Align::Left => {
+                        let _ = write!(s, " {text}{pad} |");
+                    }
+                    Align::Right => {
+                        let _ = write!(s, " {pad}{text} |");
+                    }
+                }
+            }
+            s.push('\n');
+        };
+        line(s, self.head.iter().map(|(h, _)| h.clone()).collect());
+        s.push('|');
+        for (w, (_, align)) in widths.iter().zip(&self.head) {
+            let colon = if *align == Align::Right { ":" } else { "-" };
+            let _ = write!(s, "{}{colon}|", "-".repeat(w + 1));
+        }
+        s.push('\n');
+        for row in &self.rows {
+            line(s, (0..self.head.len()).map(|i| cell(row, i)).collect());
+        }
+        s.push('\n');
+    }
+}
+
+/// Columns a cell takes in a terminal: ✅ and ❌ are two wide.
+fn width(text: &str) -> usize {
+    text.chars()
+        .map(|c| if matches!(c, '✅' | '❌') { 2 } else { 1 })
+        .sum()
+}
+
+// ---- rows against a baseline ----------------------------------------------------------------
+
+/// Latencies a table can show: a phase's [`Outcome`], or the deliveries the pub/sub bench
+/// tallies. Both keep them in a histogram of microseconds.
+pub trait Latencies {
+    /// How many values were recorded (successful operations, messages delivered).
+    fn count(&self) -> u64;
+    fn histogram_us(&self) -> &Histogram<u64>;
+
+    /// Latency at `quantile`, in ms.
+    fn ms(&self, quantile: f64) -> f64 {
+        self.histogram_us().value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn max_ms(&self) -> f64 {
+        self.histogram_us().max() as f64 / 1000.0
+    }
+}
+
+impl Latencies for Outcome {
+    fn count(&self) -> u64 {
+        self.ok
+    }
+    fn histogram_us(&self) -> &Histogram<u64> {
+        &self.hist
+    }
+}
+
+/// A column of a [`comparison`] table.
+#[derive(Clone)]
+pub enum Col {
+    /// The row's next text cell (labels first, then anything else it brings).
+    Text(String, Align),
+    /// Successful operations per second; the header names the unit ("req/s").
+    Rate(String),
+    /// Operations per second as a share of the baseline's; the header ("vs direct").
+    VsBase(String),
+    Errors,
+    /// Latency at a quantile, in ms.
+    P(f64),
+    Max,
+    /// Latency at a quantile minus the baseline's, and their ratio: "+0.085 (×1.69)".
+    Added(f64),
+}
+
+impl Col {
+    pub fn text(header: &str) -> Self {
+        Col::Text(header.to_owned(), Align::Left)
+    }
+
+    fn head(&self) -> (String, Align) {
+        let p = |q: f64| format!("p{}", (q * 100.0).round());
+        match self {
+            Col::Text(h, a) => (h.clone(), *a),
+            Col::Rate(h) | Col::VsBase(h) => (h.clone(), Align::Right),
+            Col::Errors => ("errors".into(), Align::Right),
+            Col::P(q) => (p(*q), Align::Right),
+            Col::Max => ("max".into(), Align::Right),
+            Col::Added(q) => (format!("added {}", p(*q)), Align::Right),
+        }
+    }
+}
+
+/// p50, p90, p99, max and the added p50, p90, p99: the latency columns of a fixed-rate
+/// table.
+pub fn latency_cols() -> [Col; 7] {
+    [
+        Col::P(0.5),
+        Col::P(0.9),
+        Col::P(0.99),
+        Col::Max,
+        Col::Added(0.5),
+        Col::Added(0.9),
+        Col::Added(0.99),
+    ]
+}
+
+/// One row of a [`comparison`]: what was measured, and the baseline's, when it has one.
+pub struct Row<'a> {
+    /// The cells of the [`Col::Text`] columns, in order.
+    pub text: Vec<String>,
+    pub outcome: &'a Outcome,
+    /// Usually `outcome` itself.
+    pub latency: &'a dyn Latencies,
+    pub base: Option<(&'a Outcome, &'a dyn Latencies)>,
+}
+
+impl<'a> Row<'a> {
+    pub fn new(text: Vec<String>, outcome: &'a Outcome, base: Option<&'a Outcome>) -> Self {
+        Self {
+            text,
+            outcome,
+            latency: outcome,
+            base: base.map(|b| (b, b as &dyn Latencies)),
+        }
+    }
+}
+
+/// A table of `rows` with the columns `cols`.
+pub fn comparison(cols: &[Col], rows: &[Row<'_>]) -> Table {
+    let mut t = Table::new(cols.iter().map(Col::head));
+    for r in rows {
+        let mut text = r.text.iter();
+        let cells = cols
+            .iter()
+            .map(|c| match c {
+                Col::Text(..) => text.next().cloned().unwrap_or_default(),
+                Col::Rate(_) => format!("{:.0}", r.outcome.rate()),
+                Col::VsBase(_) => match r.base {
+                    Some((b, _)) if b.rate() > 0.0 => {
+                        format!("{:.0} %", 100.0 * r.outcome.rate() / b.rate())
+                    }
+                    _ => DASH.into(),
+                },
+                Col::Errors => r.outcome.errors.to_string(),
+                Col::P(q) => q_cell(r.latency, *q),
+                Col::Max => {
+                    if r.latency.count() == 0 {
+                        DASH.into()
+                    } else {
+                        ms(r.latency.max_ms())
+                    }
+                }
+                Col::Added(q) => added(r.latency, r.base.map(|(_, b)| b), *q),
+            })
+            .collect();
+        t.push(cells);
+    }
+    t
+}
+
+const DASH: &str = "—";
+
+/// A percentile cell, or a dash when nothing was recorded.
+pub fn q_cell(l: &dyn Latencies, quantile: f64) -> String {
+    if l.count() == 0 {
+        DASH.into()
+    } else {
+        ms(l.ms(quantile))
+    }
+}
+
+/// "+0.085 (×1.69)" against the baseline; a dash without one or without data.
+fn added(l: &dyn Latencies, base: Option<&dyn Latencies>, quantile: f64) -> String {
+    match base {
+        Some(b) if b.count() > 0 && l.count() > 0 && b.ms(quantile) > 0.0 => {
+            let (bv, v) = (b.ms(quantile), l.ms(quantile));
+            format!("{:+.3} (×{:.2})", v - bv, v / bv)
+        }
+        _ => DASH.into(),
+    }
+}
+
+// ---- sections of a runner's results ---------------------------------------------------------
+
+/// How a bench words its fixed-rate and max-throughput sections.
+pub struct PhaseText<'a> {
+    /// Headers of the label columns ("scenario"; "store", "op", "path").
+    pub labels: &'a [&'a str],
+    /// "req/s", "ops/s".
+    pub unit: &'a str,
+    /// What each load task drives: "connection", "client".
+    pub who: &'a str,
+    /// What "added" subtracts: "scenario − direct".
+    pub added: &'a str,
+    /// Who shares the cores in the closed loop.
+    pub shares: &'a str,
+}
+
+/// The fixed-rate section, then the max-throughput one, with the rows of every result set
+/// (the state bench has one per backend).
+pub fn phase_tables(s: &mut String, args: &BenchArgs, text: &PhaseText<'_>, results: &[&Results]) {
+    let labels = || text.labels.iter().map(|l| Col::text(l));
+    let rows = |fixed: bool| -> Vec<Row<'_>> {
+        results
+            .iter()
+            .flat_map(|res| {
+                res.scenarios.iter().map(move |r| {
+                    let base = res.base_of(r).map(|b| pick(b, fixed));
+                    Row::new(r.labels.clone(), pick(r, fixed), base)
+                })
+            })
+            .collect()
+    };
+    let _ = writeln!(
+        s,
+        "## Fixed rate: {} {} for {}\n\nOpen loop; latency in ms, counted from the scheduled send \
+         time whenever the {} was still busy at that time (no coordinated omission). Added = {}; the ratio \
+         in brackets.\n",
+        args.rate,
+        text.unit,
+        secs(args.duration),
+        text.who,
+        text.added
+    );
+    let mut cols: Vec<Col> = labels().collect();
+    cols.extend([Col::Rate(text.unit.into()), Col::Errors]);
+    cols.extend(latency_cols());
+    comparison(&cols, &rows(true)).render(s);
+    let _ = writeln!(
+        s,
+        "## Max throughput: closed loop for {}, {} {}s\n\nEach {} sends its next operation as soon as the \
+         previous one is answered. {}\n",
+        secs(args.duration),
+        args.connections,
+        text.who,
+        text.who,
+        text.shares
+    );
+    let mut cols: Vec<Col> = labels().collect();
+    cols.extend([
+        Col::Rate(text.unit.into()),
+        Col::VsBase("vs direct".into()),
+        Col::Errors,
+        Col::P(0.5),
+        Col::P(0.99),
+        Col::Added(0.5),
+        Col::Added(0.99),
+    ]);
+    comparison(&cols, &rows(false)).render(s);
+}
+
+fn pick(r: &ScenarioResult, fixed: bool) -> &Outcome {
+    if fixed {
+        &r.fixed.outcome
+    } else {
+        &r.max.outcome
+    }
+}
+
+/// CPU and RSS of every watched process of `results`, per phase.
+pub fn resources_table(s: &mut String, args: &BenchArgs, unit: &str, results: &[&Results]) {
+    s.push_str("## Resources\n\n");
+    let rate = args.rate;
+    let mut t = Table::new([
+        ("process".to_owned(), Align::Left),
+        (format!("CPU @ {rate} {unit}"), Align::Right),
+        ("RSS idle".into(), Align::Right),
+        (format!("RSS @ {rate} {unit}"), Align::Right),
+        ("CPU @ max throughput".into(), Align::Right),
+        ("RSS @ max throughput".into(), Align::Right),
+    ]);
+    for r in results.iter().flat_map(|res| &res.scenarios) {
+        for (i, (label, idle_kb)) in r.watches.iter().enumerate() {
+            let (Some(f), Some(m)) = (r.fixed.usage.get(i), r.max.usage.get(i)) else {
+                continue;
+            };
+            t.push(vec![
+                label.clone(),
+                format!("{:.3}", f.cpu_cores),
+                format!("{:.1}", mib(*idle_kb)),
+                format!("{:.1}", mib(f.rss_max_kb)),
+                format!("{:.2}", m.cpu_cores),
+                format!("{:.1}", mib(m.rss_max_kb)),
+            ]);
+        }
+    }
+    if t.is_empty() {
+        s.push_str("No sidecar or proxy ran, so there is nothing to report.\n\n");
+        return;
+    }
+    s.push_str(
+        "CPU from utime+stime in /proc/<pid>/stat over the measured window, in cores; RSS is VmRSS in MiB \
+         (idle: before any load; under load: highest 100 ms sample).\n\n",
+    );
+    t.render(s);
+}
+
+// ---- targets, header, notes -----------------------------------------------------------------
+
+/// One line of a targets table.
+pub struct Target {
     pub label: String,
-    /// Whether the per-sidecar targets apply to this row.
-    pub sidecar: bool,
-    pub idle_kb: u64,
-    pub fixed: Usage,
-    pub max: Usage,
+    pub measured: String,
+    pub reference: String,
+    /// `None` when not measured in this run.
+    pub met: Option<bool>,
 }
 
-pub struct Startup {
-    pub first: Duration,
-    pub cycles: Vec<Duration>,
-    pub stops: Vec<Duration>,
+impl Target {
+    /// A target met when `value ≤ limit`, shown as added milliseconds.
+    pub fn added_at_most(label: String, value: Option<f64>, limit: f64, reference: String) -> Self {
+        Self {
+            label,
+            measured: value.map_or(DASH.into(), added_ms),
+            reference,
+            met: value.map(|v| v <= limit),
+        }
+    }
 }
 
-pub struct Report {
-    pub command: String,
-    pub date: String,
-    pub cpus: usize,
-    pub cpu_model: String,
-    /// Load averages at the start and at the end of the run.
-    pub load: (String, String),
-    pub rate: f64,
-    pub duration: Duration,
-    pub warmup: Duration,
-    pub connections: usize,
-    pub body: usize,
-    pub versions: Vec<String>,
-    pub scenarios: Vec<ScenarioResult>,
-    pub resources: Vec<ResourceRow>,
-    pub startup: Option<Startup>,
-    /// Skipped scenarios, errors and anything else worth reading.
-    pub notes: Vec<String>,
+/// "## Targets" with a table `| target | <measured> | <reference> | met |`.
+pub fn targets_table(s: &mut String, head: [&str; 2], rows: &[Target]) {
+    s.push_str("## Targets\n\n");
+    let mut t = Table::new([
+        ("target", Align::Left),
+        (head[0], Align::Right),
+        (head[1], Align::Left),
+        ("met", Align::Left),
+    ]);
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "✅",
+            Some(false) => "❌",
+            None => "— (not measured)",
+        };
+        t.push(vec![
+            r.label.clone(),
+            r.measured.clone(),
+            r.reference.clone(),
+            met.into(),
+        ]);
+    }
+    t.render(s);
 }
 
 /// The lines every report opens with: what ran, when, on what, and how busy it was.
-pub fn write_run_header(
-    s: &mut String,
-    title: &str,
-    command: &str,
-    date: &str,
-    (cpus, cpu_model): (usize, &str),
-    load: &(String, String),
-    versions: &[String],
-) {
+pub fn write_run_header(s: &mut String, title: &str, session: &Session) {
     let _ = writeln!(s, "# Trellis benchmark: {title}\n");
-    let _ = writeln!(s, "- Command: `{command}`");
-    let _ = writeln!(s, "- Date: {date}");
-    let _ = writeln!(s, "- Machine: {cpus} CPUs, {cpu_model}");
+    let _ = writeln!(s, "- Command: `{}`", session.command);
+    let _ = writeln!(s, "- Date: {}", session.date);
+    let _ = writeln!(s, "- Machine: {} CPUs, {}", session.cpus, session.cpu_model);
     let _ = writeln!(
         s,
         "- Load average (1/5/15 min): {} at start, {} at end",
-        load.0, load.1
+        session.load_at_start,
+        crate::procs::loadavg()
     );
-    for v in versions {
+    for v in &session.versions {
         let _ = writeln!(s, "- {v}");
     }
 }
@@ -100,352 +441,23 @@ pub fn write_notes(s: &mut String, notes: &[String]) {
     s.push('\n');
 }
 
-impl Report {
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        self.header(&mut s);
-        self.fixed_table(&mut s);
-        self.max_table(&mut s);
-        self.resources_table(&mut s);
-        self.startup_section(&mut s);
-        self.targets_table(&mut s);
-        write_notes(&mut s, &self.notes);
-        s
-    }
+// ---- formatting -----------------------------------------------------------------------------
 
-    fn header(&self, s: &mut String) {
-        write_run_header(
-            s,
-            "service invocation",
-            &self.command,
-            &self.date,
-            (self.cpus, &self.cpu_model),
-            &self.load,
-            &self.versions,
-        );
-        let _ = writeln!(
-            s,
-            "- Load: {} keep-alive HTTP/1.1 connections, {} B POST bodies, {} warm-up before each phase (not recorded)",
-            self.connections,
-            self.body,
-            secs(self.warmup)
-        );
-        s.push_str(
-            "- Paths: direct = client → echo app; trellis = client → sidecar A (HTTP API) → sidecar B → echo app; \
-             nginx = client → nginx hop 1 → nginx hop 2 → echo app. Everything on 127.0.0.1, all on the same cores.\n\n",
-        );
-    }
-
-    fn baseline(&self) -> Option<&ScenarioResult> {
-        self.scenarios.iter().find(|r| r.name == BASELINE)
-    }
-
-    fn fixed_table(&self, s: &mut String) {
-        let _ = writeln!(
-            s,
-            "## Fixed rate: {} req/s for {}\n\nOpen loop; latency in ms, counted from the scheduled send time whenever the \
-             connection was still busy at that time (no coordinated omission). Added = scenario − direct (ratio in brackets).\n",
-            self.rate,
-            secs(self.duration)
-        );
-        s.push_str("| scenario | req/s | errors | p50 | p90 | p99 | max | added p50 | added p90 | added p99 |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        let base = self.baseline();
-        for r in &self.scenarios {
-            let o = &r.fixed;
-            let _ = writeln!(
-                s,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.name,
-                o.rate(),
-                o.errors,
-                q(o, 0.50),
-                q(o, 0.90),
-                q(o, 0.99),
-                if o.ok == 0 {
-                    "—".into()
-                } else {
-                    ms(o.max_ms())
-                },
-                added(base.map(|b| &b.fixed), r, |r| &r.fixed, 0.50),
-                added(base.map(|b| &b.fixed), r, |r| &r.fixed, 0.90),
-                added(base.map(|b| &b.fixed), r, |r| &r.fixed, 0.99),
-            );
-        }
-        s.push('\n');
-    }
-
-    fn max_table(&self, s: &mut String) {
-        let _ = writeln!(
-            s,
-            "## Max throughput: closed loop for {}\n\nEach connection sends its next request as soon as the response \
-             arrives. The load generator, the echo app and the proxies share the same cores.\n",
-            secs(self.duration)
-        );
-        s.push_str(
-            "| scenario | req/s | vs direct | errors | p50 | p99 | added p50 | added p99 |\n",
-        );
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
-        let base = self.baseline();
-        for r in &self.scenarios {
-            let o = &r.max;
-            let vs = match base {
-                Some(b) if b.max.rate() > 0.0 => {
-                    format!("{:.0} %", 100.0 * o.rate() / b.max.rate())
-                }
-                _ => "—".into(),
-            };
-            let _ = writeln!(
-                s,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-                r.name,
-                o.rate(),
-                vs,
-                o.errors,
-                q(o, 0.50),
-                q(o, 0.99),
-                added(base.map(|b| &b.max), r, |r| &r.max, 0.50),
-                added(base.map(|b| &b.max), r, |r| &r.max, 0.99),
-            );
-        }
-        s.push('\n');
-    }
-
-    fn resources_table(&self, s: &mut String) {
-        s.push_str("## Resources\n\n");
-        if self.resources.is_empty() {
-            s.push_str("No proxy ran, so there is nothing to report.\n\n");
-            return;
-        }
-        let _ = writeln!(
-            s,
-            "CPU from utime+stime in /proc/<pid>/stat over the measured window, in cores; RSS is VmRSS in MiB \
-             (idle: before any load; under load: highest 100 ms sample).\n\n\
-             | process | CPU @ {0} req/s | RSS idle | RSS @ {0} req/s | CPU @ max throughput | RSS @ max throughput |\n\
-             |---|---:|---:|---:|---:|---:|",
-            self.rate
-        );
-        for r in &self.resources {
-            let _ = writeln!(
-                s,
-                "| {} | {:.3} | {:.1} | {:.1} | {:.2} | {:.1} |",
-                r.label,
-                r.fixed.cpu_cores,
-                mib(r.idle_kb),
-                mib(r.fixed.rss_max_kb),
-                r.max.cpu_cores,
-                mib(r.max.rss_max_kb),
-            );
-        }
-        s.push('\n');
-    }
-
-    fn startup_section(&self, s: &mut String) {
-        s.push_str("## Start-to-healthy (sidecar A)\n\nFrom spawning the process to the first 204 from `GET /v1.0/healthz` (polled every ms).\n\n");
-        match &self.startup {
-            None => s.push_str("Not measured: the trellis scenario did not run.\n\n"),
-            Some(st) => {
-                let _ = writeln!(s, "- First start in this run: {}", ms_d(st.first));
-                if let (Some(med), Some(max)) = (median(&st.cycles), st.cycles.iter().max()) {
-                    let _ = writeln!(
-                        s,
-                        "- {} start/stop cycles: median {}, max {}",
-                        st.cycles.len(),
-                        ms_d(med),
-                        ms_d(*max)
-                    );
-                }
-                if let (Some(med), Some(max)) = (median(&st.stops), st.stops.iter().max()) {
-                    let _ = writeln!(
-                        s,
-                        "- SIGTERM to exit: median {}, max {}",
-                        ms_d(med),
-                        ms_d(*max)
-                    );
-                }
-                s.push('\n');
-            }
-        }
-    }
-
-    fn targets_table(&self, s: &mut String) {
-        s.push_str("## Targets\n\n");
-        if (self.rate - TARGET_RATE).abs() > f64::EPSILON {
-            let _ = writeln!(
-                s,
-                "Latency and CPU targets are defined at {TARGET_RATE} req/s; this run used {} req/s.\n",
-                self.rate
-            );
-        }
-        s.push_str("| target | trellis | nginx (reference) | met |\n|---|---:|---:|:---:|\n");
-        for row in self.target_rows() {
-            let met = match row.trellis {
-                Some(v) if v <= row.limit => "✅",
-                Some(_) => "❌",
-                None => "— (not measured)",
-            };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {met} |",
-                row.label,
-                row.unit.show(row.trellis),
-                row.unit.show(row.nginx)
-            );
-        }
-        s.push('\n');
-    }
-
-    fn target_rows(&self) -> Vec<TargetRow> {
-        let base = self.baseline();
-        let find = |name: &str| self.scenarios.iter().find(|r| r.name == name);
-        let added_ms = |name: &str, quantile: f64| -> Option<f64> {
-            let (b, r) = (base?, find(name)?);
-            (b.fixed.ok > 0 && r.fixed.ok > 0).then(|| r.fixed.ms(quantile) - b.fixed.ms(quantile))
-        };
-        let mut rows = Vec::new();
-        for (label, quantile, limit) in [
-            ("p50", 0.50, ADDED_P50_MS),
-            ("p90", 0.90, ADDED_P90_MS),
-            ("p99", 0.99, ADDED_P99_MS),
-        ] {
-            rows.push(TargetRow {
-                label: format!("added latency {label} ≤ {limit:.2} ms"),
-                trellis: added_ms(TRELLIS, quantile),
-                nginx: added_ms("nginx", quantile),
-                limit,
-                unit: Unit::AddedMs,
-            });
-        }
-        // Listed even when trellis was skipped, so a skipped run cannot be
-        // mistaken for one that met the targets.
-        for name in ["sidecar A", "sidecar B"] {
-            let r = self.resources.iter().find(|r| r.sidecar && r.label == name);
-            let row = |label: String, value: Option<f64>, limit: f64, unit: Unit| TargetRow {
-                label,
-                trellis: value,
-                nginx: None,
-                limit,
-                unit,
-            };
-            rows.push(row(
-                format!("{name} CPU ≤ {CPU_CORES} core"),
-                r.map(|r| r.fixed.cpu_cores),
-                CPU_CORES,
-                Unit::Cores,
-            ));
-            rows.push(row(
-                format!("{name} RSS idle ≤ {RSS_IDLE_MIB} MiB"),
-                r.map(|r| mib(r.idle_kb)),
-                RSS_IDLE_MIB,
-                Unit::Mib,
-            ));
-            rows.push(row(
-                format!("{name} RSS under load ≤ {RSS_LOAD_MIB} MiB"),
-                r.map(|r| mib(r.fixed.rss_max_kb)),
-                RSS_LOAD_MIB,
-                Unit::Mib,
-            ));
-        }
-        let to_ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let cycles = self.startup.as_ref().map(|st| &st.cycles[..]);
-        rows.push(TargetRow {
-            label: format!("start-to-healthy median ≤ {START_MS} ms"),
-            trellis: cycles.and_then(median).map(to_ms),
-            nginx: None,
-            limit: START_MS,
-            unit: Unit::Ms,
-        });
-        rows.push(TargetRow {
-            label: format!("start-to-healthy max ≤ {START_MS} ms"),
-            trellis: cycles.and_then(|c| c.iter().max().copied()).map(to_ms),
-            nginx: None,
-            limit: START_MS,
-            unit: Unit::Ms,
-        });
-        rows
-    }
-}
-
-struct TargetRow {
-    label: String,
-    trellis: Option<f64>,
-    nginx: Option<f64>,
-    limit: f64,
-    unit: Unit,
-}
-
-#[derive(Clone, Copy)]
-enum Unit {
-    AddedMs,
-    Ms,
-    Cores,
-    Mib,
-}
-
-impl Unit {
-    fn show(self, v: Option<f64>) -> String {
-        match (self, v) {
-            (_, None) => "—".to_owned(),
-            (Unit::AddedMs, Some(v)) => format!("{v:+.3} ms"),
-            (Unit::Ms, Some(v)) => format!("{v:.1} ms"),
-            (Unit::Cores, Some(v)) => format!("{v:.3} cores"),
-            (Unit::Mib, Some(v)) => format!("{v:.1} MiB"),
-        }
-    }
-}
-
-/// Percentile cell, or a dash when nothing succeeded.
-pub(crate) fn q(o: &Outcome, quantile: f64) -> String {
-    if o.ok == 0 {
-        "—".into()
-    } else {
-        ms(o.ms(quantile))
-    }
-}
-
-/// "+0.085 (×1.69)" for a scenario against the baseline; a dash for the
-/// baseline itself or when either side has no data.
-fn added(
-    base: Option<&Outcome>,
-    r: &ScenarioResult,
-    phase: fn(&ScenarioResult) -> &Outcome,
-    quantile: f64,
-) -> String {
-    let o = phase(r);
-    match base {
-        Some(b) if r.name != BASELINE && b.ok > 0 && o.ok > 0 => {
-            let (bv, v) = (b.ms(quantile), o.ms(quantile));
-            format!("{:+.3} (×{:.2})", v - bv, v / bv)
-        }
-        _ => "—".into(),
-    }
-}
-
-pub(crate) fn ms(v: f64) -> String {
+pub fn ms(v: f64) -> String {
     format!("{v:.3}")
 }
 
-fn ms_d(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+/// "+0.123 ms".
+pub fn added_ms(v: f64) -> String {
+    format!("{v:+.3} ms")
 }
 
-pub(crate) fn secs(d: Duration) -> String {
+pub fn secs(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
 }
 
-pub(crate) fn mib(kb: u64) -> f64 {
+pub fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
-}
-
-fn median(v: &[Duration]) -> Option<Duration> {
-    let mut v = v.to_vec();
-    v.sort_unstable();
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2),
-    }
 }
 
 /// Current UTC time as `YYYY-MM-DD HH:MM:SS UTC`.

@@ -1,21 +1,27 @@
-//! The scenario under test: two real `trellis` sidecar processes.
+//! The trellis sidecars under test: real `trellis run` processes on loopback ports.
 //!
-//! Sidecar B fronts the echo app; sidecar A is a client-side sidecar that
-//! finds B through the local registry in their shared data dir. Requests go
-//! load generator → A's HTTP API → B's internal port → echo app.
+//! [`Sidecar::start`] starts one (with or without an app, with or without its public
+//! gRPC API, with or without a resources dir) and waits until it is healthy, noticing at
+//! once when it exits instead. [`start_pair`] is the service-invocation shape: sidecar B
+//! fronts the echo app, sidecar A is a client-side sidecar that finds B through the local
+//! registry in their shared data dir, so requests go load generator → A's HTTP API → B's
+//! internal port → echo app.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::load;
 use crate::procs::{self, ChildGuard};
 
-/// How long a sidecar gets to become healthy (and A to reach B) before the
-/// trellis scenario is skipped.
-const START_LIMIT: Duration = Duration::from_secs(5);
+/// How long a sidecar gets to become healthy.
+const START_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long sidecar A, once healthy, gets to reach the echo app through sidecar B.
+const REACH_LIMIT: Duration = Duration::from_secs(5);
 
 /// Graceful-stop allowance for a sidecar after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -27,7 +33,7 @@ const HEALTH_PATH: &str = "/v1.0/healthz";
 
 /// Finds the trellis binary: `--trellis-bin` if given, else builds it with
 /// cargo and uses `trellis` next to the bench executable. An error means the
-/// trellis scenario is skipped, with the error as the reason.
+/// sidecar paths are skipped, with the error as the reason.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = explicit {
         if !path.is_file() {
@@ -70,77 +76,219 @@ fn workspace_root() -> PathBuf {
     }
 }
 
-/// Sidecars A and B, running and connected. Stopped on drop.
-pub struct Sidecars {
-    pub a: ChildGuard,
-    pub b: ChildGuard,
-    pub port_a: u16,
-    /// Spawn of sidecar A to its first 204 from healthz.
-    pub first_start: Duration,
+/// How to start one sidecar: `trellis run --app-id <app_id> --dapr-http-port <free>
+/// --dapr-grpc-port <free or 0> --dapr-internal-grpc-port 0 --data-dir <data_dir>
+/// [--app-port <port> --app-protocol <protocol>] [--resources-path <dir>]`.
+pub struct Spec<'a> {
+    /// How notes and errors name it ("sidecar A").
+    pub name: String,
+    pub app_id: &'a str,
+    /// The app it fronts: port and protocol (`http` or `grpc`).
+    pub app: Option<(u16, &'a str)>,
+    /// Whether its public gRPC API listens (on a free port); otherwise `--dapr-grpc-port 0`,
+    /// as the default port (50001) may be taken by another sidecar on a shared machine.
+    pub grpc: bool,
+    pub data_dir: &'a Path,
+    pub resources: Option<&'a Path>,
+    /// Where its stdout and stderr go; their tail is part of any error.
+    pub log: PathBuf,
 }
 
-/// Starts B, then A, and waits until an invocation through both succeeds.
-/// Logs go to `<dir>/sidecar-{a,b}.log`; their tails are part of any error.
-pub async fn start(bin: &Path, dir: &Path, data_dir: &Path, echo_port: u16) -> Result<Sidecars> {
-    let port_b = procs::free_port()?;
-    let log_b = dir.join("sidecar-b.log");
-    let mut cmd = Command::new(bin);
-    cmd.args(["run", "--app-id", "echo", "--app-port"])
-        .arg(echo_port.to_string())
-        .arg("--dapr-http-port")
-        .arg(port_b.to_string())
-        .args(["--dapr-grpc-port", "0", "--dapr-internal-grpc-port", "0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::null());
-    let mut b = ChildGuard::spawn("sidecar B", &mut cmd, Some(&log_b))?;
-    wait_healthy(&mut b, port_b, &log_b).await?;
+impl<'a> Spec<'a> {
+    pub fn new(name: impl Into<String>, app_id: &'a str, data_dir: &'a Path, log: PathBuf) -> Self {
+        Self {
+            name: name.into(),
+            app_id,
+            app: None,
+            grpc: false,
+            data_dir,
+            resources: None,
+            log,
+        }
+    }
+}
 
-    let port_a = procs::free_port()?;
-    let log_a = dir.join("sidecar-a.log");
-    let started = Instant::now();
-    let mut a = spawn_a(bin, port_a, data_dir, &log_a)?;
-    wait_healthy(&mut a, port_a, &log_a).await?;
-    let first_start = started.elapsed();
+/// One running sidecar; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Sidecar {
+    pub name: String,
+    pub child: ChildGuard,
+    /// Its HTTP API port.
+    pub port: u16,
+    /// Its public gRPC API port, when [`Spec::grpc`] asked for one.
+    pub grpc_port: Option<u16>,
+    pub log: PathBuf,
+    /// From spawning the process to its first 204 from healthz.
+    pub started_in: Duration,
+    /// Whether [`Self::stop`] stopped it (so its exit is no surprise).
+    stopped: bool,
+}
 
-    if let Err(e) = load::wait_for_status(port_a, "POST", INVOKE_PATH, 200, START_LIMIT).await {
+/// Why a sidecar did not come up.
+pub enum StartError {
+    /// `trellis run` refused a component type (the binary was built without that
+    /// backend); the text is trellis's own error line.
+    Rejected(String),
+    Other(anyhow::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Rejected(line) => write!(f, "trellis run rejected a component: {line}"),
+            StartError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl fmt::Debug for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Sidecar {
+    /// Starts the sidecar and waits for its healthz 204 (which, with an app, also means
+    /// the app's port accepted a connection).
+    pub async fn start(bin: &Path, spec: Spec<'_>) -> Result<Self, StartError> {
+        let fail = StartError::Other;
+        let port = procs::free_port().map_err(fail)?;
+        let grpc_port = if spec.grpc {
+            Some(procs::free_port().map_err(fail)?)
+        } else {
+            None
+        };
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "--app-id", spec.app_id, "--dapr-http-port"])
+            .arg(port.to_string())
+            .arg("--dapr-grpc-port")
+            .arg(grpc_port.unwrap_or(0).to_string())
+            .args(["--dapr-internal-grpc-port", "0", "--data-dir"])
+            .arg(spec.data_dir)
+            .stdin(Stdio::null());
+        if let Some((app_port, protocol)) = spec.app {
+            cmd.arg("--app-port")
+                .arg(app_port.to_string())
+                .args(["--app-protocol", protocol]);
+        }
+        if let Some(dir) = spec.resources {
+            cmd.arg("--resources-path").arg(dir);
+        }
+        let (name, log) = (spec.name, spec.log);
+        let started = Instant::now();
+        let mut child = ChildGuard::spawn(&name, &mut cmd, Some(&log)).map_err(fail)?;
+        loop {
+            if let Some(status) = child.exited() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if let Some(line) = text.lines().find(|l| l.contains("unknown component type")) {
+                    return Err(StartError::Rejected(line.trim().to_owned()));
+                }
+                return Err(fail(anyhow!(
+                    "{name} exited ({status}) before becoming healthy\n--- log ---\n{}",
+                    procs::log_tail(&log, 10)
+                )));
+            }
+            let limit = Duration::from_millis(50);
+            if load::wait_for_status(port, "GET", HEALTH_PATH, 204, limit)
+                .await
+                .is_ok()
+            {
+                return Ok(Self {
+                    name,
+                    child,
+                    port,
+                    grpc_port,
+                    log,
+                    started_in: started.elapsed(),
+                    stopped: false,
+                });
+            }
+            if started.elapsed() > START_LIMIT {
+                return Err(fail(anyhow!(
+                    "{name} not healthy within {START_LIMIT:?}\n--- log ---\n{}",
+                    procs::log_tail(&log, 10)
+                )));
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// A note when it exited during the run, with its log's tail.
+    pub fn exited_note(&mut self) -> Option<String> {
+        if self.stopped {
+            return None;
+        }
+        let status = self.child.exited()?;
+        Some(format!(
+            "{} exited during the run ({status}); its numbers are suspect; log tail:\n{}",
+            self.name,
+            procs::log_tail(&self.log, 5)
+        ))
+    }
+
+    /// Graceful stop; a note when it had exited early or had to be killed.
+    pub fn stop(&mut self) -> Option<String> {
+        if let Some(note) = self.exited_note() {
+            return Some(note);
+        }
+        if std::mem::replace(&mut self.stopped, true) {
+            return None;
+        }
+        self.child.stop(STOP_GRACE).is_none().then(|| {
+            format!(
+                "{} did not exit within {STOP_GRACE:?} of SIGTERM and was killed",
+                self.name
+            )
+        })
+    }
+}
+
+/// Sidecars A and B, running and connected. Stopped on drop.
+pub struct Sidecars {
+    pub a: Sidecar,
+    pub b: Sidecar,
+}
+
+/// Starts B (app id `echo`, fronting the echo app), then A (app id `bench-client`), and
+/// waits until an invocation through both succeeds. Logs go to `<dir>/sidecar-{a,b}.log`.
+pub async fn start_pair(
+    bin: &Path,
+    dir: &Path,
+    data_dir: &Path,
+    echo_port: u16,
+) -> Result<Sidecars> {
+    let mut b = Spec::new("sidecar B", "echo", data_dir, dir.join("sidecar-b.log"));
+    b.app = Some((echo_port, "http"));
+    let b = Sidecar::start(bin, b).await?;
+    let a = Sidecar::start(bin, spec_a(dir, data_dir, "sidecar-a.log")).await?;
+    if let Err(e) = load::wait_for_status(a.port, "POST", INVOKE_PATH, 200, REACH_LIMIT).await {
         bail!(
             "sidecar A is healthy but cannot reach the echo app through sidecar B: {e:#}\n\
              --- sidecar A log ---\n{}\n--- sidecar B log ---\n{}",
-            procs::log_tail(&log_a, 10),
-            procs::log_tail(&log_b, 10)
+            procs::log_tail(&a.log, 10),
+            procs::log_tail(&b.log, 10)
         );
     }
-    Ok(Sidecars {
-        a,
-        b,
-        port_a,
-        first_start,
-    })
+    Ok(Sidecars { a, b })
 }
 
-fn spawn_a(bin: &Path, port: u16, data_dir: &Path, log: &Path) -> Result<ChildGuard> {
-    let mut cmd = Command::new(bin);
-    cmd.args(["run", "--app-id", "bench-client", "--dapr-http-port"])
-        .arg(port.to_string())
-        // gRPC port 0 as well: the default public port (50001) may be taken
-        // by another sidecar on a shared machine.
-        .args(["--dapr-grpc-port", "0", "--dapr-internal-grpc-port", "0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::null());
-    ChildGuard::spawn("sidecar A", &mut cmd, Some(log))
+fn spec_a<'a>(dir: &Path, data_dir: &'a Path, log: &str) -> Spec<'a> {
+    Spec::new("sidecar A", "bench-client", data_dir, dir.join(log))
 }
 
-async fn wait_healthy(child: &mut ChildGuard, port: u16, log: &Path) -> Result<()> {
-    if let Err(e) = load::wait_for_status(port, "GET", HEALTH_PATH, 204, START_LIMIT).await {
-        let exited = child
-            .exited()
-            .map(|s| format!(" (exited: {s})"))
-            .unwrap_or_default();
-        bail!("{e:#}{exited}\n--- log ---\n{}", procs::log_tail(log, 10));
+impl Sidecars {
+    /// Graceful stop of whichever sidecars still run, A first (it is B's client). Returns
+    /// a note for each one that had exited early or had to be killed.
+    pub fn stop(&mut self) -> Vec<String> {
+        [self.a.stop(), self.b.stop()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
-    Ok(())
 }
 
 /// Start-to-healthy and SIGTERM-to-exit times of sidecar A, over `cycles`
@@ -161,124 +309,19 @@ pub async fn start_stop_cycles(
         start: Vec::with_capacity(cycles),
         stop: Vec::with_capacity(cycles),
     };
-    let log = dir.join("sidecar-a-cycles.log");
     for i in 0..cycles {
-        let port = procs::free_port()?;
-        let started = Instant::now();
-        let mut a = spawn_a(bin, port, data_dir, &log)?;
-        wait_healthy(&mut a, port, &log).await?;
-        out.start.push(started.elapsed());
-        let stopped = a.stop(STOP_GRACE).with_context(|| {
+        let mut a = Sidecar::start(bin, spec_a(dir, data_dir, "sidecar-a-cycles.log")).await?;
+        out.start.push(a.started_in);
+        let stopped = a.child.stop(STOP_GRACE).with_context(|| {
             format!("cycle {i}: sidecar A did not exit within {STOP_GRACE:?} of SIGTERM")
         })?;
         out.stop.push(stopped);
         eprintln!(
             "  start/stop cycle {}/{cycles}: healthy after {:.1} ms, stopped in {:.1} ms",
             i + 1,
-            out.start[i].as_secs_f64() * 1e3,
+            a.started_in.as_secs_f64() * 1e3,
             stopped.as_secs_f64() * 1e3
         );
     }
     Ok(out)
-}
-
-impl Sidecars {
-    /// Graceful stop of A alone (it goes first: it is B's client).
-    pub fn stop_a(&mut self) -> Option<String> {
-        stop_gracefully("sidecar A", &mut self.a)
-    }
-
-    /// Graceful stop of whichever sidecars still run. Returns a note for
-    /// each one that had to be killed.
-    pub fn stop(&mut self) -> Vec<String> {
-        [
-            stop_gracefully("sidecar A", &mut self.a),
-            stop_gracefully("sidecar B", &mut self.b),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-}
-
-fn stop_gracefully(name: &str, child: &mut ChildGuard) -> Option<String> {
-    (child.exited().is_none() && child.stop(STOP_GRACE).is_none())
-        .then(|| format!("{name} did not exit within {STOP_GRACE:?} of SIGTERM and was killed"))
-}
-
-/// A single sidecar for the `state` bench: `trellis run --app-id bench`
-/// with no app, its own data dir and (optionally) a components dir.
-pub struct StateSidecar {
-    pub child: ChildGuard,
-    pub port: u16,
-    pub log: PathBuf,
-}
-
-impl StateSidecar {
-    /// Graceful stop; a note if it had to be killed.
-    pub fn stop(&mut self) -> Option<String> {
-        stop_gracefully("sidecar", &mut self.child)
-    }
-}
-
-/// Why a state sidecar did not come up.
-pub enum StartError {
-    /// `trellis run` refused the component type (the binary was built
-    /// without that backend); the text is trellis's own error line.
-    Rejected(String),
-    Other(anyhow::Error),
-}
-
-/// Starts `trellis run --app-id bench ...` and waits for its healthz 204.
-/// Unlike [`start`], it notices at once when the process exits (a rejected
-/// component is an immediate exit), instead of polling until the limit.
-pub async fn start_state(
-    bin: &Path,
-    data_dir: &Path,
-    resources: Option<&Path>,
-    log: &Path,
-) -> Result<StateSidecar, StartError> {
-    let fail = StartError::Other;
-    let port = procs::free_port().map_err(fail)?;
-    let mut cmd = Command::new(bin);
-    cmd.args(["run", "--app-id", "bench", "--dapr-http-port"])
-        .arg(port.to_string())
-        .args(["--dapr-grpc-port", "0", "--dapr-internal-grpc-port", "0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::null());
-    if let Some(dir) = resources {
-        cmd.arg("--resources-path").arg(dir);
-    }
-    let mut child = ChildGuard::spawn("sidecar", &mut cmd, Some(log)).map_err(fail)?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.exited() {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains("unknown component type")) {
-                return Err(StartError::Rejected(line.trim().to_owned()));
-            }
-            return Err(StartError::Other(anyhow::anyhow!(
-                "sidecar exited ({status}) before becoming healthy\n--- log ---\n{}",
-                procs::log_tail(log, 10)
-            )));
-        }
-        let limit = Duration::from_millis(50);
-        if load::wait_for_status(port, "GET", HEALTH_PATH, 204, limit)
-            .await
-            .is_ok()
-        {
-            return Ok(StateSidecar {
-                child,
-                port,
-                log: log.to_owned(),
-            });
-        }
-        if started.elapsed() > START_LIMIT {
-            return Err(StartError::Other(anyhow::anyhow!(
-                "sidecar not healthy within {START_LIMIT:?}\n--- log ---\n{}",
-                procs::log_tail(log, 10)
-            )));
-        }
-    }
 }

@@ -5,51 +5,49 @@
 //!
 //! Each backend gets its own sidecar (`trellis run --app-id bench`, no app),
 //! started just before its part and stopped right after, so no idle sidecar
-//! shares the cores with another part. Within a part the sidecar and direct
-//! phases alternate (fixed-rate save, get; max-throughput save, get), so
-//! both sides of a comparison run close together in time.
+//! shares the cores with another part. Within a part the runner alternates the
+//! sidecar and direct phases (fixed-rate save, get; max-throughput save, get),
+//! so both sides of a comparison run close together in time.
+//!
+//! The HTTP clients and the direct scenarios are shared with the `grpc` bench,
+//! which measures the embedded store through the sidecar's gRPC API the same way.
 
-use std::path::{Path, PathBuf};
+mod report;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
+use clap::builder::RangedU64ValueParser;
 use http::{HeaderValue, Method, StatusCode, Uri};
 
 use crate::direct::{self, Backend, Data, Op};
-use crate::load::{self, Call, Client, HttpClient, Mode, Outcome, Schedule};
-use crate::procs::{self, Usage, Watch};
-use crate::sidecar::{self, StartError, StateSidecar};
-use crate::state_report::{OpResult, Part, Raw, SidecarUsage, StateReport};
+use crate::load::{self, Call, HttpClient, Mode};
+use crate::procs::Watch;
+use crate::runner::{self, BenchArgs, Results, Scenario, Session};
+use crate::sidecar::{Sidecar, Spec, StartError};
 
 /// Distinct keys per path; every save and get picks key `seq % KEYS`.
 pub const KEYS: usize = 1024;
 
+/// The key prefix the sidecar gives app `bench`'s keys, used by the direct paths
+/// that have a table or file of their own.
+pub const SIDECAR_PREFIX: &str = "bench||";
+
 #[derive(Args)]
+#[command(mut_arg("connections", |a| a
+    .long("concurrency")
+    .value_name("CONCURRENCY")
+    .help("Clients (keep-alive HTTP connections, or direct connections) per phase")))]
 pub struct StateArgs {
-    /// Operations per second in the fixed-rate phases.
-    #[arg(long, default_value_t = 1000)]
-    rate: u32,
-    /// Length of each measured phase, e.g. 10s, 500ms, 1m.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
-    duration: Duration,
-    /// Unrecorded warm-up before each phase.
-    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
-    warmup: Duration,
-    /// Clients (keep-alive HTTP connections, or direct connections) per phase.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
+    #[command(flatten)]
+    pub bench: BenchArgs,
     /// Size in bytes of the stored value (a JSON string, quotes included).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(2..))]
     value: usize,
-    /// Also write the markdown report to this file.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Use this trellis binary instead of building one with cargo.
-    #[arg(long)]
-    trellis_bin: Option<PathBuf>,
     /// Redis to use (host:port).
     #[arg(long, default_value = "127.0.0.1:6379")]
     redis: String,
@@ -57,10 +55,10 @@ pub struct StateArgs {
     #[arg(long, default_value = "host=127.0.0.1 user=postgres dbname=test")]
     postgres: String,
     /// Concurrent writers for the embedded store's raw save rate.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     raw_writers: usize,
     /// Concurrent readers for the embedded store's raw get rate.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     raw_readers: usize,
     /// Which parts to run (comma-separated).
     #[arg(
@@ -81,139 +79,98 @@ enum PartName {
     Raw,
 }
 
+impl PartName {
+    fn title(self) -> &'static str {
+        match self {
+            PartName::Redis => "Redis",
+            PartName::Postgres => "PostgreSQL",
+            PartName::Embedded | PartName::Raw => "embedded (SQLite)",
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            PartName::Redis => "redis",
+            PartName::Postgres => "postgres",
+            PartName::Embedded | PartName::Raw => "embedded",
+        }
+    }
+
+    fn direct_path(self) -> &'static str {
+        match self {
+            PartName::Redis => {
+                "bench → Redis (redis crate: EVALSHA of the store's SET script; MULTI HGETALL PTTL EXEC), one shared multiplexed connection"
+            }
+            PartName::Postgres => {
+                "bench → PostgreSQL (tokio-postgres: the store's prepared v1 upsert / select), one connection per client"
+            }
+            PartName::Embedded | PartName::Raw => {
+                "bench → `trellis_state::sqlite::SqliteStore` in process (same defaults as the sidecar's `statestore`)"
+            }
+        }
+    }
+}
+
 /// How long reaching Redis or PostgreSQL may take before that part is skipped.
 const REACH_LIMIT: Duration = Duration::from_secs(3);
 
-pub async fn run(args: StateArgs) -> Result<()> {
-    if args.rate == 0 || args.concurrency == 0 || args.duration.is_zero() {
-        bail!("--rate, --concurrency and --duration must be greater than zero");
-    }
-    if args.value < 2 {
-        bail!("--value must be at least 2 (the value is a JSON string)");
-    }
-    if args.raw_writers == 0 || args.raw_readers == 0 {
-        bail!("--raw-writers and --raw-readers must be greater than zero");
-    }
-    let command = crate::command_line();
-    let (cpus, cpu_model) = procs::machine();
-    let load_at_start = procs::loadavg();
-    let mut notes = Vec::new();
-    let mut versions = Vec::new();
+/// One backend's results.
+pub struct Part {
+    pub title: &'static str,
+    pub store: &'static str,
+    pub direct_path: &'static str,
+    /// Whether the sidecar-overhead target applies.
+    pub target: bool,
+    pub results: Results,
+}
 
-    let trellis_bin = sidecar::locate(args.trellis_bin.as_deref())
-        .inspect_err(|e| {
-            eprintln!("no sidecar parts: {e:#}");
-            notes.push(format!("every sidecar path skipped: {e:#}"));
-        })
-        .ok();
-    if let Some(bin) = &trellis_bin {
-        versions.push(format!("trellis: {}", bin.display()));
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("trellis-bench-state-")
-        .tempdir()
-        .context("creating a temp dir")?;
+/// The embedded store called in process.
+pub struct Raw {
+    pub saves: runner::Measured,
+    pub gets: runner::Measured,
+}
+
+pub async fn run(args: StateArgs) -> Result<()> {
+    let mut session = Session::start(&args.bench, "trellis-bench-state-", None)?;
     let unique = unique_name();
     let value = json_string(args.value);
     let ctx = Ctx {
         args: &args,
-        bin: trellis_bin.as_deref(),
-        tmp: tmp.path(),
+        bin: session.bin.clone(),
+        tmp: session.tmp.path().to_owned(),
         unique: &unique,
         value: &value,
     };
 
     let mut parts = Vec::new();
-    for (backend, name) in [
-        (Kind::Redis, PartName::Redis),
-        (Kind::Postgres, PartName::Postgres),
-        (Kind::Embedded, PartName::Embedded),
-    ] {
+    for name in [PartName::Redis, PartName::Postgres, PartName::Embedded] {
         if !args.parts.contains(&name) {
             continue;
         }
-        eprintln!("part: {}", backend.title());
-        match run_part(&ctx, backend, &mut notes, &mut versions).await {
-            Ok(Some(p)) => parts.push(p),
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("{} failed: {e:#}", backend.title());
-                notes.push(format!("{} failed: {e:#}", backend.title()));
-            }
-        }
+        eprintln!("part: {}", name.title());
+        let res = run_part(&ctx, name, &mut session).await;
+        let what = name.title().to_owned();
+        parts.extend(runner::keep(&mut session.notes, &what, res).flatten());
     }
 
     let raw = if args.parts.contains(&PartName::Raw) {
-        match raw_capability(&ctx).await {
-            Ok(r) => Some(r),
-            Err(e) => {
-                notes.push(format!("embedded store raw capability failed: {e:#}"));
-                None
-            }
-        }
+        let res = raw_capability(&ctx).await;
+        runner::keep(&mut session.notes, "embedded store raw capability", res)
     } else {
         None
     };
-
-    let md = StateReport {
-        command,
-        date: crate::report::utc_now(),
-        cpus,
-        cpu_model,
-        load: (load_at_start, procs::loadavg()),
-        rate: f64::from(args.rate),
-        duration: args.duration,
-        warmup: args.warmup,
-        concurrency: args.concurrency,
-        value: args.value,
-        keys: KEYS,
-        versions,
-        parts,
-        raw,
-        raw_callers: (args.raw_writers, args.raw_readers),
-        notes,
-    }
-    .render();
-    print!("{md}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("report written to {}", out.display());
-    }
-    Ok(())
+    let md = report::render(&args, &session, &parts, raw.as_ref());
+    session.finish(&md)
 }
 
 struct Ctx<'a> {
     args: &'a StateArgs,
-    bin: Option<&'a Path>,
-    tmp: &'a Path,
+    bin: Option<PathBuf>,
+    tmp: PathBuf,
     /// Key prefix / table name of this run: `trellisbench_<pid>_<nanos>`.
     unique: &'a str,
     /// The value every save stores (JSON text).
     value: &'a Bytes,
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Redis,
-    Postgres,
-    Embedded,
-}
-
-impl Kind {
-    fn title(self) -> &'static str {
-        match self {
-            Kind::Redis => "Redis",
-            Kind::Postgres => "PostgreSQL",
-            Kind::Embedded => "embedded (SQLite)",
-        }
-    }
-    fn dir(self) -> &'static str {
-        match self {
-            Kind::Redis => "redis",
-            Kind::Postgres => "postgres",
-            Kind::Embedded => "embedded",
-        }
-    }
 }
 
 /// A unique, SQL-safe name for this run's tables and key prefixes.
@@ -229,40 +186,43 @@ fn unique_name() -> String {
 }
 
 /// A JSON string `"xxx…"` that is `len` bytes long, quotes included.
-fn json_string(len: usize) -> Bytes {
+pub fn json_string(len: usize) -> Bytes {
     let mut v = Vec::with_capacity(len);
     v.push(b'"');
-    v.resize(len - 1, b'x');
+    v.resize(len.max(2) - 1, b'x');
     v.push(b'"');
     Bytes::from(v)
 }
 
 /// Sets up one backend (reachability, sidecar, direct connection), runs its
 /// phases and cleans up. `Ok(None)` = skipped, with a note saying why.
-async fn run_part(
-    ctx: &Ctx<'_>,
-    kind: Kind,
-    notes: &mut Vec<String>,
-    versions: &mut Vec<String>,
-) -> Result<Option<Part>> {
+async fn run_part(ctx: &Ctx<'_>, kind: PartName, session: &mut Session) -> Result<Option<Part>> {
+    let notes = &mut session.notes;
     let dir = ctx.tmp.join(kind.dir());
     let components = dir.join("components");
     std::fs::create_dir_all(&components)?;
     let direct_table = format!("{}_direct", ctx.unique);
     let direct_prefix = match kind {
-        Kind::Redis => format!("{direct_table}||"),
+        PartName::Redis => format!("{direct_table}||"),
         // Separate table or file: the sidecar's own prefix.
-        Kind::Postgres | Kind::Embedded => "bench||".to_owned(),
+        _ => SIDECAR_PREFIX.to_owned(),
+    };
+    let skip = |notes: &mut Vec<String>, addr: &str, e: &anyhow::Error| {
+        let msg = format!("{} skipped: not reachable at {addr}: {e:#}", kind.title());
+        eprintln!("{msg}");
+        notes.push(msg);
+        Ok(None)
     };
 
     // The backend itself, reached directly; an unreachable one skips the part.
     let (backend, store, component) = match kind {
-        Kind::Redis => {
+        PartName::Redis => {
             let mut conn = match direct::redis_connect(&ctx.args.redis, REACH_LIMIT).await {
                 Ok(c) => c,
-                Err(e) => return skip(notes, kind, &ctx.args.redis, &e),
+                Err(e) => return skip(notes, &ctx.args.redis, &e),
             };
-            versions.push(format!("Redis: {}", direct::redis_version(&mut conn).await));
+            let version = direct::redis_version(&mut conn).await;
+            session.versions.push(format!("Redis: {version}"));
             let yaml = component_yaml(
                 "redisstore",
                 "state.redis",
@@ -270,17 +230,17 @@ async fn run_part(
             );
             (Backend::Redis(conn), "redisstore", Some(yaml))
         }
-        Kind::Postgres => {
+        PartName::Postgres => {
             let client = match direct::pg_connect(&ctx.args.postgres, REACH_LIMIT).await {
                 Ok(c) => c,
-                Err(e) => return skip(notes, kind, &ctx.args.postgres, &e),
+                Err(e) => return skip(notes, &ctx.args.postgres, &e),
             };
             let version: String = client
                 .query_one("SHOW server_version", &[])
                 .await
                 .map(|r| r.get(0))
                 .unwrap_or_else(|_| "unknown".into());
-            versions.push(format!("PostgreSQL: {version}"));
+            session.versions.push(format!("PostgreSQL: {version}"));
             client
                 .batch_execute(&direct::pg_create_v1(&direct_table))
                 .await
@@ -299,77 +259,45 @@ async fn run_part(
             };
             (backend, "pgstore", Some(yaml))
         }
-        Kind::Embedded => {
+        PartName::Embedded | PartName::Raw => {
             let store = direct::sqlite_open(&dir.join("direct.db")).await?;
             (Backend::Sqlite(store), "statestore", None)
         }
     };
 
     let mut sidecar = None;
-    let mut sidecar_note = None;
-    if let Some(bin) = ctx.bin {
-        let resources = match &component {
-            Some(yaml) => {
-                std::fs::write(components.join("store.yaml"), yaml)?;
-                Some(components.as_path())
-            }
-            None => None,
-        };
+    if let Some(bin) = &ctx.bin {
         let data_dir = dir.join("data");
-        match sidecar::start_state(bin, &data_dir, resources, &dir.join("sidecar.log")).await {
+        let mut spec = Spec::new("sidecar", "bench", &data_dir, dir.join("sidecar.log"));
+        if let Some(yaml) = &component {
+            std::fs::write(components.join("store.yaml"), yaml)?;
+            spec.resources = Some(&components);
+        }
+        match Sidecar::start(bin, spec).await {
             Ok(s) => sidecar = Some(s),
-            Err(StartError::Rejected(line)) => {
-                let msg = format!(
-                    "{}: trellis run rejected the component, so only the direct path ran: {line}",
-                    kind.title()
-                );
-                eprintln!("{msg}");
-                sidecar_note = Some(msg);
-            }
-            Err(StartError::Other(e)) => {
-                let msg = format!("{}: sidecar did not start: {e:#}", kind.title());
-                eprintln!("{msg}");
-                sidecar_note = Some(msg);
-            }
+            Err(StartError::Rejected(line)) => notes.push(format!(
+                "{}: trellis run rejected the component, so only the direct path ran: {line}",
+                kind.title()
+            )),
+            Err(e) => notes.push(format!("{}: sidecar did not start: {e}", kind.title())),
         }
     }
-    notes.extend(sidecar_note);
 
-    let result = measure_part(
-        ctx,
-        kind,
-        store,
-        sidecar.as_ref(),
-        &backend,
-        &direct_prefix,
-        notes,
-    )
-    .await;
+    let keys = Keys::new(store, &direct_prefix, ctx.value)?;
+    let result = measure_part(ctx, kind, sidecar.as_ref(), &backend, &keys, notes).await;
     if let Some(s) = sidecar.as_mut() {
-        if let Some(status) = s.child.exited() {
-            notes.push(format!(
-                "{}: the sidecar exited during the run ({status}); log tail:\n{}",
-                kind.title(),
-                procs::log_tail(&s.log, 5)
-            ));
-        }
         notes.extend(s.stop());
     }
     drop(sidecar);
     cleanup(ctx, kind, &backend, &direct_table, notes).await;
-    result.map(Some)
-}
-
-fn skip(
-    notes: &mut Vec<String>,
-    kind: Kind,
-    addr: &str,
-    e: &anyhow::Error,
-) -> Result<Option<Part>> {
-    let msg = format!("{} skipped: not reachable at {addr}: {e:#}", kind.title());
-    eprintln!("{msg}");
-    notes.push(msg);
-    Ok(None)
+    let results = result?;
+    Ok(Some(Part {
+        title: kind.title(),
+        store,
+        direct_path: kind.direct_path(),
+        target: matches!(kind, PartName::Redis | PartName::Postgres),
+        results,
+    }))
 }
 
 fn component_yaml(name: &str, type_name: &str, metadata: &[(&str, &str)]) -> String {
@@ -378,42 +306,28 @@ fn component_yaml(name: &str, type_name: &str, metadata: &[(&str, &str)]) -> Str
     );
     for (k, v) in metadata {
         // JSON strings are valid YAML scalars and quote whatever needs it.
-        let v = yaml_quote(v);
+        let v = serde_json::to_string(v).unwrap_or_default();
         y.push_str(&format!("  - name: {k}\n    value: {v}\n"));
     }
     y
 }
 
-fn yaml_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Removes this run's keys and tables (the embedded store lives in the temp dir).
 async fn cleanup(
     ctx: &Ctx<'_>,
-    kind: Kind,
+    kind: PartName,
     backend: &Backend,
     direct_table: &str,
     notes: &mut Vec<String>,
 ) {
     let res = match (kind, backend) {
-        (Kind::Redis, Backend::Redis(conn)) => {
+        (PartName::Redis, Backend::Redis(conn)) => {
             let mut conn = conn.clone();
             direct::redis_delete_matching(&mut conn, &format!("{}*", ctx.unique))
                 .await
                 .map(|n| eprintln!("  deleted {n} redis keys"))
         }
-        (Kind::Postgres, _) => {
+        (PartName::Postgres, _) => {
             async {
                 let client = direct::pg_connect(&ctx.args.postgres, REACH_LIMIT).await?;
                 client
@@ -431,9 +345,11 @@ async fn cleanup(
     }
 }
 
+// ---- the paths, shared with the grpc bench --------------------------------------------------
+
 /// Precomputed HTTP requests for one store: save bodies and get URIs per key.
 #[derive(Clone)]
-struct HttpData {
+pub struct HttpData {
     save_uri: Uri,
     bodies: Arc<Vec<Bytes>>,
     get_uris: Arc<Vec<Uri>>,
@@ -459,12 +375,13 @@ impl HttpData {
         })
     }
 
+    /// `n` clients doing `op` through the sidecar's HTTP API on `port`.
     fn clients(
         &self,
         port: u16,
         op: Op,
         n: usize,
-    ) -> Vec<HttpClient<impl Fn(u64) -> Call + Send + Sync + 'static>> {
+    ) -> Vec<HttpClient<impl Fn(u64) -> Call + Send + Sync + 'static + use<>>> {
         (0..n)
             .map(|_| {
                 let d = self.clone();
@@ -494,226 +411,156 @@ impl HttpData {
     }
 }
 
-/// Fill both paths, then the eight phases, sidecar and direct alternating.
+/// The keys and value of a part: as the sidecar's HTTP API names them (`k<i>` in
+/// `store`), and as the direct path stores them (`<prefix>k<i>`).
+pub struct Keys {
+    pub http: HttpData,
+    pub data: Data,
+}
+
+impl Keys {
+    pub fn new(store: &str, direct_prefix: &str, value: &Bytes) -> Result<Self> {
+        Ok(Self {
+            http: HttpData::new(store, value)?,
+            data: Data {
+                keys: Arc::new((0..KEYS).map(|i| format!("{direct_prefix}k{i}")).collect()),
+                value: value.clone(),
+            },
+        })
+    }
+
+    /// Writes every key through the sidecar's HTTP API.
+    pub async fn fill_sidecar(&self, port: u16, n: usize) -> Result<()> {
+        load::fill(self.http.clients(port, Op::Save, n), KEYS as u64).await
+    }
+
+    /// Writes every key directly.
+    pub async fn fill_direct(&self, backend: &Backend, n: usize) -> Result<()> {
+        load::fill(backend.clients(&self.data, Op::Save, n).await?, KEYS as u64).await
+    }
+
+    /// `op` through the sidecar's HTTP API on `port`.
+    pub fn http_scenario<'a>(&self, name: &str, port: u16, op: Op, n: usize) -> Scenario<'a> {
+        let http = self.http.clone();
+        Scenario::new(name, move || {
+            let clients = http.clients(port, op, n);
+            async move { Ok(clients) }
+        })
+    }
+
+    /// `op` done directly on `backend`.
+    pub fn direct_scenario<'a>(
+        &self,
+        name: &str,
+        backend: &'a Backend,
+        op: Op,
+        n: usize,
+    ) -> Scenario<'a> {
+        let data = self.data.clone();
+        Scenario::new(name, move || {
+            let data = data.clone();
+            async move { backend.clients(&data, op, n).await }
+        })
+    }
+}
+
+/// Fills both paths, then runs the sidecar and direct scenarios of both operations.
 async fn measure_part(
     ctx: &Ctx<'_>,
-    kind: Kind,
-    store: &'static str,
-    sidecar: Option<&StateSidecar>,
+    kind: PartName,
+    sidecar: Option<&Sidecar>,
     backend: &Backend,
-    direct_prefix: &str,
+    keys: &Keys,
     notes: &mut Vec<String>,
-) -> Result<Part> {
-    let args = ctx.args;
-    let n = args.concurrency;
-    let http = HttpData::new(store, ctx.value)?;
-    let data = Data {
-        keys: Arc::new((0..KEYS).map(|i| format!("{direct_prefix}k{i}")).collect()),
-        value: ctx.value.clone(),
-    };
+) -> Result<Results> {
+    let n = ctx.args.bench.connections;
     let title = kind.title();
-
-    let mut sidecar = sidecar;
-    let watch = sidecar.map(|s| Watch {
-        label: format!("sidecar ({title})"),
-        pids: vec![s.child.pid()],
-    });
-    let idle_kb = watch.as_ref().map(|w| procs::rss_kb(&w.pids));
+    let mut scenarios = Vec::new();
+    for op in [Op::Save, Op::Get] {
+        let (via, direct) = (
+            format!("sidecar {}", op.name()),
+            format!("direct {}", op.name()),
+        );
+        if let Some(s) = sidecar {
+            let label = format!("{title} sidecar ({})", op.name());
+            scenarios.push(
+                keys.http_scenario(&via, s.port, op, n)
+                    .against(&direct)
+                    .labels(vec![title.into(), op.name().into(), "sidecar".into()])
+                    .watch(Watch {
+                        label,
+                        pids: vec![s.pid()],
+                    }),
+            );
+        }
+        scenarios.push(keys.direct_scenario(&direct, backend, op, n).labels(vec![
+            title.into(),
+            op.name().into(),
+            "direct".into(),
+        ]));
+    }
+    // The sidecar's idle RSS is read above, before any state call.
     if let Some(s) = sidecar {
         eprintln!("  writing {KEYS} keys through the sidecar");
-        if let Err(e) = load::fill(http.clients(s.port, Op::Save, n), KEYS as u64).await {
+        if let Err(e) = keys.fill_sidecar(s.port, n).await {
             notes.push(format!(
                 "{title}: saving through the sidecar failed, sidecar path skipped: {e:#}"
             ));
-            sidecar = None;
+            scenarios.retain(Scenario::is_baseline);
         }
     }
     eprintln!("  writing {KEYS} keys directly");
-    load::fill(backend.clients(&data, Op::Save, n).await?, KEYS as u64)
+    keys.fill_direct(backend, n)
         .await
         .context("saving directly")?;
 
     let mut incarnation = backend.incarnation().await;
-    let rate = f64::from(args.rate);
-    let mut fixed = Vec::new();
-    let mut max = Vec::new();
-    let mut usage = [[Usage::default(); 2]; 2];
-    for (m, mode) in [Mode::FixedRate(rate), Mode::MaxThroughput]
-        .into_iter()
-        .enumerate()
-    {
-        for (o, op) in [Op::Save, Op::Get].into_iter().enumerate() {
-            let what = match mode {
-                Mode::FixedRate(_) => format!("{} {} at {} ops/s", title, op.name(), args.rate),
-                Mode::MaxThroughput => format!("{} {} max throughput", title, op.name()),
-            };
-            let mut result = OpResult {
-                op,
-                sidecar: None,
-                direct: None,
-            };
-            if let Some(s) = sidecar {
-                eprintln!("phase: {what} via sidecar");
-                let (out, u) = phase(
-                    &format!("sidecar {}", op.name()),
-                    mode,
-                    args,
-                    http.clients(s.port, op, n),
-                    watch.as_ref(),
-                )
-                .await?;
-                usage[m][o] = u.unwrap_or_default();
-                first_error(notes, title, "sidecar", op, mode, &out);
-                result.sidecar = Some(out);
-            }
-            eprintln!("phase: {what} direct");
-            let clients = backend.clients(&data, op, n).await?;
-            let (out, _) =
-                phase(&format!("direct {}", op.name()), mode, args, clients, None).await?;
-            first_error(notes, title, "direct", op, mode, &out);
-            result.direct = Some(out);
-            let now = backend.incarnation().await;
-            if now != incarnation {
-                let msg = format!(
-                    "{title}: the server restarted (or stopped answering) during or just before the \
-                     {what} phases (identity {} → {}; the bench never restarts it): those numbers \
-                     and errors are suspect",
-                    incarnation.as_deref().unwrap_or("?"),
-                    now.as_deref().unwrap_or("none")
-                );
-                eprintln!("  {msg}");
-                notes.push(msg);
-                incarnation = now;
-                // A restarted Redis comes back empty: write the keys again so
-                // the following get phases find them.
-                if let Some(s) = sidecar {
-                    let _ = load::fill(http.clients(s.port, Op::Save, n), KEYS as u64).await;
-                }
-                if let Ok(clients) = backend.clients(&data, Op::Save, n).await {
-                    let _ = load::fill(clients, KEYS as u64).await;
-                }
-            }
-            match mode {
-                Mode::FixedRate(_) => fixed.push(result),
-                Mode::MaxThroughput => max.push(result),
-            }
+    let results = runner::run(&ctx.args.bench, scenarios, async |what: &str| {
+        let now = backend.incarnation().await;
+        if now == incarnation {
+            return;
         }
-    }
-    Ok(Part {
-        title,
-        store,
-        direct_path: match kind {
-            Kind::Redis => {
-                "bench → Redis (redis crate: EVALSHA of the store's SET script; MULTI HGETALL PTTL EXEC), one shared multiplexed connection"
-            }
-            Kind::Postgres => {
-                "bench → PostgreSQL (tokio-postgres: the store's prepared v1 upsert / select), one connection per client"
-            }
-            Kind::Embedded => {
-                "bench → `trellis_state::sqlite::SqliteStore` in process (same defaults as the sidecar's `statestore`)"
-            }
-        },
-        target: matches!(kind, Kind::Redis | Kind::Postgres),
-        fixed,
-        max,
-        usage: sidecar.map(|_| SidecarUsage {
-            idle_kb: idle_kb.unwrap_or_default(),
-            fixed: usage[0],
-            max: usage[1],
-        }),
+        let msg = format!(
+            "{title}: the server restarted (or stopped answering) during or just before the \
+             {what} phase (identity {} → {}; the bench never restarts it): those numbers \
+             and errors are suspect",
+            incarnation.as_deref().unwrap_or("?"),
+            now.as_deref().unwrap_or("none")
+        );
+        eprintln!("  {msg}");
+        notes.push(msg);
+        incarnation = now;
+        // A restarted Redis comes back empty: write the keys again so the following get
+        // phases find them.
+        if let Some(s) = sidecar {
+            let _ = keys.fill_sidecar(s.port, n).await;
+        }
+        let _ = keys.fill_direct(backend, n).await;
     })
-}
-
-fn first_error(
-    notes: &mut Vec<String>,
-    title: &str,
-    path: &str,
-    op: Op,
-    mode: Mode,
-    out: &Outcome,
-) {
-    if let Some(e) = &out.first_error {
-        let phase = match mode {
-            Mode::FixedRate(_) => "fixed rate",
-            Mode::MaxThroughput => "max throughput",
-        };
-        notes.push(format!(
-            "{title} {path} {} {phase}: {} errors, first: {e}",
-            op.name(),
-            out.errors
-        ));
-    }
-}
-
-/// One measured phase; with a watch, the process's CPU and RSS over exactly
-/// the measured window.
-async fn phase<C: Client>(
-    label: &str,
-    mode: Mode,
-    args: &StateArgs,
-    clients: Vec<C>,
-    watch: Option<&Watch>,
-) -> Result<(Outcome, Option<Usage>)> {
-    let schedule = Schedule::new(args.warmup, args.duration);
-    let monitor = watch.cloned().map(|w| {
-        tokio::task::spawn_blocking(move || {
-            procs::monitor(&[w], schedule.measure_from, schedule.end)
-        })
-    });
-    let outcome = load::run_clients(label, mode, schedule, clients).await?;
-    let usage = match monitor {
-        Some(m) => m.await.context("resource monitor panicked")?.pop(),
-        None => None,
-    };
-    eprintln!(
-        "  {label}: {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
-        outcome.rate(),
-        outcome.ms(0.5),
-        outcome.ms(0.99),
-        outcome.errors
-    );
-    Ok((outcome, usage))
+    .await?;
+    notes.extend(results.error_notes(&format!("{title} ")));
+    Ok(results)
 }
 
 /// The embedded store called in process: single-key saves with many
 /// concurrent writers (group commit, fsync on), then gets.
 async fn raw_capability(ctx: &Ctx<'_>) -> Result<Raw> {
     let args = ctx.args;
-    let path = ctx.tmp.join("raw.db");
-    let store = direct::sqlite_open(&path).await?;
+    let store = direct::sqlite_open(&ctx.tmp.join("raw.db")).await?;
     let backend = Backend::Sqlite(store);
-    let data = Data {
-        keys: Arc::new((0..KEYS).map(|i| format!("bench||k{i}")).collect()),
-        value: ctx.value.clone(),
-    };
-    load::fill(
-        backend.clients(&data, Op::Save, args.raw_writers).await?,
-        KEYS as u64,
-    )
-    .await?;
-    let me = Watch {
+    let keys = Keys::new("statestore", SIDECAR_PREFIX, ctx.value)?;
+    keys.fill_direct(&backend, args.raw_writers).await?;
+    let me = [Watch {
         label: "bench process".into(),
         pids: vec![std::process::id()],
+    }];
+    let phase = async |op: Op, n: usize| {
+        eprintln!("phase: embedded store raw {}s, {n} callers", op.name());
+        let clients = backend.clients(&keys.data, op, n).await?;
+        let label = format!("raw {}", op.name());
+        runner::phase(&args.bench, &label, Mode::MaxThroughput, clients, &me).await
     };
-    eprintln!(
-        "phase: embedded store raw saves, {} writers",
-        args.raw_writers
-    );
-    let clients = backend.clients(&data, Op::Save, args.raw_writers).await?;
-    let (saves, save_cpu) =
-        phase("raw save", Mode::MaxThroughput, args, clients, Some(&me)).await?;
-    eprintln!(
-        "phase: embedded store raw gets, {} readers",
-        args.raw_readers
-    );
-    let clients = backend.clients(&data, Op::Get, args.raw_readers).await?;
-    let (gets, get_cpu) = phase("raw get", Mode::MaxThroughput, args, clients, Some(&me)).await?;
-    Ok(Raw {
-        writers: args.raw_writers,
-        readers: args.raw_readers,
-        saves,
-        gets,
-        save_cpu: save_cpu.unwrap_or_default(),
-        get_cpu: get_cpu.unwrap_or_default(),
-    })
+    let saves = phase(Op::Save, args.raw_writers).await?;
+    let gets = phase(Op::Get, args.raw_readers).await?;
+    Ok(Raw { saves, gets })
 }

@@ -1,6 +1,6 @@
 //! The publishing side of `trellis-bench pubsub`: one [`Client`] per way of publishing
 //! (through a sidecar's HTTP API, to the embedded broker in process, to JetStream with
-//! async-nats), and the sidecars themselves.
+//! async-nats), and what the sidecars need (their component, a live subscription).
 //!
 //! Every client publishes either one message per call (the fixed-rate phases) or a chunk
 //! of `bulk` messages per call (the throughput phases, where call `seq` carries messages
@@ -12,12 +12,11 @@
 //! with the same `Content-Type` header on JetStream. So direct and sidecar paths move the
 //! same bytes through the broker.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use async_nats::jetstream;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri};
@@ -25,15 +24,9 @@ use trellis_pubsub::sqlite::SqliteBroker;
 use trellis_pubsub::{PubSub, PublishRequest};
 
 use super::app::{now_us, payload};
-use crate::load::{self, Call, Client, HttpClient};
-use crate::procs::{self, ChildGuard};
+use crate::load::{Call, Client, HttpClient};
 
 const CLOUDEVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
-
-/// How long a sidecar gets to become healthy.
-const START_LIMIT: Duration = Duration::from_secs(10);
-/// Graceful-stop allowance for a sidecar after SIGTERM.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What one call publishes: message `seq` alone, or messages `seq*bulk .. seq*bulk+bulk`
 /// (capped at `total`).
@@ -95,7 +88,7 @@ pub fn http_publisher(
     pubsub: &str,
     topic: &str,
     shape: Shape,
-) -> Result<HttpClient<impl Fn(u64) -> Call + Send + Sync + 'static>> {
+) -> Result<HttpClient<impl Fn(u64) -> Call + Send + Sync + 'static + use<>>> {
     let single = Uri::try_from(format!("/v1.0/publish/{pubsub}/{topic}"))?;
     let bulk = Uri::try_from(format!("/v1.0-alpha1/publish/bulk/{pubsub}/{topic}"))?;
     Ok(HttpClient::new(port, move |seq| {
@@ -219,96 +212,6 @@ impl Client for JsPublisher {
 }
 
 // ---- sidecars ------------------------------------------------------------------------------
-
-/// One `trellis run` process: a publisher (no app) or a subscriber (with the bench's app).
-pub struct Sidecar {
-    pub name: &'static str,
-    pub child: ChildGuard,
-    pub port: u16,
-    pub log: PathBuf,
-}
-
-impl Sidecar {
-    /// `trellis run --app-id <app_id> [--app-port <app_port>] --data-dir <data_dir>
-    /// [--resources-path <resources>]`, waiting for its healthz 204 (which, with an app,
-    /// also means the app's port accepted a connection). Notices at once when it exits.
-    ///
-    /// A generalisation of `sidecar::start_state` (app id and app port as parameters);
-    /// the two could merge.
-    pub async fn start(
-        bin: &Path,
-        name: &'static str,
-        app_id: &str,
-        app_port: Option<u16>,
-        data_dir: &Path,
-        resources: Option<&Path>,
-        log: PathBuf,
-    ) -> Result<Self> {
-        let port = procs::free_port()?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["run", "--app-id", app_id, "--dapr-http-port"])
-            .arg(port.to_string())
-            .args(["--dapr-grpc-port", "0", "--dapr-internal-grpc-port", "0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdin(Stdio::null());
-        if let Some(p) = app_port {
-            cmd.arg("--app-port").arg(p.to_string());
-        }
-        if let Some(dir) = resources {
-            cmd.arg("--resources-path").arg(dir);
-        }
-        let mut child = ChildGuard::spawn(name, &mut cmd, Some(&log))?;
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.exited() {
-                bail!(
-                    "{name} exited ({status}) before becoming healthy\n--- log ---\n{}",
-                    procs::log_tail(&log, 10)
-                );
-            }
-            let limit = Duration::from_millis(50);
-            if load::wait_for_status(port, "GET", "/v1.0/healthz", 204, limit)
-                .await
-                .is_ok()
-            {
-                return Ok(Self {
-                    name,
-                    child,
-                    port,
-                    log,
-                });
-            }
-            if started.elapsed() > START_LIMIT {
-                bail!(
-                    "{name} not healthy within {START_LIMIT:?}\n--- log ---\n{}",
-                    procs::log_tail(&log, 10)
-                );
-            }
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-
-    /// Graceful stop; a note when it had exited early or had to be killed.
-    pub fn stop(mut self) -> Option<String> {
-        if let Some(status) = self.child.exited() {
-            return Some(format!(
-                "{} exited during the run ({status}); log tail:\n{}",
-                self.name,
-                procs::log_tail(&self.log, 5)
-            ));
-        }
-        self.child.stop(STOP_GRACE).is_none().then(|| {
-            format!(
-                "{} did not exit within {STOP_GRACE:?} of SIGTERM and was killed",
-                self.name
-            )
-        })
-    }
-}
 
 /// Publishes probes through `sidecar` until one reaches the app on `topic` (so the
 /// subscriber's consumer group exists and its loop runs), for at most `limit`.

@@ -19,8 +19,6 @@ const MAX_LINES: usize = 1_000;
 const TOO_LONG_FOR_NOW: &[&str] = &[
     // The PostgreSQL store: settings, migrations, queries and the query-language SQL.
     "crates/trellis-state/src/postgres.rs",
-    // The pub/sub benchmark, due for one scenario runner (issue 9, item 6).
-    "crates/trellis-bench/src/pubsub.rs",
 ];
 
 /// Crates allowed to read the environment and touch signals and child processes.

@@ -1,0 +1,332 @@
+//! `trellis-bench invoke`: the same load sent to a small echo app three ways (directly,
+//! through two trellis sidecars, through two nginx hops), and a markdown report of latency,
+//! throughput, CPU, memory and start-up time next to the targets. Scenarios whose parts
+//! are unavailable (no trellis binary, no nginx) are skipped with a note; the rest run.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::Args;
+
+use crate::load::{self, Target};
+use crate::procs::Watch;
+use crate::report::{self, PhaseText, Target as Goal};
+use crate::runner::{self, BenchArgs, Results, Scenario, Session};
+use crate::{echo, nginx, sidecar};
+
+/// Targets for the trellis sidecars, as agreed for service invocation.
+const ADDED_P50_MS: f64 = 0.10;
+const ADDED_P90_MS: f64 = 0.15;
+const ADDED_P99_MS: f64 = 0.30;
+const CPU_CORES: f64 = 0.02;
+const RSS_IDLE_MIB: f64 = 10.0;
+const RSS_LOAD_MIB: f64 = 15.0;
+const START_MS: f64 = 50.0;
+/// The rate at which the latency and CPU targets are defined.
+const TARGET_RATE: u32 = 1000;
+
+/// Scenario names.
+const DIRECT: &str = "direct";
+const TRELLIS: &str = "trellis";
+const NGINX: &str = "nginx";
+
+#[derive(Args)]
+pub struct InvokeArgs {
+    #[command(flatten)]
+    pub bench: BenchArgs,
+    /// Request body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub body: usize,
+    /// Start/stop cycles for the start-to-healthy measurement.
+    #[arg(long, default_value_t = 10)]
+    startup_cycles: usize,
+}
+
+/// `connections` echo clients of `target`, each sending `body`.
+pub fn echo_clients(
+    target: &Target,
+    body: &Bytes,
+    connections: usize,
+) -> Vec<impl load::Client + use<>> {
+    (0..connections)
+        .map(|_| load::echo_client(target, body.clone()))
+        .collect()
+}
+
+/// The scenario of POSTing `body` to `target` and expecting it echoed.
+pub fn echo_scenario<'a>(
+    name: &str,
+    target: Target,
+    body: &Bytes,
+    connections: usize,
+) -> Scenario<'a> {
+    let body = body.clone();
+    Scenario::new(name, move || {
+        let clients = echo_clients(&target, &body, connections);
+        async move { Ok(clients) }
+    })
+}
+
+/// A watch on one process.
+pub fn watch(label: &str, pid: u32) -> Watch {
+    Watch {
+        label: label.to_owned(),
+        pids: vec![pid],
+    }
+}
+
+pub async fn run(args: InvokeArgs) -> Result<()> {
+    let mut session = Session::start(&args.bench, "trellis-bench-", None)?;
+    let bench = &args.bench;
+    let nginx_bin = nginx::ensure_installed();
+    let tmp = session.tmp.path().to_owned();
+    let echo_port = crate::procs::free_port()?;
+    let _echo = echo::spawn(echo_port).await?;
+    let body = Bytes::from(vec![b'x'; args.body]);
+    let n = bench.connections;
+    let target = |port: u16, path: &str| Target {
+        port,
+        path: path.to_owned(),
+    };
+    let mut scenarios = vec![echo_scenario(DIRECT, target(echo_port, "/echo"), &body, n)];
+
+    let data_dir = tmp.join("trellis-data");
+    let mut sidecars = None;
+    if let Some(bin) = &session.bin {
+        eprintln!("starting trellis sidecars ({})", bin.display());
+        std::fs::create_dir_all(&data_dir)?;
+        let started = sidecar::start_pair(bin, &tmp, &data_dir, echo_port).await;
+        if let Some(s) = runner::keep(&mut session.notes, "starting the trellis sidecars", started)
+        {
+            let target = target(s.a.port, sidecar::INVOKE_PATH);
+            scenarios.push(
+                echo_scenario(TRELLIS, target, &body, n)
+                    .against(DIRECT)
+                    .watch(watch("sidecar A", s.a.pid()))
+                    .watch(watch("sidecar B", s.b.pid())),
+            );
+            sidecars = Some(s);
+        }
+    }
+    let nginx = match nginx_bin {
+        Ok(bin) => start_nginx(&bin, &tmp, echo_port).await,
+        Err(e) => Err(e),
+    };
+    let nginx = runner::keep(&mut session.notes, "the nginx scenario", nginx);
+    if let Some(n_) = &nginx {
+        session.versions.push(format!("nginx: {}", n_.version));
+        scenarios.push(
+            echo_scenario(NGINX, target(n_.port, "/echo"), &body, n)
+                .against(DIRECT)
+                .watch(Watch {
+                    label: format!("nginx workers ({}, both hops)", n_.workers.len()),
+                    pids: n_.workers.clone(),
+                }),
+        );
+    }
+
+    let results = runner::run(bench, scenarios, async |_| {}).await?;
+    session.notes.extend(results.error_notes(""));
+
+    let mut startup = None;
+    if let (Some(s), Some(bin)) = (sidecars.as_mut(), &session.bin) {
+        session.notes.extend(s.a.exited_note());
+        session.notes.extend(s.b.exited_note());
+        // A stops for good here: the cycles reuse its app id and data dir.
+        session.notes.extend(s.a.stop());
+        eprintln!(
+            "phase: {} start/stop cycles of sidecar A",
+            args.startup_cycles
+        );
+        let cycles = sidecar::start_stop_cycles(bin, &tmp, &data_dir, args.startup_cycles).await;
+        startup = runner::keep(&mut session.notes, "the start/stop cycles", cycles)
+            .map(|c| (s.a.started_in, c));
+        session.notes.extend(s.stop());
+    }
+    drop(nginx);
+
+    let md = render(&args, &session, &results, startup.as_ref());
+    session.finish(&md)
+}
+
+async fn start_nginx(bin: &Path, tmp: &Path, echo_port: u16) -> Result<nginx::Nginx> {
+    let dir = tmp.join("nginx");
+    std::fs::create_dir_all(&dir)?;
+    nginx::start(bin, &dir, echo_port)
+        .await
+        .context("nginx did not start")
+}
+
+fn render(
+    args: &InvokeArgs,
+    session: &Session,
+    results: &Results,
+    startup: Option<&(Duration, sidecar::Cycles)>,
+) -> String {
+    let bench = &args.bench;
+    let mut s = String::new();
+    report::write_run_header(&mut s, "service invocation", session);
+    let _ = writeln!(
+        s,
+        "- Load: {} keep-alive HTTP/1.1 connections, {} B POST bodies, {} warm-up before each phase (not recorded)",
+        bench.connections,
+        args.body,
+        report::secs(bench.warmup)
+    );
+    s.push_str(
+        "- Paths: direct = client → echo app; trellis = client → sidecar A (HTTP API) → sidecar B → echo app; \
+         nginx = client → nginx hop 1 → nginx hop 2 → echo app. Everything on 127.0.0.1, all on the same cores.\n\n",
+    );
+    let text = PhaseText {
+        labels: &["scenario"],
+        unit: "req/s",
+        who: "connection",
+        added: "scenario − direct",
+        shares: "The load generator, the echo app and the proxies share the same cores.",
+    };
+    report::phase_tables(&mut s, bench, &text, &[results]);
+    report::resources_table(&mut s, bench, "req/s", &[results]);
+    startup_section(&mut s, startup);
+    report::targets_table(
+        &mut s,
+        ["trellis", "nginx (reference)"],
+        &targets(results, startup),
+    );
+    if bench.rate != TARGET_RATE {
+        let _ = writeln!(
+            s,
+            "Latency and CPU targets are defined at {TARGET_RATE} req/s; this run used {} req/s.\n",
+            bench.rate
+        );
+    }
+    report::write_notes(&mut s, &session.notes);
+    s
+}
+
+fn startup_section(s: &mut String, startup: Option<&(Duration, sidecar::Cycles)>) {
+    s.push_str("## Start-to-healthy (sidecar A)\n\nFrom spawning the process to the first 204 from `GET /v1.0/healthz` (polled every ms).\n\n");
+    let Some((first, c)) = startup else {
+        s.push_str("Not measured: the trellis scenario did not run.\n\n");
+        return;
+    };
+    let _ = writeln!(s, "- First start in this run: {}", ms_d(*first));
+    if let (Some(med), Some(max)) = (median(&c.start), c.start.iter().max()) {
+        let _ = writeln!(
+            s,
+            "- {} start/stop cycles: median {}, max {}",
+            c.start.len(),
+            ms_d(med),
+            ms_d(*max)
+        );
+    }
+    if let (Some(med), Some(max)) = (median(&c.stop), c.stop.iter().max()) {
+        let _ = writeln!(
+            s,
+            "- SIGTERM to exit: median {}, max {}",
+            ms_d(med),
+            ms_d(*max)
+        );
+    }
+    s.push('\n');
+}
+
+fn targets(results: &Results, startup: Option<&(Duration, sidecar::Cycles)>) -> Vec<Goal> {
+    let mut rows = Vec::new();
+    for (label, quantile, limit) in [
+        ("p50", 0.50, ADDED_P50_MS),
+        ("p90", 0.90, ADDED_P90_MS),
+        ("p99", 0.99, ADDED_P99_MS),
+    ] {
+        let nginx = results.added_ms(NGINX, quantile);
+        rows.push(Goal::added_at_most(
+            format!("added latency {label} ≤ {limit:.2} ms"),
+            results.added_ms(TRELLIS, quantile),
+            limit,
+            nginx.map_or("—".into(), report::added_ms),
+        ));
+    }
+    // Listed even when trellis was skipped, so a skipped run cannot be mistaken for one
+    // that met the targets.
+    let trellis = results.get(TRELLIS);
+    for (i, name) in ["sidecar A", "sidecar B"].into_iter().enumerate() {
+        let idle = trellis
+            .and_then(|r| r.watches.get(i))
+            .map(|w| report::mib(w.1));
+        let fixed = trellis.and_then(|r| r.fixed.usage.get(i));
+        let cpu = fixed.map(|u| u.cpu_cores);
+        let rss = fixed.map(|u| report::mib(u.rss_max_kb));
+        for (label, value, limit, show) in [
+            (
+                format!("{name} CPU ≤ {CPU_CORES} core"),
+                cpu,
+                CPU_CORES,
+                cores as fn(f64) -> String,
+            ),
+            (
+                format!("{name} RSS idle ≤ {RSS_IDLE_MIB} MiB"),
+                idle,
+                RSS_IDLE_MIB,
+                mib_cell,
+            ),
+            (
+                format!("{name} RSS under load ≤ {RSS_LOAD_MIB} MiB"),
+                rss,
+                RSS_LOAD_MIB,
+                mib_cell,
+            ),
+        ] {
+            rows.push(at_most(label, value, limit, show));
+        }
+    }
+    let to_ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let cycles = startup.map(|(_, c)| &c.start[..]);
+    let ms_cell = |v: f64| format!("{v:.1} ms");
+    rows.push(at_most(
+        format!("start-to-healthy median ≤ {START_MS} ms"),
+        cycles.and_then(median).map(to_ms),
+        START_MS,
+        ms_cell,
+    ));
+    rows.push(at_most(
+        format!("start-to-healthy max ≤ {START_MS} ms"),
+        cycles.and_then(|c| c.iter().max().copied()).map(to_ms),
+        START_MS,
+        ms_cell,
+    ));
+    rows
+}
+
+fn at_most(label: String, value: Option<f64>, limit: f64, show: fn(f64) -> String) -> Goal {
+    Goal {
+        label,
+        measured: value.map_or("—".into(), show),
+        reference: "—".into(),
+        met: value.map(|v| v <= limit),
+    }
+}
+
+fn cores(v: f64) -> String {
+    format!("{v:.3} cores")
+}
+
+fn mib_cell(v: f64) -> String {
+    format!("{v:.1} MiB")
+}
+
+fn ms_d(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn median(v: &[Duration]) -> Option<Duration> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2),
+    }
+}

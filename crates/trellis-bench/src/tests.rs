@@ -1,0 +1,266 @@
+//! Tests of the bench's own machinery: the command lines `docs/benchmarks.md` documents,
+//! the scenario runner (with in-process clients, no sidecars) and the report table.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+use crate::load::{Client, Mode};
+use crate::report::{self, Align, Col, Row, Table};
+use crate::runner::{self, BenchArgs, Scenario};
+use crate::{Cli, Cmd};
+
+fn parse(line: &str) -> Cmd {
+    let argv = std::iter::once("trellis-bench").chain(line.split_whitespace());
+    match Cli::try_parse_from(argv) {
+        Ok(cli) => cli.command,
+        Err(e) => panic!("`{line}` does not parse: {e}"),
+    }
+}
+
+#[test]
+fn every_documented_command_line_parses() {
+    // The reproduce commands of docs/benchmarks.md, every flag spelled out.
+    for line in [
+        "invoke --rate 1000 --duration 10s --warmup 2s --connections 16 --body 1024 \
+         --startup-cycles 10 --trellis-bin PATH --out FILE.md",
+        "state --rate 1000 --duration 10s --warmup 2s --concurrency 16 --value 256 \
+         --redis 127.0.0.1:6379 --postgres host=127.0.0.1 --raw-writers 64 --raw-readers 256 \
+         --parts redis,postgres,embedded,raw --trellis-bin PATH --out FILE.md",
+        "grpc --rate 1000 --duration 10s --warmup 2s --connections 16 --body 1024 --value 256 \
+         --parts invoke,state --trellis-bin PATH --out FILE.md",
+        "pubsub --messages 200000 --js-messages 50000 --payload 1024 --bulk 100 --publishers 4 \
+         --drain-limit 60s --direct-in-flight 16 --rate 1000 --duration 5s --warmup 1s \
+         --connections 16 --dir /var/tmp --nats nats://127.0.0.1:4222 \
+         --parts embedded,jetstream --trellis-bin PATH --out FILE.md",
+    ] {
+        parse(line);
+    }
+}
+
+#[test]
+fn each_bench_keeps_its_own_defaults_and_flag_names() {
+    let Cmd::Pubsub(p) = parse("pubsub") else {
+        panic!("not pubsub")
+    };
+    assert_eq!(p.bench.duration, Duration::from_secs(5));
+    assert_eq!(p.bench.warmup, Duration::from_secs(1));
+    let Cmd::Invoke(i) = parse("invoke") else {
+        panic!("not invoke")
+    };
+    assert_eq!(i.bench.duration, Duration::from_secs(10));
+    assert_eq!(i.bench.warmup, Duration::from_secs(2));
+    let Cmd::State(s) = parse("state --concurrency 3") else {
+        panic!("not state")
+    };
+    assert_eq!(s.bench.connections, 3);
+    // `state` names its clients `--concurrency`, as it always has.
+    let argv = ["trellis-bench", "state", "--connections", "3"];
+    assert!(Cli::try_parse_from(argv).is_err());
+}
+
+#[test]
+fn zero_rates_and_clients_are_refused_by_the_parser() {
+    for line in [
+        "invoke --rate 0",
+        "grpc --connections 0",
+        "state --concurrency 0",
+        "state --value 1",
+        "pubsub --bulk 0",
+        "invoke --duration 0s",
+    ] {
+        let argv = std::iter::once("trellis-bench").chain(line.split_whitespace());
+        assert!(Cli::try_parse_from(argv).is_err(), "`{line}` parsed");
+    }
+}
+
+/// An in-process client that takes `delay` per call and fails every `fail_every`th call.
+struct Fake {
+    delay: Duration,
+    fail_every: Option<u64>,
+}
+
+impl Client for Fake {
+    async fn call(&mut self, seq: u64) -> Result<()> {
+        tokio::time::sleep(self.delay).await;
+        if self.fail_every.is_some_and(|n| seq % n == n - 1) {
+            bail!("call {seq} failed on purpose");
+        }
+        Ok(())
+    }
+}
+
+fn fake<'a>(name: &str, delay_ms: u64, fail_every: Option<u64>) -> Scenario<'a> {
+    Scenario::new(name, move || async move {
+        Ok((0..2)
+            .map(|_| Fake {
+                delay: Duration::from_millis(delay_ms),
+                fail_every,
+            })
+            .collect::<Vec<_>>())
+    })
+}
+
+fn short_args() -> BenchArgs {
+    BenchArgs {
+        rate: 200,
+        duration: Duration::from_millis(300),
+        warmup: Duration::from_millis(50),
+        connections: 2,
+        out: None,
+        trellis_bin: None,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_runner_measures_every_scenario_in_both_modes_against_its_baseline() {
+    let args = short_args();
+    let me = crate::invoke::watch("bench", std::process::id());
+    let scenarios = vec![
+        fake("fast", 1, None),
+        fake("slow", 4, Some(10)).against("fast").watch(me),
+    ];
+    let mut phases = Vec::new();
+    let results = runner::run(&args, scenarios, async |what: &str| {
+        phases.push(what.to_owned())
+    })
+    .await
+    .expect("the run");
+
+    // Fixed rate for every scenario first, then max throughput.
+    assert_eq!(
+        phases,
+        [
+            "fast, 200 ops/s",
+            "slow, 200 ops/s",
+            "fast, max throughput",
+            "slow, max throughput"
+        ]
+    );
+    let fast = results.get("fast").expect("fast");
+    let slow = results.get("slow").expect("slow");
+    assert!(results.base_of(fast).is_none());
+    assert_eq!(results.base_of(slow).map(|b| b.name.as_str()), Some("fast"));
+    // About 200 ops/s over the measured window at the fixed rate, some 1 in 10 failing.
+    let rate = fast.fixed.outcome.rate();
+    assert!((150.0..=250.0).contains(&rate), "fixed rate {rate}");
+    assert!(slow.fixed.outcome.errors > 0);
+    assert!(fast.max.outcome.rate() > slow.max.outcome.rate());
+    let added = results.added_ms("slow", 0.5).expect("added p50");
+    assert!((2.0..40.0).contains(&added), "added p50 {added} ms");
+    // The watched process is sampled in both phases; the baseline watches nothing.
+    assert_eq!(slow.fixed.usage.len(), 1);
+    assert_eq!(slow.max.usage.len(), 1);
+    assert!(slow.watches[0].1 > 0, "idle RSS of the bench");
+    assert!(fast.fixed.usage.is_empty());
+    let notes = results.error_notes("x: ");
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].starts_with("x: slow fixed rate: "), "{}", notes[0]);
+    assert!(notes[0].contains("failed on purpose"), "{}", notes[0]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_single_phase_samples_its_watches_over_the_window() {
+    let args = short_args();
+    let clients = vec![Fake {
+        delay: Duration::from_millis(1),
+        fail_every: None,
+    }];
+    let me = [crate::invoke::watch("bench", std::process::id())];
+    let m = runner::phase(&args, "one", Mode::MaxThroughput, clients, &me)
+        .await
+        .expect("the phase");
+    assert!(m.outcome.ok > 10);
+    assert_eq!(m.usage.len(), 1);
+    assert!(m.usage[0].rss_max_kb > 0);
+}
+
+#[test]
+fn tables_line_up_and_keep_markdown_alignment() {
+    let mut t = Table::new([("name", Align::Left), ("value", Align::Right)]);
+    t.push(vec!["a".into(), "1".into()]);
+    t.push(vec!["longer name".into(), "12345678".into()]);
+    t.push(vec!["short row".into()]);
+    let mut s = String::new();
+    t.render(&mut s);
+    assert_eq!(
+        s,
+        "| name        |    value |\n\
+         |-------------|---------:|\n\
+         | a           |        1 |\n\
+         | longer name | 12345678 |\n\
+         | short row   |          |\n\n"
+    );
+}
+
+#[test]
+fn comparison_rows_show_added_latency_and_share_against_the_baseline() {
+    let args = short_args();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let results = rt
+        .block_on(runner::run(
+            &args,
+            vec![
+                fake("base", 1, None),
+                fake("other", 3, None).against("base"),
+            ],
+            async |_| {},
+        ))
+        .expect("the run");
+    let (base, other) = (&results.scenarios[0], &results.scenarios[1]);
+    let rows = [
+        Row::new(vec!["base".into()], &base.fixed.outcome, None),
+        Row::new(
+            vec!["other".into()],
+            &other.fixed.outcome,
+            Some(&base.fixed.outcome),
+        ),
+    ];
+    let cols = [
+        Col::text("scenario"),
+        Col::VsBase("vs direct".into()),
+        Col::Added(0.5),
+    ];
+    let mut s = String::new();
+    report::comparison(&cols, &rows).render(&mut s);
+    let lines: Vec<&str> = s.lines().collect();
+    assert!(
+        lines[0].contains("| vs direct |") && lines[0].ends_with("added p50 |"),
+        "{s}"
+    );
+    assert!(lines[2].contains("| base "), "{s}");
+    assert!(
+        lines[2].ends_with("— |"),
+        "the baseline compares with nothing: {s}"
+    );
+    // At a fixed rate both do the same ops/s, and "other" is ~2 ms slower.
+    assert!(lines[3].contains(" % |"), "{s}");
+    assert!(lines[3].contains("+"), "{s}");
+    assert!(lines[3].contains("(×"), "{s}");
+}
+
+#[test]
+fn targets_show_met_missed_and_unmeasured() {
+    let rows = [
+        report::Target::added_at_most("a ≤ 0.05 ms".into(), Some(0.01), 0.05, "—".into()),
+        report::Target::added_at_most("b ≤ 0.05 ms".into(), Some(0.2), 0.05, "—".into()),
+        report::Target::added_at_most("c ≤ 0.05 ms".into(), None, 0.05, "—".into()),
+    ];
+    let mut s = String::new();
+    report::targets_table(&mut s, ["measured", "reference"], &rows);
+    assert!(s.starts_with("## Targets\n\n| target "), "{s}");
+    let lines: Vec<&str> = s.lines().collect();
+    assert!(
+        lines[4].contains("+0.010 ms") && lines[4].contains("✅"),
+        "{s}"
+    );
+    assert!(
+        lines[5].contains("+0.200 ms") && lines[5].contains("❌"),
+        "{s}"
+    );
+    assert!(lines[6].contains("— (not measured)"), "{s}");
+}
