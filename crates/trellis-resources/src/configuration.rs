@@ -223,6 +223,26 @@ fn action(ctx: &mut Ctx<'_>, map: &Mapping, key: &str, path: &str) -> Option<Str
     }
 }
 
+/// The verbs an ACL operation may list (`*`: every one).
+const HTTP_VERBS: &[&str] = &[
+    "*", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// An ACL operation name: a path starting with `/` whose segments are literal text, `*`
+/// (one segment) or `**` (any number of segments); `*` inside a segment is an error, not
+/// a pattern.
+fn check_operation_glob(name: &str) -> Result<(), &'static str> {
+    let Some(rest) = name.strip_prefix('/') else {
+        return Err("it must start with /");
+    };
+    for segment in rest.split('/') {
+        if segment.contains('*') && segment != "*" && segment != "**" {
+            return Err("a wildcard must be a whole segment (* or **)");
+        }
+    }
+    Ok(())
+}
+
 fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.is_empty())
 }
@@ -409,7 +429,24 @@ fn parse_access_control(ctx: &mut Ctx<'_>, ac: &Mapping) -> AccessControlSpec {
                 continue;
             };
             let name = ctx.required_string(op, "name", &opath);
+            if let Err(why) = check_operation_glob(&name) {
+                ctx.error(
+                    child(&opath, "name"),
+                    format!("invalid operation {name:?}: {why}"),
+                );
+            }
             let http_verb = ctx.string_list(op, "httpVerb", &opath);
+            for verb in &http_verb {
+                if !HTTP_VERBS.contains(&verb.to_ascii_uppercase().as_str()) {
+                    ctx.error(
+                        child(&opath, "httpVerb"),
+                        format!(
+                            "invalid verb {verb:?}; expected one of {}",
+                            HTTP_VERBS.join(", ")
+                        ),
+                    );
+                }
+            }
             let action = match action(ctx, op, "action", &opath) {
                 Some(a) => a,
                 None => {

@@ -10,6 +10,7 @@
 //! (JSON over HTTP, protobuf over gRPC) and error codes; [`invoke`] deals in `http` types and
 //! its own error enum.
 
+pub mod acl;
 pub mod api;
 pub mod cel;
 pub mod cloudevent;

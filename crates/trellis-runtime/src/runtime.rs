@@ -77,6 +77,8 @@ pub struct Runtime {
     pub state: StateStores,
     pub pubsub: PubSubs,
     pub secrets: SecretStores,
+    /// `spec.accessControl`, applied to calls arriving on the internal port.
+    pub acl: Option<crate::acl::AccessControl>,
     pub delivery_stats: DeliveryStats,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
@@ -110,6 +112,8 @@ pub struct RuntimeParts {
     pub state: StateStores,
     pub pubsub: PubSubs,
     pub secrets: SecretStores,
+    /// `spec.accessControl`, applied to calls arriving on the internal port.
+    pub acl: Option<crate::acl::AccessControl>,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
     pub enabled_features: Vec<String>,
@@ -134,6 +138,7 @@ impl Runtime {
             state: parts.state,
             pubsub: parts.pubsub,
             secrets: parts.secrets,
+            acl: parts.acl,
             delivery_stats: DeliveryStats::default(),
             delivery: parts.delivery,
             graceful_shutdown: parts.graceful_shutdown,

@@ -28,6 +28,10 @@ pub enum StartError {
     InvalidAppId(#[from] trellis_nameres::InvalidAppId),
     #[error("mtls: {0}")]
     Mtls(#[from] trellis_mtls::MtlsError),
+    #[error(
+        "spec.accessControl needs mTLS between sidecars (a caller's identity comes from its certificate); remove spec.mtls.enabled: false"
+    )]
+    AccessControlWithoutMtls,
 }
 
 /// Entry point: see [`Sidecar::start`].
@@ -183,6 +187,14 @@ impl Sidecar {
             ),
             None => (None, None),
         };
+        let acl = config
+            .configuration
+            .as_ref()
+            .and_then(|c| c.spec.access_control.as_ref())
+            .map(crate::acl::AccessControl::new);
+        if acl.is_some() && config.mtls.is_none() {
+            return Err(StartError::AccessControlWithoutMtls);
+        }
         let health = Arc::new(Health::default());
         let app_channel = config
             .app
@@ -207,6 +219,7 @@ impl Sidecar {
             state,
             pubsub,
             secrets,
+            acl,
             components,
             http_endpoints: config
                 .resources

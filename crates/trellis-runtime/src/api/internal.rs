@@ -61,6 +61,11 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
             }
         }
     }
+    if let Some(acl) = &rt.acl
+        && let Err(refused) = check_acl(acl, &req)
+    {
+        return refused;
+    }
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
         && let Ok(value) = HeaderValue::from_str(&peer.ip().to_string())
     {
@@ -100,6 +105,35 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
             ApiError::invoke(me, &err).into_response()
         }
     }
+}
+
+/// Applies `spec.accessControl` to a call from a verified peer; a refusal is Dapr's 403
+/// `ERR_DIRECT_INVOKE` (the caller's sidecar passes it on as it is).
+fn check_acl(acl: &crate::acl::AccessControl, req: &Request) -> Result<(), Response> {
+    let Some(PeerIdentity(caller)) = req.extensions().get::<PeerIdentity>() else {
+        return Err(acl_denied("the caller has no verified identity".into()));
+    };
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    let verb = (!grpc).then(|| req.method().as_str());
+    let path = req.uri().path();
+    let decision = acl.decide(caller, path, verb);
+    tracing::debug!(caller = %caller, path, verb, allowed = decision.allowed, rule = decision.rule, "access control");
+    if decision.allowed {
+        return Ok(());
+    }
+    Err(acl_denied(format!(
+        "access control policy has denied access to id: {caller} operation: {path} verb: {}",
+        verb.unwrap_or("none")
+    )))
+}
+
+fn acl_denied(message: String) -> Response {
+    ApiError::new(http::StatusCode::FORBIDDEN, "ERR_DIRECT_INVOKE", message)
+        .grpc(tonic::Code::PermissionDenied)
+        .into_response()
 }
 
 /// An error answer saying the app never saw the request.
