@@ -62,7 +62,7 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
         }
     }
     if let Some(acl) = &rt.acl
-        && let Err(refused) = check_acl(acl, &req)
+        && let Some(refused) = acl_refusal(acl, &req)
     {
         return refused;
     }
@@ -107,11 +107,11 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
     }
 }
 
-/// Applies `spec.accessControl` to a call from a verified peer; a refusal is Dapr's 403
-/// `ERR_DIRECT_INVOKE` (the caller's sidecar passes it on as it is).
-fn check_acl(acl: &crate::acl::AccessControl, req: &Request) -> Result<(), Response> {
+/// Applies `spec.accessControl` to a call from a verified peer: `None` lets it through, a
+/// refusal is Dapr's 403 `ERR_DIRECT_INVOKE` (the caller's sidecar passes it on as it is).
+fn acl_refusal(acl: &crate::acl::AccessControl, req: &Request) -> Option<Response> {
     let Some(PeerIdentity(caller)) = req.extensions().get::<PeerIdentity>() else {
-        return Err(acl_denied("the caller has no verified identity".into()));
+        return Some(acl_denied("the caller has no verified identity".into()));
     };
     let grpc = req
         .headers()
@@ -122,9 +122,9 @@ fn check_acl(acl: &crate::acl::AccessControl, req: &Request) -> Result<(), Respo
     let decision = acl.decide(caller, path, verb);
     tracing::debug!(caller = %caller, path, verb, allowed = decision.allowed, rule = decision.rule, "access control");
     if decision.allowed {
-        return Ok(());
+        return None;
     }
-    Err(acl_denied(format!(
+    Some(acl_denied(format!(
         "access control policy has denied access to id: {caller} operation: {path} verb: {}",
         verb.unwrap_or("none")
     )))
