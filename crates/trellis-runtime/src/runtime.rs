@@ -79,6 +79,8 @@ pub struct Runtime {
     pub secrets: SecretStores,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
+    /// `spec.api`: the Dapr APIs the app may call.
+    pub api_allowlist: Option<crate::api::ApiAllowlist>,
     pub delivery_stats: DeliveryStats,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
@@ -114,6 +116,8 @@ pub struct RuntimeParts {
     pub secrets: SecretStores,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
+    /// `spec.api`: the Dapr APIs the app may call.
+    pub api_allowlist: Option<crate::api::ApiAllowlist>,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
     pub enabled_features: Vec<String>,
@@ -139,6 +143,7 @@ impl Runtime {
             pubsub: parts.pubsub,
             secrets: parts.secrets,
             acl: parts.acl,
+            api_allowlist: parts.api_allowlist,
             delivery_stats: DeliveryStats::default(),
             delivery: parts.delivery,
             graceful_shutdown: parts.graceful_shutdown,

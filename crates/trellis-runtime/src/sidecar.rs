@@ -220,6 +220,11 @@ impl Sidecar {
             pubsub,
             secrets,
             acl,
+            api_allowlist: config
+                .configuration
+                .as_ref()
+                .and_then(|c| c.spec.api.as_ref())
+                .and_then(crate::api::ApiAllowlist::new),
             components,
             http_endpoints: config
                 .resources

@@ -7,7 +7,10 @@
 //!    including the ones the token check rejects.
 //! 3. **API token**: before any routing or invocation, so that no unauthenticated request
 //!    reaches a handler; health routes are exempt as in Dapr.
-//! 4. **`dapr-app-id` dispatch**: the header form of invocation wins over every route, as in
+//! 4. **API allowlist** (`spec.api`): after the token (an unauthenticated caller learns
+//!    nothing about which APIs exist) and above the `dapr-app-id` dispatch, which is the
+//!    invocation API and must be subject to it too.
+//! 5. **`dapr-app-id` dispatch**: the header form of invocation wins over every route, as in
 //!    Dapr, so it must sit above the router.
 //!
 //! Resiliency, tracing and metrics layers slot in here as they arrive.
@@ -28,6 +31,9 @@ use crate::runtime::Runtime;
 
 pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
     let mut router = routes.layer(middleware::from_fn_with_state(rt.clone(), app_id_header));
+    if rt.api_allowlist.is_some() {
+        router = router.layer(middleware::from_fn_with_state(rt.clone(), allowlist));
+    }
     if rt.api_token.is_some() {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
     }
@@ -53,6 +59,16 @@ fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
         "internal error while handling the request: {detail}"
     ))
     .into_response()
+}
+
+async fn allowlist(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {
+    if let Some(list) = &rt.api_allowlist {
+        let by_header = req.headers().contains_key("dapr-app-id");
+        if let Err(refused) = list.check_http(req.uri().path(), by_header) {
+            return refused.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn app_id_header(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {

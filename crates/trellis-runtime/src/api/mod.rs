@@ -6,6 +6,7 @@
 //! [`grpc::router`] the gRPC API and [`internal_router`] the sidecar-to-sidecar port; all
 //! are plain `axum::Router`s that tests can drive without a socket.
 
+mod allowlist;
 pub mod callbacks;
 mod error;
 mod gojson;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{any, get, post, put};
 
+pub use allowlist::ApiAllowlist;
 pub use error::ApiError;
 pub use internal::internal_router;
 

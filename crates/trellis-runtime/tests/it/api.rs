@@ -8,7 +8,8 @@ use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 use trellis_runtime::api::router;
 
-use crate::sidecar;
+use crate::{sidecar, url};
+use trellis_test_support::request;
 
 pub async fn call(
     router: axum::Router,
@@ -157,5 +158,67 @@ async fn unknown_routes_and_missing_ids_answer_like_dapr() {
         body["message"].as_str().unwrap().contains("--app-port"),
         "{body}"
     );
+    s.stop().await;
+}
+
+/// `spec.api`: with an allowlist, only the listed APIs answer, per protocol; health checks
+/// always do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_allowlist_refuses_what_it_does_not_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  \
+                api:\n    allowed:\n    - {name: state, version: v1.0, protocol: http}\n    \
+                - {name: state, version: v1, protocol: grpc}\n";
+    let config = trellis_resources::parse_str(std::path::Path::new("c.yaml"), yaml)
+        .unwrap()
+        .configurations
+        .remove(0);
+    let s = crate::grpc_sidecar("allowlisted", dir.path(), None, |c| {
+        c.configuration = Some(config)
+    })
+    .await;
+    let r = request(
+        "POST",
+        &url(&s, "/v1.0/state/statestore"),
+        &[],
+        r#"[{"key":"k","value":1}]"#,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = request("POST", &url(&s, "/v1.0/publish/pubsub/t"), &[], "{}").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_PERMISSION_DENIED");
+    assert!(r.text().contains("publish API v1.0"), "{}", r.text());
+    let r = request("GET", &url(&s, "/x"), &[("dapr-app-id", "other")], "").await;
+    assert_eq!(
+        r.status,
+        403,
+        "invocation by header is the invoke API: {}",
+        r.text()
+    );
+    let r = request("GET", &url(&s, "/v1.0/healthz"), &[], "").await;
+    assert_eq!(r.status, 204);
+
+    let mut c = crate::grpc::client(&s).await;
+    let got = c
+        .get_state(trellis_proto::runtime::GetStateRequest {
+            store_name: "statestore".into(),
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.data, b"1");
+    let err = c
+        .publish_event(trellis_proto::runtime::PublishEventRequest {
+            pubsub_name: "pubsub".into(),
+            topic: "t".into(),
+            data: b"{}".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     s.stop().await;
 }

@@ -35,7 +35,9 @@ use crate::runtime::Runtime;
 /// 2. **API logging** (`--enable-api-logging`): every call, the refused ones included.
 /// 3. **API token**: before any RPC runs, as on HTTP; there are no exempt methods, and a
 ///    proxied call needs the token too.
-/// 4. **proxy by `dapr-app-id`**: above the RPC dispatch, since a proxied call is for a
+/// 4. **API allowlist** (`spec.api`): after the token, above the proxy (a proxied call is
+///    the invocation API).
+/// 5. **proxy by `dapr-app-id`**: above the RPC dispatch, since a proxied call is for a
 ///    service the sidecar does not serve itself.
 pub fn router(rt: Arc<Runtime>) -> Router {
     // Messages over the limit the HTTP API applies (`--max-body-size`) are refused by tonic
@@ -51,6 +53,9 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             rt.clone(),
             proxy::proxy_by_app_id,
         ));
+    if rt.api_allowlist.is_some() {
+        router = router.layer(middleware::from_fn_with_state(rt.clone(), allowlist));
+    }
     if rt.api_token.is_some() {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
     }
@@ -93,6 +98,27 @@ async fn require_token(State(rt): State<Arc<Runtime>>, req: Request, next: Next)
             "invalid api token: send the value of DAPR_API_TOKEN in the dapr-api-token metadata",
         )))
     }
+}
+
+async fn allowlist(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {
+    if let Some(list) = &rt.api_allowlist {
+        let path = req.uri().path();
+        let (service, rpc) = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .unwrap_or_default();
+        let checked = if service == trellis_proto::DAPR_SERVICE {
+            list.check_grpc(rpc, false)
+        } else if req.headers().contains_key(crate::invoke::APP_ID) {
+            list.check_grpc(rpc, true)
+        } else {
+            Ok(())
+        };
+        if let Err(refused) = checked {
+            return grpc_response(to_status(refused));
+        }
+    }
+    next.run(req).await
 }
 
 /// tonic answers an RPC its service does not declare with a bare UNIMPLEMENTED; this layer
