@@ -12,6 +12,8 @@ use futures_util::future::BoxFuture;
 use trellis_pubsub::{PubSub, PubSubError};
 use trellis_resources::registry::Registry;
 use trellis_secrets::{SecretError, SecretStore};
+
+use crate::api::middleware::{self, HttpMiddleware};
 use trellis_state::{Metadata, StateError, StateStore};
 
 /// Builds a state store from its component metadata.
@@ -27,6 +29,10 @@ pub type SecretFactory = fn(
     trellis_secrets::Metadata,
     crate::config::Environment,
 ) -> BoxFuture<'static, Result<Arc<dyn SecretStore>, SecretError>>;
+
+/// Builds an HTTP middleware from its component metadata.
+pub type MiddlewareFactory =
+    fn(trellis_core::Metadata) -> BoxFuture<'static, Result<Arc<dyn HttpMiddleware>, String>>;
 
 /// The building blocks Dapr defines.
 pub const BUILDING_BLOCKS: [&str; 8] = [
@@ -51,6 +57,7 @@ pub struct Registries {
     pub state: Registry<StateFactory>,
     pub pubsub: Registry<PubSubFactory>,
     pub secrets: Registry<SecretFactory>,
+    pub middleware: Registry<MiddlewareFactory>,
     /// Building blocks that have no component types yet; kept so that their components are
     /// reported as unknown types of a known block.
     pending: Vec<Registry<()>>,
@@ -153,15 +160,35 @@ impl Default for Registries {
                 Ok(Arc::new(store) as Arc<dyn SecretStore>)
             })
         });
+        let mut http_middleware: Registry<MiddlewareFactory> = Registry::new("middleware");
+        http_middleware.register("middleware.http.ratelimit", &["v1"], |md| {
+            Box::pin(async move {
+                let m = middleware::RateLimit::new(&md).map_err(|e| e.to_string())?;
+                Ok(Arc::new(m) as Arc<dyn HttpMiddleware>)
+            })
+        });
+        http_middleware.register("middleware.http.bearer", &["v1"], |md| {
+            Box::pin(async move {
+                let m = middleware::Bearer::new(&md).await?;
+                Ok(Arc::new(m) as Arc<dyn HttpMiddleware>)
+            })
+        });
+        http_middleware.register("middleware.http.routerchecker", &["v1"], |md| {
+            Box::pin(async move {
+                let m = middleware::RouterChecker::new(&md).map_err(|e| e.to_string())?;
+                Ok(Arc::new(m) as Arc<dyn HttpMiddleware>)
+            })
+        });
         let pending = BUILDING_BLOCKS
             .iter()
-            .filter(|b| !["state", "pubsub", "secretstores"].contains(b))
+            .filter(|b| !["state", "pubsub", "secretstores", "middleware"].contains(b))
             .map(|b| Registry::new(b))
             .collect();
         Self {
             state,
             pubsub,
             secrets,
+            middleware: http_middleware,
             pending,
         }
     }
@@ -216,6 +243,13 @@ impl Registries {
         if block == "pubsub" {
             return self
                 .pubsub
+                .get(type_name, version)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
+        if block == "middleware" {
+            return self
+                .middleware
                 .get(type_name, version)
                 .map(|_| ())
                 .map_err(|e| e.to_string());

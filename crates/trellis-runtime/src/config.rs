@@ -56,6 +56,9 @@ pub struct SidecarConfig {
     pub builtin_retries: crate::invoke::BuiltinRetries,
     /// mTLS on the sidecar-to-sidecar port; `None` serves and dials it in plaintext.
     pub mtls: Option<MtlsConfig>,
+    /// `--allowed-origins`: browser origins the HTTP API answers with CORS headers; empty
+    /// (Dapr's `*`) adds no CORS handling.
+    pub allowed_origins: Vec<String>,
 }
 
 /// mTLS between sidecars (`Configuration.spec.mtls` and the authority to use).
@@ -93,6 +96,7 @@ impl SidecarConfig {
             peer_keepalive: crate::invoke::Keepalive::default(),
             builtin_retries: crate::invoke::BuiltinRetries::default(),
             mtls: None,
+            allowed_origins: Vec::new(),
         }
     }
 }

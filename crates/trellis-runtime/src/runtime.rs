@@ -81,6 +81,10 @@ pub struct Runtime {
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
     pub api_allowlist: Option<crate::api::ApiAllowlist>,
+    /// `spec.httpPipeline`, run before the public HTTP API's routes.
+    pub http_pipeline: crate::api::middleware::Pipeline,
+    /// `--allowed-origins` (empty: no CORS handling).
+    pub allowed_origins: Vec<String>,
     pub delivery_stats: DeliveryStats,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
@@ -118,6 +122,10 @@ pub struct RuntimeParts {
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
     pub api_allowlist: Option<crate::api::ApiAllowlist>,
+    /// `spec.httpPipeline`, run before the public HTTP API's routes.
+    pub http_pipeline: crate::api::middleware::Pipeline,
+    /// `--allowed-origins` (empty: no CORS handling).
+    pub allowed_origins: Vec<String>,
     pub components: Vec<ComponentSummary>,
     pub http_endpoints: Vec<String>,
     pub enabled_features: Vec<String>,
@@ -144,6 +152,8 @@ impl Runtime {
             secrets: parts.secrets,
             acl: parts.acl,
             api_allowlist: parts.api_allowlist,
+            http_pipeline: parts.http_pipeline,
+            allowed_origins: parts.allowed_origins,
             delivery_stats: DeliveryStats::default(),
             delivery: parts.delivery,
             graceful_shutdown: parts.graceful_shutdown,

@@ -113,6 +113,9 @@ impl Sidecar {
         let pubsub = PubSubs::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
+        let http_pipeline = crate::api::middleware::Pipeline::open(&config, &registries)
+            .await
+            .map_err(StartError::Components)?;
         let declarative =
             crate::subscriptions::declarative(&config, &pubsub).map_err(StartError::Components)?;
         let mut components: Vec<ComponentSummary> = state
@@ -225,6 +228,8 @@ impl Sidecar {
                 .as_ref()
                 .and_then(|c| c.spec.api.as_ref())
                 .and_then(crate::api::ApiAllowlist::new),
+            http_pipeline,
+            allowed_origins: config.allowed_origins.clone(),
             components,
             http_endpoints: config
                 .resources

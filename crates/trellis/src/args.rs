@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// Threads serving the sidecar(s) of this process.
     #[arg(long, env = "TRELLIS_WORKER_THREADS", default_value_t = 1)]
     worker_threads: usize,
+    /// Browser origins allowed to call the HTTP API (comma-separated); `*` (the default)
+    /// adds no CORS handling, as in daprd.
+    #[arg(long, default_value = "*", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
     /// PEM file of the trust anchors (root certificates) sidecars must chain to; with
     /// --issuer-cert-file and --issuer-key-file, used instead of the local authority in the
     /// data dir (also DAPR_TRUST_ANCHORS, DAPR_CERT_CHAIN, DAPR_CERT_KEY as PEM text).
@@ -133,6 +137,8 @@ pub struct AppPlan {
     pub env: BTreeMap<String, String>,
     /// `--trust-anchors-file`, `--issuer-cert-file`, `--issuer-key-file`, when given.
     pub authority_files: Option<crate::mtls::AuthorityFiles>,
+    /// `--allowed-origins`.
+    pub allowed_origins: Vec<String>,
 }
 
 impl RunArgs {
@@ -206,6 +212,7 @@ impl RunArgs {
             cwd: None,
             env: BTreeMap::new(),
             authority_files: self.authority_files(),
+            allowed_origins: self.allowed_origins.clone(),
         })
     }
 
@@ -216,6 +223,7 @@ impl RunArgs {
             graceful_shutdown: Duration::from_secs(self.dapr_graceful_shutdown_seconds),
             data_dir: data_dir(self.data_dir.clone()),
             authority_files: self.authority_files(),
+            allowed_origins: self.allowed_origins.clone(),
         }
     }
 
@@ -235,6 +243,7 @@ pub struct AppPlanDefaults {
     pub graceful_shutdown: Duration,
     pub data_dir: PathBuf,
     pub authority_files: Option<crate::mtls::AuthorityFiles>,
+    pub allowed_origins: Vec<String>,
 }
 
 pub fn health_check(

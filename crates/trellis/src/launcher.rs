@@ -111,6 +111,7 @@ async fn start(plan: &AppPlan) -> anyhow::Result<Started> {
     config.configuration = configuration;
     config.graceful_shutdown = plan.graceful_shutdown;
     config.mtls = crate::mtls::config(plan, config.configuration.as_ref(), local_only)?;
+    config.allowed_origins = plan.allowed_origins.clone();
     config
         .extended_metadata
         .insert("cliPID".into(), std::process::id().to_string());

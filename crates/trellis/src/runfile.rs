@@ -316,6 +316,7 @@ fn app_plan(
         cwd: Some(dir),
         env,
         authority_files: defaults.authority_files.clone(),
+        allowed_origins: defaults.allowed_origins.clone(),
     })
 }
 

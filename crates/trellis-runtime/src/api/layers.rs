@@ -3,14 +3,20 @@
 //! Order, outermost first, and why:
 //! 1. **catch-panic**: outermost, so a bug anywhere below (a layer or a handler) becomes a
 //!    500 for that one request instead of a dead connection or a dead sidecar.
-//! 2. **API logging** (`--enable-api-logging`): sees the final status of every request,
+//! 2. **CORS** (`--allowed-origins`): answers browsers' preflight requests itself (they
+//!    carry no API token) and adds the headers to every answer, refusals included, so a
+//!    browser can read why it was refused.
+//! 3. **API logging** (`--enable-api-logging`): sees the final status of every request,
 //!    including the ones the token check rejects.
-//! 3. **API token**: before any routing or invocation, so that no unauthenticated request
+//! 4. **API token**: before any routing or invocation, so that no unauthenticated request
 //!    reaches a handler; health routes are exempt as in Dapr.
-//! 4. **API allowlist** (`spec.api`): after the token (an unauthenticated caller learns
+//! 5. **HTTP pipeline** (`spec.httpPipeline`: rate limit, route checks...): after the token,
+//!    so unauthenticated floods are refused before they cost a middleware anything, and
+//!    before everything that routes.
+//! 6. **API allowlist** (`spec.api`): after the token (an unauthenticated caller learns
 //!    nothing about which APIs exist) and above the `dapr-app-id` dispatch, which is the
 //!    invocation API and must be subject to it too.
-//! 5. **`dapr-app-id` dispatch**: the header form of invocation wins over every route, as in
+//! 7. **`dapr-app-id` dispatch**: the header form of invocation wins over every route, as in
 //!    Dapr, so it must sit above the router.
 //!
 //! Resiliency, tracing and metrics layers slot in here as they arrive.
@@ -34,13 +40,40 @@ pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
     if rt.api_allowlist.is_some() {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), allowlist));
     }
+    if !rt.http_pipeline.is_empty() {
+        router = router.layer(middleware::from_fn_with_state(
+            rt.clone(),
+            super::middleware::run,
+        ));
+    }
     if rt.api_token.is_some() {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
     }
     if rt.enable_api_logging {
         router = router.layer(middleware::from_fn(log_call));
     }
+    if let Some(cors) = cors(&rt.allowed_origins) {
+        router = router.layer(cors);
+    }
     router.layer(catch_panic())
+}
+
+/// CORS for the listed origins; none for an empty list (Dapr's default `*`).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    let origins: Vec<http::HeaderValue> = origins
+        .iter()
+        .filter(|o| o.as_str() != "*")
+        .filter_map(|o| http::HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods(tower_http::cors::Any)
+            .allow_headers(tower_http::cors::Any),
+    )
 }
 
 /// The layer that turns a panic into a Dapr-style 500, shared with the internal port.

@@ -15,6 +15,7 @@ mod internal;
 mod invoke;
 mod layers;
 mod meta;
+pub mod middleware;
 pub mod ops;
 mod pubsub;
 mod secrets;

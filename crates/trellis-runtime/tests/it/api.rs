@@ -222,3 +222,118 @@ async fn the_api_allowlist_refuses_what_it_does_not_list() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     s.stop().await;
 }
+
+fn pipeline_resources(
+    limit: &str,
+) -> (
+    trellis_resources::Resources,
+    trellis_resources::Configuration,
+) {
+    let components = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: rl\nspec:\n  \
+         type: middleware.http.ratelimit\n  version: v1\n  metadata:\n  - name: maxRequestsPerSecond\n    \
+         value: \"{limit}\"\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  \
+         name: rc\nspec:\n  type: middleware.http.routerchecker\n  version: v1\n  metadata:\n  \
+         - name: rule\n    value: \"^[A-Za-z0-9/._-]+$\"\n"
+    );
+    let config = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  \
+                  httpPipeline:\n    handlers:\n    - {name: rl, type: middleware.http.ratelimit}\n    \
+                  - {name: rc, type: middleware.http.routerchecker}\n";
+    let path = std::path::Path::new("p.yaml");
+    (
+        trellis_resources::parse_str(path, &components).unwrap(),
+        trellis_resources::parse_str(path, config)
+            .unwrap()
+            .configurations
+            .remove(0),
+    )
+}
+
+/// `spec.httpPipeline` runs its middleware in order before any route; `--allowed-origins`
+/// answers browsers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_pipeline_limits_rates_checks_routes_and_cors_answers_browsers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resources, config) = pipeline_resources("5");
+    let s = sidecar("piped", dir.path(), None, |c| {
+        c.resources = resources;
+        c.configuration = Some(config);
+        c.allowed_origins = vec!["http://app.example".into()];
+    })
+    .await;
+    let r = request("GET", &url(&s, "/v1.0/state/statestore/a%20b"), &[], "").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_INVALID_ROUTE");
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            request("GET", &url(&s, "/v1.0/metadata"), &[], "")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 5, "a burst of 12 against 5/s: {statuses:?}");
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let preflight = [
+        ("origin", "http://app.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    let r = request(
+        "OPTIONS",
+        &url(&s, "/v1.0/state/statestore"),
+        &preflight,
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    let r = request(
+        "GET",
+        &url(&s, "/v1.0/metadata"),
+        &[("origin", "http://evil.example")],
+        "",
+    )
+    .await;
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    s.stop().await;
+
+    // A pipeline naming a component the app lacks, or a bad setting, stops the start.
+    for (limit, needle) in [("0", "maxRequestsPerSecond")] {
+        let (resources, config) = pipeline_resources(limit);
+        let mut cfg = trellis_runtime::SidecarConfig::new("bad-pipe", dir.path());
+        cfg.resources = resources;
+        cfg.configuration = Some(config);
+        let listeners = trellis_runtime::Listeners {
+            http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            internal: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            grpc: None,
+        };
+        let err = trellis_runtime::Sidecar::serve(cfg, listeners)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    let (_, config) = pipeline_resources("5");
+    let mut cfg = trellis_runtime::SidecarConfig::new("no-components", dir.path());
+    cfg.configuration = Some(config);
+    let listeners = trellis_runtime::Listeners {
+        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        internal: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: None,
+    };
+    let err = trellis_runtime::Sidecar::serve(cfg, listeners)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no middleware component named \"rl\""),
+        "{err}"
+    );
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod bearer;
 mod grpc;
 mod invoke;
 mod mtls;
