@@ -336,7 +336,7 @@ async fn invoke_part(ctx: &Ctx<'_>, notes: &mut Vec<String>) -> Result<Results> 
     std::fs::create_dir_all(&data_dir)?;
     let http_echo = procs::free_port()?;
     let _http_app = echo::spawn(http_echo).await?;
-    let mut http = sidecar::start_pair(bin, tmp, &data_dir, http_echo).await?;
+    let mut http = sidecar::start_pair(bin, tmp, &data_dir, http_echo, None).await?;
 
     let grpc_echo = procs::free_port()?;
     let _grpc_app = spawn_echo(grpc_echo).await?;

@@ -1,5 +1,6 @@
-//! `trellis-bench invoke`: the same load sent to a small echo app three ways (directly,
-//! through two trellis sidecars, through two nginx hops), and a markdown report of latency,
+//! `trellis-bench invoke`: the same load sent to a small echo app four ways (directly,
+//! through two trellis sidecars with mTLS, through the same pair with mTLS off, through two
+//! nginx hops), and a markdown report of latency,
 //! throughput, CPU, memory and start-up time next to the targets. Scenarios whose parts
 //! are unavailable (no trellis binary, no nginx) are skipped with a note; the rest run.
 
@@ -24,6 +25,8 @@ const ADDED_P99_MS: f64 = 0.30;
 const CPU_CORES: f64 = 0.02;
 const RSS_IDLE_MIB: f64 = 10.0;
 const RSS_LOAD_MIB: f64 = 15.0;
+/// What mTLS between the sidecars may add to the plaintext pair's p50.
+const MTLS_ADDED_P50_MS: f64 = 0.03;
 const START_MS: f64 = 50.0;
 /// The rate at which the latency and CPU targets are defined.
 const TARGET_RATE: u32 = 1000;
@@ -32,6 +35,8 @@ const TARGET_RATE: u32 = 1000;
 const DIRECT: &str = "direct";
 const TRELLIS: &str = "trellis";
 const NGINX: &str = "nginx";
+/// The same two sidecars with mTLS off (`spec.mtls.enabled: false`), to price mTLS.
+const PLAINTEXT: &str = "trellis-plaintext";
 
 #[derive(Args)]
 pub struct InvokeArgs {
@@ -95,10 +100,11 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
 
     let data_dir = tmp.join("trellis-data");
     let mut sidecars = None;
+    let mut plaintext: Option<sidecar::Sidecars> = None;
     if let Some(bin) = &session.bin {
         eprintln!("starting trellis sidecars ({})", bin.display());
         std::fs::create_dir_all(&data_dir)?;
-        let started = sidecar::start_pair(bin, &tmp, &data_dir, echo_port).await;
+        let started = sidecar::start_pair(bin, &tmp, &data_dir, echo_port, None).await;
         if let Some(s) = runner::keep(&mut session.notes, "starting the trellis sidecars", started)
         {
             let target = target(s.a.port, sidecar::INVOKE_PATH);
@@ -109,6 +115,26 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
                     .watch(watch("sidecar B", s.b.pid())),
             );
             sidecars = Some(s);
+        }
+        let plain_dir = tmp.join("plaintext");
+        std::fs::create_dir_all(plain_dir.join("data"))?;
+        let config = plain_dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: plain\nspec:\n  mtls:\n    enabled: false\n",
+        )?;
+        let started = sidecar::start_pair(
+            bin,
+            &plain_dir,
+            &plain_dir.join("data"),
+            echo_port,
+            Some(&config),
+        )
+        .await;
+        if let Some(s) = runner::keep(&mut session.notes, "the plaintext pair", started) {
+            let target = target(s.a.port, sidecar::INVOKE_PATH);
+            scenarios.push(echo_scenario(PLAINTEXT, target, &body, n).against(DIRECT));
+            plaintext = Some(s);
         }
     }
     let nginx = match nginx_bin {
@@ -147,6 +173,9 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
         session.notes.extend(s.stop());
     }
     drop(nginx);
+    if let Some(mut p) = plaintext {
+        session.notes.extend(p.stop());
+    }
 
     let md = render(&args, &session, &results, startup.as_ref());
     session.finish(&md)
@@ -177,7 +206,8 @@ fn render(
         report::secs(bench.warmup)
     );
     s.push_str(
-        "- Paths: direct = client → echo app; trellis = client → sidecar A (HTTP API) → sidecar B → echo app; \
+        "- Paths: direct = client → echo app; trellis = client → sidecar A (HTTP API) → sidecar B (mTLS, the default) → echo app; \
+         trellis-plaintext = the same with `spec.mtls.enabled: false`; \
          nginx = client → nginx hop 1 → nginx hop 2 → echo app. Everything on 127.0.0.1, all on the same cores.\n\n",
     );
     let text = PhaseText {
@@ -248,6 +278,16 @@ fn targets(results: &Results, startup: Option<&(Duration, sidecar::Cycles)>) -> 
             nginx.map_or("—".into(), report::added_ms),
         ));
     }
+    let mtls = results
+        .added_ms(TRELLIS, 0.50)
+        .zip(results.added_ms(PLAINTEXT, 0.50))
+        .map(|(tls, plain)| tls - plain);
+    rows.push(at_most(
+        format!("mTLS adds to p50 ≤ {MTLS_ADDED_P50_MS:.2} ms (vs the plaintext pair)"),
+        mtls,
+        MTLS_ADDED_P50_MS,
+        |v| format!("{v:+.3} ms"),
+    ));
     // Listed even when trellis was skipped, so a skipped run cannot be mistaken for one
     // that met the targets.
     let trellis = results.get(TRELLIS);

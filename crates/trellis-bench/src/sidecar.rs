@@ -90,6 +90,8 @@ pub struct Spec<'a> {
     pub grpc: bool,
     pub data_dir: &'a Path,
     pub resources: Option<&'a Path>,
+    /// A `--config` file (e.g. one that turns mTLS off).
+    pub config: Option<&'a Path>,
     /// Where its stdout and stderr go; their tail is part of any error.
     pub log: PathBuf,
 }
@@ -103,6 +105,7 @@ impl<'a> Spec<'a> {
             grpc: false,
             data_dir,
             resources: None,
+            config: None,
             log,
         }
     }
@@ -174,6 +177,9 @@ impl Sidecar {
         }
         if let Some(dir) = spec.resources {
             cmd.arg("--resources-path").arg(dir);
+        }
+        if let Some(file) = spec.config {
+            cmd.arg("--config").arg(file);
         }
         let (name, log) = (spec.name, spec.log);
         let started = Instant::now();
@@ -260,11 +266,15 @@ pub async fn start_pair(
     dir: &Path,
     data_dir: &Path,
     echo_port: u16,
+    config: Option<&Path>,
 ) -> Result<Sidecars> {
     let mut b = Spec::new("sidecar B", "echo", data_dir, dir.join("sidecar-b.log"));
     b.app = Some((echo_port, "http"));
+    b.config = config;
     let b = Sidecar::start(bin, b).await?;
-    let a = Sidecar::start(bin, spec_a(dir, data_dir, "sidecar-a.log")).await?;
+    let mut a = spec_a(dir, data_dir, "sidecar-a.log");
+    a.config = config;
+    let a = Sidecar::start(bin, a).await?;
     if let Err(e) = load::wait_for_status(a.port, "POST", INVOKE_PATH, 200, REACH_LIMIT).await {
         bail!(
             "sidecar A is healthy but cannot reach the echo app through sidecar B: {e:#}\n\
