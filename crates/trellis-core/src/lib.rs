@@ -1,6 +1,6 @@
 //! What every Trellis crate shares, so that each mechanism exists once: Go-style durations
-//! ([`duration`]), component metadata read by Dapr's rules ([`metadata`]) and RFC 3339
-//! timestamps ([`time`]); behind the `redis` feature, the Redis connection setup every
+//! ([`duration`]), component metadata read by Dapr's rules ([`metadata`]), RFC 3339
+//! timestamps ([`time`]) and sizes such as `4Mi` ([`size`]); behind the `redis` feature, the Redis connection setup every
 //! Redis-backed component shares.
 //!
 //! This crate depends on no other Trellis crate and does no I/O; every building block, the
@@ -10,6 +10,7 @@ pub mod duration;
 pub mod metadata;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod size;
 pub mod time;
 
 pub use duration::{DurationError, Signed};

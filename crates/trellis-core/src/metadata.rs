@@ -237,6 +237,14 @@ impl Metadata {
     }
 
     /// An error about `key` of this component, for checks the getters do not cover.
+    /// A size (`4Mi`, `512Ki`, `100`), or `default` when absent.
+    pub fn size(&self, keys: impl Keys, default: usize) -> Result<usize, MetadataError> {
+        let Some((key, value)) = self.lookup(&keys) else {
+            return Ok(default);
+        };
+        crate::size::parse(value).map_err(|e| self.error(key, Some(value), e.reason))
+    }
+
     pub fn error(&self, key: &str, value: Option<&str>, reason: &str) -> MetadataError {
         MetadataError {
             component: self.component.clone(),

@@ -173,6 +173,12 @@ impl Default for Registries {
                 Ok(Arc::new(m) as Arc<dyn HttpMiddleware>)
             })
         });
+        http_middleware.register("middleware.http.requestsize", &["v1"], |md| {
+            Box::pin(async move {
+                let m = middleware::RequestSize::new(&md).map_err(|e| e.to_string())?;
+                Ok(Arc::new(m) as Arc<dyn HttpMiddleware>)
+            })
+        });
         http_middleware.register("middleware.http.routerchecker", &["v1"], |md| {
             Box::pin(async move {
                 let m = middleware::RouterChecker::new(&md).map_err(|e| e.to_string())?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
 
 /// Flags of `trellis run`. Names, short forms and defaults follow `dapr run`.
@@ -300,27 +300,9 @@ pub fn validate_app_id(id: &str, source: &str) -> anyhow::Result<()> {
     trellis_nameres::validate_app_id(id).map_err(|e| anyhow::anyhow!("{source}: {e}"))
 }
 
-/// Parses Kubernetes-style quantities as Dapr's `--max-body-size` does: 4Mi, 512Ki, 1Gi, 100.
+/// `--max-body-size` and a run file's size keys, by the one size rule of `trellis_core`.
 pub fn parse_size(text: &str) -> anyhow::Result<usize> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().with_context(|| {
-        format!("invalid size {text:?}: expected a number with an optional unit such as 4Mi")
-    })?;
-    let factor: u64 = match unit {
-        "" | "B" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "K" | "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        other => bail!("invalid size unit {other:?} in {text:?}; use Ki, Mi or Gi"),
-    };
-    Ok(usize::try_from(n.saturating_mul(factor)).unwrap_or(usize::MAX))
+    trellis_core::size::parse(text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Whether `NAMESPACE` is set: only then do the namespaces in resource files filter them.

@@ -234,11 +234,14 @@ fn pipeline_resources(
          type: middleware.http.ratelimit\n  version: v1\n  metadata:\n  - name: maxRequestsPerSecond\n    \
          value: \"{limit}\"\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  \
          name: rc\nspec:\n  type: middleware.http.routerchecker\n  version: v1\n  metadata:\n  \
-         - name: rule\n    value: \"^[A-Za-z0-9/._-]+$\"\n"
+         - name: rule\n    value: \"^[A-Za-z0-9/._-]+$\"\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\n\
+         metadata:\n  name: rs\nspec:\n  type: middleware.http.requestsize\n  version: v1\n  \
+         metadata:\n  - name: maxBytes\n    value: 32\n  - name: pathRegex\n    value: \"^/v1.0/state/\"\n"
     );
     let config = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  \
                   httpPipeline:\n    handlers:\n    - {name: rl, type: middleware.http.ratelimit}\n    \
-                  - {name: rc, type: middleware.http.routerchecker}\n";
+                  - {name: rc, type: middleware.http.routerchecker}\n    \
+                  - {name: rs, type: middleware.http.requestsize}\n";
     let path = std::path::Path::new("p.yaml");
     (
         trellis_resources::parse_str(path, &components).unwrap(),
@@ -264,6 +267,18 @@ async fn the_http_pipeline_limits_rates_checks_routes_and_cors_answers_browsers(
     let r = request("GET", &url(&s, "/v1.0/state/statestore/a%20b"), &[], "").await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["errorCode"], "ERR_INVALID_ROUTE");
+    // The state routes take at most 32 bytes; other routes only --max-body-size.
+    let big = r#"[{"key":"k","value":"0123456789abcdef"}]"#;
+    let r = request("POST", &url(&s, "/v1.0/state/statestore"), &[], big).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let r = request("POST", &url(&s, "/v1.0/publish/pubsub/t"), &[], big).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let chunked =
+        trellis_test_support::send_chunked("POST", &url(&s, "/v1.0/state/statestore"), &[], 8, 4)
+            .await
+            .unwrap();
+    assert_eq!(chunked.status, 411, "{}", chunked.text());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut statuses = Vec::new();
     for _ in 0..12 {
         statuses.push(

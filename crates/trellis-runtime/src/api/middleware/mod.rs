@@ -9,6 +9,7 @@
 
 mod bearer;
 mod ratelimit;
+mod requestsize;
 mod routerchecker;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use http::request::Parts;
 
 pub use bearer::Bearer;
 pub use ratelimit::RateLimit;
+pub use requestsize::RequestSize;
 pub use routerchecker::RouterChecker;
 
 use crate::api::ApiError;
