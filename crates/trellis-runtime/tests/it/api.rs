@@ -324,29 +324,13 @@ async fn the_http_pipeline_limits_rates_checks_routes_and_cors_answers_browsers(
         let mut cfg = trellis_runtime::SidecarConfig::new("bad-pipe", dir.path());
         cfg.resources = resources;
         cfg.configuration = Some(config);
-        let listeners = trellis_runtime::Listeners {
-            http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            internal: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            grpc: None,
-        };
-        let err = trellis_runtime::Sidecar::serve(cfg, listeners)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = crate::start_error(cfg).await;
         assert!(err.contains(needle), "{err}");
     }
     let (_, config) = pipeline_resources("5");
     let mut cfg = trellis_runtime::SidecarConfig::new("no-components", dir.path());
     cfg.configuration = Some(config);
-    let listeners = trellis_runtime::Listeners {
-        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        internal: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: None,
-    };
-    let err = trellis_runtime::Sidecar::serve(cfg, listeners)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = crate::start_error(cfg).await;
     assert!(
         err.contains("no middleware component named \"rl\""),
         "{err}"

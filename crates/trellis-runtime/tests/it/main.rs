@@ -69,3 +69,19 @@ async fn start(
 pub fn url(s: &RunningSidecar, path: &str) -> String {
     format!("http://{}{}", s.http_addr, path)
 }
+
+/// Starts a sidecar that must refuse to start; its error, as text.
+pub async fn start_error(config: SidecarConfig) -> String {
+    let listeners = Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        internal: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: None,
+    };
+    match Sidecar::serve(config, listeners).await {
+        Ok(s) => {
+            s.stop().await;
+            panic!("the sidecar started")
+        }
+        Err(e) => e.to_string(),
+    }
+}

@@ -214,15 +214,8 @@ async fn access_control_decides_per_verified_caller_operation_and_verb() {
     // Without mTLS there is no identity to decide on: the sidecar refuses to start.
     let mut config = SidecarConfig::new("no-mtls-acl", dir.path());
     config.configuration = Some(acl_configuration());
-    let listeners = trellis_runtime::Listeners {
-        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        internal: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: None,
-    };
-    let err = trellis_runtime::Sidecar::serve(config, listeners)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("needs mTLS"), "{err}");
+    let err = crate::start_error(config).await;
+    assert!(err.contains("needs mTLS"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::json;
 use tonic::Code;
 use trellis_proto::runtime as pb;
-use trellis_runtime::{Environment, RunningSidecar, StartError};
+use trellis_runtime::{Environment, RunningSidecar};
 use trellis_test_support::request;
 
 use crate::grpc::{assert_status, client};
@@ -236,16 +236,7 @@ async fn unresolvable_secret_refs_stop_the_sidecar_with_a_clear_error() {
         let resources = trellis_resources::parse_str(Path::new("r.yaml"), &yaml).unwrap();
         let mut config = trellis_runtime::SidecarConfig::new("refs", dir.path());
         config.resources = resources;
-        let listeners = trellis_runtime::Listeners {
-            http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            internal: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            grpc: None,
-        };
-        let err = match trellis_runtime::Sidecar::serve(config, listeners).await {
-            Err(StartError::Components(errors)) => errors.join("\n"),
-            Err(other) => panic!("{other}"),
-            Ok(_) => panic!("started with an unresolvable secretKeyRef ({needle})"),
-        };
+        let err = crate::start_error(config).await;
         assert!(err.contains(needle), "{needle:?} not in {err}");
         assert!(err.contains("connectionString"), "{err}");
         assert!(!err.contains(SECRET), "a value leaked: {err}");
