@@ -1,20 +1,24 @@
-// Pub/sub subscriber: a DaprServer (HTTP) subscribing to `pubsub` on up to three topics,
+// Pub/sub subscriber: a DaprServer (HTTP; gRPC `AppCallback` when DAPR_PROTOCOL=grpc)
+// subscribing to `pubsub` on up to three topics,
 // each named by an environment variable so every test uses its own:
 //   TOPIC_PLAIN  server.pubsub.subscribe, every message acknowledged (SUCCESS)
 //   TOPIC_FLAKY  server.pubsub.subscribe, RETRY on a message's first delivery, SUCCESS after
 //   TOPIC_BULK   server.pubsub.subscribeBulk (maxMessagesCount 10, maxAwaitDurationMs 1000)
 // Every handler call is reported as `received`; every bulk request the sidecar sends is
-// reported as `bulk-request` (seen by a middleware on the SDK's own Express app).
+// reported as `bulk-request` (seen by a middleware on the SDK's own Express app; HTTP only).
 "use strict";
 
 const express = require("express");
 const { DaprServer, CommunicationProtocolEnum, DaprPubSubStatusEnum } = require("@dapr/dapr");
-const { report, crash } = require("./report");
+const { report, crash, serverOptions } = require("./report");
 
 const PUBSUB = "pubsub";
 const BULK_MAX_MESSAGES = 10;
 
 async function main() {
+  if (process.env.DAPR_PROTOCOL === "grpc") {
+    return subscribe(new DaprServer(serverOptions()));
+  }
   const app = express();
   const server = new DaprServer({
     serverHost: "127.0.0.1",
@@ -37,7 +41,10 @@ async function main() {
     }
     next();
   });
+  return subscribe(server);
+}
 
+async function subscribe(server) {
   const { TOPIC_PLAIN, TOPIC_FLAKY, TOPIC_BULK } = process.env;
   if (TOPIC_PLAIN) {
     await server.pubsub.subscribe(PUBSUB, TOPIC_PLAIN, async (data, headers) => {

@@ -254,9 +254,9 @@ fn received(report: &Report, topic: &str) -> Vec<String> {
         .collect()
 }
 
-/// Starts the SDK subscriber app with `env` (its `TOPIC_*` variables) and waits until its
-/// sidecar delivers on `topic`: a new consumer group only gets what is published after it
-/// subscribed, so the test publishes warm-up messages until one arrives.
+/// Starts the SDK subscriber app with `env` (its `TOPIC_*` variables; `DAPR_PROTOCOL=grpc`
+/// makes it a gRPC app) and waits until its sidecar delivers on `topic`, publishing
+/// warm-up messages until one arrives, so the test's own messages meet a live subscription.
 async fn start_subscriber(
     dir: &Path,
     report: &Report,
@@ -264,6 +264,9 @@ async fn start_subscriber(
     topic: &str,
 ) -> Sidecar {
     let mut builder = node_app("js-sub", dir, report, "subscriber.js").app_port(free_port());
+    if env.contains(&("DAPR_PROTOCOL", "grpc")) {
+        builder = builder.arg("--app-protocol").arg("grpc");
+    }
     for (k, v) in env {
         builder = builder.env(k, v);
     }
@@ -628,6 +631,38 @@ async fn sdk_grpc_publish_and_publish_bulk_reach_sdk_subscriber() {
     let mut want = expected("publish", 5);
     want.extend(expected("bulk", 5));
     wait_received(&report, &t, &want, &sub).await;
+}
+
+/// The JS `DaprServer` in gRPC mode as a subscriber: events arrive through `OnTopicEvent`,
+/// and a RETRY answer gets the same event again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_grpc_server_app_receives_published_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let (plain, flaky) = (topic("grpc-sub-plain"), topic("grpc-sub-flaky"));
+    let env = [
+        ("DAPR_PROTOCOL", "grpc"),
+        ("TOPIC_PLAIN", plain.as_str()),
+        ("TOPIC_FLAKY", flaky.as_str()),
+    ];
+    let sub = start_subscriber(dir.path(), &report, &env, &plain).await;
+    publish(dir.path(), &report, &plain, "publish", 5, &sub).await;
+    wait_received(&report, &plain, &expected("publish", 5), &sub).await;
+    publish(dir.path(), &report, &flaky, "publish", 3, &sub).await;
+    wait_received(&report, &flaky, &expected("publish", 3), &sub).await;
+    let all_back = report
+        .poll(PATIENCE, |events| {
+            let retried = events.iter().filter(|e| {
+                e["event"] == "received" && e["topic"] == flaky.as_str() && e["attempt"] == 2
+            });
+            retried.count() >= 4
+        })
+        .await;
+    assert!(
+        all_back,
+        "each flaky message comes back after RETRY: {}",
+        report.context(&[&sub])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
