@@ -3,7 +3,8 @@
 //!
 //! As in Dapr, the resource id an app names is stored as `lock||<prefix><resource>`, where
 //! the prefix follows the component's `keyPrefix` (`appid` by default, so two apps' locks
-//! on one store do not meet unless they ask to: `name`, `none`, or a custom prefix).
+//! on one store do not meet unless they ask to: `name`, `none`, or a custom prefix), so
+//! that a daprd and a Trellis sidecar of one app on one Redis lock the same keys.
 //!
 //! The embedded store (`lock.sqlite` on `<data-dir>/lock.db`, offered as `lockstore` when
 //! no lock component exists) opens on first use, so that apps that never lock pay nothing
@@ -17,7 +18,6 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 use trellis_lock::{LockError, LockStore, Metadata, TryLock, UnlockStatus};
 use trellis_resources::Component;
-use trellis_state::KeyPrefix;
 
 use crate::components::{EMBEDDED_LOCK_TYPE, LockFactory, Registries};
 use crate::config::SidecarConfig;
@@ -110,11 +110,11 @@ async fn open_one(
         .get(&component.type_name, &component.version)
         .map_err(|e| format!("spec.type: {e}"))?;
     let metadata = Metadata::new(&component.meta.name, loading::plain_metadata(component)?);
-    let key_prefix = KeyPrefix::parse(metadata.get("keyPrefix")).map_err(|e| e.to_string())?;
-    let prefix = format!(
-        "lock||{}",
-        key_prefix.prefix(&config.app_id, &config.namespace, &component.meta.name)
-    );
+    let prefix = key_prefix(
+        metadata.get("keyPrefix"),
+        &config.app_id,
+        &component.meta.name,
+    )?;
     let store: Arc<dyn LockStore> = if loading::is_built_in(component) {
         Arc::new(LazyLockStore {
             factory: *factory,
@@ -134,6 +134,24 @@ async fn open_one(
         store,
         prefix,
     }))
+}
+
+/// What goes in front of every resource id, by Dapr's rules for lock stores (which are not
+/// quite the state stores': the strategy is lowercased, custom prefixes too, and there is
+/// no `namespace`).
+fn key_prefix(strategy: Option<&str>, app_id: &str, store: &str) -> Result<String, String> {
+    let strategy = strategy.unwrap_or("appid").to_lowercase();
+    if strategy.contains("||") {
+        return Err(format!(
+            "spec.metadata keyPrefix: {strategy:?} must not contain \"||\""
+        ));
+    }
+    Ok(match strategy.as_str() {
+        "none" => "lock||".to_string(),
+        "name" => format!("lock||{store}||"),
+        "appid" | "" => format!("lock||{app_id}||"),
+        custom => format!("lock||{custom}||"),
+    })
 }
 
 /// A lock store opened on its first call; an error opening it surfaces on that call, and
@@ -173,5 +191,21 @@ impl LockStore for LazyLockStore {
 
     async fn unlock(&self, resource: &str, owner: &str) -> Result<UnlockStatus, LockError> {
         self.store().await?.unlock(resource, owner).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_prefix;
+
+    #[test]
+    fn resource_ids_are_prefixed_as_dapr_does() {
+        let p = |s: Option<&str>| key_prefix(s, "shop", "locks");
+        assert_eq!(p(None).as_deref(), Ok("lock||shop||"));
+        assert_eq!(p(Some("AppID")).as_deref(), Ok("lock||shop||"));
+        assert_eq!(p(Some("name")).as_deref(), Ok("lock||locks||"));
+        assert_eq!(p(Some("none")).as_deref(), Ok("lock||"));
+        assert_eq!(p(Some("Team")).as_deref(), Ok("lock||team||"));
+        assert!(p(Some("a||b")).is_err());
     }
 }
