@@ -27,7 +27,7 @@ struct Section {
 const EXPIRY: Duration = Duration::from_secs(1);
 /// What a stalled holder sleeps: longer than its lease, so others take it over.
 const STALL: Duration = Duration::from_millis(1500);
-const CONTEND_FOR: Duration = Duration::from_secs(9);
+const CONTEND_FOR: Duration = Duration::from_secs(11);
 
 impl Section {
     /// Whether the section surely ended while its lease lasted. The lease began when the
@@ -73,10 +73,15 @@ async fn sixteen_clients_in_four_processes_never_overlap() {
                 // the lock must go to someone else meanwhile.
                 let n = acquisitions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let stalled = n % 10 == 9;
+                // Every third works most of its lease, so that a lease handed over early
+                // would overlap it; the others are short, for many hand-overs.
+                let n64 = n as u64;
                 let work = if stalled {
                     STALL
+                } else if n % 3 == 1 {
+                    Duration::from_millis(600 + (n64 * 53) % 250)
                 } else {
-                    Duration::from_millis(20 + (n as u64 * 37) % 80)
+                    Duration::from_millis(20 + (n64 * 37) % 80)
                 };
                 tokio::time::sleep(work).await;
                 let end = Instant::now();
