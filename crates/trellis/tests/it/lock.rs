@@ -120,7 +120,7 @@ async fn sixteen_clients_in_four_processes_never_overlap() {
     log.sort_by_key(|s| s.start);
     let safe: Vec<&Section> = log.iter().filter(|s| s.within_lease()).collect();
     assert!(
-        safe.len() >= 20,
+        safe.len() >= 15,
         "too few sections to judge: {}",
         safe.len()
     );
