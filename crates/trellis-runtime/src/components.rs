@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use trellis_lock::{LockError, LockStore};
 use trellis_pubsub::{PubSub, PubSubError};
 use trellis_resources::registry::Registry;
 use trellis_secrets::{SecretError, SecretStore};
@@ -34,6 +35,10 @@ pub type SecretFactory = fn(
 pub type MiddlewareFactory =
     fn(trellis_core::Metadata) -> BoxFuture<'static, Result<Arc<dyn HttpMiddleware>, String>>;
 
+/// Builds a lock store from its component metadata.
+pub type LockFactory =
+    fn(trellis_lock::Metadata) -> BoxFuture<'static, Result<Arc<dyn LockStore>, LockError>>;
+
 /// The building blocks Dapr defines.
 pub const BUILDING_BLOCKS: [&str; 8] = [
     "state",
@@ -52,12 +57,16 @@ pub const EMBEDDED_STATE_TYPE: &str = "state.sqlite";
 /// The type of the embedded broker used when no pub/sub component is configured.
 pub const EMBEDDED_PUBSUB_TYPE: &str = "pubsub.sqlite";
 
+/// The type of the embedded lock store used when no lock component is configured.
+pub const EMBEDDED_LOCK_TYPE: &str = "lock.sqlite";
+
 #[derive(Debug)]
 pub struct Registries {
     pub state: Registry<StateFactory>,
     pub pubsub: Registry<PubSubFactory>,
     pub secrets: Registry<SecretFactory>,
     pub middleware: Registry<MiddlewareFactory>,
+    pub lock: Registry<LockFactory>,
     /// Building blocks that have no component types yet; kept so that their components are
     /// reported as unknown types of a known block.
     pending: Vec<Registry<()>>,
@@ -185,9 +194,32 @@ impl Default for Registries {
                 Ok(Arc::new(m) as Arc<dyn HttpMiddleware>)
             })
         });
+        #[allow(unused_mut)]
+        let mut lock: Registry<LockFactory> = Registry::new("lock");
+        #[cfg(feature = "lock-sqlite")]
+        lock.register("lock.sqlite", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_lock::sqlite::SqliteLockStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn LockStore>)
+            })
+        });
+        #[cfg(feature = "lock-redis")]
+        lock.register("lock.redis", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_lock::redis::RedisLockStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn LockStore>)
+            })
+        });
+        #[cfg(feature = "lock-postgres")]
+        lock.register("lock.postgresql", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_lock::postgres::PostgresLockStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn LockStore>)
+            })
+        });
         let pending = BUILDING_BLOCKS
             .iter()
-            .filter(|b| !["state", "pubsub", "secretstores", "middleware"].contains(b))
+            .filter(|b| !["state", "pubsub", "secretstores", "middleware", "lock"].contains(b))
             .map(|b| Registry::new(b))
             .collect();
         Self {
@@ -195,6 +227,7 @@ impl Default for Registries {
             pubsub,
             secrets,
             middleware: http_middleware,
+            lock,
             pending,
         }
     }
@@ -207,6 +240,7 @@ const PATH_KEYS: &[(&str, &str)] = &[
     ("state.sqlite", "connectionString"),
     ("pubsub.sqlite", "connectionString"),
     ("secretstores.local.file", "secretsFile"),
+    ("lock.sqlite", "connectionString"),
 ];
 
 /// Rewrites every relative file path in the components' metadata ([`PATH_KEYS`]) to one
@@ -263,6 +297,13 @@ impl Registries {
         if block == "secretstores" {
             return self
                 .secrets
+                .get(type_name, version)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
+        if block == "lock" {
+            return self
+                .lock
                 .get(type_name, version)
                 .map(|_| ())
                 .map_err(|e| e.to_string());

@@ -21,6 +21,7 @@ pub mod health;
 pub mod invoke;
 mod lazy_store;
 mod loading;
+pub mod lock;
 pub mod pubsub;
 pub mod runtime;
 pub mod secrets;

@@ -11,6 +11,7 @@ use trellis_nameres::AppRef;
 use crate::config::{AppChannelConfig, DeliveryPolicy};
 use crate::health::Health;
 use crate::invoke::{AppChannel, Invoker};
+use crate::lock::LockStores;
 use crate::pubsub::PubSubs;
 use crate::secrets::SecretStores;
 use crate::state::StateStores;
@@ -77,6 +78,7 @@ pub struct Runtime {
     pub state: StateStores,
     pub pubsub: PubSubs,
     pub secrets: SecretStores,
+    pub lock: LockStores,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
@@ -118,6 +120,7 @@ pub struct RuntimeParts {
     pub state: StateStores,
     pub pubsub: PubSubs,
     pub secrets: SecretStores,
+    pub lock: LockStores,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
@@ -150,6 +153,7 @@ impl Runtime {
             state: parts.state,
             pubsub: parts.pubsub,
             secrets: parts.secrets,
+            lock: parts.lock,
             acl: parts.acl,
             api_allowlist: parts.api_allowlist,
             http_pipeline: parts.http_pipeline,

@@ -113,6 +113,9 @@ impl Sidecar {
         let pubsub = PubSubs::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
+        let lock = crate::lock::LockStores::open(&config, &registries)
+            .await
+            .map_err(StartError::Components)?;
         let http_pipeline = crate::api::middleware::Pipeline::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
@@ -142,6 +145,12 @@ impl Sidecar {
             name: s.name.clone(),
             type_name: s.type_name.clone(),
             version: s.version.clone(),
+            capabilities: Vec::new(),
+        }));
+        components.extend(lock.iter().map(|l| ComponentSummary {
+            name: l.name.clone(),
+            type_name: l.type_name.clone(),
+            version: l.version.clone(),
             capabilities: Vec::new(),
         }));
 
@@ -222,6 +231,7 @@ impl Sidecar {
             state,
             pubsub,
             secrets,
+            lock,
             acl,
             api_allowlist: config
                 .configuration

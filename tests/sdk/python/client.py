@@ -6,6 +6,7 @@
   stream   streaming subscriptions: subscribe() and subscribe_with_handler() on topics
            `stream-orders` and `stream-handled`, answering SUCCESS, RETRY and DROP
   secrets  get_secret / get_bulk_secret on the `files` store the test configures
+  lock     try_lock / unlock (and try_lock as a context manager) on the embedded `lockstore`
 
 Each SDK call is reported as a step; the test decides what is right."""
 
@@ -171,11 +172,33 @@ def secrets(d):
     step("unknown-store", lambda: d.get_secret("nope", "x").secret)
 
 
+def lock(d):
+    def acquire():
+        got = d.try_lock("lockstore", "py-resource", "py-a", 60)
+        token = got.headers.get("trellis-fencing-token", [None])[0]
+        return {"success": got.success, "token": token}
+
+    def context_manager():
+        with d.try_lock("lockstore", "py-ctx", "py-c", 60) as held:
+            inside = d.try_lock("lockstore", "py-ctx", "py-d", 60).success
+            got = held.success
+        after = d.try_lock("lockstore", "py-ctx", "py-d", 60).success
+        return {"held": got, "other-inside": inside, "other-after": after}
+
+    step("acquire", acquire)
+    step("contended", lambda: d.try_lock("lockstore", "py-resource", "py-b", 60).success)
+    step("unlock-other", lambda: d.unlock("lockstore", "py-resource", "py-b").status.name)
+    step("unlock", lambda: d.unlock("lockstore", "py-resource", "py-a").status.name)
+    step("unlock-again", lambda: d.unlock("lockstore", "py-resource", "py-a").status.name)
+    step("context-manager", context_manager)
+    step("unknown-store", lambda: d.try_lock("nope", "r", "o", 5).success)
+
+
 def main():
     scenario = os.environ["SCENARIO"]
     with DaprClient() as d:
         {"state": state, "publish": publish, "invoke": invoke, "stream": stream,
-         "secrets": secrets}[scenario](d)
+         "secrets": secrets, "lock": lock}[scenario](d)
     finish()
 
 

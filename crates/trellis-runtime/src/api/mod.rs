@@ -14,6 +14,7 @@ pub mod grpc;
 mod internal;
 mod invoke;
 mod layers;
+mod lock;
 mod meta;
 pub mod middleware;
 pub mod ops;
@@ -62,6 +63,8 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         // one at a time.
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
+        .route("/v1.0-alpha1/lock/{store}", post(lock::lock))
+        .route("/v1.0-alpha1/unlock/{store}", post(lock::unlock))
         .route(
             "/v1.0/publish/bulk/{pubsub}/{*topic}",
             post(pubsub::bulk_publish).put(pubsub::bulk_publish),

@@ -8,6 +8,7 @@ mod api;
 mod bearer;
 mod grpc;
 mod invoke;
+mod lock;
 mod mtls;
 mod pubsub;
 mod secrets;

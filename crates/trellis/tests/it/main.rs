@@ -9,6 +9,7 @@
 
 mod discovery;
 mod launcher;
+mod lock;
 mod mtls;
 mod multiapp;
 mod pubsub;

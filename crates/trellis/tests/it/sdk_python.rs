@@ -185,6 +185,38 @@ async fn python_sdk_reads_secrets_over_grpc() {
     }
 }
 
+/// `try_lock` and `unlock` over gRPC on the embedded lock store, `try_lock` as a context
+/// manager, and the fencing token in the response headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_locks_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-lock", dir.path(), &report, "client.py")
+        .env("SCENARIO", "lock")
+        .spawn();
+    report.wait_client("py-lock", &mut app, &[]).await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("py-lock");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+    let acquired = r("acquire");
+    assert_eq!(acquired["success"], true, "{ctx}");
+    let token = acquired["token"].as_str().unwrap_or_default();
+    assert!(token.parse::<u64>().is_ok_and(|t| t > 0), "{acquired}");
+    assert_eq!(r("contended"), json!(false), "{ctx}");
+    assert_eq!(r("unlock-other"), json!("lock_belongs_to_others"), "{ctx}");
+    assert_eq!(r("unlock"), json!("success"), "{ctx}");
+    assert_eq!(r("unlock-again"), json!("lock_does_not_exist"), "{ctx}");
+    assert_eq!(
+        r("context-manager"),
+        json!({"held": true, "other-inside": false, "other-after": true}),
+        "{ctx}"
+    );
+    let e = error(&steps, "unknown-store", &ctx);
+    assert_eq!(e["code"], "INVALID_ARGUMENT", "{ctx}");
+    let details = e["details"].as_str().unwrap_or_default();
+    assert!(details.contains("lock store nope not found"), "{details}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_state_and_metadata_over_grpc() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,9 @@ use trellis_proto::runtime::{self as pb, dapr_server::Dapr};
 use trellis_state::{Concurrency, Consistency};
 
 use super::status::to_status;
-use crate::api::ops::{pubsub as pubsub_ops, secrets as secret_ops, state as state_ops};
+use crate::api::ops::{
+    lock as lock_ops, pubsub as pubsub_ops, secrets as secret_ops, state as state_ops,
+};
 use crate::runtime::Runtime;
 
 pub struct DaprApi {
@@ -124,6 +126,46 @@ impl Dapr for DaprApi {
             })
             .collect();
         Ok(Response::new(pb::GetBulkSecretResponse { data }))
+    }
+
+    async fn try_lock_alpha1(
+        &self,
+        request: Request<pb::TryLockRequest>,
+    ) -> Reply<pb::TryLockResponse> {
+        let req = request.into_inner();
+        let got = lock_ops::try_lock(
+            &self.rt,
+            &req.store_name,
+            &req.resource_id,
+            &req.lock_owner,
+            i64::from(req.expiry_in_seconds),
+        )
+        .await
+        .map_err(to_status)?;
+        let mut resp = Response::new(pb::TryLockResponse {
+            success: got.acquired(),
+        });
+        // The fencing token, a Trellis extension, as response metadata.
+        if let trellis_lock::TryLock::Acquired { fencing_token } = got {
+            resp.metadata_mut().insert(
+                lock_ops::FENCING_TOKEN_HEADER,
+                tonic::metadata::MetadataValue::from(fencing_token),
+            );
+        }
+        Ok(resp)
+    }
+
+    async fn unlock_alpha1(
+        &self,
+        request: Request<pb::UnlockRequest>,
+    ) -> Reply<pb::UnlockResponse> {
+        let req = request.into_inner();
+        let status = lock_ops::unlock(&self.rt, &req.store_name, &req.resource_id, &req.lock_owner)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::UnlockResponse {
+            status: lock_ops::status_code(status),
+        }))
     }
 
     async fn get_state(
