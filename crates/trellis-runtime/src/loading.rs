@@ -1,11 +1,13 @@
 //! What every building block does the same way when it opens its components: pick the ones
-//! this app sees (or the built-in default), read their metadata, and run a factory within
-//! the component's `initTimeout`, honouring `ignoreErrors`.
+//! this app sees (or the built-in default), read their metadata, run a factory within the
+//! component's `initTimeout`, honouring `ignoreErrors`, and keep what opened by name
+//! ([`Opened`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use trellis_resources::{Component, MetadataValue};
@@ -125,4 +127,38 @@ pub async fn init<T, E: Display>(
         return Ok(None);
     }
     Err(result)
+}
+
+/// The opened components of one building block, by name.
+#[derive(Debug)]
+pub struct Opened<T> {
+    by_name: BTreeMap<String, Arc<T>>,
+}
+
+impl<T> Default for Opened<T> {
+    fn default() -> Self {
+        Self {
+            by_name: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> From<BTreeMap<String, Arc<T>>> for Opened<T> {
+    fn from(by_name: BTreeMap<String, Arc<T>>) -> Self {
+        Self { by_name }
+    }
+}
+
+impl<T> Opened<T> {
+    pub fn get(&self, name: &str) -> Option<&Arc<T>> {
+        self.by_name.get(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<T>> {
+        self.by_name.values()
+    }
 }

@@ -43,24 +43,10 @@ impl LockComponent {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct LockStores {
-    stores: BTreeMap<String, Arc<LockComponent>>,
-}
+/// This app's lock components by name.
+pub type LockStores = crate::loading::Opened<LockComponent>;
 
 impl LockStores {
-    pub fn get(&self, name: &str) -> Option<&Arc<LockComponent>> {
-        self.stores.get(name)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stores.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<LockComponent>> {
-        self.stores.values()
-    }
-
     /// Opens every lock component scoped to this app, or the embedded default when there
     /// is none. Returns every problem at once.
     pub async fn open(
@@ -93,7 +79,7 @@ impl LockStores {
             }
         }
         if errors.is_empty() {
-            Ok(Self { stores })
+            Ok(Self::from(stores))
         } else {
             Err(errors)
         }

@@ -133,24 +133,10 @@ impl TopicScopes {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct PubSubs {
-    components: BTreeMap<String, Arc<PubSubComponent>>,
-}
+/// This app's pubsub components by name.
+pub type PubSubs = crate::loading::Opened<PubSubComponent>;
 
 impl PubSubs {
-    pub fn get(&self, name: &str) -> Option<&Arc<PubSubComponent>> {
-        self.components.get(name)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.components.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<PubSubComponent>> {
-        self.components.values()
-    }
-
     /// Opens every pub/sub component scoped to this app, or the embedded default when
     /// there is none. Returns every problem at once.
     pub async fn open(
@@ -179,7 +165,7 @@ impl PubSubs {
             }
         }
         if errors.is_empty() {
-            Ok(Self { components: opened })
+            Ok(Self::from(opened))
         } else {
             Err(errors)
         }

@@ -47,24 +47,10 @@ impl SecretComponent {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct SecretStores {
-    stores: BTreeMap<String, Arc<SecretComponent>>,
-}
+/// This app's secrets components by name.
+pub type SecretStores = crate::loading::Opened<SecretComponent>;
 
 impl SecretStores {
-    pub fn get(&self, name: &str) -> Option<&Arc<SecretComponent>> {
-        self.stores.get(name)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stores.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<SecretComponent>> {
-        self.stores.values()
-    }
-
     /// Opens every secret store component scoped to this app. Returns every problem at once.
     pub async fn open(
         config: &SidecarConfig,
@@ -101,7 +87,7 @@ impl SecretStores {
             }
         }
         if errors.is_empty() {
-            Ok(Self { stores })
+            Ok(Self::from(stores))
         } else {
             Err(errors)
         }

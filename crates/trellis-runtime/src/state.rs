@@ -49,24 +49,10 @@ impl StateComponent {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct StateStores {
-    stores: BTreeMap<String, Arc<StateComponent>>,
-}
+/// This app's state components by name.
+pub type StateStores = crate::loading::Opened<StateComponent>;
 
 impl StateStores {
-    pub fn get(&self, name: &str) -> Option<&Arc<StateComponent>> {
-        self.stores.get(name)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stores.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<StateComponent>> {
-        self.stores.values()
-    }
-
     /// Opens every state component scoped to this app, or the embedded default when there
     /// is none. Returns every problem at once.
     pub async fn open(
@@ -99,7 +85,7 @@ impl StateStores {
             }
         }
         if errors.is_empty() {
-            Ok(Self { stores })
+            Ok(Self::from(stores))
         } else {
             Err(errors)
         }
