@@ -19,6 +19,7 @@
 mod direct;
 mod echo;
 mod grpc;
+mod handshake;
 mod invoke;
 mod load;
 mod nginx;
@@ -52,6 +53,8 @@ enum Cmd {
     /// gRPC invocation (proxied and InvokeService) and gRPC state through sidecars vs.
     /// direct, beside the HTTP paths.
     Grpc(grpc::GrpcArgs),
+    /// What opening a sidecar-to-sidecar connection costs with mTLS vs plain TCP.
+    Handshake(handshake::HandshakeArgs),
     /// The gRPC echo app used by `grpc` (the bench starts it itself).
     #[command(hide = true)]
     GrpcEchoServer {
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
         Cmd::State(args) => return rt.block_on(interruptible(state::run(args))),
         Cmd::Pubsub(args) => return rt.block_on(interruptible(pubsub::run(args))),
         Cmd::Grpc(args) => return rt.block_on(interruptible(grpc::run(args))),
+        Cmd::Handshake(args) => return rt.block_on(interruptible(handshake::run(args))),
     };
     // Don't wait for the blocked stdin reader when serving failed.
     rt.shutdown_background();
