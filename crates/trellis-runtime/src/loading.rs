@@ -150,6 +150,39 @@ impl<T> From<BTreeMap<String, Arc<T>>> for Opened<T> {
 }
 
 impl<T> Opened<T> {
+    /// Opens each of `components` with `open` (given the component, so that its future
+    /// owns what it needs), keeping what opened by component name; every failure joins
+    /// `errors` with the component's location, and all of them come back at once.
+    pub async fn open_each<Fut>(
+        components: Vec<Component>,
+        mut errors: Vec<String>,
+        what: &'static str,
+        mut open: impl FnMut(Component) -> Fut,
+    ) -> Result<Self, Vec<String>>
+    where
+        Fut: Future<Output = Result<Option<T>, String>>,
+    {
+        let mut by_name = BTreeMap::new();
+        for component in components {
+            let name = component.meta.name.clone();
+            let location = component.location.to_string();
+            let type_name = component.type_name.clone();
+            match open(component).await {
+                Ok(Some(opened)) => {
+                    tracing::debug!(name, type_name, what, "component ready");
+                    by_name.insert(name, Arc::new(opened));
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("{location}: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self { by_name })
+        } else {
+            Err(errors)
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<T>> {
         self.by_name.get(name)
     }

@@ -10,7 +10,6 @@
 //! no lock component exists) opens on first use, so that apps that never lock pay nothing
 //! for it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,27 +61,11 @@ impl LockStores {
                 type_name: EMBEDDED_LOCK_TYPE,
                 file: "lock.db",
             });
-        let (components, mut errors) = loading::select(config, "lock", embedded);
-        let mut stores = BTreeMap::new();
-        for component in components {
-            match open_one(&component, config, registries).await {
-                Ok(Some(lock)) => {
-                    tracing::debug!(
-                        name = lock.name,
-                        type_name = lock.type_name,
-                        "lock store ready"
-                    );
-                    stores.insert(lock.name.clone(), Arc::new(lock));
-                }
-                Ok(None) => {}
-                Err(e) => errors.push(format!("{}: {e}", component.location)),
-            }
-        }
-        if errors.is_empty() {
-            Ok(Self::from(stores))
-        } else {
-            Err(errors)
-        }
+        let (components, errors) = loading::select(config, "lock", embedded);
+        Self::open_each(components, errors, "lock store", |c| async move {
+            open_one(&c, config, registries).await
+        })
+        .await
     }
 }
 

@@ -152,23 +152,11 @@ impl PubSubs {
                 type_name: EMBEDDED_PUBSUB_TYPE,
                 file: "pubsub.db",
             });
-        let (components, mut errors) = loading::select(config, "pubsub", embedded);
-        let mut opened = BTreeMap::new();
-        for component in components {
-            match open_one(&component, registries).await {
-                Ok(Some(ps)) => {
-                    tracing::debug!(name = ps.name, type_name = ps.type_name, "pub/sub ready");
-                    opened.insert(ps.name.clone(), Arc::new(ps));
-                }
-                Ok(None) => {}
-                Err(e) => errors.push(format!("{}: {e}", component.location)),
-            }
-        }
-        if errors.is_empty() {
-            Ok(Self::from(opened))
-        } else {
-            Err(errors)
-        }
+        let (components, errors) = loading::select(config, "pubsub", embedded);
+        Self::open_each(components, errors, "pub/sub", |c| async move {
+            open_one(&c, registries).await
+        })
+        .await
     }
 }
 

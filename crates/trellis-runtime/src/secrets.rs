@@ -56,41 +56,26 @@ impl SecretStores {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Self, Vec<String>> {
-        let (components, mut errors) = loading::select(config, "secretstores", None);
+        let (components, errors) = loading::select(config, "secretstores", None);
         let scopes: Vec<SecretsScope> = config
             .configuration
             .as_ref()
             .and_then(|c| c.spec.secrets.as_ref())
             .map(|s| s.scopes.clone())
             .unwrap_or_default();
-        let mut stores = BTreeMap::new();
-        for component in components {
-            match open_one(&component, config, registries).await {
-                Ok(Some(store)) => {
-                    let scope = scopes.iter().find(|s| s.store_name == component.meta.name);
-                    let secret = SecretComponent {
-                        name: component.meta.name.clone(),
-                        type_name: component.type_name.clone(),
-                        version: component.version.clone(),
-                        store,
-                        scope: scope.cloned(),
-                    };
-                    tracing::debug!(
-                        name = secret.name,
-                        type_name = secret.type_name,
-                        "secret store ready"
-                    );
-                    stores.insert(secret.name.clone(), Arc::new(secret));
-                }
-                Ok(None) => {}
-                Err(e) => errors.push(format!("{}: {e}", component.location)),
-            }
-        }
-        if errors.is_empty() {
-            Ok(Self::from(stores))
-        } else {
-            Err(errors)
-        }
+        let scopes = &scopes;
+        Self::open_each(components, errors, "secret store", |c| async move {
+            let scope = scopes.iter().find(|s| s.store_name == c.meta.name).cloned();
+            let store = open_one(&c, config, registries).await?;
+            Ok(store.map(|store| SecretComponent {
+                name: c.meta.name.clone(),
+                type_name: c.type_name.clone(),
+                version: c.version.clone(),
+                store,
+                scope,
+            }))
+        })
+        .await
     }
 }
 

@@ -1,7 +1,6 @@
 //! The state stores of one sidecar: built from its components, found by name, each with the
 //! key prefix of this app.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use trellis_resources::Component;
@@ -68,27 +67,11 @@ impl StateStores {
                 type_name: EMBEDDED_STATE_TYPE,
                 file: "state.db",
             });
-        let (components, mut errors) = loading::select(config, "state", embedded);
-        let mut stores = BTreeMap::new();
-        for component in components {
-            match open_one(&component, config, registries).await {
-                Ok(Some(state)) => {
-                    tracing::debug!(
-                        name = state.name,
-                        type_name = state.type_name,
-                        "state store ready"
-                    );
-                    stores.insert(state.name.clone(), Arc::new(state));
-                }
-                Ok(None) => {}
-                Err(e) => errors.push(format!("{}: {e}", component.location)),
-            }
-        }
-        if errors.is_empty() {
-            Ok(Self::from(stores))
-        } else {
-            Err(errors)
-        }
+        let (components, errors) = loading::select(config, "state", embedded);
+        Self::open_each(components, errors, "state store", |c| async move {
+            open_one(&c, config, registries).await
+        })
+        .await
     }
 }
 
