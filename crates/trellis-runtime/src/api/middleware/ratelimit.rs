@@ -1,6 +1,8 @@
 //! `middleware.http.ratelimit`: at most `maxRequestsPerSecond` (default 100) API requests a
 //! second per caller address, as a token bucket (bursts up to one second's worth); over
-//! the limit is 429.
+//! the limit is 429. Buckets of callers silent for a second are full again, so they are
+//! dropped whenever the map grows past [`SWEEP_AT`] entries: many distinct callers cannot
+//! grow it without bound.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +16,9 @@ use http::request::Parts;
 
 use super::HttpMiddleware;
 use crate::api::ApiError;
+
+/// How many callers' buckets are kept before the full ones are swept out.
+const SWEEP_AT: usize = 1024;
 
 #[derive(Debug)]
 pub struct RateLimit {
@@ -42,6 +47,10 @@ impl RateLimit {
     /// Takes a token for `caller` at `now`, if one is left.
     fn take(&self, caller: Option<IpAddr>, now: Instant) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= SWEEP_AT {
+            // A bucket idle for a second has refilled: dropping it changes nothing.
+            buckets.retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() < 1.0);
+        }
         let bucket = buckets.entry(caller).or_insert(Bucket {
             tokens: self.per_second,
             at: now,
@@ -103,6 +112,13 @@ mod tests {
             "half a second refills one"
         );
         assert!(!limit.take(a, t0 + Duration::from_millis(500)));
+        // Many distinct callers: full buckets are swept, the map stays bounded.
+        for i in 0..3000u32 {
+            let ip = Some(IpAddr::from(i.to_be_bytes()));
+            limit.take(ip, t0 + Duration::from_secs(2 + u64::from(i / 1000)));
+        }
+        let kept = limit.buckets.lock().map(|b| b.len()).unwrap_or_default();
+        assert!(kept <= SWEEP_AT + 1000, "{kept} buckets kept");
         let zero = trellis_core::Metadata::from_pairs([("maxRequestsPerSecond", "0")]);
         assert!(RateLimit::new(&zero).is_err());
     }
