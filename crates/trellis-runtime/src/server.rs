@@ -65,7 +65,11 @@ pub async fn serve_with<S>(
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));
     tokio::pin!(shutdown);
+    // Every connection's task, so that the ones still open when the drain time is up are
+    // really closed (aborted), not just left behind.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -81,10 +85,10 @@ pub async fn serve_with<S>(
                 let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
                 match tls.clone() {
                     None => {
-                        tokio::spawn(serve_connection(builder, stream, service, peer, None, watcher));
+                        connections.spawn(serve_connection(builder, stream, service, peer, None, watcher));
                     }
                     Some(acceptor) => {
-                        tokio::spawn(async move {
+                        connections.spawn(async move {
                             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                             let tls = match handshake.await {
                                 Ok(Ok(tls)) => tls,
@@ -116,7 +120,8 @@ pub async fn serve_with<S>(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain) => {
-            tracing::warn!(address = ?local, drain_secs = drain.as_secs_f64(), "in-flight requests did not finish in time; closing them");
+            tracing::warn!(address = ?local, drain_secs = drain.as_secs_f64(), open = connections.len(), "in-flight requests did not finish in time; closing them");
+            connections.abort_all();
         }
     }
 }
