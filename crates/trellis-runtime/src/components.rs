@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use trellis_configuration::{ConfigurationError, ConfigurationStore};
 use trellis_lock::{LockError, LockStore};
 use trellis_pubsub::{PubSub, PubSubError};
 use trellis_resources::registry::Registry;
@@ -39,6 +40,12 @@ pub type MiddlewareFactory =
 pub type LockFactory =
     fn(trellis_lock::Metadata) -> BoxFuture<'static, Result<Arc<dyn LockStore>, LockError>>;
 
+/// Builds a configuration store from its component metadata.
+pub type ConfigurationFactory =
+    fn(
+        trellis_configuration::Metadata,
+    ) -> BoxFuture<'static, Result<Arc<dyn ConfigurationStore>, ConfigurationError>>;
+
 /// The building blocks Dapr defines.
 pub const BUILDING_BLOCKS: [&str; 8] = [
     "state",
@@ -60,6 +67,10 @@ pub const EMBEDDED_PUBSUB_TYPE: &str = "pubsub.sqlite";
 /// The type of the embedded lock store used when no lock component is configured.
 pub const EMBEDDED_LOCK_TYPE: &str = "lock.sqlite";
 
+/// The type of the embedded configuration store used when no configuration component is
+/// configured.
+pub const EMBEDDED_CONFIGURATION_TYPE: &str = "configuration.sqlite";
+
 #[derive(Debug)]
 pub struct Registries {
     pub state: Registry<StateFactory>,
@@ -67,6 +78,7 @@ pub struct Registries {
     pub secrets: Registry<SecretFactory>,
     pub middleware: Registry<MiddlewareFactory>,
     pub lock: Registry<LockFactory>,
+    pub configuration: Registry<ConfigurationFactory>,
     /// Building blocks that have no component types yet; kept so that their components are
     /// reported as unknown types of a known block.
     pending: Vec<Registry<()>>,
@@ -217,9 +229,37 @@ impl Default for Registries {
                 Ok(Arc::new(store) as Arc<dyn LockStore>)
             })
         });
+        #[allow(unused_mut)]
+        let mut configuration: Registry<ConfigurationFactory> = Registry::new("configuration");
+        #[cfg(feature = "configuration-sqlite")]
+        configuration.register("configuration.sqlite", &["v1"], |md| {
+            Box::pin(async move {
+                let store =
+                    trellis_configuration::sqlite::SqliteConfigurationStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn ConfigurationStore>)
+            })
+        });
+        #[cfg(feature = "configuration-redis")]
+        configuration.register("configuration.redis", &["v1"], |md| {
+            Box::pin(async move {
+                let store =
+                    trellis_configuration::redis::RedisConfigurationStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn ConfigurationStore>)
+            })
+        });
         let pending = BUILDING_BLOCKS
             .iter()
-            .filter(|b| !["state", "pubsub", "secretstores", "middleware", "lock"].contains(b))
+            .filter(|b| {
+                ![
+                    "state",
+                    "pubsub",
+                    "secretstores",
+                    "middleware",
+                    "lock",
+                    "configuration",
+                ]
+                .contains(b)
+            })
             .map(|b| Registry::new(b))
             .collect();
         Self {
@@ -228,6 +268,7 @@ impl Default for Registries {
             secrets,
             middleware: http_middleware,
             lock,
+            configuration,
             pending,
         }
     }
@@ -241,6 +282,7 @@ const PATH_KEYS: &[(&str, &str)] = &[
     ("pubsub.sqlite", "connectionString"),
     ("secretstores.local.file", "secretsFile"),
     ("lock.sqlite", "connectionString"),
+    ("configuration.sqlite", "connectionString"),
 ];
 
 /// Rewrites every relative file path in the components' metadata ([`PATH_KEYS`]) to one
@@ -308,6 +350,13 @@ impl Registries {
                 .map(|_| ())
                 .map_err(|e| e.to_string());
         }
+        if block == "configuration" {
+            return self
+                .configuration
+                .get(type_name, version)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
         match self.pending.iter().find(|r| r.block() == block) {
             Some(registry) => registry
                 .get(type_name, version)
@@ -340,6 +389,11 @@ mod tests {
         assert!(r.check("pubsub.kafka", "v1").is_err());
         #[cfg(feature = "pubsub-sqlite")]
         assert!(r.check("pubsub.sqlite", "v1").is_ok());
+        #[cfg(feature = "configuration-redis")]
+        assert!(r.check("configuration.redis", "v1").is_ok());
+        let err = r.check("configuration.nope", "v1").unwrap_err();
+        #[cfg(feature = "configuration-sqlite")]
+        assert!(err.contains("configuration.sqlite"), "{err}");
     }
 
     #[test]

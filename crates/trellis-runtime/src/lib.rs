@@ -16,6 +16,7 @@ pub mod cel;
 pub mod cloudevent;
 pub mod components;
 pub mod config;
+pub mod configuration;
 pub mod delivery;
 pub mod health;
 pub mod invoke;

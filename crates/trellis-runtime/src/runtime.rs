@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use trellis_nameres::AppRef;
 
 use crate::config::{AppChannelConfig, DeliveryPolicy};
+use crate::configuration::ConfigurationStores;
 use crate::health::Health;
 use crate::invoke::{AppChannel, Invoker};
 use crate::lock::LockStores;
@@ -79,6 +80,7 @@ pub struct Runtime {
     pub pubsub: PubSubs,
     pub secrets: SecretStores,
     pub lock: LockStores,
+    pub configuration: ConfigurationStores,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
@@ -121,6 +123,7 @@ pub struct RuntimeParts {
     pub pubsub: PubSubs,
     pub secrets: SecretStores,
     pub lock: LockStores,
+    pub configuration: ConfigurationStores,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
@@ -154,6 +157,7 @@ impl Runtime {
             pubsub: parts.pubsub,
             secrets: parts.secrets,
             lock: parts.lock,
+            configuration: parts.configuration,
             acl: parts.acl,
             api_allowlist: parts.api_allowlist,
             http_pipeline: parts.http_pipeline,

@@ -116,6 +116,9 @@ impl Sidecar {
         let lock = crate::lock::LockStores::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
+        let configuration = crate::configuration::ConfigurationStores::open(&config, &registries)
+            .await
+            .map_err(StartError::Components)?;
         let http_pipeline = crate::api::middleware::Pipeline::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
@@ -151,6 +154,12 @@ impl Sidecar {
             name: l.name.clone(),
             type_name: l.type_name.clone(),
             version: l.version.clone(),
+            capabilities: Vec::new(),
+        }));
+        components.extend(configuration.iter().map(|c| ComponentSummary {
+            name: c.name.clone(),
+            type_name: c.type_name.clone(),
+            version: c.version.clone(),
             capabilities: Vec::new(),
         }));
 
@@ -232,6 +241,7 @@ impl Sidecar {
             pubsub,
             secrets,
             lock,
+            configuration,
             acl,
             api_allowlist: config
                 .configuration

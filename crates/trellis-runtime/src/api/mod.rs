@@ -8,6 +8,7 @@
 
 mod allowlist;
 pub mod callbacks;
+mod configuration;
 mod error;
 mod gojson;
 pub mod grpc;
@@ -63,6 +64,11 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         // one at a time.
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
+        .route("/v1.0/configuration/{store}", get(configuration::get))
+        .route(
+            "/v1.0-alpha1/configuration/{store}",
+            get(configuration::get),
+        )
         .route("/v1.0-alpha1/lock/{store}", post(lock::lock))
         .route("/v1.0-alpha1/unlock/{store}", post(lock::unlock))
         .route(

@@ -529,7 +529,7 @@ async fn rpcs_of_missing_building_blocks_are_unimplemented_by_name() {
     for (path, block) in [
         ("/dapr.proto.runtime.v1.Dapr/InvokeBinding", "bindings"),
         (
-            "/dapr.proto.runtime.v1.Dapr/GetConfigurationAlpha1",
+            "/dapr.proto.runtime.v1.Dapr/SubscribeConfigurationAlpha1",
             "configuration",
         ),
         ("/dapr.proto.runtime.v1.Dapr/StartWorkflowBeta1", "workflow"),

@@ -6,6 +6,7 @@
 
 mod api;
 mod bearer;
+mod configuration;
 mod grpc;
 mod invoke;
 mod lock;

@@ -7,6 +7,7 @@
 //!
 //! [`ApiError`]: super::ApiError
 
+pub mod configuration;
 pub mod lock;
 pub mod pubsub;
 pub mod secrets;

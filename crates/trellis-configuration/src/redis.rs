@@ -1,0 +1,133 @@
+//! `configuration.redis`: Dapr's Redis configuration store. Each item is one string key,
+//! named as the item is, holding `value||version` (the `||version` part is optional; a
+//! value without it has an empty version), as Dapr reads it. The store only reads; items
+//! are written with any Redis client (`SET orders.limit "10||1"`).
+//!
+//! Reading every item (an empty key list) walks the keyspace with `SCAN` and reads the
+//! string keys it finds, as Dapr does; keys of other types are skipped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use trellis_core::redis::RedisSettings;
+
+use crate::{ConfigurationError, ConfigurationStore, Item, Metadata};
+
+/// `SCAN`'s page size when reading every item.
+const SCAN_COUNT: usize = 1000;
+
+/// `configuration.redis`. See the module docs.
+pub struct RedisConfigurationStore {
+    conn: ConnectionManager,
+    host: String,
+    /// The bound on one call: connecting plus answering.
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfigurationStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfigurationStore")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits a stored `value||version` as Dapr does: at the last `||`.
+pub fn parse_value(raw: &str) -> Item {
+    match raw.rsplit_once("||") {
+        Some((value, version)) => Item::new(value, version),
+        None => Item::new(raw, ""),
+    }
+}
+
+impl RedisConfigurationStore {
+    /// Connects to `redisHost`; fails when Redis does not answer.
+    pub async fn open(metadata: &Metadata) -> Result<Self, ConfigurationError> {
+        let settings = RedisSettings::from_metadata(metadata)?;
+        let conn = settings
+            .connect()
+            .await
+            .map_err(ConfigurationError::backend)?
+            .conn;
+        Ok(RedisConfigurationStore {
+            conn,
+            host: settings.address(),
+            timeout: settings.dial_timeout + settings.read_timeout,
+        })
+    }
+
+    async fn read(&self, keys: &[String]) -> Result<BTreeMap<String, Item>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = if keys.is_empty() {
+            let mut all = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .arg("TYPE")
+                    .arg("string")
+                    .query_async(&mut conn)
+                    .await?;
+                all.extend(page);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            all.sort();
+            all.dedup();
+            all
+        } else {
+            keys.to_vec()
+        };
+        let mut items = BTreeMap::new();
+        if keys.is_empty() {
+            return Ok(items);
+        }
+        // MGET answers nil for a missing key and for a key that is not a string.
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        for (key, value) in keys.into_iter().zip(values) {
+            if let Some(raw) = value {
+                items.insert(key, parse_value(&raw));
+            }
+        }
+        Ok(items)
+    }
+}
+
+#[async_trait]
+impl ConfigurationStore for RedisConfigurationStore {
+    async fn get(
+        &self,
+        keys: &[String],
+        _metadata: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, Item>, ConfigurationError> {
+        let call = || self.read(keys);
+        match tokio::time::timeout(self.timeout, trellis_core::redis::retry_refused(call)).await {
+            Ok(res) => res.map_err(ConfigurationError::backend),
+            Err(_) => Err(ConfigurationError::Backend(format!(
+                "redis at {} did not answer within {:?}",
+                self.host, self.timeout
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_value;
+    use crate::Item;
+
+    #[test]
+    fn values_split_at_the_last_separator() {
+        assert_eq!(parse_value("10||3"), Item::new("10", "3"));
+        assert_eq!(parse_value("plain"), Item::new("plain", ""));
+        assert_eq!(parse_value("a||b||7"), Item::new("a||b", "7"));
+        assert_eq!(parse_value(""), Item::new("", ""));
+    }
+}
