@@ -2,9 +2,11 @@
 //!
 //! `trellis run` starts a sidecar in this process, launches the app, and supervises both;
 //! `trellis run -f trellis.yaml` does the same for several apps at once; `trellis list`
-//! shows the sidecars running on this machine.
+//! shows the sidecars running on this machine; `trellis config` writes and reads the
+//! embedded configuration store.
 
 mod args;
+mod config_cmd;
 mod launcher;
 mod mtls;
 mod runfile;
@@ -34,6 +36,11 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long, short = 'o', value_parser = ["table", "json"], default_value = "table")]
         output: String,
+    },
+    /// Set or read items of the embedded configuration store (`configstore`).
+    Config {
+        #[command(subcommand)]
+        command: config_cmd::ConfigCommand,
     },
 }
 
@@ -86,6 +93,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command } => {
+            build_runtime(1)?.block_on(config_cmd::run(command))?;
             Ok(ExitCode::SUCCESS)
         }
     }

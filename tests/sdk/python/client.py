@@ -7,6 +7,7 @@
            `stream-orders` and `stream-handled`, answering SUCCESS, RETRY and DROP
   secrets  get_secret / get_bulk_secret on the `files` store the test configures
   lock     try_lock / unlock (and try_lock as a context manager) on the embedded `lockstore`
+  config   get_configuration on the embedded `configstore` (the test seeds `limit` and `mode`)
 
 Each SDK call is reported as a step; the test decides what is right."""
 
@@ -194,11 +195,22 @@ def lock(d):
     step("unknown-store", lambda: d.try_lock("nope", "r", "o", 5).success)
 
 
+def configuration(d):
+    def items(keys, store="configstore"):
+        got = d.get_configuration(store, keys).items
+        return {k: {"value": v.value, "version": v.version, "metadata": dict(v.metadata)}
+                for k, v in got.items()}
+
+    step("get", lambda: items(["limit", "missing"]))
+    step("all", lambda: items([]))
+    step("unknown-store", lambda: items(["limit"], store="nope"))
+
+
 def main():
     scenario = os.environ["SCENARIO"]
     with DaprClient() as d:
         {"state": state, "publish": publish, "invoke": invoke, "stream": stream,
-         "secrets": secrets, "lock": lock}[scenario](d)
+         "secrets": secrets, "lock": lock, "config": configuration}[scenario](d)
     finish()
 
 

@@ -658,3 +658,36 @@ async fn the_python_sdk_example_works() {
         "{out}"
     );
 }
+
+/// `get_configuration` over gRPC on the embedded configuration store, seeded with `trellis
+/// config set` as a user would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_reads_configuration_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["config", "set", "limit", "10"][..],
+        &["config", "set", "mode", "fast", "-m", "team=ops"][..],
+    ] {
+        let (code, p) = crate::run_to_end(crate::trellis(args, dir.path())).await;
+        assert_eq!(code, Some(0), "{}", p.output());
+    }
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-config", dir.path(), &report, "client.py")
+        .env("SCENARIO", "config")
+        .spawn();
+    report.wait_client("py-config", &mut app, &[]).await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("py-config");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+    let limit = json!({"value": "10", "version": "1", "metadata": {}});
+    let mode = json!({"value": "fast", "version": "2", "metadata": {"team": "ops"}});
+    assert_eq!(r("get"), json!({ "limit": limit }), "{ctx}");
+    assert_eq!(r("all"), json!({ "limit": limit, "mode": mode }), "{ctx}");
+    let e = error(&steps, "unknown-store", &ctx);
+    assert_eq!(e["code"], "INVALID_ARGUMENT", "{ctx}");
+    let details = e["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("failed finding configuration store with key nope"),
+        "{details}"
+    );
+}
