@@ -34,12 +34,13 @@ impl std::fmt::Debug for RedisConfigurationStore {
     }
 }
 
-/// Splits a stored `value||version` as Dapr does: at the last `||`.
+/// Splits a stored `value||version` as Dapr does: the value is what comes before the first
+/// `||`, the version what comes between it and the next one (anything after is dropped).
 pub fn parse_value(raw: &str) -> Item {
-    match raw.rsplit_once("||") {
-        Some((value, version)) => Item::new(value, version),
-        None => Item::new(raw, ""),
-    }
+    let mut parts = raw.split("||");
+    let value = parts.next().unwrap_or_default();
+    let version = parts.next().unwrap_or_default();
+    Item::new(value, version)
 }
 
 impl RedisConfigurationStore {
@@ -124,10 +125,11 @@ mod tests {
     use crate::Item;
 
     #[test]
-    fn values_split_at_the_last_separator() {
+    fn values_split_as_dapr_splits_them() {
         assert_eq!(parse_value("10||3"), Item::new("10", "3"));
         assert_eq!(parse_value("plain"), Item::new("plain", ""));
-        assert_eq!(parse_value("a||b||7"), Item::new("a||b", "7"));
+        assert_eq!(parse_value("a||b||7"), Item::new("a", "b"));
+        assert_eq!(parse_value("a||"), Item::new("a", ""));
         assert_eq!(parse_value(""), Item::new("", ""));
     }
 }
