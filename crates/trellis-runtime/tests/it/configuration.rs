@@ -1,6 +1,7 @@
 //! The configuration API against in-process sidecars: the HTTP and gRPC routes over the
-//! embedded store (seeded as `trellis config set` writes it), Dapr's errors, and the
-//! metadata API listing the store.
+//! embedded store (seeded as `trellis config set` writes it), a `configuration.redis`
+//! component reading what another Redis client wrote, Dapr's errors, and the metadata API
+//! listing the store.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -179,4 +180,52 @@ async fn configuration_over_grpc_follows_the_http_api() {
         "ERR_CONFIGURATION_STORE_NOT_CONFIGURED",
     );
     none.stop().await;
+}
+
+/// A `configuration.redis` component reads Dapr's `value||version` keys as written by any
+/// Redis client (daprd reads the same keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_component_reads_daprs_format() {
+    let key = trellis_test_support::servers::unique("trellis-rt-config");
+    let mut conn = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("42||7")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let yaml = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: redisconfig\n\
+                spec:\n  type: configuration.redis\n  version: v1\n  metadata:\n  - name: \
+                redisHost\n    value: 127.0.0.1:6379\n";
+    let resources = trellis_resources::parse_str(Path::new("redis.yaml"), yaml).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = grpc_sidecar("redis-config", dir.path(), None, move |c| {
+        c.resources = resources
+    })
+    .await;
+    let r = request(
+        "GET",
+        &url(
+            &s,
+            &format!("/v1.0/configuration/redisconfig?key={key}&key={key}-missing"),
+        ),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({ key.as_str(): {"value": "42", "version": "7", "metadata": {}} })
+    );
+    // The configured store replaces the embedded one.
+    let r = request("GET", &url(&s, "/v1.0/configuration/configstore"), &[], "").await;
+    assert_eq!(r.json()["errorCode"], "ERR_CONFIGURATION_STORE_NOT_FOUND");
+    s.stop().await;
 }
