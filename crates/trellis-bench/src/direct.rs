@@ -10,7 +10,7 @@
 //! - SQLite: `trellis_state::sqlite::SqliteStore` itself, in this process.
 //!
 //! The Redis path runs the store's own `SET_SCRIPT`. The SQL is a copy of what
-//! `crates/trellis-state/src/postgres.rs` builds for a v1 table (the store assembles
+//! `crates/trellis-state/src/postgres/` builds for a v1 table (the store assembles
 //! it from its options, so it is not a constant to share); keep them in step.
 
 use std::collections::HashMap;
