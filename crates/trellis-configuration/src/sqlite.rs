@@ -19,14 +19,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
+use trellis_sqlite::StoreSettings;
 use trellis_sqlite::writer::{Backend, Options};
 
 use crate::{ConfigurationError, ConfigurationStore, Item, Metadata};
 
 /// How long a connection waits for another process's write lock, by default.
-const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a call waits for its answer, by default.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The counter's key in the metadata table.
 const COUNTER_KEY: &str = "version";
 
@@ -281,43 +280,6 @@ impl Backend for ConfigWriter {
     }
 }
 
-/// Whether `name` can go into SQL as a table name: letters, digits and `_`.
-fn valid_table(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// The settings `open` reads.
-struct Config {
-    connection: String,
-    table: String,
-    busy_timeout: Duration,
-    timeout: Duration,
-}
-
-impl Config {
-    fn from_metadata(md: &Metadata) -> Result<Self, ConfigurationError> {
-        let connection = md.require("connectionString")?.to_string();
-        let table = md.get("tableName").unwrap_or("configuration").to_string();
-        if !valid_table(&table) {
-            return Err(md
-                .error(
-                    "tableName",
-                    Some(&table),
-                    "is not a valid table name (letters, digits and _)",
-                )
-                .into());
-        }
-        Ok(Config {
-            connection,
-            table,
-            busy_timeout: md.duration("busyTimeout")?.unwrap_or(DEFAULT_BUSY_TIMEOUT),
-            timeout: md.positive_duration("timeout", DEFAULT_TIMEOUT)?,
-        })
-    }
-}
-
 /// `configuration.sqlite`. See the module docs.
 #[derive(Debug)]
 pub struct SqliteConfigurationStore {
@@ -330,13 +292,13 @@ impl SqliteConfigurationStore {
     /// Opens (creating when missing) the database and tables `metadata` names and starts
     /// the writer thread, which stops when the store is dropped.
     pub async fn open(metadata: &Metadata) -> Result<Self, ConfigurationError> {
-        let cfg = Config::from_metadata(metadata)?;
+        let cfg = StoreSettings::from_metadata(metadata, "configuration")?;
         tokio::task::spawn_blocking(move || Self::open_blocking(cfg))
             .await
             .map_err(|e| ConfigurationError::Backend(format!("sqlite open task failed: {e}")))?
     }
 
-    fn open_blocking(cfg: Config) -> Result<Self, ConfigurationError> {
+    fn open_blocking(cfg: StoreSettings) -> Result<Self, ConfigurationError> {
         let conn = trellis_sqlite::open_writer(&cfg.connection, cfg.busy_timeout, 8, "WAL")
             .map_err(ConfigurationError::backend)?;
         let t = &cfg.table;

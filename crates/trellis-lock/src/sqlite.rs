@@ -26,14 +26,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
+use trellis_sqlite::StoreSettings;
 use trellis_sqlite::writer::{Backend, Options, WriteConnection};
 
 use crate::{LockError, LockStore, Metadata, TryLock, UnlockStatus, expiry_ms, validate};
 
 /// How long a connection waits for another process's write lock, by default.
-const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a call waits for its answer, by default.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often expired leases are deleted.
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 /// The counter's key in the metadata table.
@@ -270,36 +269,6 @@ impl Backend for LockWriter {
     }
 }
 
-/// The settings `open` reads.
-struct Config {
-    connection: String,
-    table: String,
-    busy_timeout: Duration,
-    timeout: Duration,
-}
-
-impl Config {
-    fn from_metadata(md: &Metadata) -> Result<Self, LockError> {
-        let connection = md.require("connectionString")?.to_string();
-        let table = md.get("tableName").unwrap_or("locks").to_string();
-        if !crate::valid_table(&table) || table.contains('.') {
-            return Err(md
-                .error(
-                    "tableName",
-                    Some(&table),
-                    "is not a valid table name (letters, digits and _)",
-                )
-                .into());
-        }
-        Ok(Config {
-            connection,
-            table,
-            busy_timeout: md.duration("busyTimeout")?.unwrap_or(DEFAULT_BUSY_TIMEOUT),
-            timeout: md.positive_duration("timeout", DEFAULT_TIMEOUT)?,
-        })
-    }
-}
-
 /// `lock.sqlite`. See the module docs.
 #[derive(Debug)]
 pub struct SqliteLockStore {
@@ -312,13 +281,13 @@ impl SqliteLockStore {
     /// Opens (creating when missing) the database and tables `metadata` names and starts
     /// the writer thread, which stops when the store is dropped.
     pub async fn open(metadata: &Metadata) -> Result<Self, LockError> {
-        let cfg = Config::from_metadata(metadata)?;
+        let cfg = StoreSettings::from_metadata(metadata, "locks")?;
         tokio::task::spawn_blocking(move || Self::open_blocking(cfg))
             .await
             .map_err(|e| LockError::Backend(format!("sqlite open task failed: {e}")))?
     }
 
-    fn open_blocking(cfg: Config) -> Result<Self, LockError> {
+    fn open_blocking(cfg: StoreSettings) -> Result<Self, LockError> {
         let conn = trellis_sqlite::open_writer(&cfg.connection, cfg.busy_timeout, 8, "WAL")
             .map_err(LockError::backend)?;
         let t = &cfg.table;

@@ -15,7 +15,10 @@
 //!   the busy handler being asked; [`set_journal_mode`] retries.
 
 mod open;
+pub mod settings;
 pub mod writer;
+
+pub use settings::{StoreSettings, valid_table};
 
 pub use open::{OpenError, in_memory, open, open_writer};
 
