@@ -40,16 +40,8 @@ fn malformed(msg: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST", msg).grpc(Code::InvalidArgument)
 }
 
-/// `TryLockAlpha1`: whether `owner` now holds `resource` in store `name`, and if so the
-/// acquisition's fencing token.
-pub async fn try_lock(
-    rt: &Runtime,
-    name: &str,
-    resource: &str,
-    owner: &str,
-    expiry_in_seconds: i64,
-) -> Result<TryLock, ApiError> {
-    let store = store(rt, name)?;
+/// Dapr's checks, in its order, of the names both lock operations take.
+fn check_names(name: &str, resource: &str, owner: &str) -> Result<(), ApiError> {
     if resource.is_empty() {
         return Err(malformed(format!(
             "ResourceId is empty in lock store {name}"
@@ -60,6 +52,20 @@ pub async fn try_lock(
             "LockOwner is empty in lock store {name}"
         )));
     }
+    Ok(())
+}
+
+/// `TryLockAlpha1`: whether `owner` now holds `resource` in store `name`, and if so the
+/// acquisition's fencing token.
+pub async fn try_lock(
+    rt: &Runtime,
+    name: &str,
+    resource: &str,
+    owner: &str,
+    expiry_in_seconds: i64,
+) -> Result<TryLock, ApiError> {
+    let store = store(rt, name)?;
+    check_names(name, resource, owner)?;
     let Some(seconds) = u64::try_from(expiry_in_seconds).ok().filter(|s| *s > 0) else {
         return Err(malformed(format!(
             "ExpiryInSeconds is not positive in lock store {name}"
@@ -87,16 +93,7 @@ pub async fn unlock(
     owner: &str,
 ) -> Result<UnlockStatus, ApiError> {
     let store = store(rt, name)?;
-    if resource.is_empty() {
-        return Err(malformed(format!(
-            "ResourceId is empty in lock store {name}"
-        )));
-    }
-    if owner.is_empty() {
-        return Err(malformed(format!(
-            "LockOwner is empty in lock store {name}"
-        )));
-    }
+    check_names(name, resource, owner)?;
     store
         .store
         .unlock(&store.key(resource), owner)
