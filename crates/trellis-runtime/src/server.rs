@@ -108,7 +108,7 @@ pub async fn serve_with<S>(
                                     return;
                                 }
                             };
-                            serve_connection(builder, tls, service, peer, Some(PeerIdentity(Arc::new(id))), watcher).await;
+                            serve_connection(builder, tls, service, peer, Some(PeerIdentity(Arc::new(Peer::new(id)))), watcher).await;
                         });
                     }
                 }
@@ -130,9 +130,30 @@ pub async fn serve_with<S>(
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The verified identity of the sidecar on the other end of an mTLS connection, put into
-/// each of its requests: the only source of a caller's identity on the internal port.
+/// each of its requests: the only source of a caller's identity on the internal port. The
+/// caller headers it stands for are made once per connection, not once per request.
 #[derive(Debug, Clone)]
-pub struct PeerIdentity(pub Arc<trellis_mtls::SpiffeId>);
+pub struct PeerIdentity(pub Arc<Peer>);
+
+/// See [`PeerIdentity`].
+#[derive(Debug)]
+pub struct Peer {
+    pub id: trellis_mtls::SpiffeId,
+    /// `dapr-caller-app-id` and `dapr-caller-namespace` as the certificate says (`None` for
+    /// a value no header can carry).
+    pub app_id_header: Option<http::HeaderValue>,
+    pub namespace_header: Option<http::HeaderValue>,
+}
+
+impl Peer {
+    fn new(id: trellis_mtls::SpiffeId) -> Self {
+        Self {
+            app_id_header: http::HeaderValue::from_str(&id.app_id).ok(),
+            namespace_header: http::HeaderValue::from_str(&id.namespace).ok(),
+            id,
+        }
+    }
+}
 
 /// Serves one connection (plain or TLS) until it ends or the drain closes it.
 async fn serve_connection<I, S>(

@@ -45,20 +45,16 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
         return undelivered(ApiError::invoke(me, &InvokeError::AppUnhealthy));
     }
     // With mTLS the caller is who its certificate says, whatever headers it sent.
-    if let Some(PeerIdentity(id)) = req.extensions().get::<PeerIdentity>().cloned() {
+    if let Some(PeerIdentity(peer)) = req.extensions().get::<PeerIdentity>().cloned() {
         let headers = req.headers_mut();
         for (name, value) in [
-            (CALLER_APP_ID, &id.app_id),
-            (CALLER_NAMESPACE, &id.namespace),
+            (CALLER_APP_ID, &peer.app_id_header),
+            (CALLER_NAMESPACE, &peer.namespace_header),
         ] {
-            match HeaderValue::from_str(value) {
-                Ok(v) => {
-                    headers.insert(name, v);
-                }
-                Err(_) => {
-                    headers.remove(name);
-                }
-            }
+            match value {
+                Some(v) => headers.insert(name, v.clone()),
+                None => headers.remove(name),
+            };
         }
     }
     if let Some(acl) = &rt.acl
@@ -110,9 +106,10 @@ async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
 /// Applies `spec.accessControl` to a call from a verified peer: `None` lets it through, a
 /// refusal is Dapr's 403 `ERR_DIRECT_INVOKE` (the caller's sidecar passes it on as it is).
 fn acl_refusal(acl: &crate::acl::AccessControl, req: &Request) -> Option<Response> {
-    let Some(PeerIdentity(caller)) = req.extensions().get::<PeerIdentity>() else {
+    let Some(PeerIdentity(peer)) = req.extensions().get::<PeerIdentity>() else {
         return Some(acl_denied("the caller has no verified identity".into()));
     };
+    let caller = &peer.id;
     let grpc = req
         .headers()
         .get(http::header::CONTENT_TYPE)
