@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/dapr/proto/runtime/v1/dapr.proto",
         "proto/dapr/proto/runtime/v1/appcallback.proto",
+        "proto/durabletask/task_hub.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     // The RPC names of the `Dapr` service, so the server can tell an RPC it serves from one

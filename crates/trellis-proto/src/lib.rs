@@ -23,6 +23,13 @@ pub mod dapr {
     }
 }
 
+/// The durabletask task-hub protocol of the Dapr workflow SDKs (`TaskHubSidecarService`, history
+/// events, actions, work items). Its `.proto` file has no package, so prost writes it to `_.rs`.
+#[allow(clippy::all, missing_docs)]
+pub mod durabletask {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
 /// `dapr.proto.common.v1`: invocation, state items and options.
 pub use dapr::proto::common::v1 as common;
 /// `dapr.proto.runtime.v1`: the `Dapr` service and the `AppCallback` services.

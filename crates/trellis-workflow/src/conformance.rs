@@ -1,0 +1,334 @@
+//! The conformance suite every [`WorkflowStore`] passes: call [`run`] with a fresh store
+//! (its own tables or database) from a backend's tests.
+
+use trellis_proto::durabletask::history_event::EventType;
+use trellis_proto::durabletask::{
+    ActivityRequest, EventRaisedEvent, TaskCompletedEvent, WorkflowInstance,
+};
+
+use crate::events::{self, Start};
+use crate::store::{
+    ActivityTask, ListFilter, Message, MetaUpdate, NewInstance, TurnCommit, WorkflowStore,
+};
+use crate::{Status, WorkflowError, ids, now_ms};
+
+/// Runs every check against `store`, each on instances of its own app id.
+pub async fn run(store: &dyn WorkflowStore) {
+    create_lease_commit_and_activity(store).await;
+    leases_are_exclusive_and_checked(store).await;
+    future_events_wait_until_due(store).await;
+    suspended_instances_hold_their_events(store).await;
+    purge_and_not_found(store).await;
+}
+
+fn app() -> String {
+    format!("conf-{}", ids::random())
+}
+
+fn new_instance(app: &str, id: &str) -> NewInstance {
+    NewInstance {
+        app_id: app.into(),
+        start: Start {
+            name: "wf".into(),
+            instance_id: id.into(),
+            execution_id: "e1".into(),
+            input: Some("\"in\"".into()),
+            ..Start::default()
+        },
+        parent_app_id: None,
+    }
+}
+
+fn raised(app: &str, id: &str, at: i64) -> Message {
+    Message {
+        app_id: app.into(),
+        instance_id: id.into(),
+        execution_id: None,
+        event: events::event(
+            at,
+            EventType::EventRaised(EventRaisedEvent {
+                name: "go".into(),
+                input: None,
+            }),
+        ),
+        visible_at: at,
+    }
+}
+
+async fn create_lease_commit_and_activity(store: &dyn WorkflowStore) {
+    let app = app();
+    store.create(new_instance(&app, "a")).await.expect("create");
+    let meta = store.get(&app, "a").await.expect("get").expect("exists");
+    assert_eq!(meta.status, Status::Pending);
+    assert_eq!(meta.input.as_deref(), Some("\"in\""));
+    assert_eq!(
+        store.create(new_instance(&app, "a")).await,
+        Err(WorkflowError::AlreadyExists("a".into()))
+    );
+    let now = now_ms();
+    let leases = store
+        .lease_workflows(&app, "me", now, now + 10_000, 10)
+        .await
+        .expect("lease");
+    assert_eq!(leases.len(), 1);
+    let lease = &leases[0];
+    assert!(lease.history.is_empty());
+    assert_eq!(lease.inbox.len(), 1);
+    assert_eq!(
+        events::event_name(&lease.inbox[0].event),
+        "executionStarted"
+    );
+    let mut scheduled = events::event(now, EventType::TaskScheduled(Default::default()));
+    scheduled.event_id = 0;
+    let request = ActivityRequest {
+        name: "act".into(),
+        task_id: 0,
+        workflow_instance: Some(WorkflowInstance {
+            instance_id: "a".into(),
+            execution_id: Some("e1".into()),
+        }),
+        ..ActivityRequest::default()
+    };
+    store
+        .commit_turn(
+            "me",
+            TurnCommit {
+                app_id: app.clone(),
+                instance_id: "a".into(),
+                append: vec![
+                    events::workflow_started(now),
+                    lease.inbox[0].event.clone(),
+                    scheduled,
+                ],
+                consumed: vec![lease.inbox[0].id],
+                update: MetaUpdate {
+                    status: Some(Status::Running),
+                    custom_status: Some(Some("busy".into())),
+                    ..MetaUpdate::default()
+                },
+                activities: vec![ActivityTask {
+                    app_id: app.clone(),
+                    workflow_app_id: app.clone(),
+                    request: request.clone(),
+                }],
+                ..TurnCommit::default()
+            },
+        )
+        .await
+        .expect("commit");
+    let meta = store.get(&app, "a").await.expect("get").expect("exists");
+    assert_eq!((meta.status, meta.history_len), (Status::Running, 3));
+    assert_eq!(meta.custom_status.as_deref(), Some("busy"));
+    assert_eq!(store.history(&app, "a").await.expect("history").len(), 3);
+    assert!(
+        store
+            .lease_workflows(&app, "me", now, now + 10_000, 10)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "nothing new in the inbox"
+    );
+    let acts = store
+        .lease_activities(&app, "me", now, now + 10_000, 10)
+        .await
+        .expect("lease");
+    assert_eq!(acts.len(), 1);
+    assert_eq!(acts[0].task.request, request);
+    assert!(
+        store
+            .lease_activities(&app, "other", now, now + 10_000, 10)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "a leased activity is nobody else's"
+    );
+    let result = |at| Message {
+        app_id: app.clone(),
+        instance_id: "a".into(),
+        execution_id: Some("e1".into()),
+        event: events::event(
+            at,
+            EventType::TaskCompleted(TaskCompletedEvent {
+                task_scheduled_id: 0,
+                result: Some("1".into()),
+                ..TaskCompletedEvent::default()
+            }),
+        ),
+        visible_at: at,
+    };
+    store
+        .complete_activity(acts[0].id, result(now))
+        .await
+        .expect("complete");
+    store
+        .complete_activity(acts[0].id, result(now))
+        .await
+        .expect("a repeat is a no-op");
+    let leases = store
+        .lease_workflows(&app, "me", now, now + 10_000, 10)
+        .await
+        .expect("lease");
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].inbox.len(), 1, "the result arrived once");
+    assert_eq!(leases[0].inbox[0].execution_id.as_deref(), Some("e1"));
+}
+
+async fn leases_are_exclusive_and_checked(store: &dyn WorkflowStore) {
+    let app = app();
+    store.create(new_instance(&app, "b")).await.expect("create");
+    let now = now_ms();
+    assert_eq!(
+        store
+            .lease_workflows(&app, "one", now, now + 60_000, 10)
+            .await
+            .expect("lease")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .lease_workflows(&app, "two", now, now + 60_000, 10)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    let commit = TurnCommit {
+        app_id: app.clone(),
+        instance_id: "b".into(),
+        ..TurnCommit::default()
+    };
+    assert_eq!(
+        store.commit_turn("two", commit.clone()).await,
+        Err(WorkflowError::LeaseLost("b".into()))
+    );
+    // An expired lease is taken over, and the first owner can no longer commit.
+    let later = now + 61_000;
+    assert_eq!(
+        store
+            .lease_workflows(&app, "two", later, later + 60_000, 10)
+            .await
+            .expect("lease")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.commit_turn("one", commit.clone()).await,
+        Err(WorkflowError::LeaseLost("b".into()))
+    );
+    store
+        .release_workflow(&app, "b", "two")
+        .await
+        .expect("release");
+    assert_eq!(
+        store
+            .lease_workflows(&app, "one", later, later + 60_000, 10)
+            .await
+            .expect("lease")
+            .len(),
+        1
+    );
+}
+
+async fn future_events_wait_until_due(store: &dyn WorkflowStore) {
+    let app = app();
+    let now = now_ms();
+    let mut later = new_instance(&app, "c");
+    later.start.scheduled_start = Some(now + 5_000);
+    store.create(later).await.expect("create");
+    assert!(
+        store
+            .lease_workflows(&app, "me", now, now + 1_000, 10)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_due(&app, now).await.expect("due"),
+        Some(now + 5_000)
+    );
+    // An event raised before the start waits for it.
+    store.send(raised(&app, "c", now)).await.expect("send");
+    assert!(
+        store
+            .lease_workflows(&app, "me", now, now + 1_000, 10)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    let leases = store
+        .lease_workflows(&app, "me", now + 5_000, now + 6_000, 10)
+        .await
+        .expect("lease");
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].inbox.len(), 2);
+}
+
+async fn suspended_instances_hold_their_events(store: &dyn WorkflowStore) {
+    let app = app();
+    store.create(new_instance(&app, "d")).await.expect("create");
+    let now = now_ms();
+    let lease = store
+        .lease_workflows(&app, "me", now, now + 10_000, 10)
+        .await
+        .expect("lease")
+        .remove(0);
+    store
+        .commit_turn(
+            "me",
+            TurnCommit {
+                app_id: app.clone(),
+                instance_id: "d".into(),
+                append: vec![lease.inbox[0].event.clone()],
+                consumed: vec![lease.inbox[0].id],
+                update: MetaUpdate {
+                    status: Some(Status::Suspended),
+                    ..MetaUpdate::default()
+                },
+                ..TurnCommit::default()
+            },
+        )
+        .await
+        .expect("commit");
+    store.send(raised(&app, "d", now)).await.expect("send");
+    assert!(
+        store
+            .lease_workflows(&app, "me", now, now + 10_000, 10)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "a suspended instance does not take ordinary events"
+    );
+}
+
+async fn purge_and_not_found(store: &dyn WorkflowStore) {
+    let app = app();
+    store.create(new_instance(&app, "e")).await.expect("create");
+    assert!(matches!(
+        store.purge(&app, "e", false, false).await,
+        Err(WorkflowError::Refused(_))
+    ));
+    assert_eq!(
+        store
+            .purge(&app, "e", false, true)
+            .await
+            .expect("forced")
+            .instances,
+        1
+    );
+    assert_eq!(store.get(&app, "e").await.expect("get"), None);
+    assert_eq!(
+        store.send(raised(&app, "e", now_ms())).await,
+        Err(WorkflowError::NotFound("e".into()))
+    );
+    assert!(matches!(
+        store.purge(&app, "e", false, false).await,
+        Err(WorkflowError::NotFound(_))
+    ));
+    assert!(
+        store
+            .list(&app, &ListFilter::default())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}

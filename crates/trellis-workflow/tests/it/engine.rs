@@ -1,0 +1,237 @@
+//! The engine with a worker written here against the protocol: a chain of activities, a
+//! fan-out, and a worker that disconnects holding a turn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis_workflow::engine::StartRequest;
+use trellis_workflow::proto::history_event::EventType;
+use trellis_workflow::proto::work_item::Request;
+use trellis_workflow::proto::workflow_action::WorkflowActionType;
+use trellis_workflow::proto::{
+    ActivityResponse, CompleteWorkflowAction, HistoryEvent, ScheduleTaskAction, WorkflowAction,
+    WorkflowRequest, WorkflowResponse,
+};
+use trellis_workflow::{Engine, EngineOptions, Status, WorkflowStore};
+
+use crate::sqlite_store;
+
+/// Schedules `fan` activities at a time (`inc`, input = task id), `rounds` times, then
+/// completes with the sum of their results.
+fn decide(req: &WorkflowRequest, fan: i32, rounds: i32) -> WorkflowResponse {
+    let events: Vec<&HistoryEvent> = req.past_events.iter().chain(&req.new_events).collect();
+    let scheduled = events
+        .iter()
+        .filter(|e| matches!(e.event_type, Some(EventType::TaskScheduled(_))))
+        .count() as i32;
+    let results: Vec<i64> = events
+        .iter()
+        .filter_map(|e| match &e.event_type {
+            Some(EventType::TaskCompleted(t)) => t.result.as_deref()?.parse().ok(),
+            _ => None,
+        })
+        .collect();
+    let mut actions = Vec::new();
+    if results.len() as i32 == scheduled {
+        if scheduled == fan * rounds {
+            actions.push(WorkflowAction {
+                id: scheduled,
+                workflow_action_type: Some(WorkflowActionType::CompleteWorkflow(
+                    CompleteWorkflowAction {
+                        workflow_status: Status::Completed as i32,
+                        result: Some(results.iter().sum::<i64>().to_string()),
+                        ..CompleteWorkflowAction::default()
+                    },
+                )),
+                router: None,
+            });
+        } else {
+            for id in scheduled..scheduled + fan {
+                actions.push(WorkflowAction {
+                    id,
+                    workflow_action_type: Some(WorkflowActionType::ScheduleTask(
+                        ScheduleTaskAction {
+                            name: "inc".into(),
+                            input: Some(id.to_string()),
+                            ..ScheduleTaskAction::default()
+                        },
+                    )),
+                    router: None,
+                });
+            }
+        }
+    }
+    WorkflowResponse {
+        instance_id: req.instance_id.clone(),
+        actions,
+        ..WorkflowResponse::default()
+    }
+}
+
+/// Runs a worker on `engine` until the task is aborted.
+fn worker(engine: Engine, fan: i32, rounds: i32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conn = engine.connect_worker();
+        while let Some(item) = conn.next().await {
+            match item.request {
+                Some(Request::WorkflowRequest(req)) => {
+                    engine
+                        .complete_workflow(decide(&req, fan, rounds))
+                        .await
+                        .expect("complete turn");
+                }
+                Some(Request::ActivityRequest(req)) => {
+                    let n: i64 = req.input.as_deref().unwrap_or("0").parse().unwrap_or(0);
+                    let instance = req
+                        .workflow_instance
+                        .map(|w| w.instance_id)
+                        .unwrap_or_default();
+                    engine
+                        .complete_activity(ActivityResponse {
+                            instance_id: instance,
+                            task_id: req.task_id,
+                            result: Some((n + 1).to_string()),
+                            ..ActivityResponse::default()
+                        })
+                        .await
+                        .expect("complete activity");
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+async fn engine(dir: &tempfile::TempDir, app: &str) -> Engine {
+    let store: Arc<dyn WorkflowStore> = Arc::new(sqlite_store(dir).await);
+    Engine::start(store, EngineOptions::new(app))
+}
+
+async fn run_to_end(engine: &Engine, id: &str) -> trellis_workflow::InstanceMeta {
+    engine
+        .wait(
+            id,
+            trellis_workflow::store::is_terminal,
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .expect("wait")
+        .expect("the instance exists")
+}
+
+#[tokio::test]
+async fn a_chain_of_activities_completes_with_its_results_in_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine(&dir, "chain-app").await;
+    let w = worker(engine.clone(), 1, 5);
+    let id = engine
+        .start_instance(StartRequest {
+            instance_id: Some("chain-1".into()),
+            name: "chain".into(),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("start");
+    let meta = run_to_end(&engine, &id).await;
+    assert_eq!(meta.status, Status::Completed, "{meta:?}");
+    assert_eq!(meta.output.as_deref(), Some("15"), "1+2+3+4+5");
+    let history = engine.history(&id).await.expect("history");
+    let count = |name: &str| {
+        history
+            .iter()
+            .filter(|e| trellis_workflow::events::event_name(e) == name)
+            .count()
+    };
+    assert_eq!(count("taskScheduled"), 5);
+    assert_eq!(count("taskCompleted"), 5, "each result once");
+    assert_eq!(count("workflowStarted"), 6, "one per turn");
+    assert_eq!(count("executionCompleted"), 1);
+    w.abort();
+}
+
+#[tokio::test]
+async fn a_fan_out_of_200_activities_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine(&dir, "fan-app").await;
+    let w = worker(engine.clone(), 200, 1);
+    let id = engine
+        .start_instance(StartRequest {
+            name: "fan".into(),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("start");
+    let meta = run_to_end(&engine, &id).await;
+    assert_eq!(
+        meta.output.as_deref(),
+        Some((1..=200).sum::<i64>().to_string().as_str())
+    );
+    w.abort();
+}
+
+#[tokio::test]
+async fn a_turn_held_by_a_worker_that_disconnects_goes_to_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine(&dir, "redrive-app").await;
+    let mut quitter = engine.connect_worker();
+    let id = engine
+        .start_instance(StartRequest {
+            name: "chain".into(),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("start");
+    let first = tokio::time::timeout(Duration::from_secs(10), quitter.next())
+        .await
+        .expect("the first worker gets the turn")
+        .expect("an item");
+    assert!(matches!(first.request, Some(Request::WorkflowRequest(_))));
+    drop(quitter);
+    let w = worker(engine.clone(), 1, 2);
+    let meta = run_to_end(&engine, &id).await;
+    assert_eq!(meta.status, Status::Completed);
+    assert_eq!(meta.output.as_deref(), Some("3"));
+    w.abort();
+}
+
+#[tokio::test]
+async fn terminate_and_purge_and_events_to_unknown_instances() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine(&dir, "term-app").await;
+    // A worker that never answers turns keeps the instance running.
+    let mut idle = engine.connect_worker();
+    let id = engine
+        .start_instance(StartRequest {
+            name: "slow".into(),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("start");
+    let _ = tokio::time::timeout(Duration::from_secs(10), idle.next()).await;
+    assert!(matches!(
+        engine.purge(&id, false, false).await,
+        Err(trellis_workflow::WorkflowError::Refused(_))
+    ));
+    drop(idle);
+    let w = worker(engine.clone(), 1, 1_000_000);
+    engine
+        .terminate(&id, Some("\"bye\"".into()), true)
+        .await
+        .expect("terminate");
+    let meta = run_to_end(&engine, &id).await;
+    assert_eq!(meta.status, Status::Terminated);
+    assert_eq!(meta.output.as_deref(), Some("\"bye\""));
+    assert_eq!(
+        engine
+            .purge(&id, true, false)
+            .await
+            .expect("purge")
+            .instances,
+        1
+    );
+    assert!(matches!(
+        engine.raise_event(&id, "x", None).await,
+        Err(trellis_workflow::WorkflowError::NotFound(_))
+    ));
+    w.abort();
+}
