@@ -8,20 +8,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/durabletask/task_hub.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
-    // The RPC names of the `Dapr` service, so the server can tell an RPC it serves from one
-    // of a building block it does not have (tonic answers both with a bare UNIMPLEMENTED).
-    let rpcs: Vec<String> = fds
-        .file
-        .iter()
-        .filter(|f| f.package() == "dapr.proto.runtime.v1")
-        .flat_map(|f| f.service.iter())
-        .filter(|s| s.name() == "Dapr")
-        .flat_map(|s| s.method.iter().map(|m| format!("{:?}", m.name())))
-        .collect();
+    // The RPC names of the services the sidecar serves, so the server can tell an RPC it
+    // serves from one of a building block it does not have (tonic answers both with a bare
+    // UNIMPLEMENTED).
+    let rpcs = |package: &str, service: &str| -> String {
+        fds.file
+            .iter()
+            .filter(|f| f.package() == package)
+            .flat_map(|f| f.service.iter())
+            .filter(|s| s.name() == service)
+            .flat_map(|s| s.method.iter().map(|m| format!("{:?}", m.name())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("dapr_rpcs.rs");
     std::fs::write(
         out,
-        format!("pub const DAPR_RPCS: &[&str] = &[{}];\n", rpcs.join(", ")),
+        format!(
+            "pub const DAPR_RPCS: &[&str] = &[{}];\npub const TASK_HUB_RPCS: &[&str] = &[{}];\n",
+            rpcs("dapr.proto.runtime.v1", "Dapr"),
+            rpcs("", "TaskHubSidecarService"),
+        ),
     )?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -38,5 +38,9 @@ pub use dapr::proto::runtime::v1 as runtime;
 /// The fully qualified name of the `Dapr` service, the prefix of its RPC paths.
 pub const DAPR_SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
 
-// `DAPR_RPCS`: the names of the RPCs the `Dapr` service declares (written by build.rs).
+/// The fully qualified name of the workflow SDKs' service (its file has no package).
+pub const TASK_HUB_SERVICE: &str = "TaskHubSidecarService";
+
+// `DAPR_RPCS` and `TASK_HUB_RPCS`: the names of the RPCs each service declares (written by
+// build.rs).
 include!(concat!(env!("OUT_DIR"), "/dapr_rpcs.rs"));

@@ -14,6 +14,7 @@ use trellis_lock::{LockError, LockStore};
 use trellis_pubsub::{PubSub, PubSubError};
 use trellis_resources::registry::Registry;
 use trellis_secrets::{SecretError, SecretStore};
+use trellis_workflow::{WorkflowError, WorkflowStore};
 
 use crate::api::middleware::{self, HttpMiddleware};
 use trellis_state::{Metadata, StateError, StateStore};
@@ -46,8 +47,13 @@ pub type ConfigurationFactory =
         trellis_configuration::Metadata,
     ) -> BoxFuture<'static, Result<Arc<dyn ConfigurationStore>, ConfigurationError>>;
 
+/// Builds a workflow backend from its component metadata.
+pub type WorkflowFactory = fn(
+    trellis_workflow::Metadata,
+) -> BoxFuture<'static, Result<Arc<dyn WorkflowStore>, WorkflowError>>;
+
 /// The building blocks Dapr defines.
-pub const BUILDING_BLOCKS: [&str; 8] = [
+pub const BUILDING_BLOCKS: [&str; 9] = [
     "state",
     "pubsub",
     "bindings",
@@ -56,6 +62,7 @@ pub const BUILDING_BLOCKS: [&str; 8] = [
     "lock",
     "middleware",
     "workflow",
+    "workflowbackend",
 ];
 
 /// The type of the embedded state store used when no state component is configured.
@@ -71,6 +78,9 @@ pub const EMBEDDED_LOCK_TYPE: &str = "lock.sqlite";
 /// configured.
 pub const EMBEDDED_CONFIGURATION_TYPE: &str = "configuration.sqlite";
 
+/// The type of the embedded workflow backend used when no workflow backend is configured.
+pub const EMBEDDED_WORKFLOW_TYPE: &str = "workflowbackend.sqlite";
+
 #[derive(Debug)]
 pub struct Registries {
     pub state: Registry<StateFactory>,
@@ -79,6 +89,7 @@ pub struct Registries {
     pub middleware: Registry<MiddlewareFactory>,
     pub lock: Registry<LockFactory>,
     pub configuration: Registry<ConfigurationFactory>,
+    pub workflow: Registry<WorkflowFactory>,
     /// Building blocks that have no component types yet; kept so that their components are
     /// reported as unknown types of a known block.
     pending: Vec<Registry<()>>,
@@ -247,6 +258,15 @@ impl Default for Registries {
                 Ok(Arc::new(store) as Arc<dyn ConfigurationStore>)
             })
         });
+        #[allow(unused_mut)]
+        let mut workflow: Registry<WorkflowFactory> = Registry::new("workflowbackend");
+        #[cfg(feature = "workflow-sqlite")]
+        workflow.register("workflowbackend.sqlite", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_workflow::sqlite::SqliteWorkflowStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn WorkflowStore>)
+            })
+        });
         let pending = BUILDING_BLOCKS
             .iter()
             .filter(|b| {
@@ -257,6 +277,7 @@ impl Default for Registries {
                     "middleware",
                     "lock",
                     "configuration",
+                    "workflowbackend",
                 ]
                 .contains(b)
             })
@@ -269,6 +290,7 @@ impl Default for Registries {
             middleware: http_middleware,
             lock,
             configuration,
+            workflow,
             pending,
         }
     }
@@ -283,6 +305,7 @@ const PATH_KEYS: &[(&str, &str)] = &[
     ("secretstores.local.file", "secretsFile"),
     ("lock.sqlite", "connectionString"),
     ("configuration.sqlite", "connectionString"),
+    ("workflowbackend.sqlite", "connectionString"),
 ];
 
 /// Rewrites every relative file path in the components' metadata ([`PATH_KEYS`]) to one
@@ -353,6 +376,13 @@ impl Registries {
         if block == "configuration" {
             return self
                 .configuration
+                .get(type_name, version)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
+        if block == "workflowbackend" {
+            return self
+                .workflow
                 .get(type_name, version)
                 .map(|_| ())
                 .map_err(|e| e.to_string());

@@ -30,6 +30,7 @@ pub mod server;
 mod sidecar;
 pub mod state;
 pub mod subscriptions;
+pub mod workflow;
 
 pub use config::{
     AppChannelConfig, AppHealthCheck, AppProtocol, DeliveryPolicy, Environment, MtlsConfig,

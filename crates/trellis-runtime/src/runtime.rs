@@ -81,6 +81,8 @@ pub struct Runtime {
     pub secrets: SecretStores,
     pub lock: LockStores,
     pub configuration: ConfigurationStores,
+    /// The workflow backend and engine (`None`: this build has no backend).
+    pub workflows: Option<crate::workflow::Workflows>,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
@@ -124,6 +126,7 @@ pub struct RuntimeParts {
     pub secrets: SecretStores,
     pub lock: LockStores,
     pub configuration: ConfigurationStores,
+    pub workflows: Option<crate::workflow::Workflows>,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
@@ -158,6 +161,7 @@ impl Runtime {
             secrets: parts.secrets,
             lock: parts.lock,
             configuration: parts.configuration,
+            workflows: parts.workflows,
             acl: parts.acl,
             api_allowlist: parts.api_allowlist,
             http_pipeline: parts.http_pipeline,

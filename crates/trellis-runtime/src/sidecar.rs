@@ -119,6 +119,8 @@ impl Sidecar {
         let configuration = crate::configuration::ConfigurationStores::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
+        let workflows = crate::workflow::Workflows::open(&config, &registries)
+            .map_err(StartError::Components)?;
         let http_pipeline = crate::api::middleware::Pipeline::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
@@ -160,6 +162,12 @@ impl Sidecar {
             name: c.name.clone(),
             type_name: c.type_name.clone(),
             version: c.version.clone(),
+            capabilities: Vec::new(),
+        }));
+        components.extend(workflows.iter().map(|w| ComponentSummary {
+            name: w.name.clone(),
+            type_name: w.type_name.clone(),
+            version: "v1".to_string(),
             capabilities: Vec::new(),
         }));
 
@@ -242,6 +250,7 @@ impl Sidecar {
             secrets,
             lock,
             configuration,
+            workflows,
             acl,
             api_allowlist: config
                 .configuration

@@ -22,6 +22,7 @@ pub mod ops;
 mod pubsub;
 mod secrets;
 mod state;
+mod workflow;
 
 use std::sync::Arc;
 
@@ -90,7 +91,8 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route(
             "/v1.0/publish/{pubsub}/",
             post(pubsub::publish_no_topic).put(pubsub::publish_no_topic),
-        )
+        );
+    let routes = workflow::routes(routes)
         // Dapr sends every unmatched route to service invocation, which then fails for lack
         // of an app id; the same answer keeps clients that probe routes consistent.
         .fallback(|| async { ApiError::no_app_id() })

@@ -533,7 +533,7 @@ async fn rpcs_of_missing_building_blocks_are_unimplemented_by_name() {
             "configuration",
         ),
         ("/dapr.proto.runtime.v1.Dapr/StartWorkflowBeta1", "workflow"),
-        ("/TaskHubSidecarService/Hello", "workflow"),
+        ("/TaskHubSidecarService/NoSuchRpc", "TaskHubSidecarService"),
     ] {
         let mut grpc = tonic::client::Grpc::new(channel.clone());
         grpc.ready().await.unwrap();

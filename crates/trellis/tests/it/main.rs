@@ -20,6 +20,7 @@ mod sdk_js;
 mod sdk_python;
 mod state;
 mod streaming;
+mod workflows;
 
 use std::path::Path;
 use std::time::Duration;

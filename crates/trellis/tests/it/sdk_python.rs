@@ -30,7 +30,7 @@ fn venv_dir() -> PathBuf {
 
 /// Makes sure the venv with the SDK exists; once per test process. Panics with what to
 /// install when Python is missing: these tests must not pass by skipping.
-fn ensure_sdk() -> PathBuf {
+pub(crate) fn ensure_sdk() -> PathBuf {
     static READY: OnceLock<PathBuf> = OnceLock::new();
     READY.get_or_init(install_sdk).clone()
 }
@@ -98,7 +98,12 @@ fn install_stamp() -> String {
 
 /// `trellis run --app-id <app_id> -- python tests/sdk/python/<script>`, reporting to
 /// `report`.
-fn python_app(app_id: &str, data_dir: &Path, report: &Report, script: &str) -> SidecarBuilder {
+pub(crate) fn python_app(
+    app_id: &str,
+    data_dir: &Path,
+    report: &Report,
+    script: &str,
+) -> SidecarBuilder {
     let python = ensure_sdk();
     let script = python_dir().join(script);
     sidecar(app_id, data_dir)

@@ -12,6 +12,7 @@ mod proxy;
 mod service;
 mod status;
 mod subscribe;
+mod task_hub;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
+use trellis_proto::durabletask::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
 use trellis_proto::runtime::dapr_server::DaprServer;
 
 pub use app_channel::GrpcAppChannel;
@@ -45,7 +47,12 @@ pub fn router(rt: Arc<Runtime>) -> Router {
     let dapr = DaprServer::new(service::DaprApi::new(rt.clone()))
         .max_decoding_message_size(rt.max_request_body)
         .max_encoding_message_size(usize::MAX);
+    // The workflow SDKs' service, on the same port as in Dapr.
+    let task_hub = TaskHubSidecarServiceServer::new(task_hub::TaskHub::new(rt.clone()))
+        .max_decoding_message_size(rt.max_request_body)
+        .max_encoding_message_size(usize::MAX);
     let mut router = tonic::service::Routes::new(dapr)
+        .add_service(task_hub)
         .into_axum_router()
         .fallback(unimplemented)
         .layer(middleware::from_fn(undeclared_rpcs))
@@ -129,8 +136,10 @@ async fn undeclared_rpcs(req: Request, next: Next) -> Response {
         .path()
         .strip_prefix('/')
         .and_then(|p| p.split_once('/'))
-        .is_some_and(|(service, rpc)| {
-            service == trellis_proto::DAPR_SERVICE && !trellis_proto::DAPR_RPCS.contains(&rpc)
+        .is_some_and(|(service, rpc)| match service {
+            trellis_proto::DAPR_SERVICE => !trellis_proto::DAPR_RPCS.contains(&rpc),
+            trellis_proto::TASK_HUB_SERVICE => !trellis_proto::TASK_HUB_RPCS.contains(&rpc),
+            _ => false,
         });
     if undeclared {
         unimplemented(req).await.into_response()
@@ -148,9 +157,9 @@ async fn unimplemented(req: Request) -> impl IntoResponse {
             "{rpc} is part of the {} API, which this Trellis build does not implement yet",
             building_block(rpc)
         ),
-        Some(("TaskHubSidecarService", rpc)) => format!(
-            "{rpc} is part of the workflow API, which this Trellis build does not implement yet"
-        ),
+        Some((trellis_proto::TASK_HUB_SERVICE, rpc)) => {
+            format!("{rpc} is not a method of TaskHubSidecarService (the workflow API)")
+        }
         Some((service, _)) => format!("unknown service {service}"),
         None => format!("unknown method {path}"),
     };

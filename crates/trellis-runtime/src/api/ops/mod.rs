@@ -12,3 +12,4 @@ pub mod lock;
 pub mod pubsub;
 pub mod secrets;
 pub mod state;
+pub mod workflow;

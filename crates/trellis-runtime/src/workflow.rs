@@ -1,0 +1,158 @@
+//! The workflow engine of one sidecar: its backend (a `workflowbackend.*` component, or the
+//! embedded store on `<data-dir>/workflows.db`) and the engine over it, started on first
+//! use, so that apps that never run a workflow pay nothing for it (no file, no tasks).
+
+use std::sync::Arc;
+
+use tokio::sync::OnceCell;
+use trellis_resources::Component;
+use trellis_workflow::{Engine, EngineOptions, Metadata, WorkflowError, WorkflowStore};
+
+use crate::components::{EMBEDDED_WORKFLOW_TYPE, Registries, WorkflowFactory};
+use crate::config::SidecarConfig;
+use crate::loading::{self, Embedded};
+
+/// The name the embedded backend is listed under.
+pub const DEFAULT_BACKEND_NAME: &str = "workflowstore";
+
+/// The app's workflow backend and, once used, its engine.
+#[derive(Debug)]
+pub struct Workflows {
+    /// The component's name and type, for `/v1.0/metadata`.
+    pub name: String,
+    pub type_name: String,
+    factory: WorkflowFactory,
+    metadata: Metadata,
+    options: EngineOptions,
+    engine: OnceCell<Engine>,
+}
+
+impl Workflows {
+    /// Picks the app's backend: its one `workflowbackend.*` component, or the embedded
+    /// store. `None` when this build has no backend at all.
+    pub fn open(
+        config: &SidecarConfig,
+        registries: &Registries,
+    ) -> Result<Option<Self>, Vec<String>> {
+        let embedded = registries
+            .workflow
+            .get(EMBEDDED_WORKFLOW_TYPE, "v1")
+            .is_ok()
+            .then_some(Embedded {
+                name: DEFAULT_BACKEND_NAME,
+                type_name: EMBEDDED_WORKFLOW_TYPE,
+                file: "workflows.db",
+            });
+        let (mut components, mut errors) = loading::select(config, "workflowbackend", embedded);
+        if components.len() > 1 {
+            errors.push(format!(
+                "{} workflow backends are scoped to app {:?}; an app has one (remove or scope the others): {}",
+                components.len(),
+                config.app_id,
+                components.iter().map(|c| c.meta.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let Some(component) = components.pop() else {
+            return Ok(None);
+        };
+        Self::from_component(&component, config, registries)
+            .map(Some)
+            .map_err(|e| vec![format!("workflow backend {}: {e}", component.meta.name)])
+    }
+
+    fn from_component(
+        component: &Component,
+        config: &SidecarConfig,
+        registries: &Registries,
+    ) -> Result<Self, String> {
+        let factory = registries
+            .workflow
+            .get(&component.type_name, &component.version)
+            .map_err(|e| format!("spec.type: {e}"))?;
+        let metadata = Metadata::new(&component.meta.name, loading::plain_metadata(component)?);
+        let mut options = EngineOptions::new(config.app_id.clone());
+        // A Trellis extension: how long a dead sidecar's work stays its own before
+        // another takes it over (leases are renewed while the sidecar lives).
+        if let Some(lease) = metadata
+            .duration("leaseDuration")
+            .map_err(|e| e.to_string())?
+        {
+            if lease < std::time::Duration::from_millis(300) {
+                return Err("spec.metadata leaseDuration: must be at least 300ms".into());
+            }
+            options.lease = lease;
+        }
+        let limits = WorkflowLimits::of(config)?;
+        if let Some(n) = limits.max_workflows {
+            options.max_workflows = n;
+        }
+        if let Some(n) = limits.max_activities {
+            options.max_activities = n;
+        }
+        Ok(Workflows {
+            name: component.meta.name.clone(),
+            type_name: component.type_name.clone(),
+            factory: *factory,
+            metadata,
+            options,
+            engine: OnceCell::new(),
+        })
+    }
+
+    /// The engine, opening the backend on first use.
+    pub async fn engine(&self) -> Result<&Engine, WorkflowError> {
+        self.engine
+            .get_or_try_init(|| async {
+                let store: Arc<dyn WorkflowStore> = (self.factory)(self.metadata.clone()).await?;
+                tracing::debug!(backend = self.name, "workflow engine started");
+                Ok(Engine::start(store, self.options.clone()))
+            })
+            .await
+    }
+
+    /// The engine if it has started.
+    pub fn started(&self) -> Option<&Engine> {
+        self.engine.get()
+    }
+}
+
+/// `spec.workflow` of the app's Configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkflowLimits {
+    /// `maxConcurrentWorkflowInvocations`.
+    pub max_workflows: Option<usize>,
+    /// `maxConcurrentActivityInvocations`.
+    pub max_activities: Option<usize>,
+}
+
+impl WorkflowLimits {
+    /// Reads `spec.workflow` of the app's Configuration, if any.
+    fn of(config: &SidecarConfig) -> Result<Self, String> {
+        let Some(spec) = config.configuration.as_ref().map(|c| &c.spec.raw) else {
+            return Ok(Self::default());
+        };
+        let read = |key: &str| -> Result<Option<usize>, String> {
+            let Some(value) = spec.get("workflow").and_then(|w| w.get(key)) else {
+                return Ok(None);
+            };
+            let n = match value {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            };
+            match n.and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if n > 0 => Ok(Some(n)),
+                _ => Err(format!(
+                    "Configuration spec.workflow.{key}: {value} is not a positive whole number"
+                )),
+            }
+        };
+        Ok(WorkflowLimits {
+            max_workflows: read("maxConcurrentWorkflowInvocations")?,
+            max_activities: read("maxConcurrentActivityInvocations")?,
+        })
+    }
+}

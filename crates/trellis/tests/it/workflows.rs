@@ -1,0 +1,266 @@
+//! Dapr workflows with the official Python SDK (`dapr.ext.workflow`, in the `dapr` wheel
+//! since 1.19) against real `trellis run` processes: the SDK's worker and client on the
+//! sidecar's gRPC port, the HTTP workflow API beside them, and kill -9 of the sidecar and
+//! its worker in the middle of a workflow. The app is `tests/sdk/python/workflows.py`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::sdk::{Report, error, result};
+use crate::sdk_python::python_app;
+
+/// Waits for the app's `done` (or `crash`) report, longer than the other SDK tests: a fan-out
+/// of hundreds of activities in Python on a loaded machine takes a while.
+async fn finish(report: &Report, app_id: &str, app: &mut trellis_test_support::Sidecar) {
+    report
+        .wait(
+            &format!("{app_id} finishing"),
+            &[app],
+            Duration::from_secs(120),
+            |events| {
+                events.iter().any(|e| {
+                    e["app"] == app_id && (e["event"] == "done" || e["event"] == "crashed")
+                })
+            },
+        )
+        .await;
+    let code = app.wait_exit(crate::PATIENCE).await;
+    assert_eq!(code, Some(0), "{}", report.context(&[app]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_workflow_patterns() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-wf", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "patterns")
+        .spawn();
+    finish(&report, "py-wf", &mut app).await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("py-wf");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+    let done = |output: &str| json!({"status": "COMPLETED", "output": output});
+    assert_eq!(r("chain"), done("15"), "10 + 5 increments\n{ctx}");
+    let squares: i64 = (0..300i64).map(|i| i * i).sum();
+    assert_eq!(r("fan-out"), done(&squares.to_string()), "{ctx}");
+    assert_eq!(r("event-wins"), done("\"approved by ana\""), "{ctx}");
+    assert_eq!(r("timer-wins"), done("\"timed out\""), "{ctx}");
+    assert_eq!(r("continue-as-new"), done("3"), "{ctx}");
+    assert_eq!(r("child"), done("12"), "(1 + 5) * 2\n{ctx}");
+    assert_eq!(r("child-state"), done("6"), "{ctx}");
+    assert_eq!(
+        r("retry"),
+        done("7"),
+        "two failures, then retried to success\n{ctx}"
+    );
+    let failed = r("failure");
+    assert_eq!(failed["status"], "FAILED", "{ctx}");
+    assert!(
+        failed["failure"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("boom: this activity always fails"),
+        "{failed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_workflow_control_and_the_http_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-wf-control", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "control")
+        .spawn();
+    finish(&report, "py-wf-control", &mut app).await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("py-wf-control");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+    assert_eq!(
+        r("terminate"),
+        json!({"status": "TERMINATED", "output": "\"stopped\""}),
+        "{ctx}"
+    );
+    assert_eq!(
+        r("suspend-resume"),
+        json!({
+            "paused": "SUSPENDED",
+            "after-event": "SUSPENDED",
+            "done": {"status": "COMPLETED", "output": "\"approved by bo\""},
+        }),
+        "an event raised while suspended waits for the resume\n{ctx}"
+    );
+    assert_eq!(r("purge"), Value::Null, "a purged instance is gone\n{ctx}");
+    let unknown = r("unknown-workflow");
+    assert_eq!(unknown["status"], "FAILED", "{ctx}");
+    assert!(
+        unknown["failure"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no_such_workflow"),
+        "{unknown}"
+    );
+    assert_eq!(r("missing-state"), Value::Null, "{ctx}");
+    assert_eq!(
+        error(&steps, "raise-to-missing", &ctx)["code"],
+        "NOT_FOUND",
+        "{ctx}"
+    );
+
+    assert_eq!(
+        r("http-start"),
+        json!({"status": 202, "body": {"instanceID": "http-1"}})
+    );
+    let done = r("http-done");
+    assert_eq!(done["status"], 200, "{ctx}");
+    let body = &done["body"];
+    assert_eq!(body["instanceID"], "http-1");
+    assert_eq!(body["workflowName"], "chain");
+    assert_eq!(body["runtimeStatus"], "COMPLETED", "{ctx}");
+    assert_eq!(body["properties"]["dapr.workflow.input"], "20");
+    assert_eq!(body["properties"]["dapr.workflow.output"], "25");
+    for key in ["createdAt", "lastUpdatedAt"] {
+        let t = body[key].as_str().unwrap_or_default();
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{key}: {t}");
+    }
+    assert_eq!(r("http-beta-get"), json!(200));
+    let c = r("http-control");
+    assert_eq!(c["pause"], 202, "{c}");
+    assert_eq!(c["paused"], "SUSPENDED", "{c}");
+    assert_eq!(c["resume"], 202, "{c}");
+    assert_eq!(c["raise"], 202, "{c}");
+    assert_eq!(
+        c["done"]["properties"]["dapr.workflow.output"], "\"approved by cy\"",
+        "{c}"
+    );
+    assert_eq!(c["purge"], 202, "{c}");
+    assert_eq!(c["after-purge"]["status"], 404, "{c}");
+    assert_eq!(
+        c["after-purge"]["body"]["errorCode"], "ERR_INSTANCE_ID_NOT_FOUND",
+        "{c}"
+    );
+    assert_eq!(c["purge-running"]["status"], 500, "{c}");
+    assert_eq!(
+        c["purge-running"]["body"]["errorCode"], "ERR_PURGE_WORKFLOW",
+        "{c}"
+    );
+    assert_eq!(c["terminate"], 202, "{c}");
+    assert_eq!(c["terminated"], "TERMINATED", "{c}");
+    let http_error = |name: &str, status: u16, code: &str| {
+        let got = r(name);
+        assert_eq!(got["status"], status, "{name}: {got}");
+        assert_eq!(got["body"]["errorCode"], code, "{name}: {got}");
+    };
+    http_error("http-missing", 404, "ERR_INSTANCE_ID_NOT_FOUND");
+    http_error("http-bad-id", 400, "ERR_INSTANCE_ID_INVALID");
+    http_error("http-long-id", 400, "ERR_INSTANCE_ID_TOO_LONG");
+    http_error(
+        "http-bad-component",
+        400,
+        "ERR_WORKFLOW_COMPONENT_NOT_FOUND",
+    );
+    http_error("http-raise-missing", 404, "ERR_INSTANCE_ID_NOT_FOUND");
+}
+
+/// A `workflowbackend.sqlite` component on a file of the test's own, with short leases so
+/// that a killed sidecar's work is taken over quickly.
+fn backend(dir: &Path) -> String {
+    let resources = dir.join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    std::fs::write(
+        resources.join("workflows.yaml"),
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: wf\nspec:\n  \
+             type: workflowbackend.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    \
+             value: \"{}\"\n  - name: leaseDuration\n    value: 2s\n",
+            dir.join("wf.db").display()
+        ),
+    )
+    .unwrap();
+    resources.display().to_string()
+}
+
+/// kill -9 of the sidecar and of its worker in the middle of a chain of slow activities:
+/// a new sidecar and worker finish it with the same result, each activity completed once
+/// in history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_workflow_survives_kill_9_of_sidecar_and_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let resources = backend(dir.path());
+    let report = Report::new(dir.path());
+    let first = python_app("py-wf-kill", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "restart")
+        .env("ACTIVITY_DELAY", "0.3")
+        .env("REPORT_ACTIVITIES", "1")
+        .arg("--resources-path")
+        .arg(resources.clone())
+        .spawn();
+    report
+        .wait("the chain to start", &[&first], crate::PATIENCE, |events| {
+            events.iter().any(|e| e["event"] == "started")
+        })
+        .await;
+    let started = report.of("py-wf-kill", "started");
+    let pid = started[0]["pid"].as_i64().unwrap();
+    // Once the first activity has run, kill both without warning.
+    report
+        .wait("the first activity", &[&first], crate::PATIENCE, |events| {
+            events.iter().any(|e| e["event"] == "activity")
+        })
+        .await;
+    let kill = |pid: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    kill(i32::try_from(first.pid()).unwrap());
+    kill(i32::try_from(pid).unwrap());
+    let before = report.of("py-wf-kill", "activity").len();
+    assert!(
+        before < 5,
+        "the chain was not cut short: {before} activities ran"
+    );
+
+    let mut second = python_app("py-wf-kill", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "restart")
+        .env("WAIT_FOR", "restart-1")
+        .env("REPORT_ACTIVITIES", "1")
+        .arg("--resources-path")
+        .arg(resources)
+        .spawn();
+    finish(&report, "py-wf-kill", &mut second).await;
+    let ctx = report.context(&[&second]);
+    let steps = report.steps("py-wf-kill");
+    assert_eq!(
+        result(&steps, "resumed", &ctx),
+        &json!({"status": "COMPLETED", "output": "105"}),
+        "{ctx}"
+    );
+    let inputs: Vec<i64> = report
+        .of("py-wf-kill", "activity")
+        .iter()
+        .filter_map(|e| e["input"].as_i64())
+        .collect();
+    for x in 100..105 {
+        assert!(
+            inputs.contains(&x),
+            "activity with input {x} never ran: {inputs:?}"
+        );
+    }
+    let history = result(&steps, "history", &ctx).as_array().unwrap().clone();
+    let count = |kind: &str| history.iter().filter(|e| *e == kind).count();
+    assert_eq!(count("TASK_SCHEDULED"), 5, "{history:?}");
+    assert_eq!(
+        count("TASK_COMPLETED"),
+        5,
+        "each activity completes once in history: {history:?}"
+    );
+    assert_eq!(count("EXECUTION_COMPLETED"), 1, "{history:?}");
+    assert_eq!(
+        error(&steps, "history-missing", &ctx)["code"],
+        "NOT_FOUND",
+        "{ctx}"
+    );
+}
