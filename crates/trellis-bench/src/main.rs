@@ -15,6 +15,8 @@
 //! - `grpc` (`grpc.rs`): gRPC invocation (proxied with `dapr-app-id`, and `InvokeService`)
 //!   and gRPC `GetState`/`SaveState` through sidecars against direct calls, beside the
 //!   HTTP paths in the same run.
+//! - `workflows` (`workflows.rs`): workflow throughput, start→completion latency and a
+//!   fan-out through a sidecar, driven by a scripted worker, against the engine in process.
 
 mod direct;
 mod echo;
@@ -31,6 +33,7 @@ mod sidecar;
 mod state;
 #[cfg(test)]
 mod tests;
+mod workflows;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -55,6 +58,9 @@ enum Cmd {
     Grpc(grpc::GrpcArgs),
     /// What opening a sidecar-to-sidecar connection costs with mTLS vs plain TCP.
     Handshake(handshake::HandshakeArgs),
+    /// Workflows: chains, paced starts and a fan-out through a sidecar vs. the engine in
+    /// process, driven by a scripted worker that speaks the protocol.
+    Workflows(workflows::WorkflowsArgs),
     /// The gRPC echo app used by `grpc` (the bench starts it itself).
     #[command(hide = true)]
     GrpcEchoServer {
@@ -85,6 +91,7 @@ fn main() -> Result<()> {
         Cmd::Pubsub(args) => return rt.block_on(interruptible(pubsub::run(args))),
         Cmd::Grpc(args) => return rt.block_on(interruptible(grpc::run(args))),
         Cmd::Handshake(args) => return rt.block_on(interruptible(handshake::run(args))),
+        Cmd::Workflows(args) => return rt.block_on(interruptible(workflows::run(args))),
     };
     // Don't wait for the blocked stdin reader when serving failed.
     rt.shutdown_background();

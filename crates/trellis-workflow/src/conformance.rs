@@ -1,9 +1,14 @@
 //! The conformance suite every [`WorkflowStore`] passes: call [`run`] with a fresh store
-//! (its own tables or database) from a backend's tests.
+//! (its own tables or database) from a backend's tests; and [`scripted_turn`], the
+//! decisions of a scripted worker that speaks the protocol without an SDK, which the
+//! engine tests and the `workflows` bench drive the engine with.
 
 use trellis_proto::durabletask::history_event::EventType;
+use trellis_proto::durabletask::workflow_action::WorkflowActionType;
 use trellis_proto::durabletask::{
-    ActivityRequest, EventRaisedEvent, TaskCompletedEvent, WorkflowInstance,
+    ActivityRequest, ActivityResponse, CompleteWorkflowAction, EventRaisedEvent,
+    ScheduleTaskAction, TaskCompletedEvent, WorkflowAction, WorkflowInstance, WorkflowRequest,
+    WorkflowResponse,
 };
 
 use crate::events::{self, Start};
@@ -331,4 +336,92 @@ async fn purge_and_not_found(store: &dyn WorkflowStore) {
             .expect("list")
             .is_empty()
     );
+}
+
+/// A scripted worker's answer to a turn: schedules `fan` activities named `inc` at a time
+/// (each with its task id as input), `rounds` times one after the other, then completes
+/// with the sum of their results. `fan = 1, rounds = 5` is a chain of five activities;
+/// `fan = 1000, rounds = 1` a fan-out.
+pub fn scripted_turn(req: &WorkflowRequest, fan: i32, rounds: i32) -> WorkflowResponse {
+    let events = req.past_events.iter().chain(&req.new_events);
+    let mut scheduled = 0;
+    let mut results = Vec::new();
+    for e in events {
+        match &e.event_type {
+            Some(EventType::TaskScheduled(_)) => scheduled += 1,
+            Some(EventType::TaskCompleted(t)) => {
+                results.push(
+                    t.result
+                        .as_deref()
+                        .and_then(|r| r.parse::<i64>().ok())
+                        .unwrap_or(0),
+                );
+            }
+            _ => {}
+        }
+    }
+    let mut actions = Vec::new();
+    if i32::try_from(results.len()).unwrap_or(i32::MAX) == scheduled {
+        if scheduled >= fan * rounds {
+            actions.push(WorkflowAction {
+                id: scheduled,
+                workflow_action_type: Some(WorkflowActionType::CompleteWorkflow(
+                    CompleteWorkflowAction {
+                        workflow_status: Status::Completed as i32,
+                        result: Some(results.iter().sum::<i64>().to_string()),
+                        ..CompleteWorkflowAction::default()
+                    },
+                )),
+                router: None,
+            });
+        } else {
+            for id in scheduled..scheduled + fan {
+                actions.push(WorkflowAction {
+                    id,
+                    workflow_action_type: Some(WorkflowActionType::ScheduleTask(
+                        ScheduleTaskAction {
+                            name: "inc".into(),
+                            input: Some(id.to_string()),
+                            ..ScheduleTaskAction::default()
+                        },
+                    )),
+                    router: None,
+                });
+            }
+        }
+    }
+    WorkflowResponse {
+        instance_id: req.instance_id.clone(),
+        actions,
+        ..WorkflowResponse::default()
+    }
+}
+
+/// A scripted worker's answer to an activity: its input plus one.
+pub fn scripted_activity(req: &ActivityRequest) -> ActivityResponse {
+    let n: i64 = req
+        .input
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0);
+    ActivityResponse {
+        instance_id: req
+            .workflow_instance
+            .as_ref()
+            .map(|w| w.instance_id.clone())
+            .unwrap_or_default(),
+        task_id: req.task_id,
+        result: Some((n + 1).to_string()),
+        ..ActivityResponse::default()
+    }
+}
+
+/// Whether `res` completes its workflow.
+pub fn completes(res: &WorkflowResponse) -> bool {
+    res.actions.iter().any(|a| {
+        matches!(
+            a.workflow_action_type,
+            Some(WorkflowActionType::CompleteWorkflow(_))
+        )
+    })
 }

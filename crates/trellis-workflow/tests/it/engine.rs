@@ -5,68 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use trellis_workflow::engine::StartRequest;
-use trellis_workflow::proto::history_event::EventType;
 use trellis_workflow::proto::work_item::Request;
-use trellis_workflow::proto::workflow_action::WorkflowActionType;
-use trellis_workflow::proto::{
-    ActivityResponse, CompleteWorkflowAction, HistoryEvent, ScheduleTaskAction, WorkflowAction,
-    WorkflowRequest, WorkflowResponse,
-};
-use trellis_workflow::{Engine, EngineOptions, Status, WorkflowStore};
+use trellis_workflow::{Engine, EngineOptions, Status, WorkflowStore, conformance};
 
 use crate::sqlite_store;
-
-/// Schedules `fan` activities at a time (`inc`, input = task id), `rounds` times, then
-/// completes with the sum of their results.
-fn decide(req: &WorkflowRequest, fan: i32, rounds: i32) -> WorkflowResponse {
-    let events: Vec<&HistoryEvent> = req.past_events.iter().chain(&req.new_events).collect();
-    let scheduled = events
-        .iter()
-        .filter(|e| matches!(e.event_type, Some(EventType::TaskScheduled(_))))
-        .count() as i32;
-    let results: Vec<i64> = events
-        .iter()
-        .filter_map(|e| match &e.event_type {
-            Some(EventType::TaskCompleted(t)) => t.result.as_deref()?.parse().ok(),
-            _ => None,
-        })
-        .collect();
-    let mut actions = Vec::new();
-    if results.len() as i32 == scheduled {
-        if scheduled == fan * rounds {
-            actions.push(WorkflowAction {
-                id: scheduled,
-                workflow_action_type: Some(WorkflowActionType::CompleteWorkflow(
-                    CompleteWorkflowAction {
-                        workflow_status: Status::Completed as i32,
-                        result: Some(results.iter().sum::<i64>().to_string()),
-                        ..CompleteWorkflowAction::default()
-                    },
-                )),
-                router: None,
-            });
-        } else {
-            for id in scheduled..scheduled + fan {
-                actions.push(WorkflowAction {
-                    id,
-                    workflow_action_type: Some(WorkflowActionType::ScheduleTask(
-                        ScheduleTaskAction {
-                            name: "inc".into(),
-                            input: Some(id.to_string()),
-                            ..ScheduleTaskAction::default()
-                        },
-                    )),
-                    router: None,
-                });
-            }
-        }
-    }
-    WorkflowResponse {
-        instance_id: req.instance_id.clone(),
-        actions,
-        ..WorkflowResponse::default()
-    }
-}
 
 /// Runs a worker on `engine` until the task is aborted.
 fn worker(engine: Engine, fan: i32, rounds: i32) -> tokio::task::JoinHandle<()> {
@@ -75,24 +17,13 @@ fn worker(engine: Engine, fan: i32, rounds: i32) -> tokio::task::JoinHandle<()> 
         while let Some(item) = conn.next().await {
             match item.request {
                 Some(Request::WorkflowRequest(req)) => {
-                    engine
-                        .complete_workflow(decide(&req, fan, rounds))
-                        .await
-                        .expect("complete turn");
+                    let res = conformance::scripted_turn(&req, fan, rounds);
+                    engine.complete_workflow(res).await.expect("complete turn");
                 }
                 Some(Request::ActivityRequest(req)) => {
-                    let n: i64 = req.input.as_deref().unwrap_or("0").parse().unwrap_or(0);
-                    let instance = req
-                        .workflow_instance
-                        .map(|w| w.instance_id)
-                        .unwrap_or_default();
+                    let res = conformance::scripted_activity(&req);
                     engine
-                        .complete_activity(ActivityResponse {
-                            instance_id: instance,
-                            task_id: req.task_id,
-                            result: Some((n + 1).to_string()),
-                            ..ActivityResponse::default()
-                        })
+                        .complete_activity(res)
                         .await
                         .expect("complete activity");
                 }
