@@ -1,0 +1,231 @@
+//! Resiliency policies (`kind: Resiliency`) observed end to end: real `trellis` processes,
+//! a misbehaving callee (slow, failing, flapping) and a failing subscriber.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tempfile::TempDir;
+use trellis_test_support::{
+    HttpResponse, Sidecar, SubscriberApp, TestApp, request, send_chunked, wait_until,
+};
+
+use crate::{PATIENCE, assert_dapr_error, sidecar};
+
+/// Writes `spec` (indented under `spec:`) as a Resiliency resource into a fresh resources
+/// directory under `dir`.
+fn resources(dir: &Path, spec: &str) -> PathBuf {
+    let path = dir.join("resources");
+    std::fs::create_dir_all(&path).unwrap();
+    let yaml = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: policies\nspec:\n{spec}"
+    );
+    std::fs::write(path.join("resiliency.yaml"), yaml).unwrap();
+    path
+}
+
+/// Caller `a` with the Resiliency `spec`, and callee `b` serving a [`TestApp`].
+struct Setup {
+    _dir: TempDir,
+    app: TestApp,
+    a: Sidecar,
+    b: Sidecar,
+}
+
+impl Setup {
+    async fn start(spec: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let res = resources(dir.path(), spec);
+        let app = TestApp::start("b").await;
+        let b = sidecar("b", dir.path()).app_port(app.port()).spawn();
+        let a = sidecar("a", dir.path())
+            .arg("--resources-path")
+            .arg(res.display().to_string())
+            .spawn();
+        a.wait_healthy().await;
+        b.wait_healthy().await;
+        Self {
+            _dir: dir,
+            app,
+            a,
+            b,
+        }
+    }
+
+    /// `POST`s a small body to `method` on `b` through `a`.
+    async fn call(&self, method: &str) -> HttpResponse {
+        let url = self.a.url(&format!("/v1.0/invoke/b/method/{method}"));
+        request("POST", &url, &[("content-type", "text/plain")], "hello").await
+    }
+
+    fn outputs(&self) -> String {
+        format!("--- a:\n{}\n--- b:\n{}", self.a.output(), self.b.output())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_policy_cuts_a_slow_callee() {
+    let s = Setup::start(
+        "  policies:\n    timeouts:\n      fast: 500ms\n  targets:\n    apps:\n      b:\n        timeout: fast\n",
+    )
+    .await;
+    let quick = s.call("slow/10").await;
+    assert_eq!(quick.status.as_u16(), 200, "{}", s.outputs());
+
+    let started = Instant::now();
+    let cut = s.call("slow/5000").await;
+    let took = started.elapsed();
+    assert_dapr_error(
+        &cut,
+        500,
+        "ERR_DIRECT_INVOKE",
+        &["failed to invoke, id: b", "context deadline exceeded"],
+        &s.outputs(),
+    );
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "the call took {took:?}; the timeout is 500ms"
+    );
+}
+
+const RETRY: &str = "  policies:
+    retries:
+      flappy:
+        policy: constant
+        duration: 100ms
+        maxRetries: 3
+        matching:
+          httpStatusCodes: 500-599
+  targets:
+    apps:
+      b:
+        retry: flappy
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_policy_resends_to_a_flapping_callee() {
+    let s = Setup::start(RETRY).await;
+    // Two failures, then an answer: the caller sees only the answer.
+    let resp = s.call("flaky/2/a").await;
+    assert_eq!(
+        resp.status.as_u16(),
+        200,
+        "{:?}\n{}",
+        resp.text(),
+        s.outputs()
+    );
+    assert_eq!(resp.text(), "ok after 2");
+    assert_eq!(s.app.hits_on("/flaky/2/a"), 3);
+
+    // maxRetries 3: four attempts, then the callee's last answer as it was.
+    let resp = s.call("flaky/10/b").await;
+    assert_eq!(resp.status.as_u16(), 503, "{:?}", resp.text());
+    assert_eq!(resp.text(), "flaky failure 4");
+    assert_eq!(s.app.hits_on("/flaky/10/b"), 4);
+
+    // A status outside `matching` is not retried.
+    let resp = s.call("status/404").await;
+    assert_eq!(resp.status.as_u16(), 404);
+    assert_eq!(s.app.hits_on("/status/404"), 1);
+
+    // A streamed body cannot be sent again: one attempt, and the answer says why.
+    let url = s.a.url("/v1.0/invoke/b/method/flaky/5/streamed");
+    let resp = send_chunked("POST", &url, &[], 100_000, 8192)
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status.as_u16(),
+        503,
+        "{:?}\n{}",
+        resp.text(),
+        s.outputs()
+    );
+    assert_eq!(s.app.hits_on("/flaky/5/streamed"), 1);
+    let why = resp.header("trellis-not-retried").unwrap_or_default();
+    assert!(why.contains("streamed"), "header: {why:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_fails_fast_without_calling_the_callee() {
+    let s = Setup::start(
+        "  policies:\n    circuitBreakers:\n      cb:\n        maxRequests: 1\n        timeout: 2s\n        trip: consecutiveFailures > 1\n  targets:\n    apps:\n      b:\n        circuitBreaker: cb\n",
+    )
+    .await;
+    // The callee fails twice: the breaker opens.
+    for _ in 0..2 {
+        let resp = s.call("flaky/2/cb").await;
+        assert_eq!(
+            resp.status.as_u16(),
+            503,
+            "{:?}\n{}",
+            resp.text(),
+            s.outputs()
+        );
+    }
+    let refused = s.call("flaky/2/cb").await;
+    assert_dapr_error(
+        &refused,
+        500,
+        "ERR_DIRECT_INVOKE",
+        &["circuit breaker is open"],
+        &s.outputs(),
+    );
+    assert_eq!(
+        s.app.hits_on("/flaky/2/cb"),
+        2,
+        "an open breaker calls nobody"
+    );
+    // Another method has its own breaker.
+    assert_eq!(s.call("status/200").await.status.as_u16(), 200);
+
+    // After its timeout the breaker half-opens; the one call it lets through succeeds and
+    // closes it.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let resp = s.call("flaky/2/cb").await;
+    assert_eq!(
+        resp.status.as_u16(),
+        200,
+        "{:?}\n{}",
+        resp.text(),
+        s.outputs()
+    );
+    assert_eq!(s.call("flaky/2/cb").await.status.as_u16(), 200);
+    assert_eq!(s.app.hits_on("/flaky/2/cb"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_policy_retries_deliveries_then_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = resources(
+        dir.path(),
+        "  policies:\n    retries:\n      inbound:\n        policy: constant\n        duration: 300ms\n        maxRetries: 3\n  targets:\n    components:\n      pubsub:\n        inbound:\n          retry: inbound\n",
+    );
+    let app = SubscriberApp::start(Some(json!([
+        {"pubsubname": "pubsub", "topic": "orders", "route": "/orders", "deadLetterTopic": "orders-dead"},
+        {"pubsubname": "pubsub", "topic": "orders-dead", "route": "/dead"}
+    ])))
+    .await;
+    app.respond("/orders", &[(500, "")]);
+    let b = sidecar("b", dir.path())
+        .app_port(app.port())
+        .arg("--resources-path")
+        .arg(res.display().to_string())
+        .spawn();
+    b.wait_healthy().await;
+    let url = b.url("/v1.0/publish/pubsub/orders");
+    let published = request("POST", &url, &[("content-type", "text/plain")], "order 1").await;
+    assert_eq!(published.status.as_u16(), 204, "{:?}", published.text());
+
+    let dead = app.wait_for("/dead", 1, PATIENCE).await;
+    assert_eq!(dead.len(), 1, "nothing dead-lettered\n{}", b.output());
+    assert_eq!(dead[0].json()["data"], "order 1");
+    // maxRetries 3: the first delivery and three retries, not the built-in ten attempts.
+    let tries = app.received_on("/orders");
+    assert_eq!(tries.len(), 4, "{}", b.output());
+    // And nothing more arrives for it.
+    let more = wait_until(Duration::from_secs(1), || async {
+        app.received_on("/orders").len() > 4
+    })
+    .await;
+    assert!(!more, "delivered again after dead-lettering");
+}
