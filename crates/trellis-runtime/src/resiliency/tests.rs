@@ -463,3 +463,109 @@ async fn an_open_breaker_fails_fast_and_stops_retries() {
     assert_eq!(outcome.result, Ok(200));
     assert_eq!(p.breaker.as_ref().map(|b| b.state()), Some(State::Closed));
 }
+
+/// A state store that fails its first `fails` calls with `error`, answers after `delay`.
+#[derive(Debug)]
+struct FlakyStore {
+    fails: AtomicU32,
+    calls: AtomicU32,
+    error: fn() -> trellis_state::StateError,
+    delay: Duration,
+}
+
+impl FlakyStore {
+    fn new(fails: u32, error: fn() -> trellis_state::StateError, delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            fails: AtomicU32::new(fails),
+            calls: AtomicU32::new(0),
+            error,
+            delay,
+        })
+    }
+
+    async fn answer(&self) -> Result<(), trellis_state::StateError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(self.delay).await;
+        let left = self.fails.load(Ordering::Relaxed);
+        if left > 0 {
+            self.fails.store(left - 1, Ordering::Relaxed);
+            return Err((self.error)());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl trellis_state::StateStore for FlakyStore {
+    fn capabilities(&self) -> trellis_state::Capabilities {
+        trellis_state::Capabilities::default()
+    }
+    async fn get(
+        &self,
+        _key: &str,
+    ) -> Result<Option<trellis_state::Item>, trellis_state::StateError> {
+        self.answer().await.map(|()| None)
+    }
+    async fn set(&self, _req: trellis_state::SetRequest) -> Result<(), trellis_state::StateError> {
+        self.answer().await
+    }
+    async fn delete(
+        &self,
+        _req: trellis_state::DeleteRequest,
+    ) -> Result<(), trellis_state::StateError> {
+        self.answer().await
+    }
+    async fn transact(
+        &self,
+        _ops: Vec<trellis_state::Operation>,
+    ) -> Result<(), trellis_state::StateError> {
+        self.answer().await
+    }
+}
+
+fn wrapped(store: &Arc<FlakyStore>, policy: Policy) -> outbound::State {
+    outbound::State {
+        inner: store.clone(),
+        policy,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outbound_policy_retries_a_failing_store_but_not_a_refused_request() {
+    use trellis_state::{StateError, StateStore as _};
+    let backend = || StateError::Backend("connection reset".into());
+    let store = FlakyStore::new(2, backend, Duration::ZERO);
+    let state = wrapped(&store, policy(None, Some(constant(1, 3)), None));
+    assert!(state.get("k").await.is_ok());
+    assert_eq!(store.calls.load(Ordering::Relaxed), 3);
+
+    // An ETag mismatch is the request's fault: answered at once, not retried.
+    let store = FlakyStore::new(5, || StateError::EtagMismatch, Duration::ZERO);
+    let state = wrapped(&store, policy(None, Some(constant(1, 3)), None));
+    let req = trellis_state::DeleteRequest::new("k");
+    assert!(matches!(
+        state.delete(req).await,
+        Err(StateError::EtagMismatch)
+    ));
+    assert_eq!(store.calls.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outbound_timeout_cuts_a_slow_store() {
+    use trellis_state::StateStore as _;
+    let store = FlakyStore::new(
+        0,
+        || trellis_state::StateError::Backend(String::new()),
+        Duration::from_secs(30),
+    );
+    let state = wrapped(&store, policy(Some(2), None, None));
+    let start = Instant::now();
+    let err = state
+        .get("k")
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("context deadline exceeded"), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}

@@ -229,3 +229,35 @@ async fn an_inbound_policy_retries_deliveries_then_dead_letters() {
     .await;
     assert!(!more, "delivered again after dead-lettering");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_policy_fails_the_start_and_an_unknown_component_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = resources(
+        dir.path(),
+        "  policies:\n    timeouts:\n      t: 1s\n  targets:\n    apps:\n      b:\n        retry: nosuch\n",
+    );
+    let (code, x) = crate::run_to_end(
+        sidecar("x", dir.path())
+            .arg("--resources-path")
+            .arg(res.display().to_string()),
+    )
+    .await;
+    assert_ne!(code, Some(0), "{}", x.output());
+    let out = x.output();
+    for needle in ["resiliency.yaml", "spec.targets.apps.b.retry", "\"nosuch\""] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+
+    let res = resources(
+        dir.path(),
+        "  policies:\n    timeouts:\n      t: 1s\n  targets:\n    components:\n      nosuchstore:\n        outbound:\n          timeout: t\n",
+    );
+    let x = sidecar("x", dir.path())
+        .arg("--resources-path")
+        .arg(res.display().to_string())
+        .spawn();
+    x.wait_healthy().await;
+    x.wait_output("spec.targets.components.nosuchstore", PATIENCE)
+        .await;
+}
