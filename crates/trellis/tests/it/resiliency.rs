@@ -86,6 +86,31 @@ async fn a_timeout_policy_cuts_a_slow_callee() {
         took >= Duration::from_millis(500) && took < Duration::from_secs(3),
         "the call took {took:?}; the timeout is 500ms"
     );
+
+    // Over gRPC (InvokeService) the same policy answers DEADLINE_EXCEEDED, as Dapr does.
+    let endpoint = format!("http://127.0.0.1:{}", s.a.grpc_port);
+    let mut client = trellis_proto::runtime::dapr_client::DaprClient::connect(endpoint)
+        .await
+        .unwrap();
+    let err = client
+        .invoke_service(trellis_proto::runtime::InvokeServiceRequest {
+            id: "b".into(),
+            message: Some(trellis_proto::common::InvokeRequest {
+                method: "slow/5000".into(),
+                http_extension: Some(trellis_proto::common::HttpExtension {
+                    verb: trellis_proto::common::http_extension::Verb::Get as i32,
+                    querystring: String::new(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains("context deadline exceeded"),
+        "{err:?}"
+    );
 }
 
 const RETRY: &str = "  policies:
