@@ -286,3 +286,74 @@ async fn an_unknown_policy_fails_the_start_and_an_unknown_component_is_a_warning
     x.wait_output("spec.targets.components.nosuchstore", PATIENCE)
         .await;
 }
+
+/// Sends `POST /slow/1500` to `b` through `caller` while one instance of `b` is killed
+/// (`kill -9` of its sidecar) with the call in flight; returns the answer.
+async fn call_while_its_callee_dies(
+    caller: &Sidecar,
+    apps: &[TestApp],
+    bs: &mut [Sidecar],
+) -> HttpResponse {
+    let url = caller.url("/v1.0/invoke/b/method/slow/1500");
+    let before: Vec<usize> = apps.iter().map(|a| a.hits_on("/slow/1500")).collect();
+    let call =
+        tokio::spawn(
+            async move { request("POST", &url, &[("content-type", "text/plain")], "x").await },
+        );
+    let mut victim = None;
+    let reached = wait_until(PATIENCE, || {
+        let hit = apps
+            .iter()
+            .zip(&before)
+            .position(|(a, n)| a.hits_on("/slow/1500") > *n);
+        victim = hit;
+        async move { hit.is_some() }
+    })
+    .await;
+    assert!(reached, "no instance got the call");
+    if let Some(i) = victim {
+        bs[i].signal(nix::sys::signal::Signal::SIGKILL);
+        bs[i].wait_exit(PATIENCE).await;
+    }
+    call.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_to_a_killed_callee_is_retried_elsewhere_only_under_a_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = resources(dir.path(), RETRY);
+    let mut apps = Vec::new();
+    let mut bs = Vec::new();
+    for name in ["b1", "b2", "b3"] {
+        let app = TestApp::start(name).await;
+        bs.push(sidecar("b", dir.path()).app_port(app.port()).spawn());
+        apps.push(app);
+    }
+    let plain = sidecar("plain", dir.path()).spawn();
+    let guarded = sidecar("guarded", dir.path())
+        .arg("--resources-path")
+        .arg(res.display().to_string())
+        .spawn();
+    for s in bs.iter().chain([&plain, &guarded]) {
+        s.wait_healthy().await;
+    }
+    // Without a policy, a call that may have reached the app is not sent again.
+    let lost = call_while_its_callee_dies(&plain, &apps, &mut bs).await;
+    assert_dapr_error(
+        &lost,
+        500,
+        "ERR_DIRECT_INVOKE",
+        &["failed to invoke, id: b"],
+        &plain.output(),
+    );
+    // With one, it is sent to an instance still there.
+    let saved = call_while_its_callee_dies(&guarded, &apps, &mut bs).await;
+    assert_eq!(
+        saved.status.as_u16(),
+        200,
+        "{:?}\n{}",
+        saved.text(),
+        guarded.output()
+    );
+    assert_eq!(saved.text(), "slow");
+}
