@@ -569,3 +569,19 @@ async fn an_outbound_timeout_cuts_a_slow_store() {
     assert!(err.contains("context deadline exceeded"), "{err}");
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_combined_trip_waits_for_enough_requests() {
+    let b = CircuitBreaker::new(
+        "t",
+        &breaker_policy("requests >= 4 && totalFailures > 1", 1, 0, 5),
+    );
+    // Two failures out of two requests: not enough requests yet.
+    for _ in 0..2 {
+        b.allow().map(|t| t.record(false)).unwrap_or_default();
+    }
+    assert_eq!(b.state(), State::Closed);
+    b.allow().map(|t| t.record(true)).unwrap_or_default();
+    b.allow().map(|t| t.record(false)).unwrap_or_default();
+    assert_eq!(b.state(), State::Open);
+}
