@@ -357,3 +357,77 @@ async fn a_call_in_flight_to_a_killed_callee_is_retried_elsewhere_only_under_a_p
     );
     assert_eq!(saved.text(), "slow");
 }
+
+/// A `state.redis` component named `statestore` on `port`, with `spec` as Resiliency (none
+/// when empty), in a fresh resources directory under `dir/name`.
+fn redis_store(dir: &Path, name: &str, port: u16, spec: &str) -> PathBuf {
+    let dir = dir.join(name);
+    let path = match spec {
+        "" => {
+            let path = dir.join("resources");
+            std::fs::create_dir_all(&path).unwrap();
+            path
+        }
+        spec => resources(&dir, spec),
+    };
+    let component = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: 127.0.0.1:{port}\n"
+    );
+    std::fs::write(path.join("statestore.yaml"), component).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_policy_rides_out_a_store_that_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis =
+        trellis_test_support::servers::OwnRedis::start(trellis_test_support::free_port());
+    let spec = "  policies:\n    retries:\n      store:\n        policy: constant\n        duration: 200ms\n        maxRetries: 50\n  targets:\n    components:\n      statestore:\n        outbound:\n          retry: store\n";
+    let guarded_res = redis_store(dir.path(), "guarded", redis.port, spec);
+    let plain_res = redis_store(dir.path(), "plain", redis.port, "");
+    let start = |id: &str, res: &Path| {
+        sidecar(id, dir.path())
+            .arg("--resources-path")
+            .arg(res.display().to_string())
+            .spawn()
+    };
+    let guarded = start("guarded", &guarded_res);
+    let plain = start("plain", &plain_res);
+    guarded.wait_healthy().await;
+    plain.wait_healthy().await;
+    let save = |s: &Sidecar, value: &str| {
+        let url = s.url("/v1.0/state/statestore");
+        let body = json!([{"key": "k", "value": value}]).to_string();
+        async move { request("POST", &url, &[("content-type", "application/json")], body).await }
+    };
+    assert_eq!(
+        save(&guarded, "before").await.status.as_u16(),
+        204,
+        "{}",
+        guarded.output()
+    );
+
+    redis.kill();
+    // Without a policy the save fails at once.
+    let failed = save(&plain, "lost").await;
+    assert_dapr_error(&failed, 500, "ERR_STATE_SAVE", &[], &plain.output());
+    // With one it is retried until the store is back.
+    let pending = tokio::spawn({
+        let url = guarded.url("/v1.0/state/statestore");
+        let body = json!([{"key": "k", "value": "after"}]).to_string();
+        async move { request("POST", &url, &[("content-type", "application/json")], body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!pending.is_finished(), "the save should wait for the store");
+    redis.restart();
+    let saved = pending.await.unwrap();
+    assert_eq!(
+        saved.status.as_u16(),
+        204,
+        "{:?}\n{}",
+        saved.text(),
+        guarded.output()
+    );
+    let read = request("GET", &guarded.url("/v1.0/state/statestore/k"), &[], "").await;
+    assert_eq!(read.text(), "\"after\"", "{}", guarded.output());
+}
