@@ -89,6 +89,9 @@ pub struct Resiliency {
     retries: BTreeMap<String, RetryPolicy>,
     breakers: BTreeMap<String, CircuitBreakerPolicy>,
     apps: BTreeMap<String, TargetPolicy>,
+    /// Dapr's default policies for apps without a target, found once: the invocation path
+    /// asks for every call.
+    app_default: Option<TargetPolicy>,
     components: BTreeMap<String, ComponentTarget>,
     /// Parsed and kept; Trellis has no actors to apply them to yet.
     pub actors: BTreeMap<String, ActorTargetPolicy>,
@@ -122,6 +125,7 @@ impl Resiliency {
             merged.components.extend(r.targets.components.clone());
             merged.actors.extend(r.targets.actors.clone());
         }
+        merged.app_default = merged.defaults(&["App"]);
         merged
     }
 
@@ -138,18 +142,19 @@ impl Resiliency {
         }
     }
 
-    /// The policy for invoking `method` on app `app_id`, if any applies.
+    /// The policy for invoking `method` on app `app_id`, if any applies. Without one this
+    /// costs a map lookup: it runs for every invocation.
     pub fn app(&self, app_id: &str, method: &str) -> Option<Policy> {
         let names = match self.apps.get(app_id) {
-            Some(t) => t.clone(),
-            None => self.defaults(&["App"])?,
+            Some(t) => t,
+            None => self.app_default.as_ref()?,
         };
         let breaker = names
             .circuit_breaker
             .as_deref()
             .and_then(|n| self.breakers.get(n).map(|p| (n, p)))
             .map(|(name, policy)| self.app_breaker(app_id, method, name, policy));
-        self.policy(format!("apps.{app_id}"), &names, breaker)
+        self.policy(format!("apps.{app_id}"), names, breaker)
     }
 
     /// The policy for calls of `direction` through component `name` of `block`, if any.
