@@ -116,6 +116,27 @@ impl Resiliency {
         ] {
             merged.retries.insert(name.to_string(), constant(retries));
         }
+        let exponential = |retries, max_interval| RetryPolicy {
+            policy: trellis_resources::BackoffPolicy::Exponential,
+            max_interval,
+            max_retries: retries,
+            ..RetryPolicy::default()
+        };
+        for (name, retries, max_interval) in [
+            (
+                "DaprBuiltInActorReminderRetries",
+                -1,
+                Duration::from_secs(60),
+            ),
+            (
+                "DaprBuiltInInitializationRetries",
+                3,
+                Duration::from_secs(1),
+            ),
+        ] {
+            let policy = exponential(retries, max_interval);
+            merged.retries.insert(name.to_string(), policy);
+        }
         for r in resources.iter().filter(|r| r.is_scoped_to(app_id)) {
             let p = &r.policies;
             merged.timeouts.extend(p.timeouts.clone());

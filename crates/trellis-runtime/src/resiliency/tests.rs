@@ -585,3 +585,11 @@ async fn a_combined_trip_waits_for_enough_requests() {
     b.allow().map(|t| t.record(false)).unwrap_or_default();
     assert_eq!(b.state(), State::Open);
 }
+
+#[test]
+fn every_built_in_retry_policy_a_target_may_name_is_defined() {
+    let r = Resiliency::new(&[], "a");
+    for name in trellis_resources::BUILT_IN_RETRY_POLICIES {
+        assert!(r.retries.contains_key(*name), "{name}");
+    }
+}
