@@ -31,7 +31,7 @@ pub use registry::{Registry, UnknownComponentType};
 pub use resiliency::{
     ActorCircuitBreakerScope, ActorTargetPolicy, BUILT_IN_RETRY_POLICIES, BackoffPolicy,
     BreakerCounts, CircuitBreakerPolicy, Comparison, ComponentTarget, Policies, Resiliency,
-    RetryMatching, RetryPolicy, StatusCodeRange, TargetPolicy, Targets, TripExpr, TripField,
+    RetryMatching, RetryPolicy, StatusCodeRange, TargetPolicy, Targets, Trip, TripExpr, TripField,
     TripParseError,
 };
 pub use subscription::{BulkSubscribe, RouteRule, Routes, Subscription};

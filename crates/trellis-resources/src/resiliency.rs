@@ -139,13 +139,88 @@ pub struct CircuitBreakerPolicy {
     /// `timeout`: how long the breaker stays open before going half-open; 60s by default.
     pub timeout: Duration,
     /// `trip`: when to open; `consecutiveFailures > 5` by default.
-    pub trip: TripExpr,
+    pub trip: Trip,
 }
 
-/// A parsed `trip` expression: `<field> <comparison> <integer>`, such as `consecutiveFailures > 5`.
+/// A `trip` expression: comparisons ([`TripExpr`]) joined by `&&` and `||`, `&&` binding
+/// tighter, such as `consecutiveFailures > 5 || requests > 100 && totalFailures > 50`.
 ///
-/// Dapr evaluates `trip` as CEL; this covers the single comparisons its documentation uses. Anything more
-/// elaborate is reported as a validation error rather than misread.
+/// Dapr evaluates `trip` as CEL over the counters; this is the part of CEL a trip
+/// condition needs. Parentheses, arithmetic and anything else are refused at load time
+/// rather than misread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trip {
+    /// Alternatives (`||`), each a conjunction (`&&`) of comparisons.
+    pub any_of: Vec<Vec<TripExpr>>,
+}
+
+impl Default for Trip {
+    fn default() -> Self {
+        TripExpr::default().into()
+    }
+}
+
+impl From<TripExpr> for Trip {
+    fn from(e: TripExpr) -> Self {
+        Self {
+            any_of: vec![vec![e]],
+        }
+    }
+}
+
+impl Trip {
+    /// True when the counts satisfy the expression, that is, when the breaker should open.
+    pub fn is_tripped(&self, counts: &BreakerCounts) -> bool {
+        self.any_of
+            .iter()
+            .any(|all| all.iter().all(|e| e.is_tripped(counts)))
+    }
+}
+
+impl fmt::Display for Trip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, all) in self.any_of.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" || ")?;
+            }
+            for (j, e) in all.iter().enumerate() {
+                if j > 0 {
+                    f.write_str(" && ")?;
+                }
+                write!(f, "{e}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Trip {
+    type Err = TripParseError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        if input.trim().is_empty() {
+            return Err(TripParseError::Empty);
+        }
+        let any_of = input
+            .split("||")
+            .map(|alt| {
+                alt.split("&&")
+                    .map(|part| match part.trim().parse::<TripExpr>() {
+                        // A blank side of `&&`/`||` is the whole expression's fault.
+                        Err(TripParseError::Empty) => {
+                            Err(TripParseError::Malformed(input.to_string()))
+                        }
+                        other => other,
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { any_of })
+    }
+}
+
+/// One comparison of a `trip` expression: `<field> <comparison> <integer>`, such as
+/// `consecutiveFailures > 5`; [`Trip`] joins several.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TripExpr {
     /// The counter compared.
@@ -479,10 +554,10 @@ fn parse_policies(ctx: &mut Ctx<'_>, p: &Mapping) -> Policies {
             timeout: ctx
                 .duration(c, "timeout", &cpath)
                 .unwrap_or(Duration::from_secs(60)),
-            trip: TripExpr::default(),
+            trip: Trip::default(),
         };
         if let Some(text) = ctx.string(c, "trip", &cpath) {
-            match text.parse::<TripExpr>() {
+            match text.parse::<Trip>() {
                 Ok(t) => cb.trip = t,
                 Err(e) => ctx.error(child(&cpath, "trip"), e.to_string()),
             }
@@ -840,8 +915,10 @@ mod tests {
             ("consecutiveFailures >", "invalid trip expression"),
             ("consecutiveFailures > five", "invalid trip expression"),
             ("consecutiveFailures > -1", "invalid trip expression"),
+            ("consecutiveFailures > 5 &&", "invalid trip expression"),
+            ("|| requests > 1", "invalid trip expression"),
             (
-                "consecutiveFailures > 5 && requests > 10",
+                "(consecutiveFailures > 5) && requests > 10",
                 "invalid trip expression",
             ),
             ("consecutiveFailures => 5", "invalid trip expression"),
@@ -852,7 +929,7 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let err = text.parse::<TripExpr>().expect_err(text).to_string();
+            let err = text.parse::<Trip>().expect_err(text).to_string();
             assert!(
                 err.contains(want),
                 "{text:?}: {err:?} should contain {want:?}"
@@ -871,6 +948,29 @@ mod tests {
         counts.consecutive_failures = 3;
         assert!(t.is_tripped(&counts));
         assert_eq!(TripExpr::default().to_string(), "consecutiveFailures > 5");
+    }
+
+    #[test]
+    fn combined_trip_expressions() {
+        let t: Trip = "consecutiveFailures > 5 || requests > 10 && totalFailures >= 5"
+            .parse()
+            .unwrap();
+        assert_eq!(t.any_of.len(), 2);
+        assert_eq!(
+            t.to_string(),
+            "consecutiveFailures > 5 || requests > 10 && totalFailures >= 5"
+        );
+        let counts = |requests, total_failures, consecutive_failures| BreakerCounts {
+            requests,
+            total_failures,
+            consecutive_failures,
+            ..Default::default()
+        };
+        assert!(t.is_tripped(&counts(0, 0, 6)));
+        assert!(t.is_tripped(&counts(11, 5, 0)));
+        assert!(!t.is_tripped(&counts(11, 4, 5)));
+        assert!(!t.is_tripped(&counts(10, 9, 0)));
+        assert_eq!(Trip::default().to_string(), "consecutiveFailures > 5");
     }
 
     #[test]

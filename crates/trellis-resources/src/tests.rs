@@ -688,6 +688,7 @@ fn realistic_multi_document_file() {
             op: Comparison::Gt,
             value: 8
         }
+        .into()
     );
     let plain = &res.policies.circuit_breakers["plain"];
     assert_eq!(

@@ -8,6 +8,11 @@
 //! 404 ack with a warning and a count. After [`DeliveryPolicy::max_attempts`] a message
 //! goes to the subscription's dead-letter topic (same pub/sub) when it has one.
 //!
+//! A `components.<pubsub>.inbound` resiliency policy takes over: its timeout and circuit
+//! breaker guard each request to the app (an open breaker nacks without calling it), and
+//! its retry policy replaces the backoff and the attempt count before dead-lettering. The
+//! broker keeps the message between attempts either way, so a retry survives a restart.
+//!
 //! A bulk subscription (`bulkSubscribe.enabled`) receives batches: what the broker hands
 //! over until `maxMessagesCount` or `maxAwaitDurationMs`, one request per route, and each
 //! entry is settled by its own status in the app's answer.
@@ -37,6 +42,7 @@ use crate::api::callbacks::{self, AppVerdict, BulkEntry};
 use crate::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
 use crate::invoke::{AppCall, AppChannel};
 use crate::pubsub::PubSubComponent;
+use crate::resiliency::{Block, Direction, Failure, Policy, Retry, Verdict};
 use crate::runtime::Runtime;
 use crate::subscriptions::{self, ActiveSubscription};
 
@@ -62,6 +68,82 @@ struct Loop {
     channel: Arc<dyn AppChannel>,
     sub: ActiveSubscription,
     component: Arc<PubSubComponent>,
+    /// The inbound policy's timeout and breaker, around each request to the app.
+    guard: Policy,
+    /// The inbound policy's retries, replacing [`crate::DeliveryPolicy`]'s.
+    retry: Option<Retry>,
+}
+
+impl Loop {
+    fn new(
+        rt: Arc<Runtime>,
+        channel: Arc<dyn AppChannel>,
+        sub: ActiveSubscription,
+        component: Arc<PubSubComponent>,
+    ) -> Self {
+        let policy = rt
+            .resiliency
+            .component(&sub.spec.pubsub, Block::Pubsub, Direction::Inbound)
+            .unwrap_or_default();
+        // Retries are the broker's redeliveries here, never a second request in a row.
+        let retry = policy.retry.clone();
+        let guard = Policy {
+            retry: None,
+            ..policy
+        };
+        Self {
+            rt,
+            channel,
+            sub,
+            component,
+            guard,
+            retry,
+        }
+    }
+
+    /// Sends `req` to the app under the inbound policy and reads the app's answer (up to
+    /// `limit` bytes) with `verdict`.
+    async fn call_app<V>(
+        &self,
+        path: &str,
+        req: Request<Body>,
+        limit: usize,
+        verdict: impl FnOnce(StatusCode, &[u8]) -> V,
+        failed: impl Fn(String) -> V,
+        judge: impl Fn(&V) -> Verdict,
+    ) -> V {
+        let mut once = Some((req, verdict));
+        let attempt = |_| {
+            let taken = once.take();
+            async move {
+                let Some((req, verdict)) = taken else {
+                    return Err("the request cannot be sent again".to_string());
+                };
+                let resp = self
+                    .channel
+                    .call(path, req)
+                    .await
+                    .map_err(|e| format!("cannot reach the app: {e}"))?;
+                let status = resp.status();
+                let body = read_limited(resp.into_body(), limit)
+                    .await
+                    .unwrap_or_default();
+                Ok(verdict(status, &body))
+            }
+        };
+        let outcome = self
+            .guard
+            .run(false, attempt, |r: &Result<V, String>| match r {
+                Ok(v) => judge(v),
+                Err(_) => Verdict::Failure(Failure::Error),
+            })
+            .await;
+        match outcome.result {
+            Ok(Ok(v)) => v,
+            Ok(Err(why)) => failed(why),
+            Err(stopped) => failed(format!("not delivered: {stopped}")),
+        }
+    }
 }
 
 /// Runs every subscription of the app until `stop` turns true. `declarative` are the
@@ -103,12 +185,7 @@ pub async fn run(
         let Some(component) = rt.pubsub.get(&sub.spec.pubsub).cloned() else {
             continue;
         };
-        let l = Loop {
-            rt: rt.clone(),
-            channel: channel.clone(),
-            sub,
-            component,
-        };
+        let l = Loop::new(rt.clone(), channel.clone(), sub, component);
         loops.spawn(l.run(stop.clone()));
     }
     while loops.join_next().await.is_some() {}
@@ -133,12 +210,7 @@ pub async fn deliver(
     subscription: Box<dyn Subscription>,
     stop: watch::Receiver<bool>,
 ) {
-    let l = Loop {
-        rt,
-        channel,
-        sub,
-        component,
-    };
+    let l = Loop::new(rt, channel, sub, component);
     Arc::new(l).consume(subscription, stop).await;
 }
 
@@ -451,19 +523,19 @@ impl Loop {
                 Err(e) => {
                     vec![AppVerdict::Retry(format!("cannot build the request: {e}")); ids.len()]
                 }
-                Ok(req) => match self.channel.call(path, req).await {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let limit = MAX_ANSWER + ids.len() * MAX_ANSWER_PER_ENTRY;
-                        let body = read_limited(resp.into_body(), limit)
-                            .await
-                            .unwrap_or_default();
-                        callbacks::bulk_verdicts(status, &body, &ids)
-                    }
-                    Err(e) => {
-                        vec![AppVerdict::Retry(format!("cannot reach the app: {e}")); ids.len()]
-                    }
-                },
+                Ok(req) => {
+                    let limit = MAX_ANSWER + ids.len() * MAX_ANSWER_PER_ENTRY;
+                    let n = ids.len();
+                    self.call_app(
+                        path,
+                        req,
+                        limit,
+                        |status, body| callbacks::bulk_verdicts(status, body, &ids),
+                        |why| vec![AppVerdict::Retry(why); n],
+                        |vs: &Vec<AppVerdict>| judge_all(vs),
+                    )
+                    .await
+                }
             };
             for (i, verdict) in members.into_iter().zip(answers) {
                 verdicts[i] = Some(verdict);
@@ -499,7 +571,19 @@ impl Loop {
             AppVerdict::Retry(why) => {
                 stats.retried.fetch_add(1, Ordering::Relaxed);
                 let attempt = msg.delivery_attempt;
-                let exhausted = attempt >= self.rt.delivery.max_attempts;
+                let (exhausted, backoff) = match &self.retry {
+                    Some(retry) => (
+                        !retry.allows(attempt),
+                        retry.delay(
+                            attempt.saturating_sub(1),
+                            crate::resiliency::retry::jitter(),
+                        ),
+                    ),
+                    None => (
+                        attempt >= self.rt.delivery.max_attempts,
+                        self.rt.delivery.backoff(attempt),
+                    ),
+                };
                 match (&spec.dead_letter_topic, exhausted) {
                     (Some(dlt), true) => self.dead_letter(dlt, delivery, &why).await,
                     _ => {
@@ -510,7 +594,7 @@ impl Loop {
                             attempt,
                             "redelivering: {why}"
                         );
-                        delivery.nack(self.rt.delivery.backoff(attempt)).await
+                        delivery.nack(backoff).await
                     }
                 }
             }
@@ -542,16 +626,15 @@ impl Loop {
             pubsub: self.sub.spec.pubsub.clone(),
             topic: self.sub.spec.topic.clone(),
         });
-        match self.channel.call(path, req).await {
-            Ok(resp) => {
-                let status = resp.status();
-                let body = read_limited(resp.into_body(), MAX_ANSWER)
-                    .await
-                    .unwrap_or_default();
-                callbacks::app_verdict(status, &body)
-            }
-            Err(e) => AppVerdict::Retry(format!("cannot reach the app: {e}")),
-        }
+        self.call_app(
+            path,
+            req,
+            MAX_ANSWER,
+            callbacks::app_verdict,
+            AppVerdict::Retry,
+            |v: &AppVerdict| judge_all(std::slice::from_ref(v)),
+        )
+        .await
     }
 
     /// Moves a message that ran out of attempts to `topic` on the same pub/sub.
@@ -591,5 +674,14 @@ impl Loop {
                 delivery.nack(after).await
             }
         }
+    }
+}
+
+/// A request to the app failed, for its inbound breaker, when any event in it is to be
+/// retried (a dropped event was answered, not failed).
+fn judge_all(verdicts: &[AppVerdict]) -> Verdict {
+    match verdicts.iter().any(|v| matches!(v, AppVerdict::Retry(_))) {
+        true => Verdict::Failure(Failure::Error),
+        false => Verdict::Success,
     }
 }

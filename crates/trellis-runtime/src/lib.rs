@@ -24,6 +24,7 @@ mod lazy_store;
 mod loading;
 pub mod lock;
 pub mod pubsub;
+pub mod resiliency;
 pub mod runtime;
 pub mod secrets;
 pub mod server;

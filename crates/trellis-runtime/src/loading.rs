@@ -187,6 +187,20 @@ impl<T> Opened<T> {
         self.by_name.get(name)
     }
 
+    /// Replaces each component with `f` of it, while nothing else holds them yet (right
+    /// after opening: a component already shared is left as it is).
+    pub fn map_each(self, mut f: impl FnMut(T) -> T) -> Self {
+        let by_name = self
+            .by_name
+            .into_iter()
+            .map(|(name, c)| match Arc::try_unwrap(c) {
+                Ok(c) => (name, Arc::new(f(c))),
+                Err(shared) => (name, shared),
+            })
+            .collect();
+        Self { by_name }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }

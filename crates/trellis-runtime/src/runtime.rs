@@ -100,6 +100,8 @@ pub struct Runtime {
     pub enable_api_logging: bool,
     /// Retries and concurrency of deliveries, for every subscription.
     pub delivery: DeliveryPolicy,
+    /// The app's Resiliency resources, merged (inbound policies of deliveries).
+    pub resiliency: Arc<crate::resiliency::Resiliency>,
     /// How long work in progress may take to finish once the sidecar stops.
     pub graceful_shutdown: Duration,
     /// Turns true when the sidecar stops; long-lived calls (streaming subscriptions) end.
@@ -143,6 +145,7 @@ pub struct RuntimeParts {
     pub enable_api_logging: bool,
     pub extended: BTreeMap<String, String>,
     pub delivery: DeliveryPolicy,
+    pub resiliency: Arc<crate::resiliency::Resiliency>,
     pub graceful_shutdown: Duration,
     /// The sidecar's stop signal (true once it stops).
     pub stopping: watch::Receiver<bool>,
@@ -168,6 +171,7 @@ impl Runtime {
             allowed_origins: parts.allowed_origins,
             delivery_stats: DeliveryStats::default(),
             delivery: parts.delivery,
+            resiliency: parts.resiliency,
             graceful_shutdown: parts.graceful_shutdown,
             stopping: parts.stopping,
             subscriptions: RwLock::new(Vec::new()),

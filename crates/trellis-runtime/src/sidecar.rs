@@ -124,6 +124,14 @@ impl Sidecar {
         let http_pipeline = crate::api::middleware::Pipeline::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
+        // Resiliency: the outbound policies go on the components here, once, before
+        // anything holds them; invocation and delivery get the same merged policies below.
+        let resiliency = Arc::new(crate::resiliency::Resiliency::new(
+            &config.resources.resiliencies,
+            &config.app_id,
+        ));
+        let (state, pubsub, lock, configuration) =
+            crate::resiliency::outbound::apply(&resiliency, state, pubsub, lock, configuration);
         let declarative =
             crate::subscriptions::declarative(&config, &pubsub).map_err(StartError::Components)?;
         let mut components: Vec<ComponentSummary> = state
@@ -170,6 +178,8 @@ impl Sidecar {
             version: "v1".to_string(),
             capabilities: Vec::new(),
         }));
+        let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
+        resiliency.warn_unknown_components(&names);
 
         let (resolver_name, resolver_config) = config
             .configuration
@@ -237,6 +247,7 @@ impl Sidecar {
             crate::invoke::BuiltinRetries::from_resiliencies(&config.resources.resiliencies)
                 .unwrap_or(config.builtin_retries),
             peer_tls,
+            resiliency.clone(),
         );
         let (stop, _) = watch::channel(false);
         let runtime = Arc::new(Runtime::new(RuntimeParts {
@@ -283,6 +294,7 @@ impl Sidecar {
             enable_api_logging: config.enable_api_logging,
             extended: config.extended_metadata.clone(),
             delivery: config.delivery.clone(),
+            resiliency,
             graceful_shutdown: config.graceful_shutdown,
             stopping: stop.subscribe(),
         }));

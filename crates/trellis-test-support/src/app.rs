@@ -5,16 +5,19 @@
 //! * `/download/<n>`: streams `n` bytes (64 KiB chunks) without holding them in memory
 //! * `/upload`: counts the request body as it streams, answers `{"received": n}`
 //! * `/slow/<ms>`: answers after `ms` milliseconds
+//! * `/flaky/<n>/...`: a flapping callee: the first `n` requests to the exact path answer
+//!   503, later ones 200 (`ok after <n>`)
 //! * `/dapr/subscribe`: 404, as an app without pub/sub subscriptions answers (not counted
 //!   in [`TestApp::hits`]: every sidecar asks it once the app is up)
 //! * anything else: a JSON echo of method, path, query, headers and body
 //!
 //! Every response carries `x-instance: <name>` so tests can tell instances apart.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +36,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub name: String,
     hits: Arc<AtomicUsize>,
+    per_path: Arc<Mutex<HashMap<String, usize>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -56,7 +60,8 @@ impl TestApp {
     fn serve(listener: TcpListener, name: &str) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
-        let (name_owned, hits2) = (name.to_string(), hits.clone());
+        let per_path = Arc::new(Mutex::new(HashMap::new()));
+        let (name_owned, hits2, per_path2) = (name.to_string(), hits.clone(), per_path.clone());
         let task = tokio::spawn(async move {
             // Connections live in this set, owned by the accept loop: aborting the loop
             // (`stop`, drop) drops the set, which aborts every connection with it.
@@ -68,12 +73,18 @@ impl TestApp {
                 };
                 let _ = stream.set_nodelay(true);
                 let (name, hits) = (name_owned.clone(), hits2.clone());
+                let per_path = per_path2.clone();
                 connections.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
+                        let mut before = 0;
                         if req.uri().path() != "/dapr/subscribe" {
                             hits.fetch_add(1, Ordering::SeqCst);
+                            let mut counts = per_path.lock().unwrap_or_else(|e| e.into_inner());
+                            let count = counts.entry(req.uri().path().to_string()).or_insert(0);
+                            before = *count;
+                            *count += 1;
                         }
-                        handle(req, name.clone())
+                        handle(req, name.clone(), before)
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -85,6 +96,7 @@ impl TestApp {
             addr,
             name: name.to_string(),
             hits,
+            per_path,
             task,
         }
     }
@@ -96,6 +108,12 @@ impl TestApp {
     /// Requests served so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests to `path` served so far.
+    pub fn hits_on(&self, path: &str) -> usize {
+        let counts = self.per_path.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(path).copied().unwrap_or(0)
     }
 
     /// Stops listening and drops open connections.
@@ -114,7 +132,12 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
-async fn handle(req: Request<Incoming>, name: String) -> Result<Response<Body>, Infallible> {
+/// Answers `req`; `before` is how many requests its path got before it.
+async fn handle(
+    req: Request<Incoming>,
+    name: String,
+    before: usize,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let mut resp = if path == "/dapr/subscribe" {
         let mut r = Response::new(full(""));
@@ -153,6 +176,21 @@ async fn handle(req: Request<Incoming>, name: String) -> Result<Response<Body>, 
             }
         }
         Response::new(full(format!("{{\"received\":{received}}}")))
+    } else if let Some(rest) = path.strip_prefix("/flaky/") {
+        let failures: usize = rest
+            .split('/')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        // Read the whole request first, as an app does before it answers.
+        let _ = req.into_body().collect().await;
+        if before < failures {
+            let mut r = Response::new(full(format!("flaky failure {}", before + 1)));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        } else {
+            Response::new(full(format!("ok after {failures}")))
+        }
     } else if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(100))).await;
         Response::new(full("slow"))

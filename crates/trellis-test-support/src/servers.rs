@@ -174,3 +174,69 @@ impl Drop for Stopped {
         }
     }
 }
+
+/// A Redis server of a test's own, on its own port (nothing else uses it), that the test
+/// may stop and start again at will: a store going away under a sidecar. It holds no data
+/// on disk; it is killed when dropped.
+#[derive(Debug)]
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts `redis-server` on `port` and waits until it answers.
+    pub fn start(port: u16) -> Self {
+        let mut redis = Self { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    /// Starts it again after [`OwnRedis::kill`] (empty: it keeps nothing).
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let ready = format!("test \"$(redis-cli -p {port} ping)\" = PONG");
+        wait_for("a test's own redis-server", Duration::from_secs(30), || {
+            port_open(self.port) && sh(&ready)
+        });
+    }
+
+    /// Kills it (`kill -9`) and waits until its port is closed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        wait_for("redis-server to go away", Duration::from_secs(30), || {
+            !port_open(self.port)
+        });
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -80,16 +80,27 @@ impl ApiError {
 
     /// Any invocation failure, as Dapr reports it: `failed to invoke, id: X, err: …`. (A body
     /// over the size limit is recognised by the invoke handler's flag, not here.)
+    /// A resiliency timeout is gRPC's `DEADLINE_EXCEEDED`, as Dapr answers it.
     pub fn invoke(target: &str, err: &InvokeError) -> Self {
-        let status = match err {
+        let cause = match err {
+            InvokeError::NotReplayable(inner) => inner,
+            _ => err,
+        };
+        let status = match cause {
             InvokeError::InvalidMethod(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(
+        let e = Self::new(
             status,
             "ERR_DIRECT_INVOKE",
             format!("failed to invoke, id: {target}, err: {err}"),
-        )
+        );
+        match cause {
+            InvokeError::Policy(crate::resiliency::Stopped::TimedOut(_)) => {
+                e.grpc(tonic::Code::DeadlineExceeded)
+            }
+            _ => e,
+        }
     }
 
     /// Dapr has no 413 of its own; it fails the body read with `ERR_BODY_READ`. Trellis keeps

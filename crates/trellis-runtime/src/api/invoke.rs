@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_LENGTH;
 use std::sync::atomic::AtomicBool;
 
-use crate::invoke::LimitedBody;
+use crate::invoke::{InvokeError, LimitedBody};
 use trellis_nameres::AppRef;
 
 use super::error::ApiError;
@@ -79,7 +79,12 @@ async fn invoke(rt: &Runtime, target: &str, method: &str, req: Request) -> Respo
         }
         Err(err) => {
             tracing::debug!(target, error = %err, "invocation failed");
-            ApiError::invoke(target, &err).into_response()
+            let mut resp = ApiError::invoke(target, &err).into_response();
+            if let InvokeError::NotReplayable(_) = err {
+                resp.headers_mut()
+                    .insert(crate::invoke::NOT_RETRIED, crate::invoke::NOT_RETRIED_WHY);
+            }
+            resp
         }
     }
 }

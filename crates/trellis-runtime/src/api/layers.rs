@@ -19,7 +19,11 @@
 //! 7. **`dapr-app-id` dispatch**: the header form of invocation wins over every route, as in
 //!    Dapr, so it must sit above the router.
 //!
-//! Resiliency, tracing and metrics layers slot in here as they arrive.
+//! Tracing and metrics layers slot in here as they arrive. Resiliency is not a layer of
+//! the API: a policy belongs to the call's target (the invoked app, the component, the
+//! direction), known only below the routes, and one API request may make several policed
+//! calls (a transaction and a dead letter are component calls too). It wraps
+//! `Invoker::invoke` and each opened component instead; see `crate::resiliency`.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -29,7 +29,6 @@ use http::{HeaderName, Request};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 
-use super::small::SMALL_BODY;
 use crate::Body;
 
 /// Set by a sidecar on an error response to a peer when the request never reached its
@@ -105,14 +104,11 @@ pub(super) struct Replay {
 }
 
 impl Replay {
-    /// Keeps a copy of `req` when its body is small and in memory; `req` keeps an equal
-    /// body. A body that fails to read is left for the send to report.
-    pub(super) async fn capture(req: &mut Request<Body>) -> Option<Self> {
-        let small = req
-            .body()
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= SMALL_BODY);
+    /// Keeps a copy of `req` when its body's length is known and at most `limit` (reading
+    /// it whole when it is not in memory yet); `req` keeps an equal body. A body that fails
+    /// to read is left for the send to report.
+    pub(super) async fn capture(req: &mut Request<Body>, limit: u64) -> Option<Self> {
+        let small = req.body().size_hint().exact().is_some_and(|n| n <= limit);
         if !small {
             return None;
         }
@@ -190,7 +186,7 @@ mod tests {
             .header("content-type", "text/plain")
             .body(Body::from("hello"))
             .unwrap_or_default();
-        let replay = Replay::capture(&mut req).await;
+        let replay = Replay::capture(&mut req, super::super::small::SMALL_BODY).await;
         let Some(replay) = replay else {
             panic!("a 5-byte body must be kept");
         };
@@ -207,6 +203,10 @@ mod tests {
     async fn a_streamed_body_is_not_kept() {
         let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from("a"))]);
         let mut req = Request::new(Body::from_stream(stream));
-        assert!(Replay::capture(&mut req).await.is_none());
+        assert!(
+            Replay::capture(&mut req, super::super::small::SMALL_BODY)
+                .await
+                .is_none()
+        );
     }
 }

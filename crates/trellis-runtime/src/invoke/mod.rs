@@ -10,7 +10,8 @@
 //! app (no instance registered yet, none reachable, or the callee's sidecar saying it did
 //! not deliver) is tried again a few times, a second apart, as Dapr's built-in retries do
 //! ([`builtin_retry`]). Once a request may have reached the callee's app nothing is retried
-//! here; that is a resiliency policy's decision, made above this layer.
+//! by the transport; that is a resiliency policy's decision (`apps.<id>`, [`resilient`]),
+//! made around it.
 //!
 //! Bodies are streamed in both directions, never buffered.
 
@@ -19,6 +20,7 @@ mod builtin_retry;
 mod headers;
 mod limit;
 mod peers;
+mod resilient;
 mod small;
 
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ pub use builtin_retry::{BuiltinRetries, UNDELIVERED};
 pub use headers::{APP_ID, CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
 pub use limit::LimitedBody;
 pub use peers::{Keepalive, PeerPool, PeerTls};
+pub use resilient::{NOT_RETRIED, NOT_RETRIED_WHY};
 pub use small::coalesce;
 
 use crate::Body;
@@ -67,6 +70,13 @@ pub enum InvokeError {
     AppNotReached(String),
     #[error("invalid method path {0:?}")]
     InvalidMethod(String),
+    /// A resiliency policy ended the call: its timeout, or its open circuit breaker.
+    #[error("{0}")]
+    Policy(#[from] crate::resiliency::Stopped),
+    /// The call failed, and its retry policy would have sent it again, but its streamed
+    /// body could not be.
+    #[error("{0}")]
+    NotReplayable(Box<InvokeError>),
 }
 
 /// Who is calling: this sidecar's identity, stamped on outgoing requests.
@@ -95,6 +105,7 @@ pub struct Invoker {
     peers: PeerPool,
     app: Option<std::sync::Arc<dyn AppChannel>>,
     retries: BuiltinRetries,
+    resiliency: std::sync::Arc<crate::resiliency::Resiliency>,
 }
 
 /// How one try of a call to another app ended.
@@ -117,6 +128,7 @@ impl Invoker {
         keepalive: Keepalive,
         retries: BuiltinRetries,
         tls: Option<PeerTls>,
+        resiliency: std::sync::Arc<crate::resiliency::Resiliency>,
     ) -> Self {
         Self {
             caller,
@@ -124,6 +136,7 @@ impl Invoker {
             peers: PeerPool::new(keepalive, tls),
             app,
             retries,
+            resiliency,
         }
     }
 
@@ -140,10 +153,9 @@ impl Invoker {
         self.balancer.resolver_kind()
     }
 
-    /// Calls `path_and_query` (e.g. `/orders/1?x=y`) on app `target` with the method,
-    /// headers and body of `req` (its URI is ignored). The callee's response comes back as
-    /// it was, minus hop-by-hop headers.
-    pub async fn invoke(
+    /// One call of `path_and_query` on `target` without resiliency policies (see
+    /// [`Invoker::invoke`]), with the built-in retries of undelivered requests.
+    async fn send(
         &self,
         target: &AppRef,
         path_and_query: &str,
@@ -158,7 +170,7 @@ impl Invoker {
         // Only a small body can be sent again once sent; it is in memory already.
         let replay = match self.retries.retries {
             0 => None,
-            _ => builtin_retry::Replay::capture(&mut req).await,
+            _ => builtin_retry::Replay::capture(&mut req, small::SMALL_BODY).await,
         };
         let mut retries_left = self.retries.retries;
         loop {

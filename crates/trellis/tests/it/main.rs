@@ -15,6 +15,7 @@ mod mtls;
 mod multiapp;
 mod pubsub;
 mod pubsub_crash;
+mod resiliency;
 mod sdk;
 mod sdk_js;
 mod sdk_python;

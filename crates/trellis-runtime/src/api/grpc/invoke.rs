@@ -127,7 +127,7 @@ pub async fn invoke_service(
         .await
         .map_err(|e| {
             tracing::debug!(target, error = %e, "grpc invocation failed");
-            invoke_error(&target, e)
+            to_status(ApiError::invoke(&target, &e))
         })?;
     let (parts, body) = resp.into_parts();
     let data: Bytes = body
