@@ -113,6 +113,12 @@ impl Workflows {
             .await
     }
 
+    /// Opens the backend alone, with no engine: for tools (`trellis workflow`) that read or
+    /// change the store while the app's sidecars run.
+    pub async fn open_store(&self) -> Result<Arc<dyn WorkflowStore>, WorkflowError> {
+        (self.factory)(self.metadata.clone()).await
+    }
+
     /// The engine if it has started.
     pub fn started(&self) -> Option<&Engine> {
         self.engine.get()

@@ -10,6 +10,7 @@ mod config_cmd;
 mod launcher;
 mod mtls;
 mod runfile;
+mod workflow_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: config_cmd::ConfigCommand,
+    },
+    /// List, inspect, terminate or purge an app's workflow instances.
+    Workflow {
+        #[command(subcommand)]
+        command: workflow_cmd::WorkflowCommand,
     },
 }
 
@@ -97,6 +103,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config { command } => {
             build_runtime(1)?.block_on(config_cmd::run(command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workflow { command } => {
+            build_runtime(1)?.block_on(workflow_cmd::run(command))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -90,8 +90,9 @@ fn time(ms: i64) -> String {
     rfc3339(t, Precision::Millis)
 }
 
-/// Dapr's JSON for an instance.
-fn instance_json(m: &InstanceMeta) -> Value {
+/// Dapr's JSON for an instance (`GET /v1.0/workflows/dapr/{id}`), also what `trellis
+/// workflow get -o json` prints.
+pub fn instance_json(m: &InstanceMeta) -> Value {
     let mut properties = Map::new();
     let mut put = |key: &str, value: &Option<String>| {
         if let Some(v) = value {

@@ -264,3 +264,66 @@ async fn python_workflow_survives_kill_9_of_sidecar_and_worker() {
         "{ctx}"
     );
 }
+
+/// `trellis workflow ...` on the instances a sidecar ran, from the same store.
+async fn cli(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["workflow"];
+    all.extend_from_slice(args);
+    let (code, process) = crate::run_to_end(crate::trellis(&all, dir)).await;
+    (code, process.output())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workflow_cli_reads_and_changes_the_store_the_sidecar_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-wf-cli", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "control")
+        .spawn();
+    finish(&report, "py-wf-cli", &mut app).await;
+    let app_id = ["--app-id", "py-wf-cli"];
+    let with = |args: &[&'static str]| [args, &app_id[..]].concat();
+
+    let (code, out) = cli(dir.path(), &with(&["list"])).await;
+    assert_eq!(code, Some(0), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("http-1 "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("chain") && line.contains("COMPLETED"),
+        "{line}"
+    );
+    let (_, out) = cli(dir.path(), &with(&["list", "--status", "terminated"])).await;
+    assert!(out.contains("term-1") && !out.contains("http-1 "), "{out}");
+
+    let (code, out) = cli(dir.path(), &with(&["get", "http-1"])).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("\"runtimeStatus\": \"COMPLETED\""), "{out}");
+    assert!(out.contains("\"dapr.workflow.output\": \"25\""), "{out}");
+
+    let (code, out) = cli(dir.path(), &with(&["history", "http-1"])).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("taskCompleted")).count(),
+        5,
+        "{out}"
+    );
+    assert!(
+        out.contains("executionCompleted") && out.contains("result=25"),
+        "{out}"
+    );
+
+    let (code, out) = cli(dir.path(), &with(&["purge", "http-1"])).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("purged 1 instance(s)"), "{out}");
+    let (code, out) = cli(dir.path(), &with(&["get", "http-1"])).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no workflow instance \"http-1\""), "{out}");
+    let (code, out) = cli(dir.path(), &with(&["terminate", "nobody"])).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("no workflow instance with id \"nobody\""),
+        "{out}"
+    );
+}
