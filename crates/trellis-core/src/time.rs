@@ -1,8 +1,9 @@
-//! RFC 3339 timestamps in UTC: the one formatter for CloudEvent `time`/`expiration`, the
-//! state API's `ttlExpireTime` and the benchmark reports.
+//! RFC 3339 timestamps: the one formatter (UTC) for CloudEvent `time`/`expiration`, the
+//! state API's `ttlExpireTime`, the workflow API and the benchmark reports, and the one
+//! parser, for the start times clients send (`dapr.workflow.start_time`).
 //!
-//! Written here rather than taken from a date crate because formatting a UTC instant is all
-//! Trellis needs: no parsing, no time zones, no calendar arithmetic.
+//! Written here rather than taken from a date crate because that is all Trellis needs: no
+//! time zones beyond a fixed offset, no calendar arithmetic.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -61,6 +62,72 @@ pub fn rfc3339(t: SystemTime, precision: Precision) -> String {
     }
 }
 
+/// Parses an RFC 3339 timestamp (`2024-05-01T12:00:00Z`, with optional fractional seconds
+/// and a `Z` or `±HH:MM` offset) into milliseconds since the Unix epoch.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let part = text.get(from..to)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let first3 = format!("{:0<3}", &frac[..digits.min(3)]);
+        millis = first3.parse::<i64>().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+            let h: i64 = rest.get(1..3)?.parse().ok()?;
+            let m: i64 = rest.get(4..6)?.parse().ok()?;
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (h * 60 + m)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    Some(secs * 1000 + millis)
+}
+
+/// (year, month, day) to days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's `civil_from_days`).
 fn days_to_civil(days: i64) -> (i64, u32, u32) {
@@ -114,5 +181,43 @@ mod tests {
         // Before the epoch: clamped, not garbage.
         let before = UNIX_EPOCH - Duration::from_secs(10);
         assert_eq!(rfc3339(before, Precision::Seconds), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_offsets() {
+        for ms in [
+            0u64,
+            1_709_210_096_789,
+            1_735_603_200_000,
+            1_795_000_000_000,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(
+                parse_rfc3339_ms(&rfc3339(t, Precision::Millis)),
+                Some(ms as i64)
+            );
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2024-02-29T12:34:56Z"),
+            Some(1_709_210_096_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-02-29T14:34:56.5+02:00"),
+            Some(1_709_210_096_500)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-02-29T12:34:56.123456789Z"),
+            Some(1_709_210_096_123)
+        );
+        for bad in [
+            "",
+            "2024-02-29",
+            "2024-02-29T12:34:56",
+            "2024-13-01T00:00:00Z",
+            "2024-02-29T12:34:56+0200",
+            "x024-02-29T12:34:56Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
     }
 }

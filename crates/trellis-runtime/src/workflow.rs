@@ -92,6 +92,7 @@ impl Workflows {
         if let Some(n) = limits.max_activities {
             options.max_activities = n;
         }
+        options.retention = limits.retention;
         Ok(Workflows {
             name: component.meta.name.clone(),
             type_name: component.type_name.clone(),
@@ -126,12 +127,14 @@ impl Workflows {
 }
 
 /// `spec.workflow` of the app's Configuration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkflowLimits {
     /// `maxConcurrentWorkflowInvocations`.
     pub max_workflows: Option<usize>,
     /// `maxConcurrentActivityInvocations`.
     pub max_activities: Option<usize>,
+    /// `stateRetentionPolicy`: per finished status, how long to keep instances.
+    pub retention: Vec<(trellis_workflow::Status, std::time::Duration)>,
 }
 
 impl WorkflowLimits {
@@ -159,6 +162,75 @@ impl WorkflowLimits {
         Ok(WorkflowLimits {
             max_workflows: read("maxConcurrentWorkflowInvocations")?,
             max_activities: read("maxConcurrentActivityInvocations")?,
+            retention: retention(
+                spec.get("workflow")
+                    .and_then(|w| w.get("stateRetentionPolicy")),
+            )?,
         })
+    }
+}
+
+/// `spec.workflow.stateRetentionPolicy`: `completed`, `failed` and `terminated` durations,
+/// each falling back to `anyTerminal`.
+fn retention(
+    policy: Option<&serde_json::Value>,
+) -> Result<Vec<(trellis_workflow::Status, std::time::Duration)>, String> {
+    use trellis_workflow::Status;
+    let Some(policy) = policy else {
+        return Ok(Vec::new());
+    };
+    let read = |key: &str| -> Result<Option<std::time::Duration>, String> {
+        match policy.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(text)) => {
+                trellis_core::duration::parse(text).map(Some).map_err(|e| {
+                    format!("Configuration spec.workflow.stateRetentionPolicy.{key}: {e}")
+                })
+            }
+            Some(other) => Err(format!(
+                "Configuration spec.workflow.stateRetentionPolicy.{key}: {other} is not a duration such as \"72h\""
+            )),
+        }
+    };
+    let any = read("anyTerminal")?;
+    let mut out = Vec::new();
+    for (key, status) in [
+        ("completed", Status::Completed),
+        ("failed", Status::Failed),
+        ("terminated", Status::Terminated),
+    ] {
+        if let Some(keep) = read(key)?.or(any) {
+            out.push((status, keep));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retention;
+    use serde_json::json;
+    use std::time::Duration;
+    use trellis_workflow::Status;
+
+    #[test]
+    fn retention_falls_back_to_any_terminal_and_refuses_bad_durations() {
+        let got =
+            retention(Some(&json!({"anyTerminal": "1h", "completed": "1m"}))).unwrap_or_default();
+        assert_eq!(
+            got,
+            vec![
+                (Status::Completed, Duration::from_secs(60)),
+                (Status::Failed, Duration::from_secs(3600)),
+                (Status::Terminated, Duration::from_secs(3600)),
+            ]
+        );
+        assert_eq!(
+            retention(Some(&json!({"failed": "2h"}))).unwrap_or_default(),
+            vec![(Status::Failed, Duration::from_secs(7200))]
+        );
+        assert!(retention(Some(&json!({"completed": "soon"}))).is_err());
+        assert!(retention(Some(&json!({"completed": 5}))).is_err());
+        assert_eq!(retention(None).unwrap_or_default(), vec![]);
     }
 }

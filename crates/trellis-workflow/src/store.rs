@@ -42,6 +42,10 @@ pub struct InstanceMeta {
     pub history_len: u64,
 }
 
+/// The most instances one `purge_finished` call deletes, so that a sweep never holds the
+/// store long.
+pub const PURGE_SLICE: u32 = 1000;
+
 /// Whether an instance in `status` has finished (nothing will change it but a purge or a
 /// new start under its id).
 pub fn is_terminal(status: Status) -> bool {
@@ -240,7 +244,7 @@ pub trait WorkflowStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<InstanceMeta>, WorkflowError>;
 
     /// Deletes finished instances of `app_id` whose status is `status` and that finished
-    /// before `before`; returns how many.
+    /// before `before`, at most [`PURGE_SLICE`] at a time; returns how many.
     async fn purge_finished(
         &self,
         app_id: &str,

@@ -143,6 +143,7 @@ def wait_http(instance_id, want, timeout=30):
 
 
 def patterns(client):
+    step("metadata-workers", lambda: http("GET", "/v1.0/metadata")["body"].get("workflows"))
     step("chain", lambda: run(client, chain, 10, "chain-1"))
     step("fan-out", lambda: run(client, fan, 300, "fan-1"))
 

@@ -223,7 +223,15 @@ pub async fn get_metadata(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Va
             runtime_status: "DISABLED",
             host_ready: false,
         },
-        workflows: serde_json::Map::new(),
+        workflows: {
+            let mut w = serde_json::Map::new();
+            // `omitempty` in Dapr: the key appears once a worker is connected.
+            let workers = connected_workers(&rt);
+            if workers > 0 {
+                w.insert("connectedWorkers".into(), workers.into());
+            }
+            w
+        },
     };
     Json(serde_json::to_value(metadata).unwrap_or_default())
 }
@@ -302,6 +310,17 @@ pub(super) fn grpc_metadata(rt: &Runtime) -> pb::GetMetadataResponse {
             runtime_status: pb::actor_runtime::ActorRuntimeStatus::Disabled as i32,
             ..Default::default()
         }),
+        workflows: Some(pb::MetadataWorkflows {
+            connected_workers: i32::try_from(connected_workers(rt)).unwrap_or(i32::MAX),
+        }),
         ..Default::default()
     }
+}
+
+/// Workflow workers (`GetWorkItems` streams) connected to this sidecar right now.
+fn connected_workers(rt: &Runtime) -> usize {
+    rt.workflows
+        .as_ref()
+        .and_then(|w| w.started())
+        .map_or(0, |e| e.stats().workers)
 }

@@ -532,7 +532,7 @@ async fn rpcs_of_missing_building_blocks_are_unimplemented_by_name() {
             "/dapr.proto.runtime.v1.Dapr/SubscribeConfigurationAlpha1",
             "configuration",
         ),
-        ("/dapr.proto.runtime.v1.Dapr/StartWorkflowBeta1", "workflow"),
+        ("/dapr.proto.runtime.v1.Dapr/RegisterActorTimer", "actors"),
         ("/TaskHubSidecarService/NoSuchRpc", "TaskHubSidecarService"),
     ] {
         let mut grpc = tonic::client::Grpc::new(channel.clone());

@@ -16,6 +16,7 @@ mod secrets;
 mod state;
 mod streaming;
 mod targets;
+mod workflow;
 
 use tokio::net::TcpListener;
 use trellis_runtime::{

@@ -181,10 +181,17 @@ fn disconnect(inner: &Arc<Inner>, worker: u64) {
     });
 }
 
-/// Starts the dispatcher and the lease renewal; both end when the engine is dropped.
+/// Starts the dispatcher, the lease renewal and the retention sweep; they end when the
+/// engine is dropped.
 pub(super) fn spawn(inner: &Arc<Inner>) {
     let weak = Arc::downgrade(inner);
     tokio::spawn(pump(weak.clone()));
+    if let Some(shortest) = inner.opts.retention.iter().map(|(_, d)| *d).min() {
+        // Sweeping at a tenth of the shortest retention (between 1 s and 1 min) purges
+        // an instance at most 10% later than asked.
+        let every = (shortest / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::spawn(sweep(weak.clone(), every));
+    }
     let every = inner.opts.lease / 3;
     tokio::spawn(async move {
         loop {
@@ -200,6 +207,41 @@ pub(super) fn spawn(inner: &Arc<Inner>) {
             }
         }
     });
+}
+
+/// Purges finished instances past their retention, in slices, every `every`.
+async fn sweep(weak: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = weak.upgrade() else { return };
+        for (status, keep) in &inner.opts.retention {
+            let before =
+                now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+            loop {
+                match inner
+                    .store
+                    .purge_finished(&inner.opts.app_id, *status, before)
+                    .await
+                {
+                    Ok(n) if n >= crate::store::PURGE_SLICE => continue,
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(
+                                purged = n,
+                                status = status.as_str_name(),
+                                "workflow retention: purged finished instances"
+                            );
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "workflow retention: cannot purge finished instances");
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn pump(weak: Weak<Inner>) {

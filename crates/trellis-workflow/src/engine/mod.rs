@@ -42,6 +42,9 @@ pub struct EngineOptions {
     pub max_workflows: usize,
     /// `maxConcurrentActivityInvocations`: activities in flight at once.
     pub max_activities: usize,
+    /// `stateRetentionPolicy`: how long finished instances in each status are kept before
+    /// they are purged; a status not listed is kept for ever.
+    pub retention: Vec<(Status, Duration)>,
 }
 
 impl EngineOptions {
@@ -52,6 +55,7 @@ impl EngineOptions {
             poll: Duration::from_millis(250),
             max_workflows: 1000,
             max_activities: 1000,
+            retention: Vec::new(),
         }
     }
 }

@@ -641,12 +641,15 @@ pub fn purge_finished(
     let ids: Vec<String> = {
         let mut st = c
             .prepare_cached(&format!(
-                "SELECT instance_id FROM {} WHERE app_id = ?1 AND status = ?2 AND completed_at < ?3 LIMIT 1000",
+                "SELECT instance_id FROM {} WHERE app_id = ?1 AND status = ?2 AND completed_at < ?3 LIMIT ?4",
                 s.instances
             ))
             .map_err(db_err)?;
         let rows = st
-            .query_map(params![app, status as i32, before], |r| r.get(0))
+            .query_map(
+                params![app, status as i32, before, crate::store::PURGE_SLICE],
+                |r| r.get(0),
+            )
             .map_err(db_err)?;
         rows.collect::<Result<_, _>>().map_err(db_err)?
     };

@@ -166,3 +166,32 @@ async fn terminate_and_purge_and_events_to_unknown_instances() {
     ));
     w.abort();
 }
+
+#[tokio::test]
+async fn finished_instances_are_purged_after_their_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn WorkflowStore> = Arc::new(sqlite_store(&dir).await);
+    let mut opts = EngineOptions::new("retention-app");
+    opts.retention = vec![(Status::Completed, Duration::from_millis(200))];
+    let engine = Engine::start(store, opts);
+    let w = worker(engine.clone(), 1, 1);
+    let id = engine
+        .start_instance(StartRequest {
+            name: "short".into(),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("start");
+    assert_eq!(run_to_end(&engine, &id).await.status, Status::Completed);
+    // The sweep runs every second at the least; the instance goes within a few.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while engine.get(&id).await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not purged after its retention"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(engine.history(&id).await.expect("history").is_empty());
+    w.abort();
+}

@@ -42,6 +42,11 @@ async fn python_sdk_workflow_patterns() {
     let steps = report.steps("py-wf");
     let r = |name: &str| result(&steps, name, &ctx).clone();
     let done = |output: &str| json!({"status": "COMPLETED", "output": output});
+    assert_eq!(
+        r("metadata-workers"),
+        json!({"connectedWorkers": 1}),
+        "{ctx}"
+    );
     assert_eq!(r("chain"), done("15"), "10 + 5 increments\n{ctx}");
     let squares: i64 = (0..300i64).map(|i| i * i).sum();
     assert_eq!(r("fan-out"), done(&squares.to_string()), "{ctx}");

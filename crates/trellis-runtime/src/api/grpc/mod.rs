@@ -13,6 +13,7 @@ mod service;
 mod status;
 mod subscribe;
 mod task_hub;
+mod workflow;
 
 use std::sync::Arc;
 

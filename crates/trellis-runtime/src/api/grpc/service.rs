@@ -438,4 +438,90 @@ impl Dapr for DaprApi {
         self.rt.request_shutdown();
         Ok(Response::new(()))
     }
+
+    async fn start_workflow_alpha1(
+        &self,
+        request: Request<pb::StartWorkflowRequest>,
+    ) -> Reply<pb::StartWorkflowResponse> {
+        super::workflow::start(&self.rt, request.into_inner()).await
+    }
+
+    async fn get_workflow_alpha1(
+        &self,
+        request: Request<pb::GetWorkflowRequest>,
+    ) -> Reply<pb::GetWorkflowResponse> {
+        super::workflow::get(&self.rt, request.into_inner()).await
+    }
+
+    async fn purge_workflow_alpha1(&self, request: Request<pb::PurgeWorkflowRequest>) -> Reply<()> {
+        super::workflow::purge(&self.rt, request.into_inner()).await
+    }
+
+    async fn terminate_workflow_alpha1(
+        &self,
+        request: Request<pb::TerminateWorkflowRequest>,
+    ) -> Reply<()> {
+        super::workflow::terminate(&self.rt, request.into_inner()).await
+    }
+
+    async fn pause_workflow_alpha1(&self, request: Request<pb::PauseWorkflowRequest>) -> Reply<()> {
+        super::workflow::pause(&self.rt, request.into_inner()).await
+    }
+
+    async fn resume_workflow_alpha1(
+        &self,
+        request: Request<pb::ResumeWorkflowRequest>,
+    ) -> Reply<()> {
+        super::workflow::resume(&self.rt, request.into_inner()).await
+    }
+
+    async fn raise_event_workflow_alpha1(
+        &self,
+        request: Request<pb::RaiseEventWorkflowRequest>,
+    ) -> Reply<()> {
+        super::workflow::raise_event(&self.rt, request.into_inner()).await
+    }
+
+    async fn start_workflow_beta1(
+        &self,
+        request: Request<pb::StartWorkflowRequest>,
+    ) -> Reply<pb::StartWorkflowResponse> {
+        super::workflow::start(&self.rt, request.into_inner()).await
+    }
+
+    async fn get_workflow_beta1(
+        &self,
+        request: Request<pb::GetWorkflowRequest>,
+    ) -> Reply<pb::GetWorkflowResponse> {
+        super::workflow::get(&self.rt, request.into_inner()).await
+    }
+
+    async fn purge_workflow_beta1(&self, request: Request<pb::PurgeWorkflowRequest>) -> Reply<()> {
+        super::workflow::purge(&self.rt, request.into_inner()).await
+    }
+
+    async fn terminate_workflow_beta1(
+        &self,
+        request: Request<pb::TerminateWorkflowRequest>,
+    ) -> Reply<()> {
+        super::workflow::terminate(&self.rt, request.into_inner()).await
+    }
+
+    async fn pause_workflow_beta1(&self, request: Request<pb::PauseWorkflowRequest>) -> Reply<()> {
+        super::workflow::pause(&self.rt, request.into_inner()).await
+    }
+
+    async fn resume_workflow_beta1(
+        &self,
+        request: Request<pb::ResumeWorkflowRequest>,
+    ) -> Reply<()> {
+        super::workflow::resume(&self.rt, request.into_inner()).await
+    }
+
+    async fn raise_event_workflow_beta1(
+        &self,
+        request: Request<pb::RaiseEventWorkflowRequest>,
+    ) -> Reply<()> {
+        super::workflow::raise_event(&self.rt, request.into_inner()).await
+    }
 }
