@@ -5,8 +5,9 @@ gRPC port), then drives them with DaprWorkflowClient and with the HTTP workflow 
 reports each observation as a step; crates/trellis/tests/it/workflows.rs decides what is
 right. SCENARIO picks the part: `patterns` (chaining, fan-out, external events with a
 timer race, continue-as-new, child workflows, retries, failures), `control` (terminate,
-suspend/resume, purge, unknown workflows, the HTTP API and its errors), or `restart`
-(starts a slow chain and reports its id; a second run with WAIT_FOR=<id> waits for it)."""
+suspend/resume, purge, unknown workflows, the HTTP API and its errors), `restart`
+(starts a slow chain and reports its id; a second run with WAIT_FOR=<id> waits for it), or
+`replica` (a worker that only serves; with STARTER=1 it also starts 20 chains and waits)."""
 
 import json
 import os
@@ -37,7 +38,7 @@ def inc(ctx: WorkflowActivityContext, x: int) -> int:
     if delay:
         time.sleep(delay)
     if os.environ.get("REPORT_ACTIVITIES"):
-        report("activity", input=x)
+        report("activity", input=x, pid=os.getpid())
     return x + 1
 
 
@@ -143,7 +144,16 @@ def wait_http(instance_id, want, timeout=30):
 
 
 def patterns(client):
-    step("metadata-workers", lambda: http("GET", "/v1.0/metadata")["body"].get("workflows"))
+    def workers():
+        # The worker's stream may reach the sidecar a moment after the SDK says it is ready.
+        deadline = time.time() + 10
+        while True:
+            got = http("GET", "/v1.0/metadata")["body"].get("workflows")
+            if got or time.time() > deadline:
+                return got
+            time.sleep(0.05)
+
+    step("metadata-workers", workers)
     step("chain", lambda: run(client, chain, 10, "chain-1"))
     step("fan-out", lambda: run(client, fan, 300, "fan-1"))
 
@@ -238,12 +248,28 @@ def restart(client):
     time.sleep(600)
 
 
+def replica(client):
+    if not os.environ.get("STARTER"):
+        report("replica-ready", pid=os.getpid())
+        time.sleep(600)
+        return
+    ids = [f"rep-{i}" for i in range(20)]
+    for i, wid in enumerate(ids):
+        client.schedule_new_workflow(workflow=chain, input=i * 10, instance_id=wid)
+    results = {wid: outcome(client.wait_for_workflow_completion(wid, timeout_in_seconds=60)) for wid in ids}
+    step("replicated", lambda: results)
+    step(
+        "completions",
+        lambda: {wid: sum(1 for e in client.get_workflow_history(wid) if e.event_type.name == "TASK_COMPLETED") for wid in ids},
+    )
+
+
 def main():
     wfr.start()
     if not wfr.wait_for_worker_ready(timeout=30):
         report("step", step="worker-ready", error={"message": "the worker did not connect"})
     client = DaprWorkflowClient()
-    {"patterns": patterns, "control": control, "restart": restart}[os.environ.get("SCENARIO", "patterns")](client)
+    {"patterns": patterns, "control": control, "restart": restart, "replica": replica}[os.environ.get("SCENARIO", "patterns")](client)
     client.close()
     wfr.shutdown()
     finish(0)

@@ -332,3 +332,61 @@ async fn the_workflow_cli_reads_and_changes_the_store_the_sidecar_used() {
         "{out}"
     );
 }
+
+/// Two replicas of one app id (two `trellis run`, one machine, the embedded store they
+/// share): every instance completes once, and both replicas' workers run activities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_an_app_share_the_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let server = python_app("py-wf-rep", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "replica")
+        .env("ACTIVITY_DELAY", "0.05")
+        .env("REPORT_ACTIVITIES", "1")
+        .spawn();
+    report
+        .wait("the first replica", &[&server], crate::PATIENCE, |events| {
+            events.iter().any(|e| e["event"] == "replica-ready")
+        })
+        .await;
+    let mut starter = python_app("py-wf-rep", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "replica")
+        .env("STARTER", "1")
+        .env("ACTIVITY_DELAY", "0.05")
+        .env("REPORT_ACTIVITIES", "1")
+        .spawn();
+    finish(&report, "py-wf-rep", &mut starter).await;
+    let ctx = report.context(&[&starter, &server]);
+    let steps = report.steps("py-wf-rep");
+    let results = result(&steps, "replicated", &ctx)
+        .as_object()
+        .unwrap()
+        .clone();
+    assert_eq!(results.len(), 20, "{ctx}");
+    for (i, (id, outcome)) in results.iter().enumerate() {
+        let n: i64 = id.trim_start_matches("rep-").parse().unwrap();
+        assert_eq!(
+            outcome,
+            &json!({"status": "COMPLETED", "output": (n * 10 + 5).to_string()}),
+            "{i}: {id}\n{ctx}"
+        );
+    }
+    let completions = result(&steps, "completions", &ctx)
+        .as_object()
+        .unwrap()
+        .clone();
+    assert!(
+        completions.values().all(|c| c == &json!(5)),
+        "{completions:?}"
+    );
+    let pids: std::collections::BTreeSet<i64> = report
+        .of("py-wf-rep", "activity")
+        .iter()
+        .filter_map(|e| e["pid"].as_i64())
+        .collect();
+    assert_eq!(
+        pids.len(),
+        2,
+        "both replicas' workers ran activities: {pids:?}\n{ctx}"
+    );
+}
