@@ -7,7 +7,8 @@ right. SCENARIO picks the part: `patterns` (chaining, fan-out, external events w
 timer race, continue-as-new, child workflows, retries, failures), `control` (terminate,
 suspend/resume, purge, unknown workflows, the HTTP API and its errors), `restart`
 (starts a slow chain and reports its id; a second run with WAIT_FOR=<id> waits for it), or
-`replica` (a worker that only serves; with STARTER=1 it also starts 20 chains and waits)."""
+`replica` (a worker that only serves; with STARTER=1 it also starts 20 chains and waits), or
+`multi` (a workflow that runs an activity and a child workflow on the app OTHER_APP)."""
 
 import json
 import os
@@ -106,6 +107,14 @@ def retrying(ctx: DaprWorkflowContext, x: int):
 @wfr.workflow(name="failing")
 def failing(ctx: DaprWorkflowContext, x: int):
     return (yield ctx.call_activity(boom, input=x))
+
+
+@wfr.workflow(name="multi")
+def multi(ctx: DaprWorkflowContext, x: int):
+    other = os.environ["OTHER_APP"]
+    y = yield ctx.call_activity(inc, input=x, app_id=other)
+    z = yield ctx.call_child_workflow(chain, input=y, instance_id=ctx.instance_id + "-remote", app_id=other)
+    return z
 
 
 def outcome(state):
@@ -264,12 +273,17 @@ def replica(client):
     )
 
 
+def multi_app(client):
+    step("multi-app", lambda: run(client, multi, 1, "multi-1"))
+    step("child-here", lambda: outcome(client.get_workflow_state("multi-1-remote")))
+
+
 def main():
     wfr.start()
     if not wfr.wait_for_worker_ready(timeout=30):
         report("step", step="worker-ready", error={"message": "the worker did not connect"})
     client = DaprWorkflowClient()
-    {"patterns": patterns, "control": control, "restart": restart, "replica": replica}[os.environ.get("SCENARIO", "patterns")](client)
+    {"patterns": patterns, "control": control, "restart": restart, "replica": replica, "multi": multi_app}[os.environ.get("SCENARIO", "patterns")](client)
     client.close()
     wfr.shutdown()
     finish(0)

@@ -390,3 +390,40 @@ async fn replicas_of_an_app_share_the_instances() {
         "both replicas' workers ran activities: {pids:?}\n{ctx}"
     );
 }
+
+/// Dapr's multi-app workflows: an activity and a child workflow run by another app's
+/// worker (`app_id=` in the SDK), through the store both sidecars share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_runs_an_activity_and_a_child_on_another_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let other = python_app("py-wf-other", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "replica")
+        .env("REPORT_ACTIVITIES", "1")
+        .spawn();
+    report
+        .wait("the other app", &[&other], crate::PATIENCE, |events| {
+            events.iter().any(|e| e["event"] == "replica-ready")
+        })
+        .await;
+    let mut app = python_app("py-wf-multi", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "multi")
+        .env("OTHER_APP", "py-wf-other")
+        .env("REPORT_ACTIVITIES", "1")
+        .spawn();
+    finish(&report, "py-wf-multi", &mut app).await;
+    let ctx = report.context(&[&app, &other]);
+    let steps = report.steps("py-wf-multi");
+    assert_eq!(
+        result(&steps, "multi-app", &ctx),
+        &json!({"status": "COMPLETED", "output": "7"}),
+        "1 + 1 on the other app, then a chain of 5 there\n{ctx}"
+    );
+    assert_eq!(
+        result(&steps, "child-here", &ctx),
+        &Value::Null,
+        "the child is the other app's instance, not this one's\n{ctx}"
+    );
+    assert!(report.of("py-wf-multi", "activity").is_empty(), "{ctx}");
+    assert_eq!(report.of("py-wf-other", "activity").len(), 6, "{ctx}");
+}
