@@ -418,10 +418,5 @@ pub fn scripted_activity(req: &ActivityRequest) -> ActivityResponse {
 
 /// Whether `res` completes its workflow.
 pub fn completes(res: &WorkflowResponse) -> bool {
-    res.actions.iter().any(|a| {
-        matches!(
-            a.workflow_action_type,
-            Some(WorkflowActionType::CompleteWorkflow(_))
-        )
-    })
+    crate::events::ends_execution(res)
 }

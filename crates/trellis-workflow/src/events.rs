@@ -143,6 +143,16 @@ pub fn event_name(event: &HistoryEvent) -> &'static str {
     }
 }
 
+/// Whether a worker's answer ends the execution (completes, fails, or continues it as new).
+pub fn ends_execution(res: &trellis_proto::durabletask::WorkflowResponse) -> bool {
+    res.actions.iter().any(|a| {
+        matches!(
+            a.workflow_action_type,
+            Some(WorkflowActionType::CompleteWorkflow(_))
+        )
+    })
+}
+
 /// The name of an action's type, for messages (`scheduleTask`).
 pub fn action_name(action: &WorkflowAction) -> &'static str {
     match &action.workflow_action_type {

@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use trellis_proto::durabletask::history_event::EventType;
 use trellis_proto::durabletask::work_item::Request;
 use trellis_proto::durabletask::{
-    ActivityResponse, HistoryEvent, TaskCompletedEvent, TaskFailedEvent, WorkItem, WorkflowRequest,
-    WorkflowResponse,
+    ActivityResponse, CachedHistory, HistoryEvent, TaskCompletedEvent, TaskFailedEvent, WorkItem,
+    WorkflowRequest, WorkflowResponse,
 };
 
 use super::{EngineStats, Inner};
@@ -29,6 +29,9 @@ pub(super) struct State {
     turns: HashMap<String, Turn>,
     /// Activities in flight, by `instance/taskId`.
     activities: HashMap<String, Running>,
+    /// For each worker that keeps histories: per instance, how many committed events it
+    /// was last given (what it has cached, if it still has).
+    cached: HashMap<u64, HashMap<String, usize>>,
 }
 
 #[derive(Debug)]
@@ -101,13 +104,16 @@ impl Drop for WorkerConnection {
     }
 }
 
-pub(super) fn connect(inner: &Arc<Inner>) -> WorkerConnection {
+pub(super) fn connect(inner: &Arc<Inner>, stateful: bool) -> WorkerConnection {
     let (tx, items) = mpsc::unbounded_channel();
     let id = {
         let mut state = inner.lock();
         state.next_id += 1;
         let id = state.next_id;
         state.workers.push((id, tx));
+        if stateful {
+            state.cached.insert(id, HashMap::new());
+        }
         id
     };
     tracing::debug!(
@@ -128,6 +134,7 @@ fn disconnect(inner: &Arc<Inner>, worker: u64) {
     let (turns, activities) = {
         let mut state = inner.lock();
         state.workers.retain(|(id, _)| *id != worker);
+        state.cached.remove(&worker);
         let turns: Vec<String> = state
             .turns
             .iter()
@@ -338,13 +345,6 @@ fn start_turn(inner: &Arc<Inner>, lease: WorkflowLease, now: i64) {
             taken,
             suspended,
         } => {
-            let request = WorkflowRequest {
-                instance_id: lease.meta.instance_id.clone(),
-                execution_id: Some(lease.meta.execution_id.clone()),
-                past_events: lease.history.clone(),
-                new_events: new_events.clone(),
-                ..WorkflowRequest::default()
-            };
             let mut state = inner.lock();
             let Some((worker, tx)) = state.pick() else {
                 drop(state);
@@ -352,6 +352,30 @@ fn start_turn(inner: &Arc<Inner>, lease: WorkflowLease, now: i64) {
                 return;
             };
             let id = lease.meta.instance_id.clone();
+            // A worker that keeps histories gets only what was committed since the
+            // history it was last given; it asks for the whole one (GetInstanceHistory)
+            // if it no longer has that.
+            let known = state.cached.get_mut(&worker).map(|c| {
+                c.insert(id.clone(), lease.history.len())
+                    .filter(|n| *n <= lease.history.len())
+            });
+            let (past_events, cached_history) = match known {
+                Some(Some(n)) => (
+                    lease.history[n..].to_vec(),
+                    Some(CachedHistory {
+                        event_count: i32::try_from(n).unwrap_or(i32::MAX),
+                    }),
+                ),
+                _ => (lease.history.clone(), None),
+            };
+            let request = WorkflowRequest {
+                instance_id: id.clone(),
+                execution_id: Some(lease.meta.execution_id.clone()),
+                past_events,
+                new_events: new_events.clone(),
+                cached_history,
+                ..WorkflowRequest::default()
+            };
             state.turns.insert(
                 id.clone(),
                 Turn {
@@ -433,7 +457,20 @@ pub(super) async fn complete_workflow(
     inner: &Arc<Inner>,
     response: WorkflowResponse,
 ) -> Result<(), WorkflowError> {
-    let Some(turn) = inner.lock().turns.remove(&response.instance_id) else {
+    let ended = events::ends_execution(&response);
+    let removed = {
+        let mut state = inner.lock();
+        let turn = state.turns.remove(&response.instance_id);
+        if let Some(t) = &turn
+            && ended
+            && let Some(cache) = state.cached.get_mut(&t.worker)
+        {
+            // A worker drops what it kept of an execution that ended.
+            cache.remove(&response.instance_id);
+        }
+        turn
+    };
+    let Some(turn) = removed else {
         return Err(WorkflowError::NotFound(format!(
             "{} (no turn of it is in flight on this sidecar)",
             response.instance_id

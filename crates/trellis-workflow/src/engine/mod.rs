@@ -302,7 +302,14 @@ impl Engine {
     /// Connects a worker (one `GetWorkItems` stream): it gets work items until the
     /// connection is dropped, and what it held then goes back to the store.
     pub fn connect_worker(&self) -> WorkerConnection {
-        dispatch::connect(&self.inner)
+        dispatch::connect(&self.inner, false)
+    }
+
+    /// Connects a worker that keeps each instance's history between turns (it declared
+    /// `WORKER_CAPABILITY_STATEFUL_HISTORY`): a turn of an instance it ran before carries
+    /// only the events committed since, instead of the whole history again.
+    pub fn connect_stateful_worker(&self) -> WorkerConnection {
+        dispatch::connect(&self.inner, true)
     }
 
     /// A worker's answer to a turn.

@@ -195,3 +195,67 @@ async fn finished_instances_are_purged_after_their_retention() {
     assert!(engine.history(&id).await.expect("history").is_empty());
     w.abort();
 }
+
+/// A worker that keeps histories gets only what was committed since its last turn of an
+/// instance, and what it rebuilds is the whole history.
+#[tokio::test]
+async fn a_stateful_worker_gets_history_deltas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine(&dir, "stateful-app").await;
+    let mut conn = engine.connect_stateful_worker();
+    let id = engine
+        .start_instance(StartRequest {
+            name: "chain".into(),
+            ..StartRequest::default()
+        })
+        .await
+        .expect("start");
+    let mut cache: Vec<trellis_workflow::proto::HistoryEvent> = Vec::new();
+    let mut deltas = 0;
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(10), conn.next())
+            .await
+            .expect("a work item")
+            .expect("the engine is up");
+        match item.request {
+            Some(Request::WorkflowRequest(mut req)) => {
+                let history = match req.cached_history {
+                    Some(c) => {
+                        deltas += 1;
+                        assert_eq!(
+                            c.event_count as usize,
+                            cache.len(),
+                            "the count is what the worker was given"
+                        );
+                        let mut h = cache.clone();
+                        h.extend(req.past_events.clone());
+                        h
+                    }
+                    None => req.past_events.clone(),
+                };
+                assert_eq!(
+                    history,
+                    engine.history(&id).await.expect("history"),
+                    "rebuilt = committed"
+                );
+                cache = history.clone();
+                req.past_events = history;
+                let res = conformance::scripted_turn(&req, 1, 3);
+                let ended = conformance::completes(&res);
+                engine.complete_workflow(res).await.expect("complete turn");
+                if ended {
+                    break;
+                }
+            }
+            Some(Request::ActivityRequest(req)) => {
+                engine
+                    .complete_activity(conformance::scripted_activity(&req))
+                    .await
+                    .expect("complete activity");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(deltas, 3, "every turn after the first carried a delta");
+    assert_eq!(run_to_end(&engine, &id).await.output.as_deref(), Some("6"));
+}
