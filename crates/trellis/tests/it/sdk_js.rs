@@ -701,3 +701,29 @@ async fn sdk_grpc_server_app_receives_invocations() {
         std::fs::remove_file(&report.path).unwrap();
     }
 }
+
+/// Workflows with the SDK's WorkflowRuntime and DaprWorkflowClient (gRPC, the task-hub
+/// service): the patterns and the instance controls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_workflows_run_and_are_controlled() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let mut app = node_app("js-wf", dir.path(), &report, "workflows.js").spawn();
+    report.wait_client("js-wf", &mut app, &[]).await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("js-wf");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+    let done = |output: &str| json!({"status": "COMPLETED", "output": output});
+    assert_eq!(r("chain"), done("15"), "{ctx}");
+    let squares: i64 = (0..100i64).map(|i| i * i).sum();
+    assert_eq!(r("fan-out"), done(&squares.to_string()), "{ctx}");
+    assert_eq!(r("event-wins"), done("\"approved by ana\""), "{ctx}");
+    assert_eq!(r("timer-wins"), done("\"timed out\""), "{ctx}");
+    assert_eq!(r("child"), done("12"), "{ctx}");
+    assert_eq!(r("continue-as-new"), done("3"), "{ctx}");
+    assert_eq!(r("terminate")["status"], "TERMINATED", "{ctx}");
+    let paused = r("suspend-resume");
+    assert_eq!(paused["paused"], "SUSPENDED", "{ctx}");
+    assert_eq!(paused["done"], done("\"approved by bo\""), "{ctx}");
+    assert_eq!(r("purge"), json!({"purged": true, "after": null}), "{ctx}");
+}
