@@ -427,3 +427,32 @@ async fn a_workflow_runs_an_activity_and_a_child_on_another_app() {
     assert!(report.of("py-wf-multi", "activity").is_empty(), "{ctx}");
     assert_eq!(report.of("py-wf-other", "activity").len(), 6, "{ctx}");
 }
+
+/// A connected worker's stream ends when the sidecar stops, so its graceful shutdown does
+/// not wait for the worker to go first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_with_a_connected_worker_stops_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-wf-stop", dir.path(), &report, "workflows.py")
+        .env("SCENARIO", "replica")
+        .spawn();
+    report
+        .wait("the worker", &[&app], crate::PATIENCE, |events| {
+            events.iter().any(|e| e["event"] == "replica-ready")
+        })
+        .await;
+    let started = std::time::Instant::now();
+    app.signal(nix::sys::signal::Signal::SIGTERM);
+    let code = app.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        code.is_some(),
+        "still running 15 s after SIGTERM\n{}",
+        report.context(&[&app])
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+}

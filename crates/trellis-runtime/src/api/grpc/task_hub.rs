@@ -230,16 +230,32 @@ impl TaskHubSidecarService for TaskHub {
 
     type GetWorkItemsStream = WorkItems;
 
-    async fn get_work_items(&self, _: Request<pb::GetWorkItemsRequest>) -> Reply<WorkItems> {
+    async fn get_work_items(&self, req: Request<pb::GetWorkItemsRequest>) -> Reply<WorkItems> {
         let engine = ops::engine(&self.rt, None, Op::Start)
             .await
             .map_err(to_status)?;
-        let conn = engine.connect_worker();
+        let stateful = req
+            .get_ref()
+            .capabilities
+            .contains(&(pb::WorkerCapability::StatefulHistory as i32));
+        let conn = if stateful {
+            engine.connect_stateful_worker()
+        } else {
+            engine.connect_worker()
+        };
         // The connection moves into the stream: when the worker goes away tonic drops the
-        // stream, and with it the connection, which gives its work back.
-        let items = futures_util::stream::unfold(conn, |mut conn| async move {
-            conn.next().await.map(|item| (Ok(item), conn))
-        });
+        // stream, and with it the connection, which gives its work back. The stream ends
+        // when the sidecar stops, so that its graceful shutdown does not wait for workers
+        // (the SDKs reconnect, to this sidecar's successor or another replica).
+        let stopping = self.rt.stopping();
+        let items =
+            futures_util::stream::unfold((conn, stopping), |(mut conn, mut stopping)| async move {
+                let item = tokio::select! {
+                    item = conn.next() => item,
+                    _ = stopping.wait_for(|s| *s) => None,
+                };
+                item.map(|item| (Ok(item), (conn, stopping)))
+            });
         Ok(Response::new(Box::pin(items)))
     }
 
