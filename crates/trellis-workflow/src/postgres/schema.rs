@@ -107,9 +107,10 @@ impl Sql {
                      ready_at BIGINT,
                      lease_owner TEXT,
                      lease_until BIGINT NOT NULL DEFAULT 0,
+                     due BIGINT GENERATED ALWAYS AS (GREATEST(ready_at, lease_until)) STORED,
                      PRIMARY KEY (app_id, instance_id)
                  );
-                 CREATE INDEX IF NOT EXISTS {i}_ready ON {i} (app_id, ready_at)
+                 CREATE INDEX IF NOT EXISTS {i}_due ON {i} (app_id, due)
                      WHERE ready_at IS NOT NULL;
                  CREATE INDEX IF NOT EXISTS {i}_created ON {i} (app_id, created_at);
                  CREATE TABLE IF NOT EXISTS {h} (
@@ -182,8 +183,8 @@ impl Sql {
             // The leased rows with their histories and visible inboxes, in one round trip.
             lease_workflows: format!(
                 "WITH c AS (SELECT app_id, instance_id FROM {i} \
-                     WHERE app_id = $1 AND ready_at <= $2 AND lease_until <= $2 \
-                     ORDER BY ready_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+                     WHERE app_id = $1 AND ready_at IS NOT NULL AND due <= $2 \
+                     ORDER BY due LIMIT $3 FOR UPDATE SKIP LOCKED), \
                  l AS (UPDATE {i} x SET lease_owner = $4, lease_until = $5 FROM c \
                      WHERE x.app_id = c.app_id AND x.instance_id = c.instance_id \
                      RETURNING x.*) \
@@ -242,7 +243,7 @@ impl Sql {
             ),
             lease_activities: format!(
                 "WITH c AS (SELECT id FROM {a} WHERE app_id = $1 AND lease_until <= $2 \
-                     ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                     ORDER BY lease_until, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  UPDATE {a} x SET lease_owner = $4, lease_until = $5 FROM c WHERE x.id = c.id \
                  RETURNING x.id, x.app_id, x.workflow_app_id, x.request"
             ),
@@ -256,12 +257,10 @@ impl Sql {
                  WHERE app_id = $1 AND lease_owner = $2 AND lease_until > 0"
             ),
             next_due: format!(
-                "SELECT min(due) FROM ( \
-                     SELECT GREATEST(ready_at, lease_until) AS due FROM {i} \
-                         WHERE app_id = $1 AND ready_at IS NOT NULL \
-                     UNION ALL \
-                     SELECT lease_until AS due FROM {a} WHERE app_id = $1 \
-                 ) d WHERE due > $2"
+                "SELECT LEAST( \
+                     (SELECT min(due) FROM {i} \
+                      WHERE app_id = $1 AND ready_at IS NOT NULL AND due > $2), \
+                     (SELECT min(lease_until) FROM {a} WHERE app_id = $1 AND lease_until > $2))"
             ),
             delete_instance: format!(
                 "WITH dh AS (DELETE FROM {h} WHERE app_id = $1 AND instance_id = $2), \
