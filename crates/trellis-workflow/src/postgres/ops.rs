@@ -268,11 +268,163 @@ pub async fn lease_workflows(
     Ok(leases)
 }
 
-/// A turn's commit in the open transaction `tx`: the lease check with the history append,
-/// the consumed inbox and the row update; then children, messages, activities and the
-/// instance's new `ready_at`, all sent without waiting for each other's answers. Returns
-/// whether the lease was held (the caller rolls back when it was not).
-pub async fn commit_turn(
+/// A turn's commit as [`Sql::commit`]'s parameters.
+struct CommitArgs<'a> {
+    app: &'a str,
+    id: &'a str,
+    owner: &'a str,
+    appended: i64,
+    reset: bool,
+    now: Millis,
+    status: Option<i32>,
+    execution_id: Option<&'a str>,
+    input: (bool, Option<&'a str>),
+    output: (bool, Option<&'a str>),
+    custom: (bool, Option<&'a str>),
+    failure: (bool, Option<Vec<u8>>),
+    completed: (bool, Option<Millis>),
+    append: Vec<Vec<u8>>,
+    consumed: &'a [i64],
+    messages: Batch,
+    activities: [Vec<String>; 3],
+    requests: Vec<Vec<u8>>,
+}
+
+fn set_str(field: &Option<Option<String>>) -> (bool, Option<&str>) {
+    (field.is_some(), field.as_ref().and_then(|v| v.as_deref()))
+}
+
+impl<'a> CommitArgs<'a> {
+    /// `with_messages` false leaves the messages out, for the caller to deliver after the
+    /// children they may be addressed to exist.
+    fn new(owner: &'a str, t: &'a TurnCommit, now: Millis, with_messages: bool) -> Self {
+        let u = &t.update;
+        let tasks = &t.activities;
+        CommitArgs {
+            app: &t.app_id,
+            id: &t.instance_id,
+            owner,
+            appended: i64::try_from(t.append.len()).unwrap_or(i64::MAX),
+            reset: t.reset_history,
+            now,
+            status: u.status.map(|s| s as i32),
+            execution_id: u.execution_id.as_deref(),
+            input: set_str(&u.input),
+            output: set_str(&u.output),
+            custom: set_str(&u.custom_status),
+            failure: (
+                u.failure.is_some(),
+                u.failure
+                    .as_ref()
+                    .and_then(|f| f.as_ref().map(prost::Message::encode_to_vec)),
+            ),
+            completed: (u.completed_at.is_some(), u.completed_at.flatten()),
+            append: t.append.iter().map(|e| e.encode_to_vec()).collect(),
+            consumed: &t.consumed,
+            messages: Batch::of(if with_messages { &t.messages[..] } else { &[] }),
+            activities: [
+                tasks.iter().map(|t| t.app_id.clone()).collect(),
+                tasks.iter().map(|t| t.workflow_app_id.clone()).collect(),
+                tasks
+                    .iter()
+                    .map(|t| {
+                        t.request
+                            .workflow_instance
+                            .as_ref()
+                            .map(|w| w.instance_id.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            ],
+            requests: tasks.iter().map(|t| t.request.encode_to_vec()).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 30] {
+        let m = &self.messages;
+        [
+            &self.app,
+            &self.id,
+            &self.owner,
+            &self.appended,
+            &self.reset,
+            &self.now,
+            &self.status,
+            &self.execution_id,
+            &self.input.0,
+            &self.input.1,
+            &self.output.0,
+            &self.output.1,
+            &self.custom.0,
+            &self.custom.1,
+            &self.failure.0,
+            &self.failure.1,
+            &self.completed.0,
+            &self.completed.1,
+            &self.append,
+            &self.consumed,
+            &m.apps,
+            &m.ids,
+            &m.executions,
+            &m.kinds,
+            &m.visible,
+            &m.events,
+            &self.activities[0],
+            &self.activities[1],
+            &self.activities[2],
+            &self.requests,
+        ]
+    }
+}
+
+/// A turn's commit that creates no children, in one round trip: `BEGIN`, the commit
+/// statement (which writes nothing unless the lease is held), the instance's new
+/// `ready_at`, `COMMIT`, sent together. A failed statement turns the `COMMIT` into a
+/// rollback, and everything is sent before the first answer is awaited, so a caller that
+/// stops waiting leaves no transaction open on the connection. Returns whether the lease
+/// was held.
+pub async fn commit_pipelined(
+    c: &deadpool_postgres::Object,
+    s: &Sql,
+    now: Millis,
+    owner: &str,
+    t: &TurnCommit,
+) -> Result<bool, tokio_postgres::Error> {
+    let (reset, commit, refresh) = tokio::try_join!(
+        c.prepare_cached(&s.reset_history),
+        c.prepare_cached(&s.commit),
+        c.prepare_cached(&s.refresh_ready),
+    )?;
+    let args = CommitArgs::new(owner, t, now, true);
+    let params = args.params();
+    let reset_params: [&(dyn ToSql + Sync); 3] = [&args.app, &args.id, &args.owner];
+    let refresh_params: [&(dyn ToSql + Sync); 2] = [&args.app, &args.id];
+    let reset = async {
+        if t.reset_history {
+            c.execute(&reset, &reset_params).await?;
+        }
+        Ok(())
+    };
+    let (begin, reset, held, refresh, end) = tokio::join!(
+        c.batch_execute("BEGIN"),
+        reset,
+        c.query_one(&commit, &params),
+        c.execute(&refresh, &refresh_params),
+        c.batch_execute("COMMIT"),
+    );
+    begin?;
+    reset?;
+    let held: i64 = held?.try_get(0)?;
+    refresh?;
+    end?;
+    Ok(held > 0)
+}
+
+/// A turn's commit that creates children, in the open transaction `tx`: the commit
+/// statement, then (when the lease was held) the children, the messages (which may be
+/// addressed to them) and the new `ready_at`. Returns whether the lease was held (the
+/// caller rolls back when it was not).
+pub async fn commit_with_children(
     tx: &Transaction<'_>,
     s: &Sql,
     now: Millis,
@@ -280,70 +432,14 @@ pub async fn commit_turn(
     t: &TurnCommit,
 ) -> Result<bool, tokio_postgres::Error> {
     let (app, id) = (t.app_id.as_str(), t.instance_id.as_str());
-    // The statements below must reach the server in order (the refresh reads what the
-    // others wrote); a statement prepared for the first time would wait for the server
-    // and fall behind the ones after it, so all are prepared first (once per connection).
-    for sql in [
-        &s.reset_history,
-        &s.commit,
-        &s.create,
-        &s.deliver,
-        &s.insert_activities,
-        &s.refresh_ready,
-    ] {
-        tx.prepare_cached(sql).await?;
+    if t.reset_history {
+        execute(tx, &s.reset_history, &[&app, &id, &owner]).await?;
     }
-    let u = &t.update;
-    let appended = i64::try_from(t.append.len()).unwrap_or(i64::MAX);
-    let append: Vec<Vec<u8>> = t.append.iter().map(|e| e.encode_to_vec()).collect();
-    let failure = u
-        .failure
-        .as_ref()
-        .map(|f| f.as_ref().map(prost::Message::encode_to_vec));
-    let (input, output, custom) = (
-        u.input.clone().flatten(),
-        u.output.clone().flatten(),
-        u.custom_status.clone().flatten(),
-    );
-    let (failure_set, failure) = (failure.is_some(), failure.flatten());
-    let completed = u.completed_at.flatten();
-    let status = u.status.map(|s| s as i32);
-    let (input_set, output_set, custom_set, completed_set) = (
-        u.input.is_some(),
-        u.output.is_some(),
-        u.custom_status.is_some(),
-        u.completed_at.is_some(),
-    );
-    let reset = async {
-        if t.reset_history {
-            execute(tx, &s.reset_history, &[&app, &id, &owner]).await?;
-        }
-        Ok(())
-    };
-    let commit_params: [&(dyn ToSql + Sync); 20] = [
-        &app,
-        &id,
-        &owner,
-        &appended,
-        &t.reset_history,
-        &now,
-        &status,
-        &u.execution_id,
-        &input_set,
-        &input,
-        &output_set,
-        &output,
-        &custom_set,
-        &custom,
-        &failure_set,
-        &failure,
-        &completed_set,
-        &completed,
-        &append,
-        &t.consumed,
-    ];
-    let commit = count(tx, &s.commit, &commit_params);
-    let children = futures_util::future::try_join_all(t.new_instances.iter().map(|new| async {
+    let args = CommitArgs::new(owner, t, now, false);
+    if count(tx, &s.commit, &args.params()).await? == 0 {
+        return Ok(false);
+    }
+    for new in &t.new_instances {
         if !create(tx, s, now, new).await? {
             tracing::warn!(
                 instance = id,
@@ -351,50 +447,13 @@ pub async fn commit_turn(
                 "workflow: child instance already exists"
             );
         }
-        Ok::<_, tokio_postgres::Error>(())
-    }));
-    let messages = async {
-        let delivered = deliver_batch(tx, s, &t.messages).await?;
-        if usize::try_from(delivered).unwrap_or(0) < t.messages.len() {
-            tracing::debug!(from = id, "workflow: messages to missing instances dropped");
-        }
-        Ok(())
-    };
-    let activities = insert_activities(tx, s, &t.activities);
-    let refresh_params: [&(dyn ToSql + Sync); 2] = [&app, &id];
-    let refresh = execute(tx, &s.refresh_ready, &refresh_params);
-    let ((), held, _, (), (), _) =
-        tokio::try_join!(reset, commit, children, messages, activities, refresh)?;
-    Ok(held > 0)
-}
-
-async fn insert_activities(
-    c: &impl GenericClient,
-    s: &Sql,
-    tasks: &[ActivityTask],
-) -> Result<(), tokio_postgres::Error> {
-    if tasks.is_empty() {
-        return Ok(());
     }
-    let apps: Vec<&str> = tasks.iter().map(|t| t.app_id.as_str()).collect();
-    let workflow_apps: Vec<&str> = tasks.iter().map(|t| t.workflow_app_id.as_str()).collect();
-    let instances: Vec<&str> = tasks
-        .iter()
-        .map(|t| {
-            t.request
-                .workflow_instance
-                .as_ref()
-                .map_or("", |w| w.instance_id.as_str())
-        })
-        .collect();
-    let requests: Vec<Vec<u8>> = tasks.iter().map(|t| t.request.encode_to_vec()).collect();
-    execute(
-        c,
-        &s.insert_activities,
-        &[&apps, &workflow_apps, &instances, &requests],
-    )
-    .await
-    .map(|_| ())
+    let delivered = deliver_batch(tx, s, &t.messages).await?;
+    if usize::try_from(delivered).unwrap_or(0) < t.messages.len() {
+        tracing::debug!(from = id, "workflow: messages to missing instances dropped");
+    }
+    execute(tx, &s.refresh_ready, &[&app, &id]).await?;
+    Ok(true)
 }
 
 pub async fn lease_activities(

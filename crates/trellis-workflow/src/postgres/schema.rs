@@ -40,12 +40,11 @@ pub struct Sql {
     /// [`Sql::deliver`] of one message, gated on deleting activity `$7`.
     pub complete_activity: String,
     pub lease_workflows: String,
-    /// A turn's lease check, history append, consumed inbox and row update; returns the
-    /// row when the lease was held.
+    /// A turn's lease check, history append, consumed inbox, row update, messages and
+    /// activities, all only when the lease was held; returns whether it was.
     pub commit: String,
     /// Empties a history for continue-as-new, when the lease is held.
     pub reset_history: String,
-    pub insert_activities: String,
     /// Recomputes one instance's `ready_at` from its whole inbox.
     pub refresh_ready: String,
     pub release_workflow: String,
@@ -64,10 +63,14 @@ impl Sql {
         let h = format!("{table}_history");
         let b = format!("{table}_inbox");
         let a = format!("{table}_activities");
-        let deliver_from = |gate: &str| {
+        // The common table expressions that deliver the messages in parameters `$p..$p+5`
+        // (apps, instances, executions, kinds, visible times, events): into the inbox of
+        // the instances that exist, when `gate` holds, lowering their `ready_at` where the
+        // new event is runnable, except for rows `skip` excludes. `ins` names what went in.
+        let deliver = |gate: &str, p: usize, skip: &str| {
             format!(
-                "m AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], \
-                     $5::bigint[], $6::bytea[]) WITH ORDINALITY \
+                "m AS (SELECT * FROM unnest(${p}::text[], ${}::text[], ${}::text[], ${}::int[], \
+                     ${}::bigint[], ${}::bytea[]) WITH ORDINALITY \
                      AS m(app_id, instance_id, execution_id, kind, visible_at, event, n)), \
                  ins AS (INSERT INTO {b} (app_id, instance_id, execution_id, kind, visible_at, event) \
                      SELECT m.app_id, m.instance_id, m.execution_id, m.kind, m.visible_at, m.event \
@@ -79,9 +82,13 @@ impl Sql {
                          (SELECT min(e.visible_at) FROM ins e \
                           WHERE e.app_id = x.app_id AND e.instance_id = x.instance_id \
                           AND {runnable})) \
-                     WHERE (x.app_id, x.instance_id) IN (SELECT app_id, instance_id FROM ins) \
-                     RETURNING 1) \
-                 SELECT count(*) FROM ins",
+                     WHERE (x.app_id, x.instance_id) IN (SELECT app_id, instance_id FROM ins) {skip} \
+                     RETURNING 1)",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
                 runnable = runnable("e", "x"),
             )
         };
@@ -175,10 +182,11 @@ impl Sql {
                      SELECT $1, $2, $5, $12, $11, $13 FROM up) \
                  SELECT count(*) FROM up"
             ),
-            deliver: format!("WITH {}", deliver_from("")),
+            deliver: format!("WITH {} SELECT count(*) FROM ins", deliver("", 1, "")),
             complete_activity: format!(
-                "WITH d AS (DELETE FROM {a} WHERE id = $7 RETURNING 1), {}",
-                deliver_from("EXISTS (SELECT 1 FROM d) AND")
+                "WITH d AS (DELETE FROM {a} WHERE id = $7 RETURNING 1), {} \
+                 SELECT count(*) FROM ins",
+                deliver("EXISTS (SELECT 1 FROM d) AND", 1, "")
             ),
             // The leased rows with their histories and visible inboxes, in one round trip.
             lease_workflows: format!(
@@ -220,16 +228,23 @@ impl Sql {
                      SELECT $1, $2, u.base + e.n - 1, e.event \
                      FROM u, unnest($19::bytea[]) WITH ORDINALITY AS e(event, n)), \
                  co AS (DELETE FROM {b} WHERE id = ANY($20::bigint[]) \
-                     AND app_id = $1 AND instance_id = $2 AND EXISTS (SELECT 1 FROM u)) \
-                 SELECT count(*) FROM u"
+                     AND app_id = $1 AND instance_id = $2 AND EXISTS (SELECT 1 FROM u)), \
+                 {messages}, \
+                 ac AS (INSERT INTO {a} (app_id, workflow_app_id, instance_id, request) \
+                     SELECT * FROM unnest($27::text[], $28::text[], $29::text[], $30::bytea[]) \
+                     WHERE EXISTS (SELECT 1 FROM u)) \
+                 SELECT count(*) FROM u",
+                // The instance's own `ready_at` is the refresh's, after this statement:
+                // a row is updated once per statement.
+                messages = deliver(
+                    "EXISTS (SELECT 1 FROM u) AND",
+                    21,
+                    "AND NOT (x.app_id = $1 AND x.instance_id = $2)"
+                ),
             ),
             reset_history: format!(
                 "DELETE FROM {h} WHERE app_id = $1 AND instance_id = $2 AND EXISTS \
                  (SELECT 1 FROM {i} WHERE app_id = $1 AND instance_id = $2 AND lease_owner = $3)"
-            ),
-            insert_activities: format!(
-                "INSERT INTO {a} (app_id, workflow_app_id, instance_id, request) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])"
             ),
             refresh_ready: format!(
                 "UPDATE {i} x SET ready_at = (SELECT min(e.visible_at) FROM {b} e \
