@@ -409,16 +409,21 @@ async fn children_timers_and_continue_as_new(store: &dyn WorkflowStore) {
         2,
         "its start and the event sent with it"
     );
+    store
+        .release_workflow(&app, "f-child", "me")
+        .await
+        .expect("release");
     assert_eq!(
-        store.next_due(&app, now).await.expect("due"),
+        store.next_due(&app, later).await.expect("due"),
         Some(now + 30_000)
     );
     let fired = store
         .lease_workflows(&app, "me", now + 30_000, now + 40_000, 10)
         .await
         .expect("lease")
-        .remove(0);
-    assert_eq!(fired.meta.instance_id, "f");
+        .into_iter()
+        .find(|l| l.meta.instance_id == "f")
+        .expect("the timer fired");
     assert_eq!(fired.history.len(), 2);
     assert_eq!(events::event_name(&fired.inbox[0].event), "timerFired");
     store
