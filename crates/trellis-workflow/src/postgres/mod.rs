@@ -102,7 +102,7 @@ impl PostgresWorkflowStore {
         // single keys; left to choose, PostgreSQL plans the larger ones anew on every run,
         // which cost more CPU than running them (3x the server's time per workflow).
         let options = config.get_options().unwrap_or_default();
-        config.options(&format!("{options} -c plan_cache_mode=force_generic_plan"));
+        config.options(format!("{options} -c plan_cache_mode=force_generic_plan"));
         let table = metadata.get("tableName").unwrap_or(DEFAULT_TABLE);
         if !valid_table(table) {
             return Err(metadata_err(metadata.error(
