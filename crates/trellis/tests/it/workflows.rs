@@ -33,13 +33,51 @@ async fn finish(report: &Report, app_id: &str, app: &mut trellis_test_support::S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_workflow_patterns() {
     let dir = tempfile::tempdir().unwrap();
-    let report = Report::new(dir.path());
-    let mut app = python_app("py-wf", dir.path(), &report, "workflows.py")
-        .env("SCENARIO", "patterns")
-        .spawn();
-    finish(&report, "py-wf", &mut app).await;
+    patterns(dir.path(), "py-wf", None).await;
+}
+
+/// The same patterns with `workflowbackend.postgresql` (PostgreSQL on 127.0.0.1:5432,
+/// database `test`, tables of this run's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_workflow_patterns_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let resources = dir.path().join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(
+        resources.join("workflows.yaml"),
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: wf\nspec:\n  \
+             type: workflowbackend.postgresql\n  version: v1\n  metadata:\n  \
+             - name: connectionString\n    value: \"host=127.0.0.1 user=postgres dbname=test\"\n  \
+             - name: tableName\n    value: pywf_{nanos}_{}\n",
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    patterns(
+        dir.path(),
+        "py-wf-pg",
+        Some(resources.display().to_string()),
+    )
+    .await;
+}
+
+/// Runs the app's `patterns` scenario (with the components in `resources`, if any) and
+/// checks each pattern's result.
+async fn patterns(dir: &Path, app_id: &str, resources: Option<String>) {
+    let report = Report::new(dir);
+    let mut app = python_app(app_id, dir, &report, "workflows.py").env("SCENARIO", "patterns");
+    if let Some(resources) = resources {
+        app = app.arg("--resources-path").arg(resources);
+    }
+    let mut app = app.spawn();
+    finish(&report, app_id, &mut app).await;
     let ctx = report.context(&[&app]);
-    let steps = report.steps("py-wf");
+    let steps = report.steps(app_id);
     let r = |name: &str| result(&steps, name, &ctx).clone();
     let done = |output: &str| json!({"status": "COMPLETED", "output": output});
     assert_eq!(r("chain"), done("15"), "10 + 5 increments\n{ctx}");
