@@ -25,13 +25,15 @@ macro_rules! on_every_store {
         mod sqlite {
             $(#[tokio::test]
             async fn $name() {
-                super::$name(crate::Db::sqlite()).await;
+                super::$name(&crate::Db::sqlite()).await;
             })*
         }
         mod postgres {
             $(#[tokio::test]
             async fn $name() {
-                super::$name(crate::Db::postgres()).await;
+                let db = crate::Db::postgres();
+                super::$name(&db).await;
+                db.drop_tables().await;
             })*
         }
     };
@@ -175,8 +177,8 @@ async fn run_to_end(engine: &Engine, id: &str) -> trellis_workflow::InstanceMeta
         .expect("the instance exists")
 }
 
-async fn a_chain_of_activities_completes_with_its_results_in_history(db: Db) {
-    let engine = engine(&db, "chain-app").await;
+async fn a_chain_of_activities_completes_with_its_results_in_history(db: &Db) {
+    let engine = engine(db, "chain-app").await;
     let w = worker(engine.clone(), 1, 5);
     let id = engine
         .start_instance(StartRequest {
@@ -203,8 +205,8 @@ async fn a_chain_of_activities_completes_with_its_results_in_history(db: Db) {
     w.abort();
 }
 
-async fn a_fan_out_of_200_activities_completes(db: Db) {
-    let engine = engine(&db, "fan-app").await;
+async fn a_fan_out_of_200_activities_completes(db: &Db) {
+    let engine = engine(db, "fan-app").await;
     let w = worker(engine.clone(), 200, 1);
     let id = engine
         .start_instance(StartRequest {
@@ -221,8 +223,8 @@ async fn a_fan_out_of_200_activities_completes(db: Db) {
     w.abort();
 }
 
-async fn a_turn_held_by_a_worker_that_disconnects_goes_to_another(db: Db) {
-    let engine = engine(&db, "redrive-app").await;
+async fn a_turn_held_by_a_worker_that_disconnects_goes_to_another(db: &Db) {
+    let engine = engine(db, "redrive-app").await;
     let mut quitter = engine.connect_worker();
     let id = engine
         .start_instance(StartRequest {
@@ -244,8 +246,8 @@ async fn a_turn_held_by_a_worker_that_disconnects_goes_to_another(db: Db) {
     w.abort();
 }
 
-async fn terminate_and_purge_and_events_to_unknown_instances(db: Db) {
-    let engine = engine(&db, "term-app").await;
+async fn terminate_and_purge_and_events_to_unknown_instances(db: &Db) {
+    let engine = engine(db, "term-app").await;
     // A worker that never answers turns keeps the instance running.
     let mut idle = engine.connect_worker();
     let id = engine
@@ -286,7 +288,7 @@ async fn terminate_and_purge_and_events_to_unknown_instances(db: Db) {
 
 /// Two sidecars of one app on one database: both run turns and activities, and with
 /// leases exclusive every activity runs once and every instance completes once.
-async fn two_engines_of_one_app_split_the_instances_and_run_each_once(db: Db) {
+async fn two_engines_of_one_app_split_the_instances_and_run_each_once(db: &Db) {
     const INSTANCES: usize = 30;
     const ROUNDS: i32 = 3;
     // Few turns in flight per engine and a quick poll, so that neither takes everything.
@@ -356,8 +358,8 @@ async fn two_engines_of_one_app_split_the_instances_and_run_each_once(db: Db) {
 /// Workflows per second through one engine and one worker in this process, each a chain
 /// of 5 activities: a measurement, printed, not a check (run by hand with
 /// `--run-ignored only`).
-async fn throughput(db: Db, instances: usize) {
-    let engine = engine(&db, "rate-app").await;
+async fn throughput(db: &Db, instances: usize) {
+    let engine = engine(db, "rate-app").await;
     let w = worker(engine.clone(), 1, 5);
     let started = std::time::Instant::now();
     let ids: Vec<String> = futures_util::future::join_all((0..instances).map(|n| {
@@ -389,11 +391,13 @@ async fn throughput(db: Db, instances: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn throughput_on_sqlite() {
-    throughput(Db::sqlite(), 2000).await;
+    throughput(&Db::sqlite(), 2000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn throughput_on_postgres() {
-    throughput(Db::postgres(), 2000).await;
+    let db = Db::postgres();
+    throughput(&db, 2000).await;
+    db.drop_tables().await;
 }

@@ -33,6 +33,14 @@ impl Db {
         Db::Postgres(postgres::fresh_table())
     }
 
+    /// Drops a PostgreSQL test's tables, so that the shared test database does not
+    /// collect them (a failed test leaves its tables to look at).
+    pub async fn drop_tables(&self) {
+        if let Db::Postgres(table) = self {
+            postgres::drop_tables(table).await;
+        }
+    }
+
     /// Another store on this database.
     pub async fn open(&self) -> Arc<dyn WorkflowStore> {
         match self {

@@ -24,10 +24,28 @@ pub async fn store(table: &str) -> PostgresWorkflowStore {
     .expect("open the postgresql store")
 }
 
+/// Drops the tables of `table`.
+pub async fn drop_tables(table: &str) {
+    let (client, connection) = tokio_postgres::connect(URL, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let running = tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}_instances, {table}_history, {table}_inbox, \
+             {table}_activities"
+        ))
+        .await
+        .expect("drop the test's tables");
+    drop(client);
+    let _ = running.await;
+}
+
 #[tokio::test]
 async fn the_postgres_store_passes_the_conformance_suite() {
-    let store = store(&fresh_table()).await;
-    conformance::run(&store).await;
+    let table = fresh_table();
+    conformance::run(&store(&table).await).await;
+    drop_tables(&table).await;
 }
 
 #[tokio::test]
@@ -40,6 +58,7 @@ async fn sidecars_opening_one_new_database_at_once_all_succeed() {
     for open in opens {
         open.await.expect("an open task");
     }
+    drop_tables(&table).await;
 }
 
 #[tokio::test]
@@ -108,4 +127,5 @@ async fn concurrent_leases_are_disjoint() {
         assert_eq!(lease.inbox.len(), 1);
     }
     assert_eq!(seen.len(), 60, "12 lessees of 7 take all 60");
+    drop_tables(&table).await;
 }
