@@ -405,7 +405,10 @@ pub async fn commit_pipelined(
         }
         Ok(())
     };
+    // Each call sends its message the first time it is polled; `biased` polls them in
+    // this order.
     let (begin, reset, held, refresh, end) = tokio::join!(
+        biased;
         c.batch_execute("BEGIN"),
         reset,
         c.query_one(&commit, &params),

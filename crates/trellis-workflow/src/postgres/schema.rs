@@ -1,14 +1,17 @@
 //! The PostgreSQL store's tables and statements, written once per store for its table
-//! names. The layout is the embedded store's (see [`crate::sqlite::Sql`] when that backend
-//! is built): instances with `ready_at` and a lease, an append-only history, an inbox with
-//! `visible_at`, `kind` and `execution_id`, an activity queue; events are protobuf bytes.
+//! names. The layout is the embedded store's (`sqlite/schema.rs`): instances with
+//! `ready_at` and a lease, an append-only history, an inbox with `visible_at`, `kind` and
+//! `execution_id`, an activity queue; events are protobuf bytes. One column more:
+//! `due`, generated as the later of `ready_at` and `lease_until`, is when an instance can
+//! next be leased, so leasing and `next_due` read one index range and never step over
+//! the instances other sidecars hold.
 //!
 //! Most operations are one statement: data-modifying `WITH` clauses do the several writes
 //! of an operation in one round trip, batches arrive as arrays (`unnest`), and leasing
 //! takes rows with `FOR UPDATE SKIP LOCKED` so sidecars sharing the database take disjoint
 //! work without waiting for each other.
 
-/// The instance columns `GET` shows, in [`super::ops::meta_of`]'s order.
+/// The instance columns `GET` shows, in `ops::meta_of`'s order.
 pub const META_COLUMNS: &str = "app_id, instance_id, name, status, execution_id, created_at, \
      updated_at, completed_at, scheduled_start, input, output, custom_status, failure, \
      parent_app_id, parent_instance_id, history_len";
