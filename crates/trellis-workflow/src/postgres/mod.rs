@@ -165,6 +165,33 @@ impl PostgresWorkflowStore {
         self.pool.get().await.map_err(pool_error)
     }
 
+    /// Runs `op` within the timeout, again (up to [`ATTEMPTS`] times) when it failed only
+    /// because it met another transaction in a deadlock: two turns sending each other
+    /// messages, a purge and an activity result, lock the same rows in opposite orders.
+    async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, WorkflowError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Result<T, WorkflowError>, tokio_postgres::Error>>,
+    {
+        self.bounded(async {
+            let mut attempt = 1;
+            loop {
+                match op().await {
+                    Ok(result) => return result,
+                    Err(e) if ops::retryable(&e) && attempt < ATTEMPTS => {
+                        tracing::debug!(
+                            attempt,
+                            "workflow: {what} met another transaction, retrying: {e}"
+                        );
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(ops::db_err(e)),
+                }
+            }
+        })
+        .await
+    }
+
     async fn try_commit(
         &self,
         owner: &str,
@@ -193,30 +220,35 @@ impl PostgresWorkflowStore {
 #[async_trait]
 impl WorkflowStore for PostgresWorkflowStore {
     async fn create(&self, instance: NewInstance) -> Result<(), WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            if ops::create(&client, &self.sql, now_ms(), &instance)
-                .await
-                .map_err(ops::db_err)?
-            {
-                Ok(())
-            } else {
-                Err(WorkflowError::AlreadyExists(
-                    instance.start.instance_id.clone(),
-                ))
-            }
+        self.retrying("a start", || async {
+            let client = match self.client().await {
+                Ok(client) => client,
+                Err(e) => return Ok(Err(e)),
+            };
+            Ok(
+                if ops::create(&client, &self.sql, now_ms(), &instance).await? {
+                    Ok(())
+                } else {
+                    Err(WorkflowError::AlreadyExists(
+                        instance.start.instance_id.clone(),
+                    ))
+                },
+            )
         })
         .await
     }
 
     async fn send(&self, message: Message) -> Result<(), WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            if ops::deliver(&client, &self.sql, &message).await? {
+        self.retrying("an event", || async {
+            let client = match self.client().await {
+                Ok(client) => client,
+                Err(e) => return Ok(Err(e)),
+            };
+            Ok(if ops::deliver(&client, &self.sql, &message).await? {
                 Ok(())
             } else {
                 Err(WorkflowError::NotFound(message.instance_id.clone()))
-            }
+            })
         })
         .await
     }
@@ -261,24 +293,8 @@ impl WorkflowStore for PostgresWorkflowStore {
     }
 
     async fn commit_turn(&self, owner: &str, commit: TurnCommit) -> Result<(), WorkflowError> {
-        self.bounded(async {
-            let mut attempt = 1;
-            loop {
-                match self.try_commit(owner, &commit).await {
-                    Ok(result) => return result,
-                    Err(e) if ops::retryable(&e) && attempt < ATTEMPTS => {
-                        tracing::debug!(
-                            instance = commit.instance_id,
-                            attempt,
-                            "workflow: turn commit met another transaction, retrying: {e}"
-                        );
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(ops::db_err(e)),
-                }
-            }
-        })
-        .await
+        self.retrying("a turn's commit", || self.try_commit(owner, &commit))
+            .await
     }
 
     async fn release_workflow(
@@ -315,11 +331,13 @@ impl WorkflowStore for PostgresWorkflowStore {
     }
 
     async fn complete_activity(&self, id: i64, result: Message) -> Result<(), WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::complete_activity(&client, &self.sql, id, &result)
-                .await
-                .map_err(ops::db_err)
+        self.retrying("an activity result", || async {
+            let client = match self.client().await {
+                Ok(client) => client,
+                Err(e) => return Ok(Err(e)),
+            };
+            ops::complete_activity(&client, &self.sql, id, &result).await?;
+            Ok(Ok(()))
         })
         .await
     }

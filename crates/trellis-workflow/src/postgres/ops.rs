@@ -214,11 +214,12 @@ async fn deliver_batch(
 }
 
 /// Puts `m` in its instance's inbox; false when there is no such instance.
-pub async fn deliver(c: &impl GenericClient, s: &Sql, m: &Message) -> Result<bool, WorkflowError> {
-    Ok(deliver_batch(c, s, std::slice::from_ref(m))
-        .await
-        .map_err(db_err)?
-        > 0)
+pub async fn deliver(
+    c: &impl GenericClient,
+    s: &Sql,
+    m: &Message,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(deliver_batch(c, s, std::slice::from_ref(m)).await? > 0)
 }
 
 pub async fn lease_workflows(
