@@ -41,29 +41,8 @@ async fn python_sdk_workflow_patterns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_workflow_patterns_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
-    let resources = dir.path().join("resources");
-    std::fs::create_dir_all(&resources).unwrap();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    std::fs::write(
-        resources.join("workflows.yaml"),
-        format!(
-            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: wf\nspec:\n  \
-             type: workflowbackend.postgresql\n  version: v1\n  metadata:\n  \
-             - name: connectionString\n    value: \"host=127.0.0.1 user=postgres dbname=test\"\n  \
-             - name: tableName\n    value: pywf_{nanos}_{}\n",
-            std::process::id()
-        ),
-    )
-    .unwrap();
-    patterns(
-        dir.path(),
-        "py-wf-pg",
-        Some(resources.display().to_string()),
-    )
-    .await;
+    let resources = backend(dir.path(), Backend::Postgres);
+    patterns(dir.path(), "py-wf-pg", Some(resources)).await;
 }
 
 /// Runs the app's `patterns` scenario (with the components in `resources`, if any) and
@@ -201,18 +180,44 @@ async fn python_sdk_workflow_control_and_the_http_api() {
     http_error("http-raise-missing", 404, "ERR_INSTANCE_ID_NOT_FOUND");
 }
 
-/// A `workflowbackend.sqlite` component on a file of the test's own, with short leases so
-/// that a killed sidecar's work is taken over quickly.
-fn backend(dir: &Path) -> String {
+/// Which workflow backend a test's component names.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    /// PostgreSQL on 127.0.0.1:5432, database `test`.
+    Postgres,
+}
+
+/// A workflow backend component with data of the test's own (a file, or tables named for
+/// this run), with short leases so that a killed sidecar's work is taken over quickly.
+fn backend(dir: &Path, kind: Backend) -> String {
     let resources = dir.join("resources");
     std::fs::create_dir_all(&resources).unwrap();
+    let (type_name, connection, table) = match kind {
+        Backend::Sqlite => (
+            "workflowbackend.sqlite",
+            dir.join("wf.db").display().to_string(),
+            "workflow".to_string(),
+        ),
+        Backend::Postgres => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            (
+                "workflowbackend.postgresql",
+                "host=127.0.0.1 user=postgres dbname=test".to_string(),
+                format!("pywf_{nanos}_{}", std::process::id()),
+            )
+        }
+    };
     std::fs::write(
         resources.join("workflows.yaml"),
         format!(
             "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: wf\nspec:\n  \
-             type: workflowbackend.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    \
-             value: \"{}\"\n  - name: leaseDuration\n    value: 2s\n",
-            dir.join("wf.db").display()
+             type: {type_name}\n  version: v1\n  metadata:\n  - name: connectionString\n    \
+             value: \"{connection}\"\n  - name: tableName\n    value: {table}\n  \
+             - name: leaseDuration\n    value: 2s\n"
         ),
     )
     .unwrap();
@@ -224,8 +229,19 @@ fn backend(dir: &Path) -> String {
 /// in history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_workflow_survives_kill_9_of_sidecar_and_worker() {
+    kill_9(Backend::Sqlite).await;
+}
+
+/// The same with `workflowbackend.postgresql`: the new sidecar takes the dead one's
+/// leases over in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_workflow_survives_kill_9_of_sidecar_and_worker_on_postgres() {
+    kill_9(Backend::Postgres).await;
+}
+
+async fn kill_9(kind: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let resources = backend(dir.path());
+    let resources = backend(dir.path(), kind);
     let report = Report::new(dir.path());
     let first = python_app("py-wf-kill", dir.path(), &report, "workflows.py")
         .env("SCENARIO", "restart")
