@@ -8,12 +8,10 @@
 //! the server's clock, never the sidecars'. Fencing tokens come from a sequence, which
 //! only grows.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 
 use crate::{LockError, LockStore, Metadata, TryLock, UnlockStatus, expiry_ms, validate};
 
@@ -47,13 +45,13 @@ fn pool_error(e: deadpool_postgres::PoolError) -> LockError {
 impl PostgresLockStore {
     /// Connects, creates the table and its sequence when missing, and returns the store.
     ///
-    /// Metadata: `connectionString` (keyword/value or `postgres://` URL; TLS is not
-    /// supported yet), `tableName` (default `trellis_locks`), `timeout` (per operation,
+    /// Metadata: `connectionString` (keyword/value or `postgres://` URL, read as
+    /// Dapr's pgx reads it; TLS is not supported yet), `tableName` (default `trellis_locks`), `timeout` (per operation,
     /// default 20s), `maxConns`.
     pub async fn open(metadata: &Metadata) -> Result<Self, LockError> {
         let text = metadata.require(["connectionString", "url"])?;
-        let mut config = tokio_postgres::Config::from_str(text)
-            .map_err(|e| LockError::InvalidRequest(format!("metadata connectionString: {e}")))?;
+        let (mut config, pool_max) = trellis_core::postgres::parse_connection_string(text)
+            .map_err(|e| LockError::InvalidRequest(e.to_string()))?;
         let timeout = metadata.positive_duration("timeout", DEFAULT_TIMEOUT)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
@@ -68,22 +66,13 @@ impl PostgresLockStore {
                 )
                 .into());
         }
-        let max_conns = metadata.usize("maxConns", 4, 1..=1024)?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_conns)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .build()
-            .map_err(LockError::backend)?;
+        let default_conns = pool_max
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| (1..=1024).contains(n))
+            .unwrap_or(4);
+        let max_conns = metadata.usize("maxConns", default_conns, 1..=1024)?;
+        let pool =
+            trellis_core::postgres::pool(config, max_conns, timeout).map_err(LockError::backend)?;
         let store = PostgresLockStore {
             pool,
             lock: format!(
@@ -122,17 +111,10 @@ impl PostgresLockStore {
         );
         self.bounded(async {
             let mut client = self.pool.get().await.map_err(pool_error)?;
-            let tx = client.transaction().await.map_err(LockError::backend)?;
-            // Sidecars starting at once would race on the catalog (a unique violation on
-            // pg_type); one at a time, they find the table made.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1)::bigint)",
-                &[&format!("trellis-lock-migrate {table}")],
-            )
-            .await
-            .map_err(LockError::backend)?;
-            tx.batch_execute(&sql).await.map_err(LockError::backend)?;
-            tx.commit().await.map_err(LockError::backend)
+            let key = format!("trellis-lock-migrate {table}");
+            trellis_core::postgres::create_under_lock(&mut client, &key, &sql)
+                .await
+                .map_err(LockError::backend)
         })
         .await
     }

@@ -267,6 +267,15 @@ impl Default for Registries {
                 Ok(Arc::new(store) as Arc<dyn WorkflowStore>)
             })
         });
+        #[cfg(feature = "workflow-postgres")]
+        workflow.register("workflowbackend.postgresql", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_workflow::postgres::PostgresWorkflowStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn WorkflowStore>)
+            })
+        });
+        #[cfg(feature = "workflow-postgres")]
+        workflow.alias("workflowbackend.postgres", "workflowbackend.postgresql");
         let pending = BUILDING_BLOCKS
             .iter()
             .filter(|b| {
@@ -445,5 +454,18 @@ mod tests {
         assert!(r.check("state.postgres", "v1").is_ok());
         assert!(r.check("state.postgres", "v2").is_ok());
         assert!(r.check("pubsub.mqtt", "v1").is_ok());
+    }
+
+    #[test]
+    #[cfg(feature = "workflow-postgres")]
+    fn both_workflow_backends_are_registered() {
+        let r = Registries::default();
+        for name in [
+            "workflowbackend.sqlite",
+            "workflowbackend.postgresql",
+            "workflowbackend.postgres",
+        ] {
+            assert!(r.check(name, "v1").is_ok(), "{name}");
+        }
     }
 }

@@ -7,8 +7,8 @@ use trellis_proto::durabletask::history_event::EventType;
 use trellis_proto::durabletask::workflow_action::WorkflowActionType;
 use trellis_proto::durabletask::{
     ActivityRequest, ActivityResponse, CompleteWorkflowAction, EventRaisedEvent,
-    ScheduleTaskAction, TaskCompletedEvent, WorkflowAction, WorkflowInstance, WorkflowRequest,
-    WorkflowResponse,
+    ParentInstanceInfo, ScheduleTaskAction, TaskCompletedEvent, TimerFiredEvent, WorkflowAction,
+    WorkflowInstance, WorkflowRequest, WorkflowResponse,
 };
 
 use crate::events::{self, Start};
@@ -24,6 +24,7 @@ pub async fn run(store: &dyn WorkflowStore) {
     future_events_wait_until_due(store).await;
     suspended_instances_hold_their_events(store).await;
     purge_and_not_found(store).await;
+    children_timers_and_continue_as_new(store).await;
 }
 
 fn app() -> String {
@@ -336,6 +337,120 @@ async fn purge_and_not_found(store: &dyn WorkflowStore) {
             .expect("list")
             .is_empty()
     );
+}
+
+/// A turn that starts a child and sends it an event, a durable timer (an event to the
+/// instance itself, visible later), and continue-as-new emptying the history.
+async fn children_timers_and_continue_as_new(store: &dyn WorkflowStore) {
+    let app = app();
+    store.create(new_instance(&app, "f")).await.expect("create");
+    let now = now_ms();
+    let lease = store
+        .lease_workflows(&app, "me", now, now + 10_000, 10)
+        .await
+        .expect("lease")
+        .remove(0);
+    let mut child = new_instance(&app, "f-child");
+    child.start.parent = Some(ParentInstanceInfo {
+        workflow_instance: Some(WorkflowInstance {
+            instance_id: "f".into(),
+            execution_id: Some("e1".into()),
+        }),
+        ..ParentInstanceInfo::default()
+    });
+    let timer = Message {
+        app_id: app.clone(),
+        instance_id: "f".into(),
+        execution_id: Some("e1".into()),
+        event: events::event(
+            now + 30_000,
+            EventType::TimerFired(TimerFiredEvent {
+                fire_at: Some(events::timestamp(now + 30_000)),
+                timer_id: 1,
+            }),
+        ),
+        visible_at: now + 30_000,
+    };
+    store
+        .commit_turn(
+            "me",
+            TurnCommit {
+                app_id: app.clone(),
+                instance_id: "f".into(),
+                append: vec![events::workflow_started(now), lease.inbox[0].event.clone()],
+                consumed: vec![lease.inbox[0].id],
+                update: MetaUpdate {
+                    status: Some(Status::Running),
+                    ..MetaUpdate::default()
+                },
+                new_instances: vec![child],
+                messages: vec![raised(&app, "f-child", now), timer],
+                ..TurnCommit::default()
+            },
+        )
+        .await
+        .expect("commit");
+    let child = store
+        .get(&app, "f-child")
+        .await
+        .expect("get")
+        .expect("made");
+    assert_eq!(child.parent_instance_id.as_deref(), Some("f"));
+    // The child's start is visible from the commit's own clock on.
+    let later = now_ms();
+    let leases = store
+        .lease_workflows(&app, "me", later, later + 10_000, 10)
+        .await
+        .expect("lease");
+    assert_eq!(
+        leases.len(),
+        1,
+        "the child, not the parent waiting for its timer"
+    );
+    assert_eq!(leases[0].meta.instance_id, "f-child");
+    assert_eq!(
+        leases[0].inbox.len(),
+        2,
+        "its start and the event sent with it"
+    );
+    store
+        .release_workflow(&app, "f-child", "me")
+        .await
+        .expect("release");
+    assert_eq!(
+        store.next_due(&app, later).await.expect("due"),
+        Some(now + 30_000)
+    );
+    let fired = store
+        .lease_workflows(&app, "me", now + 30_000, now + 40_000, 10)
+        .await
+        .expect("lease")
+        .into_iter()
+        .find(|l| l.meta.instance_id == "f")
+        .expect("the timer fired");
+    assert_eq!(fired.history.len(), 2);
+    assert_eq!(events::event_name(&fired.inbox[0].event), "timerFired");
+    store
+        .commit_turn(
+            "me",
+            TurnCommit {
+                app_id: app.clone(),
+                instance_id: "f".into(),
+                reset_history: true,
+                append: vec![events::workflow_started(now + 30_000)],
+                consumed: vec![fired.inbox[0].id],
+                update: MetaUpdate {
+                    execution_id: Some("e2".into()),
+                    ..MetaUpdate::default()
+                },
+                ..TurnCommit::default()
+            },
+        )
+        .await
+        .expect("commit");
+    let meta = store.get(&app, "f").await.expect("get").expect("exists");
+    assert_eq!((meta.history_len, meta.execution_id.as_str()), (1, "e2"));
+    assert_eq!(store.history(&app, "f").await.expect("history").len(), 1);
 }
 
 /// A scripted worker's answer to a turn: schedules `fan` activities named `inc` at a time

@@ -13,6 +13,8 @@
 //! - [`store`]: the [`WorkflowStore`] trait a backend implements (instances, append-only
 //!   history, inbox, activity queue, leases) and the records it keeps.
 //! - [`sqlite`]: the embedded backend, one file shared by the processes on a machine.
+//! - `postgres` (feature `postgres`): `workflowbackend.postgresql`, one database shared by
+//!   sidecars on any number of machines.
 //! - [`engine`]: one sidecar's dispatcher: leases ready work from the store, hands it to
 //!   the connected SDK workers, commits their answers, redrives what a lost worker held.
 //! - [`conformance`]: the suite every backend passes.
@@ -27,6 +29,8 @@ pub mod engine;
 mod error;
 pub mod events;
 pub mod ids;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod store;

@@ -22,9 +22,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row};
 
 use crate::query::{Query, QueryResponse, QueryResult};
 use crate::remote::{self, AbortOnDrop};
@@ -233,23 +233,8 @@ impl PostgresStore {
 
     pub async fn open_version(metadata: &Metadata, version: Version) -> Result<Self, StateError> {
         let s = Settings::parse(metadata, version)?;
-        let manager = Manager::from_config(
-            s.config,
-            NoTls,
-            ManagerConfig {
-                // A server restart closes every pooled connection, which `is_closed` sees, so
-                // the cheap check is enough to not hand out dead connections.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(s.max_conns)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(s.timeout))
-            .create_timeout(Some(s.timeout))
-            .recycle_timeout(Some(s.timeout))
-            .build()
-            .map_err(backend)?;
+        let pool =
+            trellis_core::postgres::pool(s.config, s.max_conns, s.timeout).map_err(backend)?;
         let inner = Arc::new(Inner {
             sql: Sql::new(version, &s.table, &s.metadata_table),
             pool,

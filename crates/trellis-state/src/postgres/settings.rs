@@ -1,7 +1,6 @@
 //! What `state.postgresql` reads from its component metadata: the connection (Dapr's
 //! connection strings, URL or keyword form), table names, timeouts and switches.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::{DEFAULT_CLEANUP, DEFAULT_TIMEOUT, Version};
@@ -23,7 +22,9 @@ pub(super) struct Settings {
 impl Settings {
     pub(super) fn parse(md: &Metadata, version: Version) -> Result<Self, StateError> {
         let conn = md.get(["connectionString", "url"]);
-        let (mut config, pool_max) = parse_connection_string(conn.unwrap_or(""))?;
+        let (mut config, pool_max) =
+            trellis_core::postgres::parse_connection_string(conn.unwrap_or(""))
+                .map_err(|e| StateError::InvalidRequest(e.to_string()))?;
         // Dapr lets single parameters override (or replace) the connection string.
         if let Some(host) = md.get(["host"]) {
             config.host(host);
@@ -119,155 +120,9 @@ impl Settings {
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// Reads a libpq connection string (keyword/value or `postgres://` URL) the way Dapr's pgx
-/// does: `database` is accepted for `dbname`, and pgx's own pool settings (`pool_max_conns`...)
-/// are taken out before tokio-postgres sees the rest. Returns the pool size it named, if any.
-fn parse_connection_string(
-    text: &str,
-) -> Result<(tokio_postgres::Config, Option<i64>), StateError> {
-    let bad = |e: &dyn std::fmt::Display| {
-        StateError::InvalidRequest(format!("metadata connectionString: {e}"))
-    };
-    let text = text.trim();
-    let mut pool_max = None;
-    let mut keep = |key: &str, value: &str| -> Result<Option<(String, String)>, StateError> {
-        let key = match key {
-            "database" => "dbname",
-            "sslmode" => {
-                return match value {
-                    "disable" | "allow" | "prefer" => {
-                        Ok(Some(("sslmode".into(), "disable".into())))
-                    }
-                    other => Err(StateError::InvalidRequest(format!(
-                        "metadata connectionString: sslmode={other}: tls connections to \
-                         postgresql are not supported yet"
-                    ))),
-                };
-            }
-            "pool_max_conns" => {
-                pool_max = value.parse().ok();
-                return Ok(None);
-            }
-            k if k.starts_with("pool_")
-                || k.starts_with("ssl")
-                || matches!(
-                    k,
-                    "statement_cache_capacity"
-                        | "description_cache_capacity"
-                        | "default_query_exec_mode"
-                ) =>
-            {
-                return Ok(None);
-            }
-            k => k,
-        };
-        Ok(Some((key.to_string(), value.to_string())))
-    };
-
-    let rewritten = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        match text.split_once('?') {
-            None => text.to_string(),
-            Some((base, query)) => {
-                let mut params = Vec::new();
-                for pair in query.split('&').filter(|p| !p.is_empty()) {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if let Some((k, v)) = keep(k, v)? {
-                        params.push(format!("{k}={v}"));
-                    }
-                }
-                if params.is_empty() {
-                    base.to_string()
-                } else {
-                    format!("{base}?{}", params.join("&"))
-                }
-            }
-        }
-    } else {
-        let mut out = String::new();
-        for (k, v) in keyword_pairs(text).map_err(|e| bad(&e))? {
-            if let Some((k, v)) = keep(&k, &v)? {
-                let escaped = v.replace('\\', "\\\\").replace('\'', "\\'");
-                let _ = write!(out, "{k}='{escaped}' ");
-            }
-        }
-        out
-    };
-    let config = rewritten
-        .parse::<tokio_postgres::Config>()
-        .map_err(|e| bad(&e))?;
-    Ok((config, pool_max))
-}
-
-/// Splits `key=value key2='quoted value'` as libpq does.
-fn keyword_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(out);
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(format!("expected = after {key:?}"));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    None => return Err(format!("unterminated quoted value for {key:?}")),
-                    Some('\'') => break,
-                    Some('\\') => value.extend(chars.next()),
-                    Some(c) => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.extend(chars.next());
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        out.push((key, value));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connection_strings() {
-        let (c, max) = parse_connection_string(
-            "host=localhost user=postgres password='p w\\'x' port=5433 connect_timeout=10 \
-             database=my_db sslmode=disable pool_max_conns=7",
-        )
-        .unwrap();
-        assert_eq!(c.get_dbname(), Some("my_db"));
-        assert_eq!(c.get_user(), Some("postgres"));
-        assert_eq!(c.get_password(), Some(&b"p w'x"[..]));
-        assert_eq!(c.get_ports(), &[5433]);
-        assert_eq!(max, Some(7));
-
-        let (c, _) = parse_connection_string(
-            "postgres://u:secret@127.0.0.1:5432/test?database=x&pool_min_conns=1",
-        )
-        .unwrap();
-        assert_eq!(c.get_dbname(), Some("x"));
-        assert_eq!(c.get_user(), Some("u"));
-
-        let err = parse_connection_string("host=x sslmode=verify-full").unwrap_err();
-        assert!(err.to_string().contains("not supported"), "{err}");
-        assert!(parse_connection_string("host=x bogus=1").is_err());
-        assert!(parse_connection_string("host='x").is_err());
-    }
 
     #[test]
     fn settings() {

@@ -1,41 +1,100 @@
 //! The engine with a worker written here against the protocol: a chain of activities, a
-//! fan-out, and a worker that disconnects holding a turn.
+//! fan-out, a worker that disconnects holding a turn, and two engines of one app sharing a
+//! database. Each test runs on every store (`sqlite::*`, `postgres::*`).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use trellis_workflow::engine::StartRequest;
+use trellis_workflow::proto::WorkItem;
 use trellis_workflow::proto::work_item::Request;
-use trellis_workflow::{Engine, EngineOptions, Status, WorkflowStore, conformance};
+use trellis_workflow::{Engine, EngineOptions, Status, conformance};
 
-use crate::sqlite_store;
+use crate::Db;
+
+/// Each test body, run once per store.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(&crate::Db::sqlite()).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                let db = crate::Db::postgres();
+                super::$name(&db).await;
+                db.drop_tables().await;
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    a_chain_of_activities_completes_with_its_results_in_history,
+    a_fan_out_of_200_activities_completes,
+    a_turn_held_by_a_worker_that_disconnects_goes_to_another,
+    terminate_and_purge_and_events_to_unknown_instances,
+    two_engines_of_one_app_split_the_instances_and_run_each_once,
+);
+
+/// What one worker did.
+#[derive(Default)]
+struct Tally {
+    activities: AtomicUsize,
+    instances: Mutex<HashSet<String>>,
+}
 
 /// Runs a worker on `engine` until the task is aborted.
 fn worker(engine: Engine, fan: i32, rounds: i32) -> tokio::task::JoinHandle<()> {
+    counted_worker(engine, fan, rounds, Arc::default())
+}
+
+/// [`worker`], counting what it does in `tally`.
+fn counted_worker(
+    engine: Engine,
+    fan: i32,
+    rounds: i32,
+    tally: Arc<Tally>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut conn = engine.connect_worker();
         while let Some(item) = conn.next().await {
-            match item.request {
-                Some(Request::WorkflowRequest(req)) => {
-                    let res = conformance::scripted_turn(&req, fan, rounds);
-                    engine.complete_workflow(res).await.expect("complete turn");
-                }
-                Some(Request::ActivityRequest(req)) => {
-                    let res = conformance::scripted_activity(&req);
-                    engine
-                        .complete_activity(res)
-                        .await
-                        .expect("complete activity");
-                }
-                _ => {}
-            }
+            // Each item answered on its own, as the SDKs do, so that many commits are in
+            // flight at once.
+            let (engine, tally) = (engine.clone(), tally.clone());
+            tokio::spawn(async move { answer(&engine, item, fan, rounds, &tally).await });
         }
     })
 }
 
-async fn engine(dir: &tempfile::TempDir, app: &str) -> Engine {
-    let store: Arc<dyn WorkflowStore> = Arc::new(sqlite_store(dir).await);
-    Engine::start(store, EngineOptions::new(app))
+async fn answer(engine: &Engine, item: WorkItem, fan: i32, rounds: i32, tally: &Tally) {
+    match item.request {
+        Some(Request::WorkflowRequest(req)) => {
+            if let Ok(mut seen) = tally.instances.lock() {
+                seen.insert(req.instance_id.clone());
+            }
+            let res = conformance::scripted_turn(&req, fan, rounds);
+            engine.complete_workflow(res).await.expect("complete turn");
+        }
+        Some(Request::ActivityRequest(req)) => {
+            tally.activities.fetch_add(1, Ordering::SeqCst);
+            let res = conformance::scripted_activity(&req);
+            engine
+                .complete_activity(res)
+                .await
+                .expect("complete activity");
+        }
+        _ => {}
+    }
+}
+
+async fn engine(db: &Db, app: &str) -> Engine {
+    Engine::start(db.open().await, EngineOptions::new(app))
 }
 
 async fn run_to_end(engine: &Engine, id: &str) -> trellis_workflow::InstanceMeta {
@@ -50,10 +109,8 @@ async fn run_to_end(engine: &Engine, id: &str) -> trellis_workflow::InstanceMeta
         .expect("the instance exists")
 }
 
-#[tokio::test]
-async fn a_chain_of_activities_completes_with_its_results_in_history() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = engine(&dir, "chain-app").await;
+async fn a_chain_of_activities_completes_with_its_results_in_history(db: &Db) {
+    let engine = engine(db, "chain-app").await;
     let w = worker(engine.clone(), 1, 5);
     let id = engine
         .start_instance(StartRequest {
@@ -80,10 +137,8 @@ async fn a_chain_of_activities_completes_with_its_results_in_history() {
     w.abort();
 }
 
-#[tokio::test]
-async fn a_fan_out_of_200_activities_completes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = engine(&dir, "fan-app").await;
+async fn a_fan_out_of_200_activities_completes(db: &Db) {
+    let engine = engine(db, "fan-app").await;
     let w = worker(engine.clone(), 200, 1);
     let id = engine
         .start_instance(StartRequest {
@@ -100,10 +155,8 @@ async fn a_fan_out_of_200_activities_completes() {
     w.abort();
 }
 
-#[tokio::test]
-async fn a_turn_held_by_a_worker_that_disconnects_goes_to_another() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = engine(&dir, "redrive-app").await;
+async fn a_turn_held_by_a_worker_that_disconnects_goes_to_another(db: &Db) {
+    let engine = engine(db, "redrive-app").await;
     let mut quitter = engine.connect_worker();
     let id = engine
         .start_instance(StartRequest {
@@ -125,10 +178,8 @@ async fn a_turn_held_by_a_worker_that_disconnects_goes_to_another() {
     w.abort();
 }
 
-#[tokio::test]
-async fn terminate_and_purge_and_events_to_unknown_instances() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = engine(&dir, "term-app").await;
+async fn terminate_and_purge_and_events_to_unknown_instances(db: &Db) {
+    let engine = engine(db, "term-app").await;
     // A worker that never answers turns keeps the instance running.
     let mut idle = engine.connect_worker();
     let id = engine
@@ -167,13 +218,81 @@ async fn terminate_and_purge_and_events_to_unknown_instances() {
     w.abort();
 }
 
+/// Two sidecars of one app on one database: both run turns and activities, and with
+/// leases exclusive every activity runs once and every instance completes once.
+async fn two_engines_of_one_app_split_the_instances_and_run_each_once(db: &Db) {
+    const INSTANCES: usize = 30;
+    const ROUNDS: i32 = 3;
+    // Few turns in flight per engine and a quick poll, so that neither takes everything.
+    let options = || EngineOptions {
+        poll: Duration::from_millis(20),
+        max_workflows: 4,
+        max_activities: 4,
+        ..EngineOptions::new("split-app")
+    };
+    let engines = [
+        Engine::start(db.open().await, options()),
+        Engine::start(db.open().await, options()),
+    ];
+    let tallies = [Arc::new(Tally::default()), Arc::new(Tally::default())];
+    let workers: Vec<_> = engines
+        .iter()
+        .zip(&tallies)
+        .map(|(e, t)| counted_worker(e.clone(), 1, ROUNDS, t.clone()))
+        .collect();
+    let mut ids = Vec::new();
+    for n in 0..INSTANCES {
+        let id = engines[n % 2]
+            .start_instance(StartRequest {
+                instance_id: Some(format!("split-{n}")),
+                name: "chain".into(),
+                ..StartRequest::default()
+            })
+            .await
+            .expect("start");
+        ids.push(id);
+    }
+    for id in &ids {
+        let meta = run_to_end(&engines[0], id).await;
+        assert_eq!(meta.status, Status::Completed, "{meta:?}");
+        assert_eq!(meta.output.as_deref(), Some("6"), "1+2+3");
+        let history = engines[1].history(id).await.expect("history");
+        let count = |name: &str| {
+            history
+                .iter()
+                .filter(|e| trellis_workflow::events::event_name(e) == name)
+                .count()
+        };
+        assert_eq!(count("executionCompleted"), 1, "{id}");
+        assert_eq!(count("taskCompleted"), ROUNDS as usize, "{id}");
+    }
+    let ran: Vec<usize> = tallies
+        .iter()
+        .map(|t| t.activities.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(
+        ran.iter().sum::<usize>(),
+        INSTANCES * ROUNDS as usize,
+        "every activity ran once: {ran:?}"
+    );
+    for (n, tally) in tallies.iter().enumerate() {
+        let seen = tally.instances.lock().map(|s| s.len()).unwrap_or(0);
+        assert!(
+            seen > 0 && ran[n] > 0,
+            "engine {n} ran no turns or no activities: {seen} instances, {ran:?} activities"
+        );
+    }
+    for w in workers {
+        w.abort();
+    }
+}
+
 #[tokio::test]
 async fn finished_instances_are_purged_after_their_retention() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn WorkflowStore> = Arc::new(sqlite_store(&dir).await);
+    let db = crate::Db::sqlite();
     let mut opts = EngineOptions::new("retention-app");
     opts.retention = vec![(Status::Completed, Duration::from_millis(200))];
-    let engine = Engine::start(store, opts);
+    let engine = Engine::start(db.open().await, opts);
     let w = worker(engine.clone(), 1, 1);
     let id = engine
         .start_instance(StartRequest {
@@ -200,8 +319,8 @@ async fn finished_instances_are_purged_after_their_retention() {
 /// instance, and what it rebuilds is the whole history.
 #[tokio::test]
 async fn a_stateful_worker_gets_history_deltas() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = engine(&dir, "stateful-app").await;
+    let db = crate::Db::sqlite();
+    let engine = engine(&db, "stateful-app").await;
     let mut conn = engine.connect_stateful_worker();
     let id = engine
         .start_instance(StartRequest {

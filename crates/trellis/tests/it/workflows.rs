@@ -33,13 +33,30 @@ async fn finish(report: &Report, app_id: &str, app: &mut trellis_test_support::S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_workflow_patterns() {
     let dir = tempfile::tempdir().unwrap();
-    let report = Report::new(dir.path());
-    let mut app = python_app("py-wf", dir.path(), &report, "workflows.py")
-        .env("SCENARIO", "patterns")
-        .spawn();
-    finish(&report, "py-wf", &mut app).await;
+    patterns(dir.path(), "py-wf", None).await;
+}
+
+/// The same patterns with `workflowbackend.postgresql` (PostgreSQL on 127.0.0.1:5432,
+/// database `test`, tables of this run's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_workflow_patterns_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let resources = backend(dir.path(), Backend::Postgres);
+    patterns(dir.path(), "py-wf-pg", Some(resources)).await;
+}
+
+/// Runs the app's `patterns` scenario (with the components in `resources`, if any) and
+/// checks each pattern's result.
+async fn patterns(dir: &Path, app_id: &str, resources: Option<String>) {
+    let report = Report::new(dir);
+    let mut app = python_app(app_id, dir, &report, "workflows.py").env("SCENARIO", "patterns");
+    if let Some(resources) = resources {
+        app = app.arg("--resources-path").arg(resources);
+    }
+    let mut app = app.spawn();
+    finish(&report, app_id, &mut app).await;
     let ctx = report.context(&[&app]);
-    let steps = report.steps("py-wf");
+    let steps = report.steps(app_id);
     let r = |name: &str| result(&steps, name, &ctx).clone();
     let done = |output: &str| json!({"status": "COMPLETED", "output": output});
     assert_eq!(
@@ -168,18 +185,44 @@ async fn python_sdk_workflow_control_and_the_http_api() {
     http_error("http-raise-missing", 404, "ERR_INSTANCE_ID_NOT_FOUND");
 }
 
-/// A `workflowbackend.sqlite` component on a file of the test's own, with short leases so
-/// that a killed sidecar's work is taken over quickly.
-fn backend(dir: &Path) -> String {
+/// Which workflow backend a test's component names.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    /// PostgreSQL on 127.0.0.1:5432, database `test`.
+    Postgres,
+}
+
+/// A workflow backend component with data of the test's own (a file, or tables named for
+/// this run), with short leases so that a killed sidecar's work is taken over quickly.
+fn backend(dir: &Path, kind: Backend) -> String {
     let resources = dir.join("resources");
     std::fs::create_dir_all(&resources).unwrap();
+    let (type_name, connection, table) = match kind {
+        Backend::Sqlite => (
+            "workflowbackend.sqlite",
+            dir.join("wf.db").display().to_string(),
+            "workflow".to_string(),
+        ),
+        Backend::Postgres => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            (
+                "workflowbackend.postgresql",
+                "host=127.0.0.1 user=postgres dbname=test".to_string(),
+                format!("pywf_{nanos}_{}", std::process::id()),
+            )
+        }
+    };
     std::fs::write(
         resources.join("workflows.yaml"),
         format!(
             "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: wf\nspec:\n  \
-             type: workflowbackend.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    \
-             value: \"{}\"\n  - name: leaseDuration\n    value: 2s\n",
-            dir.join("wf.db").display()
+             type: {type_name}\n  version: v1\n  metadata:\n  - name: connectionString\n    \
+             value: \"{connection}\"\n  - name: tableName\n    value: {table}\n  \
+             - name: leaseDuration\n    value: 2s\n"
         ),
     )
     .unwrap();
@@ -191,8 +234,19 @@ fn backend(dir: &Path) -> String {
 /// in history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_workflow_survives_kill_9_of_sidecar_and_worker() {
+    kill_9(Backend::Sqlite).await;
+}
+
+/// The same with `workflowbackend.postgresql`: the new sidecar takes the dead one's
+/// leases over in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_workflow_survives_kill_9_of_sidecar_and_worker_on_postgres() {
+    kill_9(Backend::Postgres).await;
+}
+
+async fn kill_9(kind: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let resources = backend(dir.path());
+    let resources = backend(dir.path(), kind);
     let report = Report::new(dir.path());
     let first = python_app("py-wf-kill", dir.path(), &report, "workflows.py")
         .env("SCENARIO", "restart")
