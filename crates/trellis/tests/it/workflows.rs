@@ -392,11 +392,24 @@ async fn the_workflow_cli_reads_and_changes_the_store_the_sidecar_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_an_app_share_the_instances() {
     let dir = tempfile::tempdir().unwrap();
+    // Each replica takes at most two turns and two activities at a time, so that the
+    // one whose commits wake it first cannot take everything (spreading work is what
+    // these limits are for).
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  \
+         workflow:\n    maxConcurrentWorkflowInvocations: 2\n    maxConcurrentActivityInvocations: 2\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
     let report = Report::new(dir.path());
     let server = python_app("py-wf-rep", dir.path(), &report, "workflows.py")
         .env("SCENARIO", "replica")
         .env("ACTIVITY_DELAY", "0.05")
         .env("REPORT_ACTIVITIES", "1")
+        .arg("--config")
+        .arg(config.clone())
         .spawn();
     report
         .wait("the first replica", &[&server], crate::PATIENCE, |events| {
@@ -408,6 +421,8 @@ async fn replicas_of_an_app_share_the_instances() {
         .env("STARTER", "1")
         .env("ACTIVITY_DELAY", "0.05")
         .env("REPORT_ACTIVITIES", "1")
+        .arg("--config")
+        .arg(config)
         .spawn();
     finish(&report, "py-wf-rep", &mut starter).await;
     let ctx = report.context(&[&starter, &server]);
