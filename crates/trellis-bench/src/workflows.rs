@@ -39,6 +39,8 @@ use crate::sidecar::{Sidecar, Spec};
 
 /// Chained workflows per second through a sidecar on the embedded store (issue 12).
 const TARGET_WF_PER_S: f64 = 1000.0;
+/// Chained workflows per second through a sidecar on PostgreSQL (issue 12).
+const TARGET_PG_WF_PER_S: f64 = 500.0;
 /// Start→completion p50 at 100 workflows/s, ms (issue 12).
 const TARGET_P50_MS: f64 = 20.0;
 /// A fan-out of 1,000 activities, s (issue 12).
@@ -57,7 +59,39 @@ pub struct WorkflowsArgs {
     /// Workflows started per second in the latency scenario.
     #[arg(long, default_value_t = 100)]
     latency_rate: u32,
+    /// Which backends to run (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sqlite,postgres"
+    )]
+    backends: Vec<BackendName>,
+    /// The PostgreSQL backend's connection string.
+    #[arg(long, default_value = "host=127.0.0.1 user=postgres dbname=test")]
+    postgres: String,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendName {
+    /// The embedded store (`workflowbackend.sqlite`).
+    Sqlite,
+    /// `workflowbackend.postgresql` on `--postgres`.
+    Postgres,
+}
+
+impl BackendName {
+    fn label(self) -> &'static str {
+        match self {
+            BackendName::Sqlite => "embedded",
+            BackendName::Postgres => "postgres",
+        }
+    }
+}
+
+/// The table prefix of the PostgreSQL runs: fixed, so repeated runs replace their own
+/// finished instances instead of piling up tables.
+const PG_TABLE: &str = "trellis_bench_workflow";
 
 /// Which workflow a scripted worker runs, by the instance id's prefix.
 fn shape(instance: &str) -> (i32, i32) {
@@ -357,73 +391,109 @@ async fn starts(
     Ok(())
 }
 
-pub async fn run(args: WorkflowsArgs) -> Result<()> {
-    let mut session = Session::start(&args.bench, "trellis-bench-workflows-", None)?;
-    let mut results = Vec::new();
-
-    let dir = session.tmp.path().join("in-process");
-    let path = dir.join("workflows.db").display().to_string();
+/// The in-process baseline and the sidecar run on one backend.
+async fn run_backend(
+    args: &WorkflowsArgs,
+    session: &mut Session,
+    backend: BackendName,
+    results: &mut Vec<Measured>,
+) -> Result<()> {
+    let label = backend.label();
+    let dir = session.tmp.path().join(label);
     std::fs::create_dir_all(&dir)?;
-    let store = trellis_workflow::sqlite::SqliteWorkflowStore::open(&Metadata::from_pairs([(
-        "connectionString",
-        path.as_str(),
-    )]))
-    .await?;
-    let engine = Engine::start(Arc::new(store), EngineOptions::new("bench"));
+    let db = dir.join("workflows.db").display().to_string();
+    let (metadata, yaml) = match backend {
+        BackendName::Sqlite => (
+            Metadata::from_pairs([("connectionString", db.as_str())]),
+            None,
+        ),
+        BackendName::Postgres => (
+            Metadata::from_pairs([
+                ("connectionString", args.postgres.as_str()),
+                ("tableName", PG_TABLE),
+            ]),
+            Some(format!(
+                "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: wf\nspec:\n  type: workflowbackend.postgresql\n  version: v1\n  metadata:\n  - name: connectionString\n    value: \"{}\"\n  - name: tableName\n    value: {PG_TABLE}\n",
+                args.postgres
+            )),
+        ),
+    };
+    let store: Arc<dyn trellis_workflow::WorkflowStore> = match backend {
+        BackendName::Sqlite => {
+            Arc::new(trellis_workflow::sqlite::SqliteWorkflowStore::open(&metadata).await?)
+        }
+        BackendName::Postgres => {
+            Arc::new(trellis_workflow::postgres::PostgresWorkflowStore::open(&metadata).await?)
+        }
+    };
+    let engine = Engine::start(store, EngineOptions::new(format!("bench-{label}")));
     results.push(
         measure(
-            "engine in process (baseline)",
+            &format!("{label}: engine in process (baseline)"),
             Target::InProcess(engine),
-            &args,
+            args,
             None,
-            "direct",
+            &format!("{label}-direct"),
         )
         .await?,
     );
+    let Some(bin) = session.bin.clone() else {
+        return Ok(());
+    };
+    let data = dir.join("sidecar");
+    std::fs::create_dir_all(&data)?;
+    let resources = dir.join("resources");
+    if let Some(yaml) = &yaml {
+        std::fs::create_dir_all(&resources)?;
+        std::fs::write(resources.join("wf.yaml"), yaml)?;
+    }
+    let mut spec = Spec::new(
+        format!("{label} sidecar"),
+        "wfbench",
+        &data,
+        dir.join("sidecar.log"),
+    );
+    spec.grpc = true;
+    if yaml.is_some() {
+        spec.resources = Some(&resources);
+    }
+    let sidecar = Sidecar::start(&bin, spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let port = sidecar.grpc_port.context("the sidecar has no gRPC port")?;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        clients
+            .push(TaskHubSidecarServiceClient::new(channel).max_decoding_message_size(usize::MAX));
+    }
+    let pid = sidecar.pid();
+    let m = measure(
+        &format!("{label}: through a sidecar (gRPC)"),
+        Target::Sidecar(clients),
+        args,
+        Some(pid),
+        &format!("{label}-sidecar"),
+    )
+    .await;
+    drop(sidecar);
+    results.push(m?);
+    Ok(())
+}
 
-    if let Some(bin) = session.bin.clone() {
-        let data = session.tmp.path().join("sidecar");
-        std::fs::create_dir_all(&data)?;
-        let mut spec = Spec::new(
-            "sidecar",
-            "wfbench",
-            &data,
-            session.tmp.path().join("sidecar.log"),
-        );
-        spec.grpc = true;
-        match Sidecar::start(&bin, spec).await {
-            Ok(sidecar) => {
-                let port = sidecar.grpc_port.context("the sidecar has no gRPC port")?;
-                let mut clients = Vec::new();
-                for _ in 0..4 {
-                    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-                        .tcp_nodelay(true)
-                        .connect()
-                        .await?;
-                    clients.push(
-                        TaskHubSidecarServiceClient::new(channel)
-                            .max_decoding_message_size(usize::MAX),
-                    );
-                }
-                let pid = sidecar.pid();
-                match measure(
-                    "through a sidecar (gRPC)",
-                    Target::Sidecar(clients),
-                    &args,
-                    Some(pid),
-                    "sidecar",
-                )
-                .await
-                {
-                    Ok(m) => results.push(m),
-                    Err(e) => session.notes.push(format!("sidecar run failed: {e:#}")),
-                }
-                drop(sidecar);
-            }
-            Err(e) => session.notes.push(format!("sidecar did not start: {e}")),
+pub async fn run(args: WorkflowsArgs) -> Result<()> {
+    let mut session = Session::start(&args.bench, "trellis-bench-workflows-", None)?;
+    let mut results = Vec::new();
+    for backend in args.backends.clone() {
+        if let Err(e) = run_backend(&args, &mut session, backend, &mut results).await {
+            session
+                .notes
+                .push(format!("{} runs failed: {e:#}", backend.label()));
         }
     }
-
     let mut md = String::new();
     report::write_run_header(&mut md, "workflows", &session);
     let _ = writeln!(
@@ -458,30 +528,43 @@ pub async fn run(args: WorkflowsArgs) -> Result<()> {
     }
     md.push_str("Latencies are start→completion in ms.\n\n");
     t.render(&mut md);
-    if let Some(m) = results.iter().find(|m| m.label.starts_with("through")) {
-        let mut goals = Table::new([
-            ("target", Align::Left),
-            ("measured", Align::Right),
-            ("met", Align::Left),
-        ]);
-        let mark = |ok: bool| if ok { "✅" } else { "❌" }.to_string();
+    let mut goals = Table::new([
+        ("target", Align::Left),
+        ("measured", Align::Right),
+        ("met", Align::Left),
+    ]);
+    let mark = |ok: bool| if ok { "✅" } else { "❌" }.to_string();
+    for (label, target) in [
+        ("embedded", TARGET_WF_PER_S),
+        ("postgres", TARGET_PG_WF_PER_S),
+    ] {
+        let Some(m) = results
+            .iter()
+            .find(|m| m.label == format!("{label}: through a sidecar (gRPC)"))
+        else {
+            continue;
+        };
         goals.push(vec![
-            format!("≥ {TARGET_WF_PER_S:.0} wf/s (chain of 5, embedded)"),
+            format!("≥ {target:.0} wf/s (chain of 5, {label})"),
             format!("{:.0}", m.wf_per_s),
-            mark(m.wf_per_s >= TARGET_WF_PER_S),
+            mark(m.wf_per_s >= target),
         ]);
-        let p50 = m.paced.value_at_quantile(0.5) as f64 / 1000.0;
-        goals.push(vec![
-            format!("p50 ≤ {TARGET_P50_MS} ms at {} wf/s", args.latency_rate),
-            report::ms(p50),
-            mark(p50 <= TARGET_P50_MS),
-        ]);
-        let f = m.fanout.as_secs_f64();
-        goals.push(vec![
-            format!("fan-out of {} ≤ {TARGET_FANOUT_S} s", args.fanout),
-            format!("{f:.2} s"),
-            mark(f <= TARGET_FANOUT_S),
-        ]);
+        if label == "embedded" {
+            let p50 = m.paced.value_at_quantile(0.5) as f64 / 1000.0;
+            goals.push(vec![
+                format!("p50 ≤ {TARGET_P50_MS} ms at {} wf/s", args.latency_rate),
+                report::ms(p50),
+                mark(p50 <= TARGET_P50_MS),
+            ]);
+            let f = m.fanout.as_secs_f64();
+            goals.push(vec![
+                format!("fan-out of {} ≤ {TARGET_FANOUT_S} s", args.fanout),
+                format!("{f:.2} s"),
+                mark(f <= TARGET_FANOUT_S),
+            ]);
+        }
+    }
+    if !goals.is_empty() {
         md.push_str("## Targets\n\n");
         goals.render(&mut md);
     }

@@ -8,7 +8,8 @@ timer race, continue-as-new, child workflows, retries, failures), `control` (ter
 suspend/resume, purge, unknown workflows, the HTTP API and its errors), `restart`
 (starts a slow chain and reports its id; a second run with WAIT_FOR=<id> waits for it), or
 `replica` (a worker that only serves; with STARTER=1 it also starts 20 chains and waits), or
-`multi` (a workflow that runs an activity and a child workflow on the app OTHER_APP)."""
+`multi` (a workflow that runs an activity and a child workflow on the app OTHER_APP), or
+`throughput` (N chains started at once, timed: the Python SDK figure of docs/benchmarks.md)."""
 
 import json
 import os
@@ -278,12 +279,24 @@ def multi_app(client):
     step("child-here", lambda: outcome(client.get_workflow_state("multi-1-remote")))
 
 
+def throughput(client):
+    n = int(os.environ.get("N", "300"))
+    started = time.time()
+    for i in range(n):
+        client.schedule_new_workflow(workflow=chain, input=i, instance_id=f"tp-{i}")
+    for i in range(n):
+        client.wait_for_workflow_completion(f"tp-{i}", timeout_in_seconds=300)
+    elapsed = time.time() - started
+    print(f"{n} chains of 5 activities in {elapsed:.2f}s: {n / elapsed:.0f} workflows/s", flush=True)
+    report("throughput", workflows=n, seconds=elapsed)
+
+
 def main():
     wfr.start()
     if not wfr.wait_for_worker_ready(timeout=30):
         report("step", step="worker-ready", error={"message": "the worker did not connect"})
     client = DaprWorkflowClient()
-    {"patterns": patterns, "control": control, "restart": restart, "replica": replica, "multi": multi_app}[os.environ.get("SCENARIO", "patterns")](client)
+    {"patterns": patterns, "control": control, "restart": restart, "replica": replica, "multi": multi_app, "throughput": throughput}[os.environ.get("SCENARIO", "patterns")](client)
     client.close()
     wfr.shutdown()
     finish(0)
