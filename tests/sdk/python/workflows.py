@@ -165,7 +165,19 @@ def patterns(client):
 
     step("metadata-workers", workers)
     step("chain", lambda: run(client, chain, 10, "chain-1"))
-    step("fan-out", lambda: run(client, fan, 300, "fan-1"))
+    step("fan-out", lambda: run(client, fan, 1000, "fan-1"))
+
+    def scheduled():
+        from datetime import datetime, timezone
+
+        start_at = datetime.now(timezone.utc) + timedelta(seconds=1)
+        client.schedule_new_workflow(workflow=chain, input=0, instance_id="later-1", start_at=start_at)
+        pending = client.get_workflow_state("later-1").runtime_status.name
+        done = outcome(client.wait_for_workflow_completion("later-1", timeout_in_seconds=30))
+        finished = datetime.now(timezone.utc)
+        return {"pending": pending, "done": done, "not-early": finished >= start_at}
+
+    step("scheduled-start", scheduled)
 
     def approved():
         client.schedule_new_workflow(workflow=approval, input=30, instance_id="approve-yes")

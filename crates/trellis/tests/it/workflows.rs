@@ -65,8 +65,17 @@ async fn patterns(dir: &Path, app_id: &str, resources: Option<String>) {
         "{ctx}"
     );
     assert_eq!(r("chain"), done("15"), "10 + 5 increments\n{ctx}");
-    let squares: i64 = (0..300i64).map(|i| i * i).sum();
-    assert_eq!(r("fan-out"), done(&squares.to_string()), "{ctx}");
+    let squares: i64 = (0..1000i64).map(|i| i * i).sum();
+    assert_eq!(
+        r("fan-out"),
+        done(&squares.to_string()),
+        "1,000 activities\n{ctx}"
+    );
+    assert_eq!(
+        r("scheduled-start"),
+        json!({"pending": "PENDING", "done": {"status": "COMPLETED", "output": "5"}, "not-early": true}),
+        "{ctx}"
+    );
     assert_eq!(r("event-wins"), done("\"approved by ana\""), "{ctx}");
     assert_eq!(r("timer-wins"), done("\"timed out\""), "{ctx}");
     assert_eq!(r("continue-as-new"), done("3"), "{ctx}");
