@@ -433,7 +433,17 @@ async fn busy_ports_are_named() {
         } else {
             "0".to_string()
         };
-        let mut args = vec!["run", "--app-id", "x", "--dapr-http-port", &http];
+        // The gRPC port on a free one too: the default (50001) lies in the ephemeral range,
+        // where another test's connection may hold it, and only `flag` may be busy here.
+        let mut args = vec![
+            "run",
+            "--app-id",
+            "x",
+            "--dapr-http-port",
+            &http,
+            "--dapr-grpc-port",
+            "0",
+        ];
         if flag != "--dapr-http-port" {
             args.extend([flag, &port]);
         }
