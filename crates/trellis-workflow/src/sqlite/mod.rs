@@ -31,6 +31,10 @@ use crate::{Metadata, Millis, Status, WorkflowError, now_ms};
 
 pub use schema::Sql;
 
+/// The longest the writer lingers for more jobs after a commit (see
+/// [`Options::gather_wait`]), as the embedded state store does.
+const MAX_GATHER_WAIT: Duration = Duration::from_micros(500);
+
 /// The table names' common prefix when the metadata names none.
 pub const DEFAULT_TABLE: &str = "workflow";
 
@@ -171,7 +175,12 @@ impl SqliteWorkflowStore {
         conn.execute_batch(&sql.create_tables())
             .map_err(ops::db_err)?;
         let writer = WorkflowWriter { sql, now: 0 };
-        let options = Options::new("trellis-workflow-writer", cfg.busy_timeout);
+        // A busy engine's callers (turn commits, activity results) come back right after
+        // their answers: lingering a moment for them lets them share the next fsync.
+        let options = Options {
+            gather_wait: MAX_GATHER_WAIT,
+            ..Options::new("trellis-workflow-writer", cfg.busy_timeout)
+        };
         let writes = trellis_sqlite::writer::start(conn, writer, options)
             .map_err(|e| WorkflowError::Backend(e.to_string()))?;
         Ok(SqliteWorkflowStore {
