@@ -28,8 +28,9 @@ use tonic::transport::{Channel, Endpoint};
 use trellis_proto::durabletask::task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
 use trellis_proto::durabletask::work_item::Request;
 use trellis_proto::durabletask::{CreateInstanceRequest, GetWorkItemsRequest};
-use trellis_workflow::conformance::{completes, scripted_activity, scripted_turn};
+use trellis_workflow::conformance::{scripted_activity, scripted_turn};
 use trellis_workflow::engine::StartRequest;
+use trellis_workflow::events::ends_execution;
 use trellis_workflow::{Engine, EngineOptions, Metadata};
 
 use crate::procs;
@@ -215,7 +216,7 @@ impl Target {
                                     Some(Request::WorkflowRequest(req)) => {
                                         let (fan, rounds) = shape(&req.instance_id);
                                         let res = scripted_turn(&req, fan, rounds);
-                                        let done = completes(&res);
+                                        let done = ends_execution(&res);
                                         if c.complete_orchestrator_task(res).await.is_ok() && done {
                                             tracker.complete(&req.instance_id);
                                         }
@@ -241,7 +242,7 @@ impl Target {
                                     Some(Request::WorkflowRequest(req)) => {
                                         let (fan, rounds) = shape(&req.instance_id);
                                         let res = scripted_turn(&req, fan, rounds);
-                                        let done = completes(&res);
+                                        let done = ends_execution(&res);
                                         if engine.complete_workflow(res).await.is_ok() && done {
                                             tracker.complete(&req.instance_id);
                                         }

@@ -62,6 +62,13 @@ pub fn rfc3339(t: SystemTime, precision: Precision) -> String {
     }
 }
 
+/// `ms` milliseconds since the Unix epoch as RFC 3339 with milliseconds (before the epoch:
+/// the epoch), as the workflow API reports its times.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    rfc3339(t, Precision::Millis)
+}
+
 /// Parses an RFC 3339 timestamp (`2024-05-01T12:00:00Z`, with optional fractional seconds
 /// and a `Z` or `±HH:MM` offset) into milliseconds since the Unix epoch.
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {

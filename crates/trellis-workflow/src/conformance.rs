@@ -530,8 +530,3 @@ pub fn scripted_activity(req: &ActivityRequest) -> ActivityResponse {
         ..ActivityResponse::default()
     }
 }
-
-/// Whether `res` completes its workflow.
-pub fn completes(res: &WorkflowResponse) -> bool {
-    crate::events::ends_execution(res)
-}

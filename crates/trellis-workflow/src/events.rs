@@ -153,6 +153,21 @@ pub fn ends_execution(res: &trellis_proto::durabletask::WorkflowResponse) -> boo
     })
 }
 
+/// The app an action or event is routed to, when its router names one.
+pub fn target_app(router: Option<&trellis_proto::durabletask::TaskRouter>) -> Option<String> {
+    router
+        .and_then(|r| r.target_app_id.clone())
+        .filter(|a| !a.is_empty())
+}
+
+/// A status as a word (`RUNNING`), for messages.
+pub fn status_word(status: crate::Status) -> &'static str {
+    status
+        .as_str_name()
+        .strip_prefix("ORCHESTRATION_STATUS_")
+        .unwrap_or("UNKNOWN")
+}
+
 /// The name of an action's type, for messages (`scheduleTask`).
 pub fn action_name(action: &WorkflowAction) -> &'static str {
     match &action.workflow_action_type {

@@ -55,6 +55,37 @@ pub fn is_terminal(status: Status) -> bool {
     )
 }
 
+/// Refuses to purge an instance in `status` unless it finished or `force` says so: the one
+/// rule every backend's `purge` applies.
+pub fn check_purgeable(id: &str, status: Status, force: bool) -> Result<(), WorkflowError> {
+    if force || is_terminal(status) {
+        return Ok(());
+    }
+    Err(WorkflowError::Refused(format!(
+        "workflow instance {id:?} is {}; only finished instances can be purged (terminate it first, or force the purge)",
+        crate::events::status_word(status)
+    )))
+}
+
+/// The child instances a history started, as `(app, instance)`; a child without a target
+/// app runs on `app`. What a recursive purge also deletes.
+pub fn child_instances(app: &str, history: &[HistoryEvent]) -> Vec<(String, String)> {
+    history
+        .iter()
+        .filter_map(|event| match &event.event_type {
+            Some(
+                trellis_proto::durabletask::history_event::EventType::ChildWorkflowInstanceCreated(
+                    child,
+                ),
+            ) => Some((
+                crate::events::target_app(event.router.as_ref()).unwrap_or_else(|| app.to_string()),
+                child.instance_id.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A new instance: its start event goes to its inbox, visible at its scheduled start.
 #[derive(Debug, Clone)]
 pub struct NewInstance {

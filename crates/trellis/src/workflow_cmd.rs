@@ -6,12 +6,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use trellis_core::time::{Precision, rfc3339};
+use trellis_core::time::rfc3339_ms;
 use trellis_runtime::SidecarConfig;
+use trellis_runtime::api::ops::workflow::status_name as status_word;
 use trellis_workflow::events::{self, event_name};
 use trellis_workflow::proto::ExecutionTerminatedEvent;
 use trellis_workflow::proto::history_event::EventType;
@@ -102,17 +102,6 @@ async fn open(target: &Target) -> anyhow::Result<Arc<dyn WorkflowStore>> {
         .with_context(|| format!("opening the workflow backend {}", workflows.name))
 }
 
-fn time(ms: i64) -> String {
-    rfc3339(
-        UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
-        Precision::Millis,
-    )
-}
-
-fn status_word(status: Status) -> &'static str {
-    trellis_runtime::api::ops::workflow::status_name(status)
-}
-
 fn parse_status(text: &str) -> anyhow::Result<Status> {
     let want = text.to_ascii_uppercase();
     [
@@ -167,7 +156,7 @@ fn detail(kind: &EventType) -> String {
             "fire_at={}",
             e.fire_at
                 .as_ref()
-                .map(|t| time(events::millis(t)))
+                .map(|t| rfc3339_ms(events::millis(t)))
                 .unwrap_or_default()
         ),
         EventType::TimerFired(e) => format!("timer={}", e.timer_id),
@@ -221,8 +210,8 @@ pub async fn run(command: WorkflowCommand) -> anyhow::Result<()> {
                         m.instance_id,
                         m.name,
                         status_word(m.status),
-                        time(m.created_at),
-                        time(m.updated_at)
+                        rfc3339_ms(m.created_at),
+                        rfc3339_ms(m.updated_at)
                     );
                 }
             }
@@ -250,7 +239,7 @@ pub async fn run(command: WorkflowCommand) -> anyhow::Result<()> {
                 let at = e
                     .timestamp
                     .as_ref()
-                    .map(|t| time(events::millis(t)))
+                    .map(|t| rfc3339_ms(events::millis(t)))
                     .unwrap_or_default();
                 let what = e.event_type.as_ref().map(detail).unwrap_or_default();
                 println!(

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Body;
@@ -15,7 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
-use trellis_core::time::{Precision, rfc3339};
+use trellis_core::time::rfc3339_ms;
 use trellis_workflow::InstanceMeta;
 use trellis_workflow::engine::StartRequest;
 
@@ -51,17 +50,7 @@ pub fn routes(router: axum::Router<Arc<Runtime>>) -> axum::Router<Arc<Runtime>> 
 
 /// The body as the input string, `None` when empty.
 async fn input(rt: &Runtime, body: Body) -> Result<Option<String>, ApiError> {
-    let bytes = read_body(body, rt.max_request_body).await?;
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    String::from_utf8(bytes.to_vec()).map(Some).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "ERR_MALFORMED_REQUEST",
-            "the workflow input must be UTF-8 text (JSON, usually)",
-        )
-    })
+    ops::payload(read_body(body, rt.max_request_body).await?.to_vec())
 }
 
 async fn start(
@@ -85,39 +74,18 @@ async fn start(
     Ok((StatusCode::ACCEPTED, Json(json!({ "instanceID": id }))).into_response())
 }
 
-fn time(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    rfc3339(t, Precision::Millis)
-}
-
 /// Dapr's JSON for an instance (`GET /v1.0/workflows/dapr/{id}`), also what `trellis
 /// workflow get -o json` prints.
 pub fn instance_json(m: &InstanceMeta) -> Value {
-    let mut properties = Map::new();
-    let mut put = |key: &str, value: &Option<String>| {
-        if let Some(v) = value {
-            properties.insert(key.to_string(), Value::String(v.clone()));
-        }
-    };
-    put("dapr.workflow.input", &m.input);
-    put("dapr.workflow.output", &m.output);
-    put("dapr.workflow.custom_status", &m.custom_status);
-    if let Some(f) = &m.failure {
-        put(
-            "dapr.workflow.failure.error_type",
-            &Some(f.error_type.clone()),
-        );
-        put(
-            "dapr.workflow.failure.error_message",
-            &Some(f.error_message.clone()),
-        );
-        put("dapr.workflow.failure.stack_trace", &f.stack_trace);
-    }
+    let properties: Map<String, Value> = ops::properties(m)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v)))
+        .collect();
     json!({
         "instanceID": m.instance_id,
         "workflowName": m.name,
-        "createdAt": time(m.created_at),
-        "lastUpdatedAt": time(m.updated_at),
+        "createdAt": rfc3339_ms(m.created_at),
+        "lastUpdatedAt": rfc3339_ms(m.updated_at),
         "runtimeStatus": status_name(m.status),
         "properties": properties,
     })

@@ -10,12 +10,12 @@ use tokio::sync::mpsc;
 use trellis_proto::durabletask::history_event::EventType;
 use trellis_proto::durabletask::work_item::Request;
 use trellis_proto::durabletask::{
-    ActivityResponse, CachedHistory, HistoryEvent, TaskCompletedEvent, TaskFailedEvent, WorkItem,
+    ActivityResponse, CachedHistory, TaskCompletedEvent, TaskFailedEvent, WorkItem,
     WorkflowRequest, WorkflowResponse,
 };
 
 use super::{EngineStats, Inner};
-use crate::store::{ActivityLease, Message, WorkflowLease};
+use crate::store::{ActivityLease, InstanceMeta, Message, WorkflowLease};
 use crate::turn::{self, Plan};
 use crate::{WorkflowError, events, now_ms};
 
@@ -26,7 +26,7 @@ pub(super) struct State {
     next_worker: usize,
     next_id: u64,
     /// Turns in flight, by instance id.
-    turns: HashMap<String, Turn>,
+    turns: HashMap<String, InFlight>,
     /// Activities in flight, by `instance/taskId`.
     activities: HashMap<String, Running>,
     /// For each worker that keeps histories: per instance, how many committed events it
@@ -35,11 +35,9 @@ pub(super) struct State {
 }
 
 #[derive(Debug)]
-struct Turn {
-    lease: WorkflowLease,
-    new_events: Vec<HistoryEvent>,
-    taken: Vec<i64>,
-    suspended: bool,
+struct InFlight {
+    meta: InstanceMeta,
+    turn: turn::Turn,
     worker: u64,
 }
 
@@ -141,7 +139,7 @@ fn disconnect(inner: &Arc<Inner>, worker: u64) {
             .filter(|(_, t)| t.worker == worker)
             .map(|(k, _)| k.clone())
             .collect();
-        let turns: Vec<Turn> = turns.iter().filter_map(|k| state.turns.remove(k)).collect();
+        let turns: Vec<InFlight> = turns.iter().filter_map(|k| state.turns.remove(k)).collect();
         let keys: Vec<String> = state
             .activities
             .iter()
@@ -166,7 +164,7 @@ fn disconnect(inner: &Arc<Inner>, worker: u64) {
     let inner = inner.clone();
     tokio::spawn(async move {
         for turn in turns {
-            let m = &turn.lease.meta;
+            let m = &turn.meta;
             if let Err(e) = inner
                 .store
                 .release_workflow(&m.app_id, &m.instance_id, &inner.owner)
@@ -332,7 +330,7 @@ fn start_turn(inner: &Arc<Inner>, lease: WorkflowLease, now: i64) {
                 let result = if empty {
                     inner.store.release_workflow(&app, &id, &inner.owner).await
                 } else {
-                    inner.store.commit_turn(&inner.owner, *commit).await
+                    inner.store.commit_turn(&inner.owner, commit).await
                 };
                 if let Err(e) = result {
                     tracing::warn!(instance = id, error = %e, "workflow: cannot settle a turn");
@@ -340,73 +338,63 @@ fn start_turn(inner: &Arc<Inner>, lease: WorkflowLease, now: i64) {
                 inner.woke();
             });
         }
-        Plan::Run {
-            new_events,
-            taken,
-            suspended,
-        } => {
+        Plan::Run(turn) => {
+            let WorkflowLease { meta, history, .. } = lease;
             let mut state = inner.lock();
             let Some((worker, tx)) = state.pick() else {
                 drop(state);
-                release_later(inner, lease);
+                release_later(inner, meta);
                 return;
             };
-            let id = lease.meta.instance_id.clone();
+            let id = meta.instance_id.clone();
             // A worker that keeps histories gets only what was committed since the
             // history it was last given; it asks for the whole one (GetInstanceHistory)
-            // if it no longer has that.
+            // if it no longer has that. The history moves into the request: the answer is
+            // checked against the turn's `Seen`, not the events.
             let known = state.cached.get_mut(&worker).map(|c| {
-                c.insert(id.clone(), lease.history.len())
-                    .filter(|n| *n <= lease.history.len())
+                c.insert(id.clone(), history.len())
+                    .filter(|n| *n <= history.len())
             });
             let (past_events, cached_history) = match known {
                 Some(Some(n)) => (
-                    lease.history[n..].to_vec(),
+                    history.into_iter().skip(n).collect(),
                     Some(CachedHistory {
                         event_count: i32::try_from(n).unwrap_or(i32::MAX),
                     }),
                 ),
-                _ => (lease.history.clone(), None),
+                _ => (history, None),
             };
             let request = WorkflowRequest {
                 instance_id: id.clone(),
-                execution_id: Some(lease.meta.execution_id.clone()),
+                execution_id: Some(meta.execution_id.clone()),
                 past_events,
-                new_events: new_events.clone(),
+                new_events: turn.new_events.clone(),
                 cached_history,
                 ..WorkflowRequest::default()
             };
-            state.turns.insert(
-                id.clone(),
-                Turn {
-                    lease,
-                    new_events,
-                    taken,
-                    suspended,
-                    worker,
-                },
-            );
+            state
+                .turns
+                .insert(id.clone(), InFlight { meta, turn, worker });
             let item = WorkItem {
                 request: Some(Request::WorkflowRequest(request)),
                 completion_token: id.clone(),
             };
             if tx.send(item).is_err()
-                && let Some(turn) = state.turns.remove(&id)
+                && let Some(flight) = state.turns.remove(&id)
             {
                 drop(state);
-                release_later(inner, turn.lease);
+                release_later(inner, flight.meta);
             }
         }
     }
 }
 
-fn release_later(inner: &Arc<Inner>, lease: WorkflowLease) {
+fn release_later(inner: &Arc<Inner>, meta: InstanceMeta) {
     let inner = inner.clone();
     tokio::spawn(async move {
-        let m = &lease.meta;
         let _ = inner
             .store
-            .release_workflow(&m.app_id, &m.instance_id, &inner.owner)
+            .release_workflow(&meta.app_id, &meta.instance_id, &inner.owner)
             .await;
     });
 }
@@ -476,14 +464,7 @@ pub(super) async fn complete_workflow(
             response.instance_id
         )));
     };
-    let commit = turn::apply(
-        &turn.lease,
-        turn.new_events,
-        turn.taken,
-        turn.suspended,
-        response,
-        now_ms(),
-    );
+    let commit = turn::apply(&turn.meta, turn.turn, response, now_ms());
     let result = inner.store.commit_turn(&inner.owner, commit).await;
     inner.woke();
     match result {

@@ -9,14 +9,13 @@ use prost::Message as _;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use trellis_proto::durabletask::history_event::EventType;
 use trellis_proto::durabletask::{ActivityRequest, HistoryEvent, TaskFailureDetails};
 
 use super::Sql;
 use crate::events::{self, InboxKind};
 use crate::store::{
     ActivityLease, ActivityTask, InboxItem, InstanceMeta, ListFilter, Message, NewInstance, Purged,
-    TurnCommit, WorkflowLease, is_terminal,
+    TurnCommit, WorkflowLease,
 };
 use crate::{Millis, Status, WorkflowError};
 
@@ -549,27 +548,15 @@ pub fn purge<'a>(
         let Some(meta) = get(tx, s, app, id).await? else {
             return Err(WorkflowError::NotFound(id.to_string()));
         };
-        if !force && !is_terminal(meta.status) {
-            return Err(WorkflowError::Refused(format!(
-                "workflow instance {id:?} is {}; only finished instances can be purged (terminate it first, or force the purge)",
-                status_word(meta.status)
-            )));
-        }
+        crate::store::check_purgeable(id, meta.status, force)?;
         let mut purged = Purged::default();
         if recursive {
-            for event in history(tx, s, app, id).await? {
-                if let Some(EventType::ChildWorkflowInstanceCreated(child)) = &event.event_type {
-                    let child_app = event
-                        .router
-                        .as_ref()
-                        .and_then(|r| r.target_app_id.clone())
-                        .filter(|a| !a.is_empty())
-                        .unwrap_or_else(|| app.to_string());
-                    match purge(tx, s, &child_app, &child.instance_id, true, force).await {
-                        Ok(p) => purged.instances += p.instances,
-                        Err(WorkflowError::NotFound(_)) => {}
-                        Err(e) => return Err(e),
-                    }
+            let children = crate::store::child_instances(app, &history(tx, s, app, id).await?);
+            for (child_app, child) in children {
+                match purge(tx, s, &child_app, &child, true, force).await {
+                    Ok(p) => purged.instances += p.instances,
+                    Err(WorkflowError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -577,13 +564,6 @@ pub fn purge<'a>(
         purged.instances += 1;
         Ok(purged)
     })
-}
-
-fn status_word(status: Status) -> &'static str {
-    status
-        .as_str_name()
-        .strip_prefix("ORCHESTRATION_STATUS_")
-        .unwrap_or("UNKNOWN")
 }
 
 pub async fn list(

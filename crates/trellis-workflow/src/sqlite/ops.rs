@@ -2,7 +2,6 @@
 
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use trellis_proto::durabletask::history_event::EventType;
 use trellis_proto::durabletask::{ActivityRequest, HistoryEvent, TaskFailureDetails};
 
 use super::Sql;
@@ -569,40 +568,20 @@ pub fn purge(
     let Some(meta) = get(c, s, app, id)? else {
         return Err(WorkflowError::NotFound(id.to_string()));
     };
-    if !force && !is_terminal(meta.status) {
-        return Err(WorkflowError::Refused(format!(
-            "workflow instance {id:?} is {}; only finished instances can be purged (terminate it first, or force the purge)",
-            status_word(meta.status)
-        )));
-    }
+    crate::store::check_purgeable(id, meta.status, force)?;
     let mut purged = Purged::default();
     if recursive {
-        for event in history(c, s, app, id)? {
-            if let Some(EventType::ChildWorkflowInstanceCreated(child)) = &event.event_type {
-                let child_app = event
-                    .router
-                    .as_ref()
-                    .and_then(|r| r.target_app_id.clone())
-                    .filter(|a| !a.is_empty())
-                    .unwrap_or_else(|| app.to_string());
-                match purge(c, s, &child_app, &child.instance_id, true, force) {
-                    Ok(p) => purged.instances += p.instances,
-                    Err(WorkflowError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
+        for (child_app, child) in crate::store::child_instances(app, &history(c, s, app, id)?) {
+            match purge(c, s, &child_app, &child, true, force) {
+                Ok(p) => purged.instances += p.instances,
+                Err(WorkflowError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
     }
     delete_instance(c, s, app, id)?;
     purged.instances += 1;
     Ok(purged)
-}
-
-fn status_word(status: Status) -> &'static str {
-    status
-        .as_str_name()
-        .strip_prefix("ORCHESTRATION_STATUS_")
-        .unwrap_or("UNKNOWN")
 }
 
 pub fn list(

@@ -9,31 +9,30 @@ use trellis_proto::durabletask::{
     ChildWorkflowInstanceFailedEvent, DetachedWorkflowInstanceCreatedEvent, EventRaisedEvent,
     EventSentEvent, ExecutionCompletedEvent, ExecutionStalledEvent, ExecutionTerminatedEvent,
     HistoryEvent, ParentInstanceInfo, StalledReason, TaskFailureDetails, TaskScheduledEvent,
-    TimerCreatedEvent, TimerFiredEvent, WorkflowAction, WorkflowInstance, WorkflowResponse,
-    create_timer_action, timer_created_event,
+    TimerCreatedEvent, TimerFiredEvent, WorkflowInstance, WorkflowResponse, create_timer_action,
+    timer_created_event,
 };
 
-use super::{Seen, base_commit, parent_message};
+use super::{Seen, Turn, base_commit, parent_message};
 use crate::events::{self, Start};
-use crate::store::{ActivityTask, Message, NewInstance, TurnCommit, WorkflowLease};
+use crate::store::{ActivityTask, InstanceMeta, Message, NewInstance, TurnCommit};
 use crate::{Millis, Status, ids};
 
 /// Builds the commit of a turn that ran: the new events it was given (`new_events`, the
 /// inbox entries `taken`), then what `response`'s actions stand for.
 pub fn apply(
-    lease: &WorkflowLease,
-    new_events: Vec<HistoryEvent>,
-    taken: Vec<i64>,
-    suspended: bool,
+    meta: &InstanceMeta,
+    turn: Turn,
     response: WorkflowResponse,
     now: Millis,
 ) -> TurnCommit {
-    let meta = &lease.meta;
-    let mut seen = Seen::of(&lease.history);
-    for event in &new_events {
-        seen.record(event);
-    }
-    let mut commit = base_commit(lease);
+    let Turn {
+        new_events,
+        taken,
+        suspended,
+        seen,
+    } = turn;
+    let mut commit = base_commit(meta);
     commit.consumed = taken;
     commit.append = new_events;
     commit.update.status = Some(if suspended {
@@ -47,13 +46,6 @@ pub fn apply(
         commit.update.input = Some(seen.started.as_ref().and_then(|s| s.input.clone()));
     }
     let own_app = meta.app_id.clone();
-    let target_app = |action: &WorkflowAction| {
-        action
-            .router
-            .as_ref()
-            .and_then(|r| r.target_app_id.clone())
-            .filter(|a| !a.is_empty())
-    };
     for action in response.actions {
         let id = action.id;
         if id >= 0
@@ -65,7 +57,7 @@ pub fn apply(
             );
             fail(
                 &mut commit,
-                lease,
+                meta,
                 &seen,
                 now,
                 "NonDeterminismError",
@@ -73,7 +65,7 @@ pub fn apply(
             );
             return commit;
         }
-        let target = target_app(&action);
+        let target = events::target_app(action.router.as_ref());
         let with_id = |kind: EventType| {
             let mut event = events::event(now, kind);
             event.event_id = id;
@@ -252,7 +244,7 @@ pub fn apply(
                 if status == Status::ContinuedAsNew {
                     continue_as_new(
                         &mut commit,
-                        lease,
+                        meta,
                         &seen,
                         done.result,
                         done.carryover_events,
@@ -269,7 +261,7 @@ pub fn apply(
                 commit.append.push(event);
                 finish(
                     &mut commit,
-                    lease,
+                    meta,
                     &seen,
                     now,
                     status,
@@ -307,7 +299,7 @@ fn timer_origin(origin: create_timer_action::Origin) -> timer_created_event::Ori
 /// Ends the instance with `status` (completed, failed...) and tells its parent.
 fn finish(
     commit: &mut TurnCommit,
-    lease: &WorkflowLease,
+    meta: &InstanceMeta,
     seen: &Seen,
     now: Millis,
     status: Status,
@@ -332,7 +324,7 @@ fn finish(
                 error_type: "WorkflowFailed".into(),
                 error_message: format!(
                     "child workflow {} ended {}",
-                    lease.meta.instance_id,
+                    meta.instance_id,
                     status.as_str_name()
                 ),
                 ..TaskFailureDetails::default()
@@ -341,7 +333,7 @@ fn finish(
             signer_certificate: None,
         })
     };
-    if let Some(message) = parent_message(&lease.meta, seen, now, answer) {
+    if let Some(message) = parent_message(meta, seen, now, answer) {
         commit.messages.push(message);
     }
 }
@@ -349,14 +341,14 @@ fn finish(
 /// Fails the instance because of what the worker answered.
 fn fail(
     commit: &mut TurnCommit,
-    lease: &WorkflowLease,
+    meta: &InstanceMeta,
     seen: &Seen,
     now: Millis,
     error_type: &str,
     message: String,
 ) {
     tracing::warn!(
-        instance = lease.meta.instance_id,
+        instance = meta.instance_id,
         reason = message,
         "workflow failed"
     );
@@ -376,28 +368,19 @@ fn fail(
     commit.activities.clear();
     commit.messages.clear();
     commit.new_instances.clear();
-    finish(
-        commit,
-        lease,
-        seen,
-        now,
-        Status::Failed,
-        None,
-        Some(failure),
-    );
+    finish(commit, meta, seen, now, Status::Failed, None, Some(failure));
 }
 
 /// Continue-as-new: the history starts over with a new execution, whose start (with the
 /// new input) and the carried-over events go to the inbox for the next turn.
 fn continue_as_new(
     commit: &mut TurnCommit,
-    lease: &WorkflowLease,
+    meta: &InstanceMeta,
     seen: &Seen,
     input: Option<String>,
     carryover: Vec<HistoryEvent>,
     now: Millis,
 ) {
-    let meta = &lease.meta;
     let execution_id = ids::random();
     let start = Start {
         name: meta.name.clone(),

@@ -27,26 +27,34 @@ use trellis_proto::durabletask::{
 };
 
 use crate::events::{self, InboxKind};
-use crate::store::{Message, MetaUpdate, TurnCommit, WorkflowLease, is_terminal};
+use crate::store::{InstanceMeta, Message, MetaUpdate, TurnCommit, WorkflowLease, is_terminal};
 use crate::{Millis, Status};
 
 /// What a turn does with a leased instance.
 #[derive(Debug)]
 pub enum Plan {
-    /// Hand the worker the history and these new events; `taken` are the inbox entries
-    /// they came from (with the dropped ones).
-    Run {
-        new_events: Vec<HistoryEvent>,
-        taken: Vec<i64>,
-        /// Whether the instance is suspended once the new events are applied.
-        suspended: bool,
-    },
+    /// Hand the worker the history and the turn's new events.
+    Run(Turn),
     /// Commit this without a worker (terminate, suspend/resume, dropped strays), or
     /// nothing at all when the commit is empty.
-    Settle(Box<TurnCommit>),
+    Settle(TurnCommit),
 }
 
-/// Plans the turn of `lease` at `now` for `app_id`.
+/// A turn handed to a worker: what [`apply`] needs besides the worker's answer.
+#[derive(Debug)]
+pub struct Turn {
+    /// The new events, `WorkflowStarted` first.
+    pub new_events: Vec<HistoryEvent>,
+    /// The inbox entries they came from, with the ones dropped.
+    pub taken: Vec<i64>,
+    /// Whether the instance is suspended once the new events are applied.
+    pub suspended: bool,
+    /// What the history and the new events hold, so that the answer is checked against
+    /// them without reading the history again.
+    pub seen: Seen,
+}
+
+/// Plans the turn of `lease` at `now`.
 pub fn plan(lease: &WorkflowLease, now: Millis) -> Plan {
     let meta = &lease.meta;
     let mut seen = Seen::of(&lease.history);
@@ -78,14 +86,7 @@ pub fn plan(lease: &WorkflowLease, now: Millis) -> Plan {
         match &item.event.event_type {
             Some(EventType::ExecutionTerminated(t)) => {
                 let every: Vec<i64> = lease.inbox.iter().map(|i| i.id).collect();
-                return Plan::Settle(Box::new(terminate(
-                    lease,
-                    &seen,
-                    item.event.clone(),
-                    t,
-                    every,
-                    now,
-                )));
+                return Plan::Settle(terminate(lease, &seen, item.event.clone(), t, every, now));
             }
             Some(EventType::ExecutionSuspended(_)) => {
                 if started && !suspended {
@@ -119,13 +120,14 @@ pub fn plan(lease: &WorkflowLease, now: Millis) -> Plan {
         let mut new_events = Vec::with_capacity(kept.len() + 1);
         new_events.push(events::workflow_started(now));
         new_events.extend(kept);
-        return Plan::Run {
+        return Plan::Run(Turn {
             new_events,
             taken,
             suspended,
-        };
+            seen,
+        });
     }
-    let mut commit = base_commit(lease);
+    let mut commit = base_commit(&lease.meta);
     commit.consumed = taken;
     if !kept.is_empty() {
         commit.update.status = Some(if suspended {
@@ -135,14 +137,14 @@ pub fn plan(lease: &WorkflowLease, now: Millis) -> Plan {
         });
         commit.append = kept;
     }
-    Plan::Settle(Box::new(commit))
+    Plan::Settle(commit)
 }
 
 /// A commit for `lease` that changes nothing yet.
-fn base_commit(lease: &WorkflowLease) -> TurnCommit {
+fn base_commit(meta: &InstanceMeta) -> TurnCommit {
     TurnCommit {
-        app_id: lease.meta.app_id.clone(),
-        instance_id: lease.meta.instance_id.clone(),
+        app_id: meta.app_id.clone(),
+        instance_id: meta.instance_id.clone(),
         ..TurnCommit::default()
     }
 }
@@ -158,7 +160,7 @@ fn terminate(
     now: Millis,
 ) -> TurnCommit {
     let meta = &lease.meta;
-    let mut commit = base_commit(lease);
+    let mut commit = base_commit(&lease.meta);
     commit.consumed = taken;
     commit.append = vec![
         event,
@@ -211,7 +213,7 @@ fn terminate(
 /// The message that tells a child's parent how it ended (`answer` with its
 /// `taskScheduledId` filled in), if the instance has a parent.
 fn parent_message(
-    meta: &crate::InstanceMeta,
+    meta: &InstanceMeta,
     seen: &Seen,
     now: Millis,
     mut answer: EventType,

@@ -25,7 +25,7 @@ pub struct Seen {
     timers: HashMap<i32, bool>,
     pub children: HashMap<i32, Child>,
     /// The execution's start, if seen.
-    pub started: Option<ExecutionStartedEvent>,
+    pub started: Option<Box<ExecutionStartedEvent>>,
     raised: HashSet<i32>,
 }
 
@@ -53,7 +53,7 @@ impl Seen {
                 if self.started.is_some() {
                     return false;
                 }
-                self.started = Some(e.clone());
+                self.started = Some(Box::new(e.clone()));
             }
             EventType::TaskScheduled(_) => {
                 self.tasks.insert(event.event_id, false);
@@ -65,11 +65,7 @@ impl Seen {
             }
             EventType::TimerFired(e) => return answer(&mut self.timers, e.timer_id),
             EventType::ChildWorkflowInstanceCreated(e) => {
-                let app_id = event
-                    .router
-                    .as_ref()
-                    .and_then(|r| r.target_app_id.clone())
-                    .filter(|a| !a.is_empty());
+                let app_id = crate::events::target_app(event.router.as_ref());
                 self.children.insert(
                     event.event_id,
                     Child {

@@ -8,7 +8,7 @@ use trellis_proto::durabletask::{
     ScheduleTaskAction, TaskCompletedEvent, WorkflowAction, WorkflowInstance, WorkflowResponse,
 };
 
-use super::{Plan, apply, plan};
+use super::{Plan, Turn, apply, plan};
 use crate::Status;
 use crate::events::{self, Start};
 use crate::store::{InboxItem, InstanceMeta, WorkflowLease};
@@ -89,13 +89,9 @@ fn response(actions: Vec<WorkflowAction>) -> WorkflowResponse {
     }
 }
 
-fn run(plan: Plan) -> (Vec<HistoryEvent>, Vec<i64>, bool) {
+fn run(plan: Plan) -> Turn {
     match plan {
-        Plan::Run {
-            new_events,
-            taken,
-            suspended,
-        } => (new_events, taken, suspended),
+        Plan::Run(turn) => turn,
         Plan::Settle(c) => panic!("expected a turn for the worker, got a settlement {c:?}"),
     }
 }
@@ -118,19 +114,12 @@ fn a_first_turn_runs_the_start_and_schedules_the_activity() {
         history: vec![],
         inbox: vec![item(7, start(None))],
     };
-    let (new_events, taken, suspended) = run(plan(&lease, NOW));
-    assert_eq!(taken, vec![7]);
-    assert!(!suspended);
-    assert_eq!(events::event_name(&new_events[0]), "workflowStarted");
-    assert_eq!(events::event_name(&new_events[1]), "executionStarted");
-    let commit = apply(
-        &lease,
-        new_events,
-        taken,
-        false,
-        response(vec![schedule(0)]),
-        NOW,
-    );
+    let turn = run(plan(&lease, NOW));
+    assert_eq!(turn.taken, vec![7]);
+    assert!(!turn.suspended);
+    assert_eq!(events::event_name(&turn.new_events[0]), "workflowStarted");
+    assert_eq!(events::event_name(&turn.new_events[1]), "executionStarted");
+    let commit = apply(&lease.meta, turn, response(vec![schedule(0)]), NOW);
     assert_eq!(commit.append.len(), 3);
     assert_eq!(
         commit.append[2].event_id, 0,
@@ -153,7 +142,9 @@ fn a_first_turn_runs_the_start_and_schedules_the_activity() {
 fn a_second_result_for_one_task_is_dropped() {
     let mut lease = running_with_task();
     lease.inbox = vec![item(1, task_done(0)), item(2, task_done(0))];
-    let (new_events, taken, _) = run(plan(&lease, NOW));
+    let Turn {
+        new_events, taken, ..
+    } = run(plan(&lease, NOW));
     assert_eq!(taken, vec![1, 2], "both are taken from the inbox");
     assert_eq!(
         new_events.len(),
@@ -269,7 +260,7 @@ fn terminate_ends_the_instance_its_children_and_tells_its_parent() {
 fn an_action_that_reuses_a_history_id_fails_the_workflow_naming_the_event() {
     let mut lease = running_with_task();
     lease.inbox = vec![item(1, task_done(0))];
-    let (new_events, taken, _) = run(plan(&lease, NOW));
+    let turn = run(plan(&lease, NOW));
     let child = WorkflowAction {
         id: 0,
         workflow_action_type: Some(WorkflowActionType::CreateChildWorkflow(
@@ -277,7 +268,7 @@ fn an_action_that_reuses_a_history_id_fails_the_workflow_naming_the_event() {
         )),
         router: None,
     };
-    let commit = apply(&lease, new_events, taken, false, response(vec![child]), NOW);
+    let commit = apply(&lease.meta, turn, response(vec![child]), NOW);
     assert_eq!(commit.update.status, Some(Status::Failed));
     let failure = commit.update.failure.clone().flatten().unwrap();
     assert!(
@@ -295,7 +286,7 @@ fn an_action_that_reuses_a_history_id_fails_the_workflow_naming_the_event() {
 fn continue_as_new_restarts_the_history_with_the_carried_events() {
     let mut lease = running_with_task();
     lease.inbox = vec![item(1, task_done(0))];
-    let (new_events, taken, _) = run(plan(&lease, NOW));
+    let turn = run(plan(&lease, NOW));
     let raised = events::event(
         NOW,
         EventType::EventRaised(EventRaisedEvent {
@@ -315,7 +306,7 @@ fn continue_as_new_restarts_the_history_with_the_carried_events() {
         )),
         router: None,
     };
-    let commit = apply(&lease, new_events, taken, false, response(vec![again]), NOW);
+    let commit = apply(&lease.meta, turn, response(vec![again]), NOW);
     assert!(commit.reset_history);
     assert!(commit.append.is_empty());
     let new_exec = commit.update.execution_id.clone().unwrap();
@@ -351,7 +342,7 @@ fn completing_a_child_answers_its_parent() {
         history: vec![],
         inbox: vec![item(1, start(Some(parent)))],
     };
-    let (new_events, taken, _) = run(plan(&lease, NOW));
+    let turn = run(plan(&lease, NOW));
     let done = WorkflowAction {
         id: 0,
         workflow_action_type: Some(WorkflowActionType::CompleteWorkflow(
@@ -363,7 +354,7 @@ fn completing_a_child_answers_its_parent() {
         )),
         router: None,
     };
-    let commit = apply(&lease, new_events, taken, false, response(vec![done]), NOW);
+    let commit = apply(&lease.meta, turn, response(vec![done]), NOW);
     assert_eq!(commit.update.status, Some(Status::Completed));
     let m = &commit.messages[0];
     assert_eq!(

@@ -360,7 +360,7 @@ async fn a_stateful_worker_gets_history_deltas() {
                 cache = history.clone();
                 req.past_events = history;
                 let res = conformance::scripted_turn(&req, 1, 3);
-                let ended = conformance::completes(&res);
+                let ended = trellis_workflow::events::ends_execution(&res);
                 engine.complete_workflow(res).await.expect("complete turn");
                 if ended {
                     break;

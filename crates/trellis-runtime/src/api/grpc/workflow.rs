@@ -19,19 +19,6 @@ type Reply<T> = Result<Response<T>, Status>;
 /// The option that schedules a start, an RFC 3339 time.
 const START_TIME: &str = "dapr.workflow.start_time";
 
-fn text(bytes: Vec<u8>) -> Result<Option<String>, Status> {
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    String::from_utf8(bytes).map(Some).map_err(|_| {
-        to_status(ApiError::new(
-            http::StatusCode::BAD_REQUEST,
-            "ERR_MALFORMED_REQUEST",
-            "the workflow input must be UTF-8 text (JSON, usually)",
-        ))
-    })
-}
-
 pub async fn start(
     rt: &Runtime,
     req: pb::StartWorkflowRequest,
@@ -52,7 +39,7 @@ pub async fn start(
         &req.workflow_name,
         StartRequest {
             instance_id: Some(req.instance_id),
-            input: text(req.input)?,
+            input: ops::payload(req.input).map_err(to_status)?,
             scheduled_start,
             ..StartRequest::default()
         },
@@ -66,26 +53,10 @@ pub async fn get(rt: &Runtime, req: pb::GetWorkflowRequest) -> Reply<pb::GetWork
     let m = ops::get(rt, Some(&req.workflow_component), &req.instance_id)
         .await
         .map_err(to_status)?;
-    let mut properties = std::collections::HashMap::new();
-    let mut put = |key: &str, value: Option<String>| {
-        if let Some(v) = value {
-            properties.insert(key.to_string(), v);
-        }
-    };
-    put("dapr.workflow.input", m.input.clone());
-    put("dapr.workflow.output", m.output.clone());
-    put("dapr.workflow.custom_status", m.custom_status.clone());
-    if let Some(f) = &m.failure {
-        put(
-            "dapr.workflow.failure.error_type",
-            Some(f.error_type.clone()),
-        );
-        put(
-            "dapr.workflow.failure.error_message",
-            Some(f.error_message.clone()),
-        );
-        put("dapr.workflow.failure.stack_trace", f.stack_trace.clone());
-    }
+    let properties = ops::properties(&m)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     Ok(Response::new(pb::GetWorkflowResponse {
         instance_id: m.instance_id,
         workflow_name: m.name,
@@ -137,7 +108,7 @@ pub async fn resume(rt: &Runtime, req: pb::ResumeWorkflowRequest) -> Reply<()> {
 }
 
 pub async fn raise_event(rt: &Runtime, req: pb::RaiseEventWorkflowRequest) -> Reply<()> {
-    let data = text(req.event_data)?;
+    let data = ops::payload(req.event_data).map_err(to_status)?;
     ops::raise_event(
         rt,
         Some(&req.workflow_component),

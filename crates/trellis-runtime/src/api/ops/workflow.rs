@@ -263,6 +263,44 @@ async fn settle(engine: &Engine, id: &str, done: impl Fn(Status) -> bool) {
     }
 }
 
+/// Dapr's `properties` of an instance (`dapr.workflow.input`, `.output`, `.custom_status`,
+/// `.failure.*`), the ones it has, for both APIs' answers to a get.
+pub fn properties(m: &InstanceMeta) -> Vec<(&'static str, String)> {
+    let mut out = Vec::with_capacity(6);
+    let mut put = |key, value: Option<&String>| {
+        if let Some(v) = value {
+            out.push((key, v.clone()));
+        }
+    };
+    put("dapr.workflow.input", m.input.as_ref());
+    put("dapr.workflow.output", m.output.as_ref());
+    put("dapr.workflow.custom_status", m.custom_status.as_ref());
+    if let Some(f) = &m.failure {
+        put("dapr.workflow.failure.error_type", Some(&f.error_type));
+        put(
+            "dapr.workflow.failure.error_message",
+            Some(&f.error_message),
+        );
+        put("dapr.workflow.failure.stack_trace", f.stack_trace.as_ref());
+    }
+    out
+}
+
+/// A workflow input or event payload as the text it is kept as (`None` when empty); both
+/// APIs carry bytes, and anything but UTF-8 is refused.
+pub fn payload(bytes: Vec<u8>) -> Result<Option<String>, ApiError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    String::from_utf8(bytes).map(Some).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ERR_MALFORMED_REQUEST",
+            "the workflow input must be UTF-8 text (JSON, usually)",
+        )
+    })
+}
+
 /// Dapr's name of a status (`RUNNING`, ...); STALLED is `UNKNOWN`, as in Dapr.
 pub fn status_name(status: Status) -> &'static str {
     match status {
