@@ -33,6 +33,8 @@ use crate::runtime::Runtime;
 /// The gRPC API of one sidecar.
 ///
 /// Layers, outermost first, and why:
+/// 0. **metrics**: every call with the status the client got, as on HTTP (`api/layers.rs`,
+///    which also holds the tracing slot's reasons).
 /// 1. **catch-panic**: a bug in one RPC answers that RPC with INTERNAL and leaves the
 ///    connection and the sidecar running.
 /// 2. **API logging** (`--enable-api-logging`): every call, the refused ones included.
@@ -68,9 +70,20 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
     }
     if rt.enable_api_logging {
-        router = router.layer(middleware::from_fn(super::layers::log_call));
+        router = router.layer(middleware::from_fn_with_state(
+            rt.clone(),
+            super::layers::log_grpc_call,
+        ));
     }
-    router.layer(CatchPanicLayer::custom(panic_status as fn(_) -> _))
+    router = router.layer(CatchPanicLayer::custom(panic_status as fn(_) -> _));
+    // Tracing goes here, as on HTTP (see `api/layers.rs`).
+    if rt.metrics.is_enabled() {
+        router = router.layer(middleware::from_fn_with_state(
+            rt.metrics.clone(),
+            crate::metrics::layers::grpc,
+        ));
+    }
+    router
 }
 
 fn panic_status(panic: Box<dyn std::any::Any + Send>) -> Response {
