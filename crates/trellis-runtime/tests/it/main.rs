@@ -10,6 +10,7 @@ mod configuration;
 mod grpc;
 mod invoke;
 mod lock;
+mod metrics;
 mod mtls;
 mod pubsub;
 mod secrets;
