@@ -71,10 +71,7 @@ pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
     router = router.layer(catch_panic());
     // Tracing goes here (see the order above).
     if rt.metrics.is_enabled() {
-        router = router.layer(middleware::from_fn_with_state(
-            rt.metrics.clone(),
-            crate::metrics::layers::http,
-        ));
+        router = router.layer(crate::metrics::layers::HttpLayer(rt.metrics.clone()));
     }
     router
 }

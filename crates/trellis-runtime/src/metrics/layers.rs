@@ -20,19 +20,90 @@ use http_body::{Frame, SizeHint};
 use super::Metrics;
 use crate::Body;
 
-/// Records every request of the public HTTP API.
-pub async fn http(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route = crate::api::route_template(&req);
-    let resp = next.run(req).await;
-    metrics.http_server(
-        &method,
-        route.as_str(),
-        resp.status().as_str(),
-        started.elapsed(),
-    );
-    resp
+/// Records every request of the public HTTP API: a tower layer of its own rather than a
+/// `middleware::from_fn`, whose boxed future would cost an allocation per request.
+#[derive(Debug, Clone)]
+pub struct HttpLayer(pub Metrics);
+
+impl<S> tower::Layer<S> for HttpLayer {
+    type Service = HttpMetrics<S>;
+
+    fn layer(&self, inner: S) -> HttpMetrics<S> {
+        HttpMetrics {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpMetrics<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S> tower::Service<Request> for HttpMetrics<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Recorded<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let method = req.method().clone();
+        let route = crate::api::route_template(&req);
+        Recorded {
+            inner: self.inner.call(req),
+            call: Some(HttpCall {
+                metrics: self.metrics.clone(),
+                method,
+                route,
+                started: Instant::now(),
+            }),
+        }
+    }
+}
+
+struct HttpCall {
+    metrics: Metrics,
+    method: http::Method,
+    route: crate::api::Route,
+    started: Instant,
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's future; records the request when the response head is ready.
+    pub struct Recorded<F> {
+        #[pin]
+        inner: F,
+        call: Option<HttpCall>,
+    }
+}
+
+impl<F, E> std::future::Future for Recorded<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(resp), Some(call)) = (&out, this.call.take()) {
+            call.metrics.http_server(
+                &call.method,
+                call.route.as_str(),
+                resp.status().as_str(),
+                call.started.elapsed(),
+            );
+        }
+        Poll::Ready(out)
+    }
 }
 
 /// Records every call of the gRPC API.
