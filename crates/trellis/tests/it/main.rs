@@ -19,6 +19,7 @@ mod resiliency;
 mod sdk;
 mod sdk_js;
 mod sdk_python;
+mod secrets;
 mod state;
 mod streaming;
 mod workflows;
