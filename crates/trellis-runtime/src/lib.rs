@@ -31,6 +31,7 @@ pub mod server;
 mod sidecar;
 pub mod state;
 pub mod subscriptions;
+pub mod trace;
 pub mod workflow;
 
 pub use config::{

@@ -22,6 +22,7 @@ mod sdk_python;
 mod secrets;
 mod state;
 mod streaming;
+mod tracing;
 mod workflows;
 
 use std::path::Path;
