@@ -310,3 +310,67 @@ async fn otlp_over_http_and_sampling_zero_still_propagate() {
         "unsampled spans were exported"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_invocation_carries_the_trace_to_the_callee() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start().await;
+    let config = tracing_config(dir.path(), &receiver, "grpc");
+    let echo = trellis_test_support::TestApp::start("echo").await;
+    let b = sidecar("trace-grpc-b", dir.path())
+        .app_port(echo.port())
+        .arg("--config")
+        .arg(&config)
+        .spawn();
+    let a = sidecar("trace-grpc-a", dir.path())
+        .arg("--config")
+        .arg(&config)
+        .spawn();
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+    let endpoint = format!("http://127.0.0.1:{}", a.grpc_port);
+    let mut client = trellis_proto::runtime::dapr_client::DaprClient::connect(endpoint)
+        .await
+        .unwrap();
+    let mut call = tonic::Request::new(trellis_proto::runtime::InvokeServiceRequest {
+        id: "trace-grpc-b".into(),
+        message: Some(trellis_proto::common::InvokeRequest {
+            method: "echo".into(),
+            http_extension: Some(trellis_proto::common::HttpExtension {
+                verb: trellis_proto::common::http_extension::Verb::Post as i32,
+                querystring: String::new(),
+            }),
+            ..Default::default()
+        }),
+    });
+    call.metadata_mut()
+        .insert("traceparent", CALLER.parse().unwrap());
+    let answer = client.invoke_service(call).await.unwrap().into_inner();
+    let echoed: serde_json::Value =
+        serde_json::from_slice(&answer.data.unwrap_or_default().value).unwrap();
+    let seen = echoed["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let spans = receiver
+        .wait_for(PATIENCE, |s| {
+            s.iter().any(|s| s.name == "CallLocal/trace-grpc-b")
+                && s.iter().any(|s| s.name.ends_with("/InvokeService"))
+        })
+        .await;
+    let api = one(
+        &spans,
+        "trace-grpc-a",
+        "/dapr.proto.runtime.v1.Dapr/InvokeService",
+    );
+    assert_eq!(api.trace_id, TRACE);
+    assert_eq!(api.parent_id.as_deref(), Some("b7ad6b7169203331"));
+    let local = one(&spans, "trace-grpc-b", "CallLocal/trace-grpc-b");
+    assert_eq!(local.parent_id.as_ref(), Some(&api.span_id));
+    assert_eq!(
+        seen,
+        format!("00-{TRACE}-{}-01", local.span_id),
+        "what the app saw"
+    );
+}
