@@ -29,7 +29,7 @@ const RSS_LOAD_MIB: f64 = 15.0;
 /// What mTLS between the sidecars may add to the plaintext pair's p50.
 const MTLS_ADDED_P50_MS: f64 = 0.03;
 /// What metrics and tracing (at sampling 0.1) together may add to the pair without them;
-/// tracing is not there yet, so the row prices metrics alone against the joint budget.
+/// the row prices metrics alone (neither pair has `spec.tracing`) against the joint budget.
 const OBSERVABILITY_ADDED_P50_MS: f64 = 0.02;
 const OBSERVABILITY_ADDED_P99_MS: f64 = 0.05;
 /// A sidecar's idle RSS with metrics on.

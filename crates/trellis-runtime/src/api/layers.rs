@@ -3,12 +3,13 @@
 //! Every layer is added with `Router::layer`, which wraps each route after routing, so all
 //! of them see the route template the request matched (`MatchedPath`), and the fallback.
 //! Order, outermost first, and why:
-//! 1. **metrics** (`--enable-metrics`, on by default): outermost, so every request is
-//!    counted with the status the client got, panics (500) and refusals by any layer below
-//!    included. Its own code cannot panic: it only reads the request and the status.
-//! 2. **tracing** (not there yet; its slot): above catch-panic, so a panicking request
-//!    still ends its span with the 500, and above API logging, so the log line can carry
-//!    the span's trace id instead of only the incoming `traceparent`'s.
+//! 1. **tracing** (`spec.tracing`): outermost, so a request's span covers everything done
+//!    for it and ends with the status the caller got (a panic's 500, a refusal by any layer
+//!    below); and the layers below (API logging) see the span's `traceparent`.
+//! 2. **metrics** (`--enable-metrics`, on by default): above catch-panic and every check,
+//!    so every request is counted with the status the client got, panics (500) and
+//!    refusals included; inside the span, so that a later exemplar can name its trace. Its
+//!    own code cannot panic: it only reads the request and the status.
 //! 3. **catch-panic**: so a bug anywhere below (a layer or a handler) becomes a 500 for
 //!    that one request instead of a dead connection or a dead sidecar.
 //! 4. **CORS** (`--allowed-origins`): answers browsers' preflight requests itself (they
@@ -69,9 +70,14 @@ pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
         router = router.layer(cors);
     }
     router = router.layer(catch_panic());
-    // Tracing goes here (see the order above).
     if rt.metrics.is_enabled() {
         router = router.layer(crate::metrics::layers::HttpLayer(rt.metrics.clone()));
+    }
+    if let Some(tracer) = &rt.tracer {
+        router = router.layer(middleware::from_fn_with_state(
+            (tracer.clone(), crate::trace::Naming::Route),
+            crate::trace::serve,
+        ));
     }
     router
 }
