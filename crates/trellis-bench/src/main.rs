@@ -17,7 +17,10 @@
 //!   HTTP paths in the same run.
 //! - `workflows` (`workflows.rs`): workflow throughput, start→completion latency and a
 //!   fan-out through a sidecar, driven by a scripted worker, against the engine in process.
+//! - `blocks` (`blocks.rs`): secret gets and lock/unlock pairs through a sidecar against the
+//!   embedded secret store and the embedded and Redis lock stores used directly.
 
+mod blocks;
 mod direct;
 mod echo;
 mod grpc;
@@ -61,6 +64,8 @@ enum Cmd {
     /// Workflows: chains, paced starts and a fan-out through a sidecar vs. the engine in
     /// process, driven by a scripted worker that speaks the protocol.
     Workflows(workflows::WorkflowsArgs),
+    /// Secrets and lock through a sidecar vs. the same stores used directly.
+    Blocks(blocks::BlocksArgs),
     /// The gRPC echo app used by `grpc` (the bench starts it itself).
     #[command(hide = true)]
     GrpcEchoServer {
@@ -92,6 +97,7 @@ fn main() -> Result<()> {
         Cmd::Grpc(args) => return rt.block_on(interruptible(grpc::run(args))),
         Cmd::Handshake(args) => return rt.block_on(interruptible(handshake::run(args))),
         Cmd::Workflows(args) => return rt.block_on(interruptible(workflows::run(args))),
+        Cmd::Blocks(args) => return rt.block_on(interruptible(blocks::run(args))),
     };
     // Don't wait for the blocked stdin reader when serving failed.
     rt.shutdown_background();
