@@ -1,6 +1,7 @@
-//! `trellis-bench invoke`: the same load sent to a small echo app five ways (directly,
+//! `trellis-bench invoke`: the same load sent to a small echo app seven ways (directly,
 //! through two trellis sidecars with mTLS and metrics on (the defaults), through the same
-//! pair with mTLS off, through the same pair with metrics off, through two nginx hops),
+//! pair with mTLS off, with metrics off, with tracing at sampling 0.1 and at 1.0 exporting
+//! to a live OTLP receiver, and through two nginx hops),
 //! and a markdown report of latency,
 //! throughput, CPU, memory and start-up time next to the targets. Scenarios whose parts
 //! are unavailable (no trellis binary, no nginx) are skipped with a note; the rest run.
@@ -46,6 +47,9 @@ const NGINX: &str = "nginx";
 const PLAINTEXT: &str = "trellis-plaintext";
 /// The same two sidecars with `--enable-metrics=false`, to price metrics.
 const METRICS_OFF: &str = "trellis-metrics-off";
+/// The same two sidecars (metrics on) tracing every request at sampling 0.1 and 1.0 to a
+/// live OTLP receiver, to price tracing.
+const TRACING: [(&str, &str); 2] = [("trellis-tracing-0.1", "0.1"), ("trellis-tracing-1", "1")];
 
 #[derive(Args)]
 pub struct InvokeArgs {
@@ -111,6 +115,12 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
     let mut sidecars = None;
     let mut plaintext: Option<sidecar::Sidecars> = None;
     let mut metrics_off: Option<sidecar::Sidecars> = None;
+    let mut traced: Vec<sidecar::Sidecars> = Vec::new();
+    let sink = runner::keep(
+        &mut session.notes,
+        "the OTLP receiver",
+        crate::otlp_sink::Sink::start().await,
+    );
     if let Some(bin) = &session.bin {
         eprintln!("starting trellis sidecars ({})", bin.display());
         std::fs::create_dir_all(&data_dir)?;
@@ -162,6 +172,32 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
             scenarios.push(echo_scenario(METRICS_OFF, target, &body, n).against(DIRECT));
             metrics_off = Some(s);
         }
+        for (name, rate) in TRACING {
+            let Some(sink) = &sink else { break };
+            let dir = tmp.join(name);
+            std::fs::create_dir_all(dir.join("data"))?;
+            let config = dir.join("config.yaml");
+            std::fs::write(
+                &config,
+                format!(
+                    "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: traced\n\
+                     spec:\n  tracing:\n    samplingRate: \"{rate}\"\n    otel:\n      \
+                     endpointAddress: \"127.0.0.1:{}\"\n      protocol: grpc\n      isSecure: false\n",
+                    sink.port
+                ),
+            )?;
+            let started =
+                sidecar::start_pair(bin, &dir, &dir.join("data"), echo_port, Some(&config)).await;
+            if let Some(s) = runner::keep(&mut session.notes, name, started) {
+                let target = target(s.a.port, sidecar::INVOKE_PATH);
+                scenarios.push(
+                    echo_scenario(name, target, &body, n)
+                        .against(DIRECT)
+                        .watch(watch(&format!("{name} A"), s.a.pid())),
+                );
+                traced.push(s);
+            }
+        }
     }
     let nginx = match nginx_bin {
         Ok(bin) => start_nginx(&bin, &tmp, echo_port).await,
@@ -205,6 +241,15 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
     if let Some(mut p) = metrics_off {
         session.notes.extend(p.stop());
     }
+    for mut p in traced {
+        session.notes.extend(p.stop());
+    }
+    if let Some(sink) = &sink {
+        session.notes.push(format!(
+            "the OTLP receiver got {} spans from the tracing pairs",
+            sink.spans()
+        ));
+    }
 
     let md = render(&args, &session, &results, startup.as_ref());
     session.finish(&md)
@@ -238,6 +283,7 @@ fn render(
         "- Paths: direct = client → echo app; trellis = client → sidecar A (HTTP API) → sidecar B (mTLS, the default) → echo app; \
          trellis-plaintext = the same with `spec.mtls.enabled: false`; \
          trellis-metrics-off = the same as trellis with `--enable-metrics=false` (trellis has metrics on, the default); \
+         trellis-tracing-0.1 / -1 = the same as trellis with `spec.tracing` at that sampling rate, exporting over OTLP/gRPC to a receiver in the bench; \
          nginx = client → nginx hop 1 → nginx hop 2 → echo app. Everything on 127.0.0.1, all on the same cores.\n\n",
     );
     let text = PhaseText {
@@ -319,6 +365,7 @@ fn targets(results: &Results, startup: Option<&(Duration, sidecar::Cycles)>) -> 
         |v| format!("{v:+.3} ms"),
     ));
     rows.extend(metrics_rows(results));
+    rows.extend(tracing_rows(results));
     // Listed even when trellis was skipped, so a skipped run cannot be mistaken for one
     // that met the targets.
     let trellis = results.get(TRELLIS);
@@ -399,6 +446,48 @@ fn metrics_rows(results: &Results) -> Vec<Goal> {
         format!(
             "sidecar RSS idle with metrics on ≤ {RSS_IDLE_METRICS_MIB} MiB (larger of A and B)"
         ),
+        idle,
+        RSS_IDLE_METRICS_MIB,
+        mib_cell,
+    ));
+    rows
+}
+
+/// What metrics and tracing at 0.1 add together (trellis-tracing-0.1 − trellis-metrics-off),
+/// the budget of issue 11; and tracing at 1.0, and its RSS, for reference.
+fn tracing_rows(results: &Results) -> Vec<Goal> {
+    let mut rows = Vec::new();
+    for (label, quantile, limit) in [
+        ("p50", 0.50, OBSERVABILITY_ADDED_P50_MS),
+        ("p99", 0.99, OBSERVABILITY_ADDED_P99_MS),
+    ] {
+        for (name, rate) in TRACING {
+            let added = results
+                .added_ms(name, quantile)
+                .zip(results.added_ms(METRICS_OFF, quantile))
+                .map(|(on, off)| on - off);
+            let mut row = at_most(
+                format!(
+                    "metrics + tracing at {rate} add to {label} ≤ {limit:.2} ms (vs the metrics-off pair)"
+                ),
+                added,
+                limit,
+                |v| format!("{v:+.3} ms"),
+            );
+            if rate != "0.1" {
+                // The budget is for sampling 0.1; 1.0 is shown for what full tracing costs.
+                row.met = None;
+                row.reference = "(reference)".into();
+            }
+            rows.push(row);
+        }
+    }
+    let idle = results
+        .get(TRACING[1].0)
+        .and_then(|r| r.watches.first())
+        .map(|w| report::mib(w.1));
+    rows.push(at_most(
+        format!("sidecar A RSS idle with metrics and tracing on ≤ {RSS_IDLE_METRICS_MIB} MiB"),
         idle,
         RSS_IDLE_METRICS_MIB,
         mib_cell,

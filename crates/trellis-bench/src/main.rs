@@ -28,6 +28,7 @@ mod handshake;
 mod invoke;
 mod load;
 mod nginx;
+mod otlp_sink;
 mod procs;
 mod pubsub;
 mod report;
