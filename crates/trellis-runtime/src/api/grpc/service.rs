@@ -200,6 +200,38 @@ impl Dapr for DaprApi {
         }))
     }
 
+    type SubscribeConfigurationAlpha1Stream = super::configuration::UpdateStream;
+
+    async fn subscribe_configuration_alpha1(
+        &self,
+        request: Request<pb::SubscribeConfigurationRequest>,
+    ) -> Reply<Self::SubscribeConfigurationAlpha1Stream> {
+        super::configuration::subscribe(&self.rt, request.into_inner()).await
+    }
+
+    type SubscribeConfigurationStream = super::configuration::UpdateStream;
+
+    async fn subscribe_configuration(
+        &self,
+        request: Request<pb::SubscribeConfigurationRequest>,
+    ) -> Reply<Self::SubscribeConfigurationStream> {
+        super::configuration::subscribe(&self.rt, request.into_inner()).await
+    }
+
+    async fn unsubscribe_configuration_alpha1(
+        &self,
+        request: Request<pb::UnsubscribeConfigurationRequest>,
+    ) -> Reply<pb::UnsubscribeConfigurationResponse> {
+        super::configuration::unsubscribe(&self.rt, request.into_inner())
+    }
+
+    async fn unsubscribe_configuration(
+        &self,
+        request: Request<pb::UnsubscribeConfigurationRequest>,
+    ) -> Reply<pb::UnsubscribeConfigurationResponse> {
+        super::configuration::unsubscribe(&self.rt, request.into_inner())
+    }
+
     async fn get_state(
         &self,
         request: Request<pb::GetStateRequest>,
