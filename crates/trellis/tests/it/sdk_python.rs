@@ -696,3 +696,40 @@ async fn python_sdk_reads_configuration_over_grpc() {
         "{details}"
     );
 }
+
+/// `subscribe_configuration` over gRPC on the embedded store: a `trellis config set` run by
+/// the app (another process, as an operator's would be) reaches its handler, and
+/// `unsubscribe_configuration` stops the changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_subscribes_to_configuration_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, p) = crate::run_to_end(crate::trellis(
+        &["config", "set", "limit", "10"],
+        dir.path(),
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{}", p.output());
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-config-sub", dir.path(), &report, "client.py")
+        .env("SCENARIO", "config-subscribe")
+        .env("TRELLIS_BIN", crate::trellis_bin())
+        .env("CONFIG_DATA_DIR", &dir.path().display().to_string())
+        .spawn();
+    report.wait_client("py-config-sub", &mut app, &[]).await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("py-config-sub");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+    let id = r("subscribe");
+    assert!(id.as_str().is_some_and(|s| !s.is_empty()), "{ctx}");
+    // `mode` was set first, but only `limit` is subscribed; versions count per change.
+    assert_eq!(
+        r("change"),
+        json!({"id": id, "items": {"limit": {"value": "11", "version": "3", "metadata": {}}}}),
+        "{ctx}"
+    );
+    assert_eq!(r("unsubscribe"), json!(true), "{ctx}");
+    assert_eq!(r("unsubscribe-again"), json!(false), "{ctx}");
+    assert_eq!(r("after-unsubscribe"), json!(0), "{ctx}");
+    // The SDK gives up on a stream that fails at once: no id.
+    assert_eq!(r("unknown-store"), Value::Null, "{ctx}");
+}
