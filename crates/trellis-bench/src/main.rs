@@ -15,9 +15,13 @@
 //! - `grpc` (`grpc.rs`): gRPC invocation (proxied with `dapr-app-id`, and `InvokeService`)
 //!   and gRPC `GetState`/`SaveState` through sidecars against direct calls, beside the
 //!   HTTP paths in the same run.
+//! - `configuration` (`configuration.rs`): store change → subscribed app delivery latency
+//!   and get overhead through a sidecar against the store used directly, for the embedded
+//!   store, Redis and PostgreSQL.
 //! - `workflows` (`workflows.rs`): workflow throughput, start→completion latency and a
 //!   fan-out through a sidecar, driven by a scripted worker, against the engine in process.
 
+mod configuration;
 mod direct;
 mod echo;
 mod grpc;
@@ -56,6 +60,9 @@ enum Cmd {
     /// gRPC invocation (proxied and InvokeService) and gRPC state through sidecars vs.
     /// direct, beside the HTTP paths.
     Grpc(grpc::GrpcArgs),
+    /// Configuration: change → subscribed app latency, and get through a sidecar vs. the
+    /// store directly, for the embedded store, Redis and PostgreSQL.
+    Configuration(configuration::ConfigurationArgs),
     /// What opening a sidecar-to-sidecar connection costs with mTLS vs plain TCP.
     Handshake(handshake::HandshakeArgs),
     /// Workflows: chains, paced starts and a fan-out through a sidecar vs. the engine in
@@ -90,6 +97,9 @@ fn main() -> Result<()> {
         Cmd::State(args) => return rt.block_on(interruptible(state::run(args))),
         Cmd::Pubsub(args) => return rt.block_on(interruptible(pubsub::run(args))),
         Cmd::Grpc(args) => return rt.block_on(interruptible(grpc::run(args))),
+        Cmd::Configuration(args) => {
+            return rt.block_on(interruptible(configuration::run(args)));
+        }
         Cmd::Handshake(args) => return rt.block_on(interruptible(handshake::run(args))),
         Cmd::Workflows(args) => return rt.block_on(interruptible(workflows::run(args))),
     };
