@@ -535,6 +535,34 @@ async fn python_grpc_app_receives_invocations_and_events() {
         "{md}"
     );
     assert_eq!(md["appConnectionProperties"]["protocol"], "grpc", "{md}");
+
+    // A configuration subscription made over HTTP reaches the gRPC app as an invocation of
+    // `configuration/<store>/<key>`, as daprd sends it.
+    let r = request(
+        "GET",
+        &app.url("/v1.0/configuration/configstore/subscribe?key=limit"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].clone();
+    let (code, p) =
+        crate::run_to_end(crate::trellis(&["config", "set", "limit", "5"], dir.path())).await;
+    assert_eq!(code, Some(0), "{}", p.output());
+    report
+        .wait("configuration update", &[&app], PATIENCE, |events| {
+            events.iter().any(|e| e["event"] == "config")
+        })
+        .await;
+    let update = &report.of("py-grpc-app", "config")[0];
+    assert_eq!(
+        update["data"],
+        json!({"id": id, "items": {"limit": {"value": "5", "version": "1"}}}),
+        "{}",
+        ctx()
+    );
+    assert_eq!(update["content_type"], "application/json", "{}", ctx());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
