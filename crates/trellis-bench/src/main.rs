@@ -20,7 +20,10 @@
 //!   store, Redis and PostgreSQL.
 //! - `workflows` (`workflows.rs`): workflow throughput, start→completion latency and a
 //!   fan-out through a sidecar, driven by a scripted worker, against the engine in process.
+//! - `blocks` (`blocks.rs`): secret gets and lock/unlock pairs through a sidecar against the
+//!   embedded secret store and the embedded and Redis lock stores used directly.
 
+mod blocks;
 mod configuration;
 mod direct;
 mod echo;
@@ -68,6 +71,8 @@ enum Cmd {
     /// Workflows: chains, paced starts and a fan-out through a sidecar vs. the engine in
     /// process, driven by a scripted worker that speaks the protocol.
     Workflows(workflows::WorkflowsArgs),
+    /// Secrets and lock through a sidecar vs. the same stores used directly.
+    Blocks(blocks::BlocksArgs),
     /// The gRPC echo app used by `grpc` (the bench starts it itself).
     #[command(hide = true)]
     GrpcEchoServer {
@@ -102,6 +107,7 @@ fn main() -> Result<()> {
         }
         Cmd::Handshake(args) => return rt.block_on(interruptible(handshake::run(args))),
         Cmd::Workflows(args) => return rt.block_on(interruptible(workflows::run(args))),
+        Cmd::Blocks(args) => return rt.block_on(interruptible(blocks::run(args))),
     };
     // Don't wait for the blocked stdin reader when serving failed.
     rt.shutdown_background();
