@@ -39,6 +39,26 @@ pub struct Setup {
     pub seed: Arc<dyn Seed>,
 }
 
+/// The next item of `key` `sub` delivers, skipping other keys' changes; panics when none
+/// comes within `patience` (a bound, not a measurement: latency is trellis-bench's).
+pub async fn next_change(
+    sub: &mut crate::Subscription,
+    key: &str,
+    patience: std::time::Duration,
+) -> crate::Item {
+    let wait = async {
+        loop {
+            let update = sub.next().await.expect("the subscription ended");
+            if let Some(item) = update.get(key) {
+                return item.clone();
+            }
+        }
+    };
+    tokio::time::timeout(patience, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no change of {key} within {patience:?}"))
+}
+
 /// A key no other case or run uses.
 pub fn unique(case: &str) -> String {
     format!("conformance-{case}-{}", uuid::Uuid::new_v4().simple())
@@ -89,23 +109,11 @@ pub mod cases {
         BTreeMap::new()
     }
 
-    /// How long a case waits for a change before it fails (a bound, not a measurement:
-    /// the latency is measured in trellis-bench).
+    /// How long a case waits for a change before it fails.
     const PATIENCE: Duration = Duration::from_secs(10);
 
-    /// The next item of `key` the subscription delivers, skipping other keys' changes.
     async fn next_of(sub: &mut Subscription, key: &str) -> Item {
-        let wait = async {
-            loop {
-                let update = sub.next().await.expect("the subscription ended");
-                if let Some(item) = update.get(key) {
-                    return item.clone();
-                }
-            }
-        };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .unwrap_or_else(|_| panic!("no change of {key} within {PATIENCE:?}"))
+        super::next_change(sub, key, PATIENCE).await
     }
 
     pub async fn named_keys_are_read(s: Setup) {

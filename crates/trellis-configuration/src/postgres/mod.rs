@@ -133,11 +133,7 @@ impl PostgresConfigurationStore {
                 )
                 .into());
         }
-        let default_conns = pool_max
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|n| (1..=1024).contains(n))
-            .unwrap_or(4);
-        let max_conns = metadata.usize("maxConns", default_conns, 1..=1024)?;
+        let max_conns = trellis_core::postgres::max_conns(metadata, pool_max, 4)?;
         let pool = trellis_core::postgres::pool(config.clone(), max_conns, timeout)
             .map_err(ConfigurationError::backend)?;
         let columns = "key::text, value::text, version::text, metadata::text";

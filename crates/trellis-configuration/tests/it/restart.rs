@@ -17,17 +17,7 @@ use crate::postgres::{URL, client, create_table};
 const PATIENCE: Duration = Duration::from_secs(30);
 
 async fn next_of(sub: &mut Subscription, key: &str) -> Item {
-    let wait = async {
-        loop {
-            let update = sub.next().await.expect("the subscription ended");
-            if let Some(item) = update.get(key) {
-                return item.clone();
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no change of {key} within {PATIENCE:?}"))
+    trellis_configuration::conformance::next_change(sub, key, PATIENCE).await
 }
 
 /// A Redis of the test's own is killed and started again, empty: the subscriber hears of

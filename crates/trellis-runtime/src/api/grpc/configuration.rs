@@ -1,5 +1,6 @@
-//! `SubscribeConfiguration[Alpha1]` and `UnsubscribeConfiguration[Alpha1]`: the gRPC
-//! adapters over [`ops::configuration`](crate::api::ops::configuration).
+//! `GetConfiguration[Alpha1]`, `SubscribeConfiguration[Alpha1]` and
+//! `UnsubscribeConfiguration[Alpha1]`: the gRPC adapters over
+//! [`ops::configuration`](crate::api::ops::configuration).
 //!
 //! As in Dapr, the stream's first message carries only the subscription's id, and each
 //! later one the items that changed (a deleted item empty). The subscription lasts until
@@ -25,7 +26,7 @@ use crate::runtime::Runtime;
 pub type UpdateStream =
     Pin<Box<dyn Stream<Item = Result<pb::SubscribeConfigurationResponse, Status>> + Send>>;
 
-pub fn items(update: Update) -> std::collections::HashMap<String, pbc::ConfigurationItem> {
+fn items(update: Update) -> std::collections::HashMap<String, pbc::ConfigurationItem> {
     update
         .into_iter()
         .map(|(key, item)| {
@@ -37,6 +38,19 @@ pub fn items(update: Update) -> std::collections::HashMap<String, pbc::Configura
             (key, item)
         })
         .collect()
+}
+
+pub async fn get(
+    rt: &Runtime,
+    req: pb::GetConfigurationRequest,
+) -> Result<Response<pb::GetConfigurationResponse>, Status> {
+    let metadata: BTreeMap<String, String> = req.metadata.into_iter().collect();
+    let found = ops::get(rt, &req.store_name, &req.keys, &metadata)
+        .await
+        .map_err(to_status)?;
+    Ok(Response::new(pb::GetConfigurationResponse {
+        items: items(found),
+    }))
 }
 
 enum Step {
