@@ -294,3 +294,83 @@ async fn raw_get(s: &trellis_runtime::RunningSidecar, path: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// A `configuration.postgres` component (the alias) whose channel the subscribe request
+/// names, as Dapr's clients name it (`metadata.pgNotifyChannel`): a row written by the
+/// operator reaches the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_delivers_rows_its_trigger_announces() {
+    let table = trellis_test_support::servers::unique("cfgsub");
+    let dsn = "host=127.0.0.1 user=postgres dbname=test";
+    let (db, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} (KEY VARCHAR NOT NULL, VALUE VARCHAR NOT NULL, VERSION VARCHAR NOT NULL, METADATA JSON);
+         CREATE FUNCTION {table}_notify() RETURNS TRIGGER AS $$
+         BEGIN
+             PERFORM pg_notify('{table}', json_build_object('table', TG_TABLE_NAME, 'action', TG_OP, 'data', row_to_json(NEW))::text);
+             RETURN NULL;
+         END; $$ LANGUAGE plpgsql;
+         CREATE TRIGGER {table}_changed AFTER INSERT OR UPDATE ON {table}
+             FOR EACH ROW EXECUTE PROCEDURE {table}_notify();"
+    ))
+    .await
+    .unwrap();
+    let yaml = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pgconfig\nspec:\n  \
+         type: configuration.postgres\n  version: v1\n  metadata:\n  - name: connectionString\n    \
+         value: \"{dsn}\"\n  - name: table\n    value: {table}\n"
+    );
+    let resources = trellis_resources::parse_str(Path::new("pg.yaml"), &yaml).unwrap();
+    let app = SubscriberApp::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = grpc_sidecar("config-sub-pg", dir.path(), Some(app.port()), move |c| {
+        c.resources = resources
+    })
+    .await;
+    // Without a channel: Dapr's subscribe error.
+    let r = request(
+        "GET",
+        &url(&s, "/v1.0/configuration/pgconfig/subscribe?key=limit"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_CONFIGURATION_SUBSCRIBE");
+    let r = request(
+        "GET",
+        &url(
+            &s,
+            &format!(
+                "/v1.0/configuration/pgconfig/subscribe?key=limit&metadata.pgNotifyChannel={table}"
+            ),
+        ),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    db.execute(
+        &format!("INSERT INTO {table} VALUES ('limit', '10', '1', '{{\"team\": \"ops\"}}')"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let got = app
+        .wait_for("/configuration/pgconfig/limit", 1, PATIENCE)
+        .await;
+    assert_eq!(
+        got[0].json(),
+        json!({"id": id, "items": {"limit": {"value": "10", "version": "1", "metadata": {"team": "ops"}}}})
+    );
+    s.stop().await;
+    db.batch_execute(&format!(
+        "DROP TABLE {table}; DROP FUNCTION {table}_notify()"
+    ))
+    .await
+    .unwrap();
+}
