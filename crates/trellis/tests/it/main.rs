@@ -11,6 +11,8 @@ mod configuration;
 mod discovery;
 mod launcher;
 mod lock;
+mod logs;
+mod metrics;
 mod mtls;
 mod multiapp;
 mod pubsub;
