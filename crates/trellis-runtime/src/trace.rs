@@ -166,11 +166,8 @@ pub async fn serve(
         });
     let name: Cow<'static, str> = match naming {
         Naming::Route => {
-            let route = req
-                .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .map_or("_other", |m| m.as_str());
-            format!("{} {route}", req.method()).into()
+            let route = crate::api::route_template(&req);
+            format!("{} {}", req.method(), route.as_str()).into()
         }
         Naming::GrpcMethod => req.uri().path().to_string().into(),
         Naming::CallLocal(ref app_id) => format!("CallLocal/{app_id}").into(),

@@ -160,7 +160,7 @@ async fn one_trace_runs_from_a_call_through_state_and_pubsub_to_the_subscriber()
         })
         .await;
     let ours: Vec<ReceivedSpan> = spans.into_iter().filter(|s| s.trace_id == TRACE).collect();
-    let api = one(&ours, "trace-a", "POST /v1.0/invoke/{*rest}");
+    let api = one(&ours, "trace-a", "POST /v1.0/invoke/{id}/method/{method}");
     assert_eq!(api.kind, 2, "server");
     assert_eq!(
         api.parent_id.as_deref(),
