@@ -369,7 +369,7 @@ impl<C: Client> Worker<C> {
 }
 
 /// Opens a keep-alive HTTP/1.1 connection to 127.0.0.1:`port`.
-async fn connect(port: u16) -> Result<SendRequest<Full<Bytes>>> {
+pub(crate) async fn connect(port: u16) -> Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;

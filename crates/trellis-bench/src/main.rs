@@ -15,12 +15,16 @@
 //! - `grpc` (`grpc.rs`): gRPC invocation (proxied with `dapr-app-id`, and `InvokeService`)
 //!   and gRPC `GetState`/`SaveState` through sidecars against direct calls, beside the
 //!   HTTP paths in the same run.
+//! - `configuration` (`configuration.rs`): store change → subscribed app delivery latency
+//!   and get overhead through a sidecar against the store used directly, for the embedded
+//!   store, Redis and PostgreSQL.
 //! - `workflows` (`workflows.rs`): workflow throughput, start→completion latency and a
 //!   fan-out through a sidecar, driven by a scripted worker, against the engine in process.
 //! - `blocks` (`blocks.rs`): secret gets and lock/unlock pairs through a sidecar against the
 //!   embedded secret store and the embedded and Redis lock stores used directly.
 
 mod blocks;
+mod configuration;
 mod direct;
 mod echo;
 mod grpc;
@@ -60,6 +64,9 @@ enum Cmd {
     /// gRPC invocation (proxied and InvokeService) and gRPC state through sidecars vs.
     /// direct, beside the HTTP paths.
     Grpc(grpc::GrpcArgs),
+    /// Configuration: change → subscribed app latency, and get through a sidecar vs. the
+    /// store directly, for the embedded store, Redis and PostgreSQL.
+    Configuration(configuration::ConfigurationArgs),
     /// What opening a sidecar-to-sidecar connection costs with mTLS vs plain TCP.
     Handshake(handshake::HandshakeArgs),
     /// Workflows: chains, paced starts and a fan-out through a sidecar vs. the engine in
@@ -96,6 +103,9 @@ fn main() -> Result<()> {
         Cmd::State(args) => return rt.block_on(interruptible(state::run(args))),
         Cmd::Pubsub(args) => return rt.block_on(interruptible(pubsub::run(args))),
         Cmd::Grpc(args) => return rt.block_on(interruptible(grpc::run(args))),
+        Cmd::Configuration(args) => {
+            return rt.block_on(interruptible(configuration::run(args)));
+        }
         Cmd::Handshake(args) => return rt.block_on(interruptible(handshake::run(args))),
         Cmd::Workflows(args) => return rt.block_on(interruptible(workflows::run(args))),
         Cmd::Blocks(args) => return rt.block_on(interruptible(blocks::run(args))),

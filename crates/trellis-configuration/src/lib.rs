@@ -3,15 +3,21 @@
 //!
 //! A configuration store holds items an app reads but does not write: each key has a
 //! value, a version (which changes whenever the value does) and metadata. Apps read them
-//! through Dapr's configuration API; who writes them depends on the store (an operator
-//! with `redis-cli`, or `trellis config set` for the embedded store).
+//! through Dapr's configuration API and subscribe to their changes; who writes them
+//! depends on the store (an operator with `redis-cli` or `psql`, or `trellis config set`
+//! for the embedded store).
 //!
 //! Backends, each behind its cargo feature:
 //! - [`sqlite`] (`configuration.sqlite`): the embedded store, one file per machine,
 //!   written by the `trellis config` command;
-//! - [`redis`] (`configuration.redis`): Dapr's own, each key holding `value||version`.
+//! - [`redis`] (`configuration.redis`): Dapr's own, each key holding `value||version`,
+//!   changes heard through keyspace notifications;
+//! - [`postgres`] (`configuration.postgresql`): Dapr's table of `key`, `value`, `version`
+//!   and `metadata`, changes heard through a trigger's `NOTIFY`.
 //!
-//! Subscriptions to changes are not here yet (see docs/configuration-stores.md).
+//! Subscriptions work the same way for every backend ([`subscription`]): the backend says
+//! which keys may have changed, the shared subscription task reads them and passes on
+//! what differs.
 
 use std::collections::BTreeMap;
 
@@ -19,11 +25,15 @@ use async_trait::async_trait;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod subscription;
 
+pub use subscription::{Subscription, Update};
 pub use trellis_core::{Metadata, MetadataError};
 
 /// One configuration item, as Dapr's `ConfigurationItem`.
@@ -55,6 +65,16 @@ pub trait ConfigurationStore: Send + Sync + std::fmt::Debug {
         keys: &[String],
         metadata: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, Item>, ConfigurationError>;
+
+    /// Follows the changes of `keys` (an empty `keys`: of every item) from now on, until
+    /// the [`Subscription`] is dropped: each change as the item now is, a deletion as an
+    /// empty item. Fails when the store cannot be watched or read right now. `metadata` is
+    /// the request's (PostgreSQL takes its `pgNotifyChannel` there).
+    async fn subscribe(
+        &self,
+        keys: &[String],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Subscription, ConfigurationError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

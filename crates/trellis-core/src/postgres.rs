@@ -40,6 +40,21 @@ pub fn pool(
         .build()
 }
 
+/// The pool size a component asks for: its `maxConns` (1 to 1024), else the connection
+/// string's `pool_max_conns` (as [`parse_connection_string`] answers it) when in range,
+/// else `default`.
+pub fn max_conns(
+    md: &crate::Metadata,
+    pool_max: Option<i64>,
+    default: usize,
+) -> Result<usize, crate::MetadataError> {
+    let default = pool_max
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (1..=1024).contains(n))
+        .unwrap_or(default);
+    md.usize("maxConns", default, 1..=1024)
+}
+
 /// Runs `ddl` (`CREATE ... IF NOT EXISTS` statements) in one transaction under an advisory
 /// lock named by `key`: concurrent `CREATE TABLE IF NOT EXISTS` can fail on a catalog
 /// unique index (`pg_type`), so sidecars starting together take turns, and each later one

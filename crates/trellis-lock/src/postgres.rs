@@ -66,11 +66,7 @@ impl PostgresLockStore {
                 )
                 .into());
         }
-        let default_conns = pool_max
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|n| (1..=1024).contains(n))
-            .unwrap_or(4);
-        let max_conns = metadata.usize("maxConns", default_conns, 1..=1024)?;
+        let max_conns = trellis_core::postgres::max_conns(metadata, pool_max, 4)?;
         let pool =
             trellis_core::postgres::pool(config, max_conns, timeout).map_err(LockError::backend)?;
         let store = PostgresLockStore {

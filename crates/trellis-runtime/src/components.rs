@@ -269,6 +269,16 @@ impl Default for Registries {
                 Ok(Arc::new(store) as Arc<dyn ConfigurationStore>)
             })
         });
+        #[cfg(feature = "configuration-postgres")]
+        configuration.register("configuration.postgresql", &["v1"], |md| {
+            Box::pin(async move {
+                let store =
+                    trellis_configuration::postgres::PostgresConfigurationStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn ConfigurationStore>)
+            })
+        });
+        #[cfg(feature = "configuration-postgres")]
+        configuration.alias("configuration.postgres", "configuration.postgresql");
         #[allow(unused_mut)]
         let mut workflow: Registry<WorkflowFactory> = Registry::new("workflowbackend");
         #[cfg(feature = "workflow-sqlite")]

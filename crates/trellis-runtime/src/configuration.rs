@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
-use trellis_configuration::{ConfigurationError, ConfigurationStore, Item, Metadata};
+use trellis_configuration::{ConfigurationError, ConfigurationStore, Item, Metadata, Subscription};
 use trellis_resources::Component;
 
 use crate::components::{ConfigurationFactory, EMBEDDED_CONFIGURATION_TYPE, Registries};
@@ -111,10 +111,22 @@ impl ConfigurationStore for LazyStore {
         keys: &[String],
         metadata: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, Item>, ConfigurationError> {
-        let store = self
-            .store
+        self.opened().await?.get(keys, metadata).await
+    }
+
+    async fn subscribe(
+        &self,
+        keys: &[String],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Subscription, ConfigurationError> {
+        self.opened().await?.subscribe(keys, metadata).await
+    }
+}
+
+impl LazyStore {
+    async fn opened(&self) -> Result<&Arc<dyn ConfigurationStore>, ConfigurationError> {
+        self.store
             .get_or_try_init(|| (self.factory)(self.metadata.clone()))
-            .await?;
-        store.get(keys, metadata).await
+            .await
     }
 }

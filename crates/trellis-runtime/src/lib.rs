@@ -17,6 +17,7 @@ pub mod cloudevent;
 pub mod components;
 pub mod config;
 pub mod configuration;
+pub mod configuration_updates;
 pub mod delivery;
 pub mod health;
 pub mod invoke;

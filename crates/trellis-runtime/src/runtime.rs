@@ -81,6 +81,8 @@ pub struct Runtime {
     pub secrets: SecretStores,
     pub lock: LockStores,
     pub configuration: ConfigurationStores,
+    /// The live configuration subscriptions, by id.
+    pub config_subscriptions: crate::configuration_updates::ConfigSubscriptions,
     /// The workflow backend and engine (`None`: this build has no backend).
     pub workflows: Option<crate::workflow::Workflows>,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
@@ -170,6 +172,7 @@ impl Runtime {
             secrets: parts.secrets,
             lock: parts.lock,
             configuration: parts.configuration,
+            config_subscriptions: Default::default(),
             workflows: parts.workflows,
             acl: parts.acl,
             api_allowlist: parts.api_allowlist,

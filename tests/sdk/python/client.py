@@ -8,12 +8,15 @@
   secrets  get_secret / get_bulk_secret on the `files` store the test configures
   lock     try_lock / unlock (and try_lock as a context manager) on the embedded `lockstore`
   config   get_configuration on the embedded `configstore` (the test seeds `limit` and `mode`)
+  config-subscribe  subscribe_configuration on `configstore`, changed by `trellis config set`
+           run from here ($TRELLIS_BIN, $CONFIG_DATA_DIR) as an operator would; unsubscribe
 
 Each SDK call is reported as a step; the test decides what is right."""
 
 import json
 import os
 import queue
+import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -206,11 +209,36 @@ def configuration(d):
     step("unknown-store", lambda: items(["limit"], store="nope"))
 
 
+def configuration_subscribe(d):
+    changes = queue.Queue()
+
+    def handler(sub_id, resp):
+        items = {k: {"value": v.value, "version": v.version, "metadata": dict(v.metadata)}
+                 for k, v in resp.items.items()}
+        changes.put({"id": sub_id, "items": items})
+
+    def config_set(key, value):
+        subprocess.run([os.environ["TRELLIS_BIN"], "config", "set", key, value,
+                        "--data-dir", os.environ["CONFIG_DATA_DIR"]], check=True, capture_output=True)
+
+    sub_id = step("subscribe", lambda: d.subscribe_configuration("configstore", ["limit"], handler))
+    config_set("mode", "ignored")
+    config_set("limit", "11")
+    step("change", lambda: changes.get(timeout=10))
+    step("unsubscribe", lambda: d.unsubscribe_configuration("configstore", sub_id))
+    step("unsubscribe-again", lambda: d.unsubscribe_configuration("configstore", sub_id))
+    config_set("limit", "12")
+    time.sleep(0.5)
+    step("after-unsubscribe", lambda: changes.qsize())
+    step("unknown-store", lambda: d.subscribe_configuration("nope", ["limit"], handler))
+
+
 def main():
     scenario = os.environ["SCENARIO"]
     with DaprClient() as d:
         {"state": state, "publish": publish, "invoke": invoke, "stream": stream,
-         "secrets": secrets, "lock": lock, "config": configuration}[scenario](d)
+         "secrets": secrets, "lock": lock, "config": configuration,
+         "config-subscribe": configuration_subscribe}[scenario](d)
     finish()
 
 

@@ -1,6 +1,8 @@
 """A gRPC app built on dapr-ext-grpc's App, run with `trellis run --app-protocol grpc`:
-it serves `echo` for service invocation and subscribes to topic `orders` (and `flaky`,
-answering RETRY to each event's first delivery), reporting what it gets."""
+it serves `echo` for service invocation, subscribes to topic `orders` (and `flaky`,
+answering RETRY to each event's first delivery), and takes the configuration updates of key
+`limit` (which Dapr sends a gRPC app as an invocation of `configuration/<store>/<key>`),
+reporting what it gets."""
 
 import json
 import os
@@ -22,6 +24,12 @@ def echo(request: InvokeMethodRequest) -> InvokeMethodResponse:
            caller=(metadata.get("dapr-caller-app-id") or [""])[0])
     body = {"echoed": request.text(), "by": os.environ.get("APP_ID")}
     return InvokeMethodResponse(json.dumps(body), "application/json")
+
+
+@app.method(name="configuration/configstore/limit")
+def config_update(request: InvokeMethodRequest) -> InvokeMethodResponse:
+    report("config", data=json.loads(request.text()), content_type=request.content_type)
+    return InvokeMethodResponse("", "application/json")
 
 
 @app.subscribe(pubsub_name="pubsub", topic="orders")

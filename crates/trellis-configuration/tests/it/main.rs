@@ -1,6 +1,7 @@
 //! The configuration stores against the conformance suite, each on its real server (Redis
-//! on loopback) or a fresh file, seeded the backend's own way, and what each says about
-//! bad settings and about what other clients stored.
+//! and PostgreSQL on loopback) or a fresh file, seeded the backend's own way over a
+//! connection of its own, and what each says about bad settings, about what other clients
+//! stored, and about a backend that goes away under its subscribers (`restart.rs`).
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -14,22 +15,50 @@ use trellis_configuration::redis::RedisConfigurationStore;
 use trellis_configuration::sqlite::SqliteConfigurationStore;
 use trellis_configuration::{ConfigurationError, ConfigurationStore, Item, Metadata};
 
+mod postgres;
+mod restart;
+
 #[async_trait]
 impl Seed for SqliteSeed {
     async fn set(&self, key: &str, value: &str) {
         self.0.set(key, value, &BTreeMap::new()).await.unwrap();
     }
+
+    async fn delete(&self, key: &str) {
+        self.0.delete(key).await.unwrap();
+    }
 }
 
-struct SqliteSeed(Arc<SqliteConfigurationStore>);
+/// A store written through (the same one, or another on the same file), and the
+/// directory that holds the file.
+struct SqliteSeed(
+    Arc<SqliteConfigurationStore>,
+    #[allow(dead_code)] Option<Arc<tempfile::TempDir>>,
+);
 
-/// A store of its own in memory.
-async fn sqlite_store() -> Setup {
+/// A store of its own in memory, seeded through itself (changes heard in process).
+async fn sqlite_memory_store() -> Setup {
     let md = Metadata::from_pairs([("connectionString", ":memory:")]);
     let store = Arc::new(SqliteConfigurationStore::open(&md).await.unwrap());
     Setup {
         store: store.clone(),
-        seed: Arc::new(SqliteSeed(store)),
+        seed: Arc::new(SqliteSeed(store, None)),
+    }
+}
+
+/// A store on a fresh file, seeded through a second store on that file: as another
+/// process (`trellis config set`) would write it, heard through the poller.
+async fn sqlite_file_store() -> Setup {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let md = Metadata::from_pairs([(
+        "connectionString",
+        dir.path().join("configuration.db").display().to_string(),
+    )]);
+    let store = Arc::new(SqliteConfigurationStore::open(&md).await.unwrap());
+    let writer = Arc::new(SqliteConfigurationStore::open(&md).await.unwrap());
+    Setup {
+        store,
+        seed: Arc::new(SqliteSeed(writer, Some(dir))),
     }
 }
 
@@ -60,6 +89,15 @@ impl Seed for RedisSeed {
             .await
             .unwrap();
     }
+
+    async fn delete(&self, key: &str) {
+        let mut conn = self.0.clone();
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 async fn redis_conn() -> redis::aio::MultiplexedConnection {
@@ -78,8 +116,12 @@ async fn redis_store() -> Setup {
     }
 }
 
-mod sqlite_conformance {
-    trellis_configuration::conformance_tests!(super::sqlite_store());
+mod sqlite_memory_conformance {
+    trellis_configuration::conformance_tests!(super::sqlite_memory_store());
+}
+
+mod sqlite_file_conformance {
+    trellis_configuration::conformance_tests!(super::sqlite_file_store());
 }
 
 mod redis_conformance {

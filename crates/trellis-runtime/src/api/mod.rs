@@ -72,6 +72,22 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             "/v1.0-alpha1/configuration/{store}",
             get(configuration::get),
         )
+        .route(
+            "/v1.0/configuration/{store}/subscribe",
+            get(configuration::subscribe),
+        )
+        .route(
+            "/v1.0-alpha1/configuration/{store}/subscribe",
+            get(configuration::subscribe),
+        )
+        .route(
+            "/v1.0/configuration/{store}/{id}/unsubscribe",
+            get(configuration::unsubscribe),
+        )
+        .route(
+            "/v1.0-alpha1/configuration/{store}/{id}/unsubscribe",
+            get(configuration::unsubscribe),
+        )
         .route("/v1.0-alpha1/lock/{store}", post(lock::lock))
         .route("/v1.0-alpha1/unlock/{store}", post(lock::unlock))
         .route(

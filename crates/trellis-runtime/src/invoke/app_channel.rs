@@ -30,6 +30,9 @@ pub enum AppCall {
     TopicEvent { pubsub: String, topic: String },
     /// A `com.dapr.event.sent.bulk` envelope for the route at the request's path.
     BulkTopicEvent { pubsub: String, topic: String },
+    /// A change of a configuration item the app subscribed to over HTTP (`POST
+    /// /configuration/<store>/<key>`, Dapr's `UpdateEvent` JSON).
+    ConfigurationUpdate { store: String, key: String },
     /// A gRPC call of one of the app's own services, proxied as it is (`dapr-app-id`
     /// metadata on a call to the sidecar's gRPC port).
     GrpcProxy,

@@ -229,8 +229,9 @@ pub struct Configuration {
     pub meter: Meter,
 }
 
-/// Dapr's operation names for configuration stores.
-pub const CONFIGURATION_OPS: &[&str] = &["get"];
+/// Dapr's operation names for configuration stores (Trellis has no store call for
+/// `unsubscribe`: dropping the subscription ends it).
+pub const CONFIGURATION_OPS: &[&str] = &["get", "subscribe"];
 
 #[async_trait]
 impl ConfigurationStore for Configuration {
@@ -240,5 +241,14 @@ impl ConfigurationStore for Configuration {
         metadata: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, trellis_configuration::Item>, ConfigurationError> {
         self.meter.time("get", self.inner.get(keys, metadata)).await
+    }
+
+    async fn subscribe(
+        &self,
+        keys: &[String],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<trellis_configuration::Subscription, ConfigurationError> {
+        let call = self.inner.subscribe(keys, metadata);
+        self.meter.time("subscribe", call).await
     }
 }

@@ -224,6 +224,18 @@ impl ConfigurationStore for Configuration {
         let stopped = |s: Stopped| ConfigurationError::Backend(s.to_string());
         call(&self.policy, op, is_failure, stopped).await
     }
+
+    /// Starting a subscription runs under the policy, as in Dapr; its changes do not.
+    async fn subscribe(
+        &self,
+        keys: &[String],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<trellis_configuration::Subscription, ConfigurationError> {
+        let op = |_| self.inner.subscribe(keys, metadata);
+        let is_failure = |e: &ConfigurationError| matches!(e, ConfigurationError::Backend(_));
+        let stopped = |s: Stopped| ConfigurationError::Backend(s.to_string());
+        call(&self.policy, op, is_failure, stopped).await
+    }
 }
 
 /// Puts every opened component under its outbound policy, if it has one, and around that

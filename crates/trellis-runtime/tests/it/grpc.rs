@@ -528,10 +528,7 @@ async fn rpcs_of_missing_building_blocks_are_unimplemented_by_name() {
         .unwrap();
     for (path, block) in [
         ("/dapr.proto.runtime.v1.Dapr/InvokeBinding", "bindings"),
-        (
-            "/dapr.proto.runtime.v1.Dapr/SubscribeConfigurationAlpha1",
-            "configuration",
-        ),
+        ("/dapr.proto.runtime.v1.Dapr/EncryptAlpha1", "cryptography"),
         ("/dapr.proto.runtime.v1.Dapr/RegisterActorTimer", "actors"),
         ("/TaskHubSidecarService/NoSuchRpc", "TaskHubSidecarService"),
     ] {

@@ -6,6 +6,7 @@
 
 mod api;
 mod bearer;
+mod config_subscribe;
 mod configuration;
 mod grpc;
 mod invoke;

@@ -111,12 +111,7 @@ impl PostgresWorkflowStore {
                 "is not a valid table name prefix (letters, digits and _, at most 40)",
             )));
         }
-        let default_conns = pool_max
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|n| (1..=1024).contains(n))
-            .unwrap_or(DEFAULT_CONNS);
-        let max_conns = metadata
-            .usize("maxConns", default_conns, 1..=1024)
+        let max_conns = trellis_core::postgres::max_conns(metadata, pool_max, DEFAULT_CONNS)
             .map_err(metadata_err)?;
         let pool = trellis_core::postgres::pool(config, max_conns, timeout)
             .map_err(|e| WorkflowError::Backend(format!("postgresql: {e}")))?;

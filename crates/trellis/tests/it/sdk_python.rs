@@ -535,6 +535,34 @@ async fn python_grpc_app_receives_invocations_and_events() {
         "{md}"
     );
     assert_eq!(md["appConnectionProperties"]["protocol"], "grpc", "{md}");
+
+    // A configuration subscription made over HTTP reaches the gRPC app as an invocation of
+    // `configuration/<store>/<key>`, as daprd sends it.
+    let r = request(
+        "GET",
+        &app.url("/v1.0/configuration/configstore/subscribe?key=limit"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].clone();
+    let (code, p) =
+        crate::run_to_end(crate::trellis(&["config", "set", "limit", "5"], dir.path())).await;
+    assert_eq!(code, Some(0), "{}", p.output());
+    report
+        .wait("configuration update", &[&app], PATIENCE, |events| {
+            events.iter().any(|e| e["event"] == "config")
+        })
+        .await;
+    let update = &report.of("py-grpc-app", "config")[0];
+    assert_eq!(
+        update["data"],
+        json!({"id": id, "items": {"limit": {"value": "5", "version": "1"}}}),
+        "{}",
+        ctx()
+    );
+    assert_eq!(update["content_type"], "application/json", "{}", ctx());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -695,4 +723,41 @@ async fn python_sdk_reads_configuration_over_grpc() {
         details.contains("failed finding configuration store with key nope"),
         "{details}"
     );
+}
+
+/// `subscribe_configuration` over gRPC on the embedded store: a `trellis config set` run by
+/// the app (another process, as an operator's would be) reaches its handler, and
+/// `unsubscribe_configuration` stops the changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_subscribes_to_configuration_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, p) = crate::run_to_end(crate::trellis(
+        &["config", "set", "limit", "10"],
+        dir.path(),
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{}", p.output());
+    let report = Report::new(dir.path());
+    let mut app = python_app("py-config-sub", dir.path(), &report, "client.py")
+        .env("SCENARIO", "config-subscribe")
+        .env("TRELLIS_BIN", crate::trellis_bin())
+        .env("CONFIG_DATA_DIR", &dir.path().display().to_string())
+        .spawn();
+    report.wait_client("py-config-sub", &mut app, &[]).await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("py-config-sub");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+    let id = r("subscribe");
+    assert!(id.as_str().is_some_and(|s| !s.is_empty()), "{ctx}");
+    // `mode` was set first, but only `limit` is subscribed; versions count per change.
+    assert_eq!(
+        r("change"),
+        json!({"id": id, "items": {"limit": {"value": "11", "version": "3", "metadata": {}}}}),
+        "{ctx}"
+    );
+    assert_eq!(r("unsubscribe"), json!(true), "{ctx}");
+    assert_eq!(r("unsubscribe-again"), json!(false), "{ctx}");
+    assert_eq!(r("after-unsubscribe"), json!(0), "{ctx}");
+    // The SDK gives up on a stream that fails at once: no id.
+    assert_eq!(r("unknown-store"), Value::Null, "{ctx}");
 }

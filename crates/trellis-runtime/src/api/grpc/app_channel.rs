@@ -8,6 +8,7 @@
 //! | `ListSubscriptions` | `ListTopicSubscriptions` | the subscriptions as `/dapr/subscribe` JSON |
 //! | `TopicEvent` | `OnTopicEvent` (the CloudEvent's attributes as fields) | `{"status": ...}` |
 //! | `BulkTopicEvent` | `OnBulkTopicEvent`, else `OnBulkTopicEventAlpha1` | `{"statuses": [...]}` |
+//! | `ConfigurationUpdate` | `OnInvoke` of `configuration/<store>/<key>`, as Dapr sends it | as `Invoke` |
 //!
 //! Health probes call `AppCallbackHealthCheck.HealthCheck`. An RPC the app does not
 //! implement answers 404, which delivery treats as "drop" and `/dapr/subscribe` as "none".
@@ -260,7 +261,10 @@ impl AppChannel for GrpcAppChannel {
             .cloned()
             .unwrap_or(AppCall::Invoke);
         match call {
-            AppCall::Invoke => self.invoke(path_and_query, req).await,
+            // Dapr's gRPC channel sends configuration updates as invocations too.
+            AppCall::Invoke | AppCall::ConfigurationUpdate { .. } => {
+                self.invoke(path_and_query, req).await
+            }
             AppCall::ListSubscriptions => self.list_subscriptions().await,
             AppCall::TopicEvent { pubsub, topic } => {
                 self.topic_event(path_and_query, &pubsub, &topic, req).await

@@ -6,6 +6,7 @@
 //! result; errors become a gRPC status with a `google.rpc.ErrorInfo` detail.
 
 mod app_channel;
+mod configuration;
 mod convert;
 mod invoke;
 mod proxy;

@@ -13,8 +13,7 @@ use trellis_state::{Concurrency, Consistency};
 
 use super::status::to_status;
 use crate::api::ops::{
-    configuration as configuration_ops, lock as lock_ops, pubsub as pubsub_ops,
-    secrets as secret_ops, state as state_ops,
+    lock as lock_ops, pubsub as pubsub_ops, secrets as secret_ops, state as state_ops,
 };
 use crate::runtime::Runtime;
 
@@ -180,24 +179,39 @@ impl Dapr for DaprApi {
         &self,
         request: Request<pb::GetConfigurationRequest>,
     ) -> Reply<pb::GetConfigurationResponse> {
-        let req = request.into_inner();
-        let metadata: BTreeMap<String, String> = req.metadata.into_iter().collect();
-        let items = configuration_ops::get(&self.rt, &req.store_name, &req.keys, &metadata)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GetConfigurationResponse {
-            items: items
-                .into_iter()
-                .map(|(key, item)| {
-                    let item = pbc::ConfigurationItem {
-                        value: item.value,
-                        version: item.version,
-                        metadata: item.metadata.into_iter().collect(),
-                    };
-                    (key, item)
-                })
-                .collect(),
-        }))
+        super::configuration::get(&self.rt, request.into_inner()).await
+    }
+
+    type SubscribeConfigurationAlpha1Stream = super::configuration::UpdateStream;
+
+    async fn subscribe_configuration_alpha1(
+        &self,
+        request: Request<pb::SubscribeConfigurationRequest>,
+    ) -> Reply<Self::SubscribeConfigurationAlpha1Stream> {
+        super::configuration::subscribe(&self.rt, request.into_inner()).await
+    }
+
+    type SubscribeConfigurationStream = super::configuration::UpdateStream;
+
+    async fn subscribe_configuration(
+        &self,
+        request: Request<pb::SubscribeConfigurationRequest>,
+    ) -> Reply<Self::SubscribeConfigurationStream> {
+        super::configuration::subscribe(&self.rt, request.into_inner()).await
+    }
+
+    async fn unsubscribe_configuration_alpha1(
+        &self,
+        request: Request<pb::UnsubscribeConfigurationRequest>,
+    ) -> Reply<pb::UnsubscribeConfigurationResponse> {
+        super::configuration::unsubscribe(&self.rt, request.into_inner())
+    }
+
+    async fn unsubscribe_configuration(
+        &self,
+        request: Request<pb::UnsubscribeConfigurationRequest>,
+    ) -> Reply<pb::UnsubscribeConfigurationResponse> {
+        super::configuration::unsubscribe(&self.rt, request.into_inner())
     }
 
     async fn get_state(

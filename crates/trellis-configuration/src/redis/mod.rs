@@ -5,21 +5,38 @@
 //!
 //! Reading every item (an empty key list) walks the keyspace with `SCAN` and reads the
 //! string keys it finds, as Dapr does; keys of other types are skipped.
+//!
+//! Subscribers hear of changes through Redis keyspace notifications (`keyspace.rs`), as
+//! with Dapr: each subscription listens on `__keyspace@<redisDB>__:<key>` for its keys (or
+//! the pattern `...:*` for every key) on a connection of its own, and the store turns the
+//! notifications on (`notify-keyspace-events`) when the server allows it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use trellis_core::redis::RedisSettings;
 
+use crate::subscription::{Reader, Subscription};
 use crate::{ConfigurationError, ConfigurationStore, Item, Metadata};
+
+mod keyspace;
 
 /// `SCAN`'s page size when reading every item.
 const SCAN_COUNT: usize = 1000;
 
 /// `configuration.redis`. See the module docs.
 pub struct RedisConfigurationStore {
+    reads: Arc<Reads>,
+    /// For the subscriptions' own connections.
+    client: redis::Client,
+    settings: RedisSettings,
+}
+
+/// What the store and its subscriptions share: reading items.
+struct Reads {
     conn: ConnectionManager,
     host: String,
     /// The bound on one call: connecting plus answering.
@@ -29,7 +46,7 @@ pub struct RedisConfigurationStore {
 impl std::fmt::Debug for RedisConfigurationStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfigurationStore")
-            .field("host", &self.host)
+            .field("host", &self.reads.host)
             .finish_non_exhaustive()
     }
 }
@@ -47,19 +64,24 @@ impl RedisConfigurationStore {
     /// Connects to `redisHost`; fails when Redis does not answer.
     pub async fn open(metadata: &Metadata) -> Result<Self, ConfigurationError> {
         let settings = RedisSettings::from_metadata(metadata)?;
-        let conn = settings
+        let connected = settings
             .connect()
             .await
-            .map_err(ConfigurationError::backend)?
-            .conn;
+            .map_err(ConfigurationError::backend)?;
         Ok(RedisConfigurationStore {
-            conn,
-            host: settings.address(),
-            timeout: settings.dial_timeout + settings.read_timeout,
+            reads: Arc::new(Reads {
+                conn: connected.conn,
+                host: settings.address(),
+                timeout: settings.dial_timeout + settings.read_timeout,
+            }),
+            client: connected.client,
+            settings,
         })
     }
+}
 
-    async fn read(&self, keys: &[String]) -> Result<BTreeMap<String, Item>, redis::RedisError> {
+impl Reads {
+    async fn fetch(&self, keys: &[String]) -> Result<BTreeMap<String, Item>, redis::RedisError> {
         let mut conn = self.conn.clone();
         let keys: Vec<String> = if keys.is_empty() {
             let mut all = Vec::new();
@@ -108,7 +130,25 @@ impl ConfigurationStore for RedisConfigurationStore {
         keys: &[String],
         _metadata: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, Item>, ConfigurationError> {
-        let call = || self.read(keys);
+        self.reads.read(keys).await
+    }
+
+    async fn subscribe(
+        &self,
+        keys: &[String],
+        _metadata: &BTreeMap<String, String>,
+    ) -> Result<Subscription, ConfigurationError> {
+        // Listening before the first read, so that no change slips in between.
+        let hints =
+            keyspace::Keyspace::start(&self.client, &self.reads.conn, &self.settings, keys).await?;
+        Subscription::start(self.reads.clone(), keys, hints).await
+    }
+}
+
+#[async_trait]
+impl Reader for Reads {
+    async fn read(&self, keys: &[String]) -> Result<BTreeMap<String, Item>, ConfigurationError> {
+        let call = || self.fetch(keys);
         match tokio::time::timeout(self.timeout, trellis_core::redis::retry_refused(call)).await {
             Ok(res) => res.map_err(ConfigurationError::backend),
             Err(_) => Err(ConfigurationError::Backend(format!(

@@ -1,37 +1,21 @@
-//! `configuration.sqlite`: the embedded configuration store, one SQLite file (by default
-//! `<data-dir>/configuration.db`) shared by every `trellis` process on the machine.
-//!
-//! A table of key, value, version and metadata (a JSON object). The version is a number
-//! from one counter for the whole table (in its metadata table), so that it grows on every
-//! change of any item and a deleted and re-set key never gets an old version back. Apps
-//! only read; `trellis config set` writes through [`SqliteConfigurationStore::set`].
-//!
-//! Every operation, reads included, is a job for the shared group-commit writer
-//! ([`trellis_sqlite::writer`]), on the one connection the store owns (an in-memory
-//! database has only that one). Reads are rare (an app reads its configuration when it
-//! starts and now and then), so a connection of their own would buy little.
+//! The embedded configuration store's side of the shared group-commit writer: its jobs
+//! (reads, sets, deletes), their SQL, and the version counter a batch advances.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::mpsc;
-use std::time::Duration;
 
-use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
-use trellis_sqlite::StoreSettings;
-use trellis_sqlite::writer::{Backend, Options};
+use trellis_sqlite::writer::Backend;
 
-use crate::{ConfigurationError, ConfigurationStore, Item, Metadata};
+use crate::{ConfigurationError, Item};
 
-/// How long a connection waits for another process's write lock, by default.
-/// How long a call waits for its answer, by default.
 /// The counter's key in the metadata table.
-const COUNTER_KEY: &str = "version";
+pub(super) const COUNTER_KEY: &str = "version";
 
-type Reply<T> = oneshot::Sender<Result<T, ConfigurationError>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, ConfigurationError>>;
 
-enum Job {
+pub(super) enum Job {
     Get {
         keys: Vec<String>,
         reply: Reply<BTreeMap<String, Item>>,
@@ -48,7 +32,7 @@ enum Job {
     },
 }
 
-enum Answer {
+pub(super) enum Answer {
     Get(
         Reply<BTreeMap<String, Item>>,
         Result<BTreeMap<String, Item>, ConfigurationError>,
@@ -58,7 +42,7 @@ enum Answer {
 }
 
 /// The SQL of one table, formatted once.
-struct Sql {
+pub(super) struct Sql {
     get: String,
     all: String,
     set: String,
@@ -68,7 +52,7 @@ struct Sql {
 }
 
 impl Sql {
-    fn new(t: &str) -> Self {
+    pub(super) fn new(t: &str) -> Self {
         let m = format!("{t}_metadata");
         Sql {
             get: format!("SELECT value, version, metadata FROM {t} WHERE key = ?1"),
@@ -85,7 +69,7 @@ impl Sql {
     }
 }
 
-fn db_err(e: rusqlite::Error) -> ConfigurationError {
+pub(super) fn db_err(e: rusqlite::Error) -> ConfigurationError {
     ConfigurationError::Backend(format!("sqlite: {e}"))
 }
 
@@ -105,11 +89,21 @@ fn item(value: String, version: i64, metadata: &str) -> Result<Item, Configurati
 }
 
 /// The writer thread's side of the store.
-struct ConfigWriter {
+pub(super) struct ConfigWriter {
     sql: Sql,
     /// The version counter as the batch advanced it, and as the batch found it.
     counter: i64,
     start: i64,
+}
+
+impl ConfigWriter {
+    pub(super) fn new(table: &str) -> Self {
+        ConfigWriter {
+            sql: Sql::new(table),
+            counter: 0,
+            start: 0,
+        }
+    }
 }
 
 impl ConfigWriter {
@@ -277,118 +271,5 @@ impl Backend for ConfigWriter {
             .and_then(|mut s| s.execute([self.counter]))
             .map(|_| ())
             .map_err(|e| format!("sqlite: {e}"))
-    }
-}
-
-/// `configuration.sqlite`. See the module docs.
-#[derive(Debug)]
-pub struct SqliteConfigurationStore {
-    writes: mpsc::Sender<Job>,
-    timeout: Duration,
-    connection: String,
-}
-
-impl SqliteConfigurationStore {
-    /// Opens (creating when missing) the database and tables `metadata` names and starts
-    /// the writer thread, which stops when the store is dropped.
-    pub async fn open(metadata: &Metadata) -> Result<Self, ConfigurationError> {
-        let cfg = StoreSettings::from_metadata(metadata, "configuration")?;
-        tokio::task::spawn_blocking(move || Self::open_blocking(cfg))
-            .await
-            .map_err(|e| ConfigurationError::Backend(format!("sqlite open task failed: {e}")))?
-    }
-
-    fn open_blocking(cfg: StoreSettings) -> Result<Self, ConfigurationError> {
-        let conn = trellis_sqlite::open_writer(&cfg.connection, cfg.busy_timeout, 8, "WAL")
-            .map_err(ConfigurationError::backend)?;
-        let t = &cfg.table;
-        // In one immediate transaction, so that processes starting at once do not trip
-        // over each other.
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE;
-             CREATE TABLE IF NOT EXISTS {t} (
-                 key TEXT NOT NULL PRIMARY KEY,
-                 value TEXT NOT NULL,
-                 version INTEGER NOT NULL,
-                 metadata TEXT NOT NULL DEFAULT '{{}}'
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS {t}_metadata (
-                 key TEXT NOT NULL PRIMARY KEY,
-                 value INTEGER NOT NULL
-             );
-             INSERT OR IGNORE INTO {t}_metadata (key, value) VALUES ('{COUNTER_KEY}', 0);
-             COMMIT;"
-        ))
-        .map_err(db_err)?;
-        let writer = ConfigWriter {
-            sql: Sql::new(t),
-            counter: 0,
-            start: 0,
-        };
-        let options = Options::new("trellis-configuration-writer", cfg.busy_timeout);
-        let writes = trellis_sqlite::writer::start(conn, writer, options)
-            .map_err(ConfigurationError::backend)?;
-        Ok(SqliteConfigurationStore {
-            writes,
-            timeout: cfg.timeout,
-            connection: cfg.connection,
-        })
-    }
-
-    async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, ConfigurationError> {
-        let (tx, rx) = oneshot::channel();
-        self.writes.send(job(tx)).map_err(|_| {
-            ConfigurationError::Backend("sqlite configuration store is closed".into())
-        })?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(ConfigurationError::Backend(
-                "sqlite configuration store thread stopped".into(),
-            )),
-            Err(_) => Err(ConfigurationError::Backend(format!(
-                "sqlite configuration operation on {:?} timed out after {:?}",
-                self.connection, self.timeout
-            ))),
-        }
-    }
-
-    /// Sets `key` to `value` with `metadata`; answers the item's new version, larger than
-    /// every version the store handed out before.
-    pub async fn set(
-        &self,
-        key: &str,
-        value: &str,
-        metadata: &BTreeMap<String, String>,
-    ) -> Result<u64, ConfigurationError> {
-        if key.is_empty() {
-            return Err(ConfigurationError::InvalidRequest("key is empty".into()));
-        }
-        let metadata = serde_json::to_string(metadata).map_err(ConfigurationError::backend)?;
-        let (key, value) = (key.to_string(), value.to_string());
-        self.call(|reply| Job::Set {
-            key,
-            value,
-            metadata,
-            reply,
-        })
-        .await
-    }
-
-    /// Removes `key`; answers whether it was there.
-    pub async fn delete(&self, key: &str) -> Result<bool, ConfigurationError> {
-        let key = key.to_string();
-        self.call(|reply| Job::Delete { key, reply }).await
-    }
-}
-
-#[async_trait]
-impl ConfigurationStore for SqliteConfigurationStore {
-    async fn get(
-        &self,
-        keys: &[String],
-        _metadata: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, Item>, ConfigurationError> {
-        let keys = keys.to_vec();
-        self.call(|reply| Job::Get { keys, reply }).await
     }
 }

@@ -1,0 +1,62 @@
+//! Hearing of changes for the embedded store's subscribers. Every change of any item moves
+//! the table's version counter, so a change is a counter that differs from the last one
+//! seen: this process's own `set`s and `delete`s say so at once, and the **poller thread**
+//! notices other processes' (`trellis config set` is one) by reading the counter every
+//! `pollInterval` on a connection of its own, for as long as anyone is subscribed. A read
+//! of one row in WAL mode never waits for a writer, so polling costs next to nothing.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::sync::watch;
+
+use crate::subscription::{Hint, Watch};
+
+/// The default `pollInterval`: how soon another process's change reaches a subscriber.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// One subscriber's view of the change signal.
+pub(super) struct Changes(pub(super) watch::Receiver<u64>);
+
+#[async_trait]
+impl Watch for Changes {
+    async fn next(&mut self) -> Option<Hint> {
+        // The counter does not say which items changed.
+        self.0.changed().await.ok().map(|()| Hint::Everything)
+    }
+}
+
+/// Rings `signal` when the counter the poller reads moves. Ends when the store is gone
+/// (`signal` cannot be upgraded any more).
+pub(super) fn poller(
+    conn: Connection,
+    counter_sql: String,
+    interval: Duration,
+    signal: Weak<watch::Sender<u64>>,
+) {
+    let read = || {
+        conn.prepare_cached(&counter_sql)
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+    };
+    let mut seen = read().ok();
+    loop {
+        std::thread::sleep(interval);
+        let Some(signal) = signal.upgrade() else {
+            return;
+        };
+        if signal.receiver_count() == 0 {
+            continue;
+        }
+        match read() {
+            Ok(v) => {
+                if seen != Some(v) {
+                    seen = Some(v);
+                    signal.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "sqlite configuration: poll failed"),
+        }
+    }
+}
