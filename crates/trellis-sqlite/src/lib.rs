@@ -4,6 +4,8 @@
 //!
 //! - [`writer`]: the group-commit writer thread, the one way an embedded backend writes
 //!   (concurrent writers share one fsync; answers go out only after the commit).
+//! - [`tasks`]: closures as writer jobs, for backends whose operations are each a
+//!   function run in the writer's transaction.
 //! - [`open`] and [`open_writer`]: opening a backend's database, the same way for all.
 //! - SQLite's own busy handler sleeps 1, 2, 5, 10 … up to 100 ms between tries. Against a
 //!   process that commits back to back (group commits, each a few ms of fsync) such a
@@ -16,6 +18,7 @@
 
 mod open;
 pub mod settings;
+pub mod tasks;
 pub mod writer;
 
 pub use settings::{StoreSettings, valid_table};
