@@ -20,6 +20,7 @@ pub mod configuration;
 pub mod delivery;
 pub mod health;
 pub mod invoke;
+pub mod jobs;
 mod lazy_store;
 mod loading;
 pub mod lock;

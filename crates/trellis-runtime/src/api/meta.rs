@@ -92,6 +92,10 @@ struct Metadata {
     app_connection_properties: AppConnection,
     actor_runtime: ActorRuntime,
     workflows: serde_json::Map<String, serde_json::Value>,
+    /// Dapr's `scheduler.connected_addresses`: here the job store the scheduler uses, once
+    /// it is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduler: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -232,6 +236,11 @@ pub async fn get_metadata(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Va
             }
             w
         },
+        scheduler: rt
+            .jobs
+            .as_ref()
+            .filter(|j| j.started().is_some())
+            .map(|j| serde_json::json!({"connected_addresses": [format!("{} ({})", j.name, j.type_name)]})),
     };
     Json(serde_json::to_value(metadata).unwrap_or_default())
 }

@@ -9,6 +9,7 @@ mod bearer;
 mod configuration;
 mod grpc;
 mod invoke;
+mod jobs;
 mod lock;
 mod mtls;
 mod pubsub;

@@ -6,8 +6,9 @@
 //! result; errors become a gRPC status with a `google.rpc.ErrorInfo` detail.
 
 mod app_channel;
-mod convert;
+pub(crate) mod convert;
 mod invoke;
+mod jobs;
 mod proxy;
 mod service;
 mod status;
