@@ -17,12 +17,15 @@
 //!   HTTP paths in the same run.
 //! - `workflows` (`workflows.rs`): workflow throughput, start→completion latency and a
 //!   fan-out through a sidecar, driven by a scripted worker, against the engine in process.
+//! - `jobs` (`jobs.rs`): scheduling rate, triggers delivered per second and fire lateness
+//!   at 1,000 active jobs through a sidecar, against the scheduler in process.
 
 mod direct;
 mod echo;
 mod grpc;
 mod handshake;
 mod invoke;
+mod jobs;
 mod load;
 mod nginx;
 mod procs;
@@ -61,6 +64,9 @@ enum Cmd {
     /// Workflows: chains, paced starts and a fan-out through a sidecar vs. the engine in
     /// process, driven by a scripted worker that speaks the protocol.
     Workflows(workflows::WorkflowsArgs),
+    /// Jobs: scheduling rate, triggers per second and fire lateness through a sidecar vs.
+    /// the scheduler in process.
+    Jobs(jobs::JobsArgs),
     /// The gRPC echo app used by `grpc` (the bench starts it itself).
     #[command(hide = true)]
     GrpcEchoServer {
@@ -92,6 +98,7 @@ fn main() -> Result<()> {
         Cmd::Grpc(args) => return rt.block_on(interruptible(grpc::run(args))),
         Cmd::Handshake(args) => return rt.block_on(interruptible(handshake::run(args))),
         Cmd::Workflows(args) => return rt.block_on(interruptible(workflows::run(args))),
+        Cmd::Jobs(args) => return rt.block_on(interruptible(jobs::run(args))),
     };
     // Don't wait for the blocked stdin reader when serving failed.
     rt.shutdown_background();
