@@ -165,7 +165,7 @@ impl Trigger for Direct {
 #[derive(Clone)]
 enum Target {
     Sidecar {
-        client: Client<HttpConnector, Full<Bytes>>,
+        client: Box<Client<HttpConnector, Full<Bytes>>>,
         port: u16,
     },
     InProcess(Scheduler),
@@ -385,7 +385,7 @@ pub async fn run(args: JobsArgs) -> Result<()> {
             .pool_max_idle_per_host(args.bench.connections)
             .build(connector);
         let target = Target::Sidecar {
-            client,
+            client: Box::new(client),
             port: sidecar.port,
         };
         match measure("through a sidecar (HTTP)", target, &seen, &args, "sidecar").await {

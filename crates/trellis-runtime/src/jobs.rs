@@ -28,6 +28,9 @@ use crate::loading::{self, Embedded};
 /// The name the embedded job store is listed under.
 pub const DEFAULT_STORE_NAME: &str = "jobstore";
 
+/// Where triggers go, and the sidecar's stop signal that ends them.
+type Delivery = (Arc<dyn Trigger>, watch::Receiver<bool>);
+
 /// The app's job store and, once used, its scheduler.
 pub struct Jobs {
     /// The component's name and type, for `/v1.0/metadata`.
@@ -40,7 +43,7 @@ pub struct Jobs {
     eager: bool,
     scheduler: OnceCell<Scheduler>,
     /// Where triggers go, once the sidecar has an app to send them to.
-    trigger: Mutex<Option<(Arc<dyn Trigger>, watch::Receiver<bool>)>>,
+    trigger: Mutex<Option<Delivery>>,
 }
 
 impl std::fmt::Debug for Jobs {
