@@ -36,10 +36,7 @@ pub type Millis = i64;
 
 /// The current time in [`Millis`].
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    trellis_core::time::now_ms()
 }
 
 /// A job's payload, as the API layer encoded it: a type URL and bytes.

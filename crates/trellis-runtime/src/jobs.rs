@@ -72,23 +72,9 @@ impl Jobs {
                 type_name: EMBEDDED_JOBS_TYPE,
                 file: "jobs.db",
             });
-        let (mut components, mut errors) = loading::select(config, "scheduler", embedded);
-        if components.len() > 1 {
-            errors.push(format!(
-                "{} job stores (scheduler.*) are scoped to app {:?}; an app has one: {}",
-                components.len(),
-                config.app_id,
-                components
-                    .iter()
-                    .map(|c| c.meta.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let Some(component) = components.pop() else {
+        let Some(component) =
+            loading::select_one(config, "scheduler", "job stores (scheduler.*)", embedded)?
+        else {
             return Ok(None);
         };
         Self::from_component(&component, config, registries)

@@ -12,16 +12,14 @@
 mod ops;
 mod schema;
 
-use std::fmt;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
-use tokio::sync::oneshot;
 use trellis_proto::durabletask::HistoryEvent;
 use trellis_sqlite::StoreSettings;
-use trellis_sqlite::writer::{Backend, Options};
+use trellis_sqlite::tasks::{Context, TaskError, TaskQueue};
+use trellis_sqlite::writer::Options;
 
 use crate::store::{
     ActivityLease, InstanceMeta, ListFilter, Message, NewInstance, Purged, TurnCommit,
@@ -38,111 +36,19 @@ const MAX_GATHER_WAIT: Duration = Duration::from_micros(500);
 /// The table names' common prefix when the metadata names none.
 pub const DEFAULT_TABLE: &str = "workflow";
 
-/// One queued operation: runs inside the writer's transaction, answers after the commit.
-trait Task: Send {
-    fn apply(self: Box<Self>, conn: &Connection, sql: &Sql, now: Millis) -> Box<dyn Done>;
-    fn reject(self: Box<Self>, reason: &str);
-    fn closed(&self) -> bool;
-    fn durable(&self) -> bool;
-}
-
-/// An applied operation's answer, held until its transaction's fate is known.
-trait Done: Send {
-    fn error(&self) -> Option<&dyn fmt::Display>;
-    fn send(self: Box<Self>, failure: Option<&str>);
-}
-
-type Reply<T> = oneshot::Sender<Result<T, WorkflowError>>;
-
-struct Op<T, F> {
-    f: F,
-    reply: Reply<T>,
-    durable: bool,
-}
-
-struct Answered<T> {
-    reply: Reply<T>,
-    result: Result<T, WorkflowError>,
-}
-
-impl<T, F> Task for Op<T, F>
-where
-    T: Send + 'static,
-    F: FnOnce(&Connection, &Sql, Millis) -> Result<T, WorkflowError> + Send + 'static,
-{
-    fn apply(self: Box<Self>, conn: &Connection, sql: &Sql, now: Millis) -> Box<dyn Done> {
-        let result = (self.f)(conn, sql, now);
-        Box::new(Answered {
-            reply: self.reply,
-            result,
-        })
-    }
-
-    fn reject(self: Box<Self>, reason: &str) {
-        let _ = self
-            .reply
-            .send(Err(WorkflowError::Backend(reason.to_string())));
-    }
-
-    fn closed(&self) -> bool {
-        self.reply.is_closed()
-    }
-
-    fn durable(&self) -> bool {
-        self.durable
+impl TaskError for WorkflowError {
+    fn writer(reason: String) -> Self {
+        WorkflowError::Backend(reason)
     }
 }
 
-impl<T: Send> Done for Answered<T> {
-    fn error(&self) -> Option<&dyn fmt::Display> {
-        self.result.as_ref().err().map(|e| e as &dyn fmt::Display)
-    }
-
-    fn send(self: Box<Self>, failure: Option<&str>) {
-        let result = match failure {
-            Some(reason) => Err(WorkflowError::Backend(reason.to_string())),
-            None => self.result,
-        };
-        let _ = self.reply.send(result);
-    }
-}
-
-/// The writer thread's side of the store.
-struct WorkflowWriter {
+/// What every operation gets besides the connection: the statements and the batch's clock.
+struct Ctx {
     sql: Sql,
     now: Millis,
 }
 
-impl Backend for WorkflowWriter {
-    type Job = Box<dyn Task>;
-    type Answer = Box<dyn Done>;
-
-    fn apply(&mut self, conn: &Connection, job: Self::Job) -> Self::Answer {
-        job.apply(conn, &self.sql, self.now)
-    }
-
-    fn error<'a>(&self, answer: &'a Self::Answer) -> Option<&'a dyn fmt::Display> {
-        answer.error()
-    }
-
-    fn send(&mut self, answer: Self::Answer, failure: Option<&str>) {
-        answer.send(failure);
-    }
-
-    fn reject(&mut self, job: Self::Job, reason: &str) {
-        job.reject(reason);
-    }
-
-    fn durable(&self, job: &Self::Job) -> bool {
-        job.durable()
-    }
-
-    /// Reads and leases nobody waits for change nothing that matters; a commit or a start
-    /// is applied anyway, since its caller may have given up only on waiting.
-    fn abandoned(&self, job: &Self::Job) -> bool {
-        !job.durable() && job.closed()
-    }
-
+impl Context for Ctx {
     fn begin(&mut self, _: &Connection) -> Result<(), String> {
         self.now = now_ms();
         Ok(())
@@ -152,8 +58,7 @@ impl Backend for WorkflowWriter {
 /// `workflowbackend.sqlite`. See the module docs.
 #[derive(Debug)]
 pub struct SqliteWorkflowStore {
-    writes: mpsc::Sender<Box<dyn Task>>,
-    timeout: Duration,
+    queue: TaskQueue<Ctx, WorkflowError>,
     connection: String,
 }
 
@@ -174,18 +79,16 @@ impl SqliteWorkflowStore {
         let sql = Sql::new(&cfg.table);
         conn.execute_batch(&sql.create_tables())
             .map_err(ops::db_err)?;
-        let writer = WorkflowWriter { sql, now: 0 };
         // A busy engine's callers (turn commits, activity results) come back right after
         // their answers: lingering a moment for them lets them share the next fsync.
         let options = Options {
             gather_wait: MAX_GATHER_WAIT,
             ..Options::new("trellis-workflow-writer", cfg.busy_timeout)
         };
-        let writes = trellis_sqlite::writer::start(conn, writer, options)
+        let queue = TaskQueue::start(conn, Ctx { sql, now: 0 }, options, cfg.timeout)
             .map_err(|e| WorkflowError::Backend(e.to_string()))?;
         Ok(SqliteWorkflowStore {
-            writes,
-            timeout: cfg.timeout,
+            queue,
             connection: cfg.connection,
         })
     }
@@ -195,23 +98,16 @@ impl SqliteWorkflowStore {
         &self.connection
     }
 
+    /// Runs `f` with the statements and the batch's clock in the writer's next
+    /// transaction.
     async fn call<T, F>(&self, durable: bool, f: F) -> Result<T, WorkflowError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &Sql, Millis) -> Result<T, WorkflowError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        self.writes
-            .send(Box::new(Op { f, reply, durable }))
-            .map_err(|_| WorkflowError::Backend("sqlite writer has stopped".into()))?;
-        match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(WorkflowError::Backend("sqlite writer has stopped".into())),
-            Err(_) => Err(WorkflowError::Backend(format!(
-                "sqlite: no answer within {:?}",
-                self.timeout
-            ))),
-        }
+        self.queue
+            .call(durable, move |conn, ctx: &Ctx| f(conn, &ctx.sql, ctx.now))
+            .await
     }
 }
 
