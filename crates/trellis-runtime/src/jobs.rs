@@ -42,7 +42,8 @@ pub struct Jobs {
     /// Jobs may exist already: open at start.
     eager: bool,
     scheduler: OnceCell<Scheduler>,
-    /// Where triggers go, once the sidecar has an app to send them to.
+    /// Where triggers go, once the sidecar has an app to send them to; taken when the
+    /// trigger loop starts.
     trigger: Mutex<Option<Delivery>>,
 }
 
@@ -136,19 +137,24 @@ impl Jobs {
         self.scheduler
             .get_or_try_init(|| async {
                 let store = (self.factory)(self.metadata.clone()).await?;
-                let scheduler = Scheduler::new(store, self.options.clone());
-                let trigger = self
-                    .trigger
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                if let Some((trigger, stop)) = trigger {
-                    tokio::spawn(scheduler.clone().run(trigger, stop));
-                }
                 tracing::debug!(store = self.name, "job scheduler opened");
-                Ok(scheduler)
+                Ok(Scheduler::new(store, self.options.clone()))
             })
             .await
+            .inspect(|s| self.start_triggering(s))
+    }
+
+    /// Starts the trigger loop once both the scheduler and the app's channel are there
+    /// (whichever comes second starts it; the mutex makes it once).
+    fn start_triggering(&self, scheduler: &Scheduler) {
+        let delivery = self
+            .trigger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((trigger, stop)) = delivery {
+            tokio::spawn(scheduler.clone().run(trigger, stop));
+        }
     }
 
     /// The scheduler if it has opened.
@@ -166,6 +172,9 @@ impl Jobs {
     ) {
         let trigger: Arc<dyn Trigger> = Arc::new(AppTrigger { channel, health });
         *self.trigger.lock().unwrap_or_else(|p| p.into_inner()) = Some((trigger, stop));
+        if let Some(scheduler) = self.scheduler.get() {
+            self.start_triggering(scheduler);
+        }
         if self.eager {
             let jobs = self.clone();
             tokio::spawn(async move {
