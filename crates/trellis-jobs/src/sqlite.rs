@@ -3,7 +3,7 @@
 //! replicas of an app on one machine share its jobs.
 //!
 //! Every operation, reads included, is a closure run by the shared group-commit writer
-//! ([`trellis_sqlite::tasks`]): leasing checks and takes rows inside the writer's
+//! ([`trellis_sqlite::calls`]): leasing checks and takes rows inside the writer's
 //! `BEGIN IMMEDIATE` transaction, which holds SQLite's write lock, so two processes never
 //! lease the same tick. Leases are not made durable against a power cut (a lost lease
 //! only lets the tick fire again); schedules, deletions and settled ticks are.
@@ -14,7 +14,7 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use trellis_sqlite::StoreSettings;
-use trellis_sqlite::tasks::{Context, TaskError, TaskQueue};
+use trellis_sqlite::calls::{CallFailed, Calls, Shared};
 use trellis_sqlite::writer::Options;
 
 use crate::schedule::Timing;
@@ -24,9 +24,9 @@ use crate::{JobData, JobError, JobSpec, Metadata, Millis};
 /// The table's name when the metadata names none.
 pub const DEFAULT_TABLE: &str = "jobs";
 
-impl TaskError for JobError {
-    fn writer(reason: String) -> Self {
-        JobError::Backend(reason)
+impl From<CallFailed> for JobError {
+    fn from(e: CallFailed) -> Self {
+        JobError::Backend(e.0)
     }
 }
 
@@ -80,7 +80,7 @@ struct Ctx {
     sql: Sql,
 }
 
-impl Context for Ctx {}
+impl Shared for Ctx {}
 
 fn db_err(e: rusqlite::Error) -> JobError {
     JobError::Backend(format!("sqlite: {e}"))
@@ -117,7 +117,7 @@ fn job_of(r: &Row<'_>) -> rusqlite::Result<StoredJob> {
 /// `scheduler.sqlite`. See the module docs.
 #[derive(Debug)]
 pub struct SqliteJobStore {
-    queue: TaskQueue<Ctx, JobError>,
+    queue: Calls<Ctx, JobError>,
     connection: String,
 }
 
@@ -166,7 +166,7 @@ impl SqliteJobStore {
             gather_wait: std::time::Duration::from_micros(500),
             ..Options::new("trellis-jobs-writer", cfg.busy_timeout)
         };
-        let queue = TaskQueue::start(conn, Ctx { sql: Sql::new(t) }, options, cfg.timeout)
+        let queue = Calls::start(conn, Ctx { sql: Sql::new(t) }, options, cfg.timeout)
             .map_err(JobError::backend)?;
         Ok(SqliteJobStore {
             queue,
@@ -226,7 +226,7 @@ impl JobStore for SqliteJobStore {
     ) -> Result<(), JobError> {
         let (app, spec) = (app.to_string(), spec.clone());
         self.queue
-            .call(true, move |c, x| {
+            .call(true, move |c, x: &mut Ctx| {
                 put(c, &x.sql, &app, &spec, timing, overwrite)
             })
             .await
@@ -235,7 +235,7 @@ impl JobStore for SqliteJobStore {
     async fn get(&self, app: &str, name: &str) -> Result<Option<StoredJob>, JobError> {
         let (app, name) = (app.to_string(), name.to_string());
         self.queue
-            .call(false, move |c, x| {
+            .call(false, move |c, x: &mut Ctx| {
                 c.prepare_cached(&x.sql.get)
                     .and_then(|mut s| s.query_row(params![app, name], job_of).optional())
                     .map_err(db_err)
@@ -246,7 +246,7 @@ impl JobStore for SqliteJobStore {
     async fn delete(&self, app: &str, name: &str) -> Result<bool, JobError> {
         let (app, name) = (app.to_string(), name.to_string());
         self.queue
-            .call(true, move |c, x| {
+            .call(true, move |c, x: &mut Ctx| {
                 c.prepare_cached(&x.sql.delete)
                     .and_then(|mut s| s.execute(params![app, name]))
                     .map(|n| n > 0)
@@ -258,7 +258,7 @@ impl JobStore for SqliteJobStore {
     async fn delete_prefix(&self, app: &str, prefix: &str) -> Result<u64, JobError> {
         let (app, prefix) = (app.to_string(), prefix.to_string());
         self.queue
-            .call(true, move |c, x| {
+            .call(true, move |c, x: &mut Ctx| {
                 c.prepare_cached(&x.sql.delete_prefix)
                     .and_then(|mut s| s.execute(params![app, prefix]))
                     .map(|n| n as u64)
@@ -270,7 +270,7 @@ impl JobStore for SqliteJobStore {
     async fn list(&self, app: &str) -> Result<Vec<StoredJob>, JobError> {
         let app = app.to_string();
         self.queue
-            .call(false, move |c, x| {
+            .call(false, move |c, x: &mut Ctx| {
                 let mut s = c.prepare_cached(&x.sql.list).map_err(db_err)?;
                 let rows = s.query_map(params![app], job_of).map_err(db_err)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
@@ -289,7 +289,7 @@ impl JobStore for SqliteJobStore {
         let (app, owner) = (app.to_string(), owner.to_string());
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.queue
-            .call(false, move |c, x| {
+            .call(false, move |c, x: &mut Ctx| {
                 let mut s = c.prepare_cached(&x.sql.lease).map_err(db_err)?;
                 let rows = s
                     .query_map(params![app, owner, now, until, max], job_of)
@@ -311,7 +311,7 @@ impl JobStore for SqliteJobStore {
     ) -> Result<bool, JobError> {
         let (app, name, owner) = (app.to_string(), name.to_string(), owner.to_string());
         self.queue
-            .call(true, move |c, x| {
+            .call(true, move |c, x: &mut Ctx| {
                 let changed = match outcome {
                     Settle::Next {
                         tick,
@@ -336,7 +336,7 @@ impl JobStore for SqliteJobStore {
     async fn next_due(&self, app: &str) -> Result<Option<Millis>, JobError> {
         let app = app.to_string();
         self.queue
-            .call(false, move |c, x| {
+            .call(false, move |c, x: &mut Ctx| {
                 c.prepare_cached(&x.sql.next_due)
                     .and_then(|mut s| s.query_row(params![app], |r| r.get(0)))
                     .map_err(db_err)

@@ -85,6 +85,10 @@ pub const EMBEDDED_LOCK_TYPE: &str = "lock.sqlite";
 /// configured.
 pub const EMBEDDED_CONFIGURATION_TYPE: &str = "configuration.sqlite";
 
+/// The type of the built-in secret store (an encrypted SQLite file, filled with `trellis
+/// secret set`).
+pub const EMBEDDED_SECRETS_TYPE: &str = "secretstores.sqlite";
+
 /// The type of the embedded workflow backend used when no workflow backend is configured.
 pub const EMBEDDED_WORKFLOW_TYPE: &str = "workflowbackend.sqlite";
 
@@ -200,6 +204,13 @@ impl Default for Registries {
         secrets.register("secretstores.local.file", &["v1"], |md, _| {
             Box::pin(async move {
                 let store = trellis_secrets::local_file::LocalFileStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn SecretStore>)
+            })
+        });
+        #[cfg(feature = "secretstores-sqlite")]
+        secrets.register(EMBEDDED_SECRETS_TYPE, &["v1"], |md, _| {
+            Box::pin(async move {
+                let store = trellis_secrets::sqlite::SqliteSecretStore::open(&md).await?;
                 Ok(Arc::new(store) as Arc<dyn SecretStore>)
             })
         });
@@ -343,6 +354,8 @@ const PATH_KEYS: &[(&str, &str)] = &[
     ("secretstores.local.file", "secretsFile"),
     ("lock.sqlite", "connectionString"),
     ("configuration.sqlite", "connectionString"),
+    ("secretstores.sqlite", "connectionString"),
+    ("secretstores.sqlite", "keyFile"),
     ("workflowbackend.sqlite", "connectionString"),
     ("scheduler.sqlite", "connectionString"),
 ];

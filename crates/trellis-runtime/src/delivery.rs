@@ -615,8 +615,29 @@ impl Loop {
                 .unwrap_or("application/octet-stream")
         };
         let mut builder = Request::post(path).header(header::CONTENT_TYPE, content_type);
-        if let Some(tp) = &glance.traceparent {
-            builder = builder.header("traceparent", tp.as_str());
+        // The delivery's span is the child of the publisher's (from the event), and the
+        // parent the subscriber sees; without tracing the event's context goes on as it is.
+        let mut span = self.rt.tracer.as_ref().map(|t| {
+            let parent = glance
+                .traceparent
+                .as_deref()
+                .and_then(|tp| trellis_trace::SpanContext::from_headers(tp, None));
+            let name = format!("deliver {}", self.sub.spec.topic);
+            let mut span = t.span(name, trellis_trace::SpanKind::Consumer, parent.as_ref());
+            if span.is_recording() {
+                span.set_attribute("messaging.system", "dapr");
+                span.set_attribute("messaging.destination.name", self.sub.spec.topic.clone());
+                span.set_attribute("trellis.component", self.sub.spec.pubsub.clone());
+                span.set_attribute("url.path", path.to_string());
+            }
+            span
+        });
+        match (&span, &glance.traceparent) {
+            (Some(span), _) => {
+                builder = builder.header("traceparent", span.context().traceparent());
+            }
+            (None, Some(tp)) => builder = builder.header("traceparent", tp.as_str()),
+            (None, None) => {}
         }
         let mut req = match builder.body(Body::from(msg.data.clone())) {
             Ok(r) => r,
@@ -626,15 +647,24 @@ impl Loop {
             pubsub: self.sub.spec.pubsub.clone(),
             topic: self.sub.spec.topic.clone(),
         });
-        self.call_app(
-            path,
-            req,
-            MAX_ANSWER,
-            callbacks::app_verdict,
-            AppVerdict::Retry,
-            |v: &AppVerdict| judge_all(std::slice::from_ref(v)),
-        )
-        .await
+        let verdict = self
+            .call_app(
+                path,
+                req,
+                MAX_ANSWER,
+                callbacks::app_verdict,
+                AppVerdict::Retry,
+                |v: &AppVerdict| judge_all(std::slice::from_ref(v)),
+            )
+            .await;
+        if let Some(span) = &mut span {
+            match &verdict {
+                AppVerdict::Success => {}
+                AppVerdict::Retry(why) => span.set_error(format!("retry: {why}")),
+                AppVerdict::Drop(why) => span.set_error(format!("drop: {why}")),
+            }
+        }
+        verdict
     }
 
     /// Moves a message that ran out of attempts to `topic` on the same pub/sub.

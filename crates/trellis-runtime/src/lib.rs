@@ -32,6 +32,7 @@ pub mod server;
 mod sidecar;
 pub mod state;
 pub mod subscriptions;
+pub mod trace;
 pub mod workflow;
 
 pub use config::{

@@ -106,6 +106,8 @@ pub struct Runtime {
     pub resiliency: Arc<crate::resiliency::Resiliency>,
     /// How long work in progress may take to finish once the sidecar stops.
     pub graceful_shutdown: Duration,
+    /// `spec.tracing`: the tracer every traced hop records with (`None`: tracing is off).
+    pub tracer: Option<trellis_trace::Tracer>,
     /// Turns true when the sidecar stops; long-lived calls (streaming subscriptions) end.
     stopping: watch::Receiver<bool>,
     /// The app's subscriptions (declarative and programmatic), set once delivery starts.
@@ -152,6 +154,7 @@ pub struct RuntimeParts {
     pub graceful_shutdown: Duration,
     /// The sidecar's stop signal (true once it stops).
     pub stopping: watch::Receiver<bool>,
+    pub tracer: Option<trellis_trace::Tracer>,
 }
 
 impl Runtime {
@@ -178,6 +181,7 @@ impl Runtime {
             resiliency: parts.resiliency,
             graceful_shutdown: parts.graceful_shutdown,
             stopping: parts.stopping,
+            tracer: parts.tracer,
             subscriptions: RwLock::new(Vec::new()),
             streams: RwLock::new(Vec::new()),
             next_stream: AtomicU64::new(0),

@@ -3,18 +3,28 @@
 //! `secretKeyRef`s in other components' metadata are replaced by the secrets they name.
 //!
 //! Secret stores open first, before every other building block, so that the others'
-//! metadata can come from them. There is no embedded default: an app without a secret
-//! store component has none, as in Dapr.
+//! metadata can come from them. When no secret store component exists, every app has the
+//! embedded one (`secretstores.sqlite` on `<data-dir>/secrets.db`, named `secretstore`,
+//! filled with `trellis secret set`), as it has `statestore`; it opens on first use, so
+//! apps that read no secrets pay nothing for it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
 use trellis_resources::{Component, MetadataValue, Resources, SecretsScope};
-use trellis_secrets::{Metadata, SecretStore};
+use trellis_secrets::{Metadata, Secret, SecretError, SecretStore};
 
-use crate::components::Registries;
-use crate::config::SidecarConfig;
-use crate::loading;
+use crate::components::{EMBEDDED_SECRETS_TYPE, Registries, SecretFactory};
+use crate::config::{Environment, SidecarConfig};
+use crate::loading::{self, Embedded};
+
+/// The name of the secret store offered when no secret store component exists.
+pub const DEFAULT_STORE_NAME: &str = "secretstore";
+
+/// The embedded store's file in the data directory (its key: `secrets.key` beside it).
+pub const EMBEDDED_FILE: &str = "secrets.db";
 
 #[derive(Debug)]
 pub struct SecretComponent {
@@ -56,7 +66,16 @@ impl SecretStores {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Self, Vec<String>> {
-        let (components, errors) = loading::select(config, "secretstores", None);
+        let embedded = registries
+            .secrets
+            .get(EMBEDDED_SECRETS_TYPE, "v1")
+            .is_ok()
+            .then_some(Embedded {
+                name: DEFAULT_STORE_NAME,
+                type_name: EMBEDDED_SECRETS_TYPE,
+                file: EMBEDDED_FILE,
+            });
+        let (components, errors) = loading::select(config, "secretstores", embedded);
         let scopes: Vec<SecretsScope> = config
             .configuration
             .as_ref()
@@ -90,12 +109,63 @@ async fn open_one(
         .map_err(|e| format!("spec.type: {e}"))?;
     // A secret store's own settings cannot come from a secret store.
     let metadata = Metadata::new(&component.meta.name, loading::plain_metadata(component)?);
+    if loading::is_built_in(component) {
+        return Ok(Some(Arc::new(LazyStore {
+            factory: *factory,
+            metadata,
+            environment: config.environment.clone(),
+            store: OnceCell::new(),
+        })));
+    }
     loading::init(
         component,
         "secret store",
         factory(metadata, config.environment.clone()),
     )
     .await
+}
+
+/// A store opened on its first call; an error opening it surfaces on that call, and the
+/// next call tries again.
+struct LazyStore {
+    factory: SecretFactory,
+    metadata: Metadata,
+    environment: Environment,
+    store: OnceCell<Arc<dyn SecretStore>>,
+}
+
+impl std::fmt::Debug for LazyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyStore")
+            .field("opened", &self.store.initialized())
+            .finish()
+    }
+}
+
+impl LazyStore {
+    async fn store(&self) -> Result<&Arc<dyn SecretStore>, SecretError> {
+        self.store
+            .get_or_try_init(|| (self.factory)(self.metadata.clone(), self.environment.clone()))
+            .await
+    }
+}
+
+#[async_trait]
+impl SecretStore for LazyStore {
+    async fn get(
+        &self,
+        name: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Secret, SecretError> {
+        self.store().await?.get(name, metadata).await
+    }
+
+    async fn bulk(
+        &self,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, Secret>, SecretError> {
+        self.store().await?.bulk(metadata).await
+    }
 }
 
 /// Replaces every `secretKeyRef` in the metadata of the components that are not secret

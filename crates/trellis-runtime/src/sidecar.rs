@@ -32,6 +32,8 @@ pub enum StartError {
         "spec.accessControl needs mTLS between sidecars (a caller's identity comes from its certificate); remove spec.mtls.enabled: false"
     )]
     AccessControlWithoutMtls,
+    #[error("tracing: {0}")]
+    Tracing(String),
 }
 
 /// Entry point: see [`Sidecar::start`].
@@ -243,6 +245,14 @@ impl Sidecar {
         if acl.is_some() && config.mtls.is_none() {
             return Err(StartError::AccessControlWithoutMtls);
         }
+        let tracer = crate::trace::tracer(
+            config
+                .configuration
+                .as_ref()
+                .and_then(|c| c.spec.tracing.as_ref()),
+            &me.app_id,
+        )
+        .map_err(StartError::Tracing)?;
         let health = Arc::new(Health::default());
         let app_channel = config
             .app
@@ -307,6 +317,7 @@ impl Sidecar {
             resiliency,
             graceful_shutdown: config.graceful_shutdown,
             stopping: stop.subscribe(),
+            tracer,
         }));
 
         let mut tasks = JoinSet::new();

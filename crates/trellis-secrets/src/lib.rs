@@ -8,7 +8,9 @@
 //! Backends, each behind its cargo feature:
 //! - [`local_env`] (`secretstores.local.env`): the process environment, passed in by the
 //!   caller so that this crate never reads it itself;
-//! - [`local_file`] (`secretstores.local.file`): a JSON file, read once at open.
+//! - [`local_file`] (`secretstores.local.file`): a JSON file, read once at open;
+//! - [`sqlite`] (`secretstores.sqlite`): the embedded store, an encrypted SQLite file
+//!   written with `trellis secret set`.
 //!
 //! Nothing here logs a secret's value, and no error message contains one.
 
@@ -22,6 +24,8 @@ pub mod conformance;
 pub mod local_env;
 #[cfg(feature = "local-file")]
 pub mod local_file;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use trellis_core::{Metadata, MetadataError};
 

@@ -4,8 +4,7 @@
 //!
 //! - [`writer`]: the group-commit writer thread, the one way an embedded backend writes
 //!   (concurrent writers share one fsync; answers go out only after the commit).
-//! - [`tasks`]: closures as writer jobs, for backends whose operations are each a
-//!   function run in the writer's transaction.
+//! - [`calls`]: closures as writer jobs, for stores with no batching of their own.
 //! - [`open`] and [`open_writer`]: opening a backend's database, the same way for all.
 //! - SQLite's own busy handler sleeps 1, 2, 5, 10 … up to 100 ms between tries. Against a
 //!   process that commits back to back (group commits, each a few ms of fsync) such a
@@ -16,9 +15,9 @@
 //! - Two processes switching a new file's journal mode at once can get SQLITE_BUSY without
 //!   the busy handler being asked; [`set_journal_mode`] retries.
 
+pub mod calls;
 mod open;
 pub mod settings;
-pub mod tasks;
 pub mod writer;
 
 pub use settings::{StoreSettings, valid_table};

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod child;
 pub mod http;
+pub mod otlp;
 pub mod process;
 pub mod servers;
 pub mod subscriber;
@@ -15,6 +16,7 @@ pub mod subscriber;
 pub use app::TestApp;
 pub use child::{child_mode, respawn_test};
 pub use http::{Downloaded, HttpResponse, download, request, send_chunked, try_request};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use process::{Sidecar, SidecarBuilder, free_port, wait_for_status, wait_until};
 pub use subscriber::{Received, SubscriberApp};
 

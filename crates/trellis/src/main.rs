@@ -10,6 +10,7 @@ mod config_cmd;
 mod launcher;
 mod mtls;
 mod runfile;
+mod secret_cmd;
 mod workflow_cmd;
 
 use std::path::PathBuf;
@@ -42,6 +43,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: config_cmd::ConfigCommand,
+    },
+    /// Set, read, list or remove secrets of the embedded secret store (`secretstore`).
+    Secret {
+        #[command(subcommand)]
+        command: secret_cmd::SecretCommand,
     },
     /// List, inspect, terminate or purge an app's workflow instances.
     Workflow {
@@ -103,6 +109,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config { command } => {
             build_runtime(1)?.block_on(config_cmd::run(command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secret { command } => {
+            build_runtime(1)?.block_on(secret_cmd::run(command))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Workflow { command } => {

@@ -22,10 +22,21 @@ use crate::runtime::Runtime;
 use crate::server::PeerIdentity;
 
 pub fn internal_router(rt: Arc<Runtime>) -> Router {
-    Router::new()
+    let tracer = rt.tracer.clone();
+    let app_id: Arc<str> = Arc::from(rt.app.app_id.as_str());
+    let mut router = Router::new()
         .fallback(handle)
         .with_state(rt)
-        .layer(layers::catch_panic())
+        .layer(layers::catch_panic());
+    // The callee's span of an invocation: the child of the calling sidecar's, and the
+    // parent the app sees in its `traceparent`.
+    if let Some(tracer) = tracer {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            (tracer, crate::trace::Naming::CallLocal(app_id)),
+            crate::trace::serve,
+        ));
+    }
+    router
 }
 
 async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {

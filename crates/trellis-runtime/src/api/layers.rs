@@ -19,7 +19,11 @@
 //! 7. **`dapr-app-id` dispatch**: the header form of invocation wins over every route, as in
 //!    Dapr, so it must sit above the router.
 //!
-//! Tracing and metrics layers slot in here as they arrive. Resiliency is not a layer of
+//! 8. **tracing** (`spec.tracing`): outermost, so a request's span covers everything done
+//!    for it and ends with the status the caller got (a panic's 500, a refusal by any layer
+//!    below); and the layers below (API logging) see the span's `traceparent`.
+//!
+//! Metrics slot in as they arrive. Resiliency is not a layer of
 //! the API: a policy belongs to the call's target (the invoked app, the component, the
 //! direction), known only below the routes, and one API request may make several policed
 //! calls (a transaction and a dead letter are component calls too). It wraps
@@ -59,7 +63,14 @@ pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
     if let Some(cors) = cors(&rt.allowed_origins) {
         router = router.layer(cors);
     }
-    router.layer(catch_panic())
+    router = router.layer(catch_panic());
+    if let Some(tracer) = &rt.tracer {
+        router = router.layer(middleware::from_fn_with_state(
+            (tracer.clone(), crate::trace::Naming::Route),
+            crate::trace::serve,
+        ));
+    }
+    router
 }
 
 /// CORS for the listed origins; none for an empty list (Dapr's default `*`).

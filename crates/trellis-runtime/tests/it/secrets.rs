@@ -181,8 +181,15 @@ async fn secrets_over_grpc_follow_the_http_api() {
     assert_status(&err, Code::InvalidArgument, "ERR_SECRET_STORE_NOT_FOUND");
     s.stop().await;
 
-    // No secret store at all.
-    let none = grpc_sidecar("no-secrets", dir.path(), None, |_| {}).await;
+    // Every secret store is scoped to other apps: this one has none (and no embedded
+    // default either, which stands in only when no secret store exists at all).
+    let yaml = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: env\nspec:\n  \
+                type: secretstores.local.env\n  version: v1\nscopes: [someone-else]\n";
+    let scoped_out = trellis_resources::parse_str(Path::new("scoped.yaml"), yaml).unwrap();
+    let none = grpc_sidecar("no-secrets", dir.path(), None, move |c| {
+        c.resources = scoped_out
+    })
+    .await;
     let r = request("GET", &url(&none, "/v1.0/secrets/files/x"), &[], "").await;
     assert_eq!(r.status, 500);
     assert_eq!(r.json()["errorCode"], "ERR_SECRET_STORES_NOT_CONFIGURED");
@@ -241,4 +248,71 @@ async fn unresolvable_secret_refs_stop_the_sidecar_with_a_clear_error() {
         assert!(err.contains("connectionString"), "{err}");
         assert!(!err.contains(SECRET), "a value leaked: {err}");
     }
+}
+
+/// With no secret store component, the embedded encrypted store `secretstore` answers what
+/// was set in it (here through the store's own API, as `trellis secret set` does), over
+/// HTTP and gRPC, with Dapr's answers for what it does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_is_there_with_no_components() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = grpc_sidecar("embedded-secrets", dir.path(), None, |_| {}).await;
+    let data_dir = dir.path().to_path_buf();
+    let key_file = data_dir.join("secrets.key");
+    let r = request(
+        "GET",
+        &url(&s, "/v1.0/secrets/secretstore/api-key"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_SECRET_GET");
+    assert!(!key_file.exists(), "reading made no key");
+
+    let md = trellis_secrets::Metadata::from_pairs([(
+        "connectionString",
+        data_dir.join("secrets.db").display().to_string(),
+    )]);
+    let cli = trellis_secrets::sqlite::SqliteSecretStore::open(&md)
+        .await
+        .unwrap();
+    cli.set("api-key", "api-key", SECRET).await.unwrap();
+    cli.set("db", "user", "app").await.unwrap();
+    cli.set("db", "password", SECRET).await.unwrap();
+
+    let r = request(
+        "GET",
+        &url(&s, "/v1.0/secrets/secretstore/api-key"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"api-key": SECRET}));
+    let r = request("GET", &url(&s, "/v1.0/secrets/secretstore/bulk"), &[], "").await;
+    assert_eq!(
+        r.json(),
+        json!({"api-key": {"api-key": SECRET}, "db": {"password": SECRET, "user": "app"}})
+    );
+    let got = client(&s)
+        .await
+        .get_secret(pb::GetSecretRequest {
+            store_name: "secretstore".into(),
+            key: "db".into(),
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.data.get("user").map(String::as_str), Some("app"));
+    let meta = request("GET", &url(&s, "/v1.0/metadata"), &[], "")
+        .await
+        .text();
+    assert!(meta.contains("secretstores.sqlite"), "{meta}");
+    assert!(
+        !meta.contains(SECRET),
+        "a value leaked into the metadata: {meta}"
+    );
+    s.stop().await;
 }

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use trellis_proto::durabletask::HistoryEvent;
 use trellis_sqlite::StoreSettings;
-use trellis_sqlite::tasks::{Context, TaskError, TaskQueue};
+use trellis_sqlite::calls::{CallFailed, Calls, Shared};
 use trellis_sqlite::writer::Options;
 
 use crate::store::{
@@ -36,29 +36,30 @@ const MAX_GATHER_WAIT: Duration = Duration::from_micros(500);
 /// The table names' common prefix when the metadata names none.
 pub const DEFAULT_TABLE: &str = "workflow";
 
-impl TaskError for WorkflowError {
-    fn writer(reason: String) -> Self {
-        WorkflowError::Backend(reason)
-    }
-}
-
-/// What every operation gets besides the connection: the statements and the batch's clock.
-struct Ctx {
+/// What the store's operations share on the writer thread: the SQL, and the clock read
+/// once per transaction.
+struct WorkflowWriter {
     sql: Sql,
     now: Millis,
 }
 
-impl Context for Ctx {
+impl Shared for WorkflowWriter {
     fn begin(&mut self, _: &Connection) -> Result<(), String> {
         self.now = now_ms();
         Ok(())
     }
 }
 
+impl From<CallFailed> for WorkflowError {
+    fn from(e: CallFailed) -> Self {
+        WorkflowError::Backend(e.0)
+    }
+}
+
 /// `workflowbackend.sqlite`. See the module docs.
 #[derive(Debug)]
 pub struct SqliteWorkflowStore {
-    queue: TaskQueue<Ctx, WorkflowError>,
+    calls: Calls<WorkflowWriter, WorkflowError>,
     connection: String,
 }
 
@@ -79,16 +80,17 @@ impl SqliteWorkflowStore {
         let sql = Sql::new(&cfg.table);
         conn.execute_batch(&sql.create_tables())
             .map_err(ops::db_err)?;
+        let writer = WorkflowWriter { sql, now: 0 };
         // A busy engine's callers (turn commits, activity results) come back right after
         // their answers: lingering a moment for them lets them share the next fsync.
         let options = Options {
             gather_wait: MAX_GATHER_WAIT,
             ..Options::new("trellis-workflow-writer", cfg.busy_timeout)
         };
-        let queue = TaskQueue::start(conn, Ctx { sql, now: 0 }, options, cfg.timeout)
+        let calls = Calls::start(conn, writer, options, cfg.timeout)
             .map_err(|e| WorkflowError::Backend(e.to_string()))?;
         Ok(SqliteWorkflowStore {
-            queue,
+            calls,
             connection: cfg.connection,
         })
     }
@@ -98,15 +100,15 @@ impl SqliteWorkflowStore {
         &self.connection
     }
 
-    /// Runs `f` with the statements and the batch's clock in the writer's next
-    /// transaction.
     async fn call<T, F>(&self, durable: bool, f: F) -> Result<T, WorkflowError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &Sql, Millis) -> Result<T, WorkflowError> + Send + 'static,
     {
-        self.queue
-            .call(durable, move |conn, ctx: &Ctx| f(conn, &ctx.sql, ctx.now))
+        self.calls
+            .call(durable, move |c, w: &mut WorkflowWriter| {
+                f(c, &w.sql, w.now)
+            })
             .await
     }
 }

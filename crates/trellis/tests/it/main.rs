@@ -20,8 +20,10 @@ mod resiliency;
 mod sdk;
 mod sdk_js;
 mod sdk_python;
+mod secrets;
 mod state;
 mod streaming;
+mod tracing;
 mod workflows;
 
 use std::path::Path;

@@ -71,7 +71,15 @@ pub fn router(rt: Arc<Runtime>) -> Router {
     if rt.enable_api_logging {
         router = router.layer(middleware::from_fn(super::layers::log_call));
     }
-    router.layer(CatchPanicLayer::custom(panic_status as fn(_) -> _))
+    router = router.layer(CatchPanicLayer::custom(panic_status as fn(_) -> _));
+    // Outermost, as on the HTTP API (see `api::layers`).
+    if let Some(tracer) = &rt.tracer {
+        router = router.layer(middleware::from_fn_with_state(
+            (tracer.clone(), crate::trace::Naming::GrpcMethod),
+            crate::trace::serve,
+        ));
+    }
+    router
 }
 
 fn panic_status(panic: Box<dyn std::any::Any + Send>) -> Response {

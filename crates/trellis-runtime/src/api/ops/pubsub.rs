@@ -222,20 +222,42 @@ fn message(
 
 pub async fn publish(rt: &Runtime, req: Publish<'_>) -> Result<(), ApiError> {
     let component = target(rt, req.pubsub, req.topic)?;
+    // The producer span's context goes into the event, so the delivery's span is its child.
+    let mut span = producer(rt, &req);
+    let traceparent = span.as_ref().map(|s| s.context().traceparent());
     let ctx = EnvelopeContext {
         source: &rt.app.app_id,
         pubsub: req.pubsub,
         topic: req.topic,
-        traceparent: req.traceparent,
+        traceparent: traceparent.as_deref().or(req.traceparent),
         tracestate: req.tracestate,
         ttl: ttl(&req.metadata)?,
     };
     let message = message(&ctx, &req.data, req.content_type, req.metadata)?;
-    component
+    let result = component
         .broker
         .publish(message)
         .await
-        .map_err(|e| publish_failed(req.pubsub, req.topic, e))
+        .map_err(|e| publish_failed(req.pubsub, req.topic, e));
+    if let (Some(span), Err(e)) = (&mut span, &result) {
+        span.set_error(e.message.clone());
+    }
+    result
+}
+
+/// The span of one publish, the child of the request's (none when tracing is off).
+fn producer(rt: &Runtime, req: &Publish<'_>) -> Option<trellis_trace::Span> {
+    let mut span = crate::trace::child(
+        rt.tracer.as_ref(),
+        format!("publish {}", req.topic),
+        trellis_trace::SpanKind::Producer,
+    )?;
+    if span.is_recording() {
+        span.set_attribute("messaging.system", "dapr");
+        span.set_attribute("messaging.destination.name", req.topic.to_string());
+        span.set_attribute("trellis.component", req.pubsub.to_string());
+    }
+    Some(span)
 }
 
 /// Publishes every entry; `Ok(Err(..))` lists the entries the broker did not store.
@@ -256,6 +278,8 @@ pub async fn bulk_publish(
             ));
         }
     }
+    let span = producer(rt, &req);
+    let traceparent = span.as_ref().map(|s| s.context().traceparent());
     let mut messages = Vec::with_capacity(entries.len());
     let mut ids = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -265,7 +289,7 @@ pub async fn bulk_publish(
             source: &rt.app.app_id,
             pubsub: req.pubsub,
             topic: req.topic,
-            traceparent: req.traceparent,
+            traceparent: traceparent.as_deref().or(req.traceparent),
             tracestate: req.tracestate,
             ttl: ttl(&metadata)?,
         };

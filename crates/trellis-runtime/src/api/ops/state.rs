@@ -17,6 +17,7 @@ use trellis_state::{
 use crate::api::ApiError;
 use crate::runtime::Runtime;
 use crate::state::StateComponent;
+use crate::trace;
 
 /// One value to save, as either protocol delivers it.
 #[derive(Debug, Clone)]
@@ -158,7 +159,13 @@ pub async fn get(
         consistency,
         metadata,
     };
-    component.store.get_with(&req).await.map_err(|e| {
+    let got = trace::client(
+        rt.tracer.as_ref(),
+        "state/get",
+        name,
+        component.store.get_with(&req),
+    );
+    got.await.map_err(|e| {
         store_error(
             "ERR_STATE_GET",
             format!("fail to get {key} from state store {name}: {e}"),
@@ -189,14 +196,17 @@ pub async fn save(rt: &Runtime, name: &str, items: Vec<SaveItem>) -> Result<(), 
         .into_iter()
         .map(|item| set_request(component, item))
         .collect::<Result<Vec<_>, _>>()?;
-    let result = match reqs.len() {
-        0 => return Ok(()),
-        1 => match reqs.pop() {
-            Some(req) => component.store.set(req).await,
-            None => return Ok(()),
-        },
-        _ => component.store.bulk_set(reqs).await,
+    let saved = async {
+        match reqs.len() {
+            0 => Ok(()),
+            1 => match reqs.pop() {
+                Some(req) => component.store.set(req).await,
+                None => Ok(()),
+            },
+            _ => component.store.bulk_set(reqs).await,
+        }
     };
+    let result = trace::client(rt.tracer.as_ref(), "state/save", name, saved).await;
     result.map_err(|e| {
         store_error(
             "ERR_STATE_SAVE",
@@ -210,7 +220,13 @@ pub async fn delete(rt: &Runtime, name: &str, item: DeleteItem) -> Result<(), Ap
     let component = store(rt, name)?;
     let key = item.key.clone();
     let req = delete_request(component, item)?;
-    component.store.delete(req).await.map_err(|e| {
+    let deleted = trace::client(
+        rt.tracer.as_ref(),
+        "state/delete",
+        name,
+        component.store.delete(req),
+    );
+    deleted.await.map_err(|e| {
         store_error(
             "ERR_STATE_DELETE",
             format!("failed deleting state with key {key}: {e}"),
@@ -257,7 +273,13 @@ pub async fn transact(rt: &Runtime, name: &str, ops: Vec<TxOp>) -> Result<(), Ap
             TxOp::Delete(item) => delete_request(component, item).map(Operation::Delete),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    component.store.transact(ops).await.map_err(|e| {
+    let done = trace::client(
+        rt.tracer.as_ref(),
+        "state/transact",
+        name,
+        component.store.transact(ops),
+    );
+    done.await.map_err(|e| {
         let message = format!("error while executing state transaction: {e}");
         match e {
             StateError::NotSupported(_) => store_error("ERR_STATE_TRANSACTION", message, &e),

@@ -1,0 +1,263 @@
+//! Distributed tracing in the sidecar: the tracer `Configuration.spec.tracing` asks for,
+//! the span of the request being served, and the one way each hop records its span.
+//!
+//! How a trace travels through a sidecar:
+//! - Every inbound request (the HTTP API, the gRPC API, a peer on the internal port) gets a
+//!   server span, the child of its `traceparent` or a new trace's root, by [`serve`]. The
+//!   request's `traceparent` header is then replaced by the span's own, so everything
+//!   below that passes headers on (invocation to a peer, the internal port to the app,
+//!   publish into the CloudEvent) names this span as the parent without knowing about
+//!   tracing; and the span's context is the task's [`current`] one, for the spans of
+//!   component calls ([`child`]).
+//! - A publish records a producer span whose context goes into the CloudEvent
+//!   (`traceparent`, `tracestate`, `traceid`); the delivery of that event records a
+//!   consumer span, the child of the event's context, and sends it to the subscriber as its
+//!   `traceparent`, so the subscriber's work is a child of the publisher's.
+//!
+//! With `samplingRate: "0"` spans still carry the trace on (with the not-sampled flag) but
+//! record nothing. Without `spec.tracing` nothing here runs: no tracer, no layer, and a
+//! `traceparent` passes through as it came.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::HeaderValue;
+use trellis_resources::TracingSpec;
+use trellis_trace::export::{OtlpGrpc, OtlpHttp, Zipkin};
+use trellis_trace::{Config, Exporter, Span, SpanContext, SpanKind, Tracer};
+
+tokio::task_local! {
+    /// The context of the span serving the request this task works on.
+    static CURRENT: SpanContext;
+}
+
+/// The context of the span serving the current request; none outside a traced request.
+pub fn current() -> Option<SpanContext> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Runs `f` with `context` as the current span's.
+pub async fn scoped<F: Future>(context: SpanContext, f: F) -> F::Output {
+    CURRENT.scope(context, f).await
+}
+
+/// A span of `kind`, the child of the current request's span (or a new trace's root when
+/// there is none); none when tracing is off.
+pub fn child(
+    tracer: Option<&Tracer>,
+    name: impl Into<Cow<'static, str>>,
+    kind: SpanKind,
+) -> Option<Span> {
+    let tracer = tracer?;
+    Some(tracer.span(name, kind, current().as_ref()))
+}
+
+/// Runs `call` (a component call: a store, a broker) under a client span named `name`
+/// (`state/get`, ...), the child of the current request's span; a failure marks the span.
+pub async fn client<T, E: std::fmt::Display>(
+    tracer: Option<&Tracer>,
+    name: &'static str,
+    component: &str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let Some(mut span) = child(tracer, name, SpanKind::Client) else {
+        return call.await;
+    };
+    if span.is_recording() {
+        span.set_attribute("trellis.component", component.to_string());
+    }
+    let result = call.await;
+    if let Err(e) = &result {
+        span.set_error(e.to_string());
+    }
+    result
+}
+
+/// The tracer `spec` asks for, exporting as the app `service`; none without a spec.
+/// Errors name the field.
+pub fn tracer(spec: Option<&TracingSpec>, service: &str) -> Result<Option<Tracer>, String> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    // Dapr's default sampling rate is "1" only in its Kubernetes defaults; a spec without
+    // one samples everything when an exporter is set, as `dapr init`'s configuration does.
+    let rate = match spec.sampling_rate.as_deref().map(str::trim) {
+        None | Some("") => 1.0,
+        Some(text) => text
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| {
+                format!("spec.tracing.samplingRate: {text:?} is not a number from 0 to 1")
+            })?,
+    };
+    let mut config = Config::new(service, rate);
+    if let Some(otel) = &spec.otel {
+        if otel.is_secure {
+            return Err(
+                "spec.tracing.otel.isSecure: TLS to the collector is not supported yet; \
+                        reach it over plain gRPC or HTTP (on loopback or a local agent)"
+                    .into(),
+            );
+        }
+        let protocol = otel.protocol.as_deref().unwrap_or("grpc");
+        let exporter = match protocol.to_ascii_lowercase().as_str() {
+            "grpc" => OtlpGrpc::new(&otel.endpoint_address).map(Exporter::OtlpGrpc),
+            "http" | "http/protobuf" => {
+                OtlpHttp::new(&otel.endpoint_address).map(Exporter::OtlpHttp)
+            }
+            other => {
+                return Err(format!(
+                    "spec.tracing.otel.protocol: {other:?} is neither \"grpc\" nor \"http\""
+                ));
+            }
+        }
+        .map_err(|e| format!("spec.tracing.{e}"))?;
+        config.exporters.push(exporter);
+    }
+    if let Some(zipkin) = &spec.zipkin {
+        let exporter =
+            Zipkin::new(&zipkin.endpoint_address).map_err(|e| format!("spec.tracing.{e}"))?;
+        config.exporters.push(Exporter::Zipkin(exporter));
+    }
+    if spec.stdout {
+        config.exporters.push(Exporter::Stdout);
+    }
+    // Tests read what was exported soon after the calls; a sidecar's batches wait at most
+    // this long either way.
+    config.flush_interval = Duration::from_millis(500);
+    Ok(Some(Tracer::start(config)))
+}
+
+/// How an inbound request's server span is named.
+#[derive(Debug, Clone)]
+pub enum Naming {
+    /// `<METHOD> <route template>`, OpenTelemetry's HTTP convention (the public HTTP API).
+    Route,
+    /// The gRPC method, `/package.Service/Method`.
+    GrpcMethod,
+    /// `CallLocal/<app id>` (the internal port: a peer's invocation of this app), as Dapr
+    /// names it; the method goes in an attribute, not the name, to keep names few.
+    CallLocal(std::sync::Arc<str>),
+}
+
+/// Middleware: the server span of one inbound request, its context current for the
+/// handler and in the request's `traceparent`.
+pub async fn serve(
+    State((tracer, naming)): State<(Tracer, Naming)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    // Health probes come every few seconds from orchestrators; a trace of each would drown
+    // the app's own.
+    if req.uri().path().starts_with("/v1.0/healthz") {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let parent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|tp| {
+            let state = headers.get("tracestate").and_then(|v| v.to_str().ok());
+            SpanContext::from_headers(tp, state)
+        });
+    let name: Cow<'static, str> = match naming {
+        Naming::Route => {
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or("_other", |m| m.as_str());
+            format!("{} {route}", req.method()).into()
+        }
+        Naming::GrpcMethod => req.uri().path().to_string().into(),
+        Naming::CallLocal(ref app_id) => format!("CallLocal/{app_id}").into(),
+    };
+    let mut span = tracer.span(name, SpanKind::Server, parent.as_ref());
+    if span.is_recording() {
+        span.set_attribute("http.request.method", req.method().to_string());
+        if let Naming::CallLocal(_) = naming {
+            span.set_attribute("rpc.method", req.uri().path().to_string());
+        }
+    }
+    let context = span.context().clone();
+    if let Ok(tp) = HeaderValue::from_str(&context.traceparent()) {
+        req.headers_mut().insert("traceparent", tp);
+    }
+    let resp = scoped(context, next.run(req)).await;
+    if span.is_recording() {
+        let status = resp.status();
+        span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+        if let Some(code) = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+        {
+            span.set_attribute("rpc.grpc.status_code", code.to_string());
+        }
+        if status.is_server_error() {
+            span.set_error(status.to_string());
+        }
+    }
+    span.end();
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_resources::{OtelSpec, ZipkinSpec};
+
+    fn spec(rate: Option<&str>) -> TracingSpec {
+        TracingSpec {
+            sampling_rate: rate.map(str::to_string),
+            stdout: false,
+            otel: None,
+            zipkin: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn specs_become_tracers_or_errors_naming_the_field() {
+        assert!(tracer(None, "a").expect("no spec").is_none());
+        assert!(tracer(Some(&spec(Some("0.5"))), "a").expect("ok").is_some());
+        let err = tracer(Some(&spec(Some("2"))), "a").expect_err("out of range");
+        assert!(err.contains("samplingRate"), "{err}");
+        let mut s = spec(None);
+        s.otel = Some(OtelSpec {
+            endpoint_address: "localhost:4317".into(),
+            is_secure: false,
+            protocol: Some("thrift".into()),
+        });
+        let err = tracer(Some(&s), "a").expect_err("bad protocol");
+        assert!(err.contains("otel.protocol"), "{err}");
+        s.otel = None;
+        s.zipkin = Some(ZipkinSpec {
+            endpoint_address: String::new(),
+        });
+        let err = tracer(Some(&s), "a").expect_err("no endpoint");
+        assert!(err.contains("zipkin"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn children_follow_the_current_span() {
+        let t = tracer(Some(&spec(Some("1"))), "a")
+            .expect("ok")
+            .expect("tracer");
+        assert!(
+            child(None, "x", SpanKind::Client).is_none(),
+            "off without a tracer"
+        );
+        let root = t.span("root", SpanKind::Server, None);
+        let ctx = root.context().clone();
+        let inner = scoped(ctx.clone(), async {
+            child(Some(&t), "state.get", SpanKind::Client).map(|s| s.context().clone())
+        })
+        .await
+        .expect("a span");
+        assert_eq!(inner.trace_id, ctx.trace_id);
+        assert!(current().is_none(), "the scope ended");
+    }
+}

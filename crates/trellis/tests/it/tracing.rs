@@ -1,0 +1,376 @@
+//! Distributed tracing across real sidecars, exported over OTLP to a receiver that decodes
+//! the protocol's own messages: one trace followed from an HTTP call through invocation,
+//! the callee app's state save and publish, to the subscriber's delivery, every span the
+//! child of the one before it.
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+use trellis_test_support::{OtlpReceiver, ReceivedSpan, SubscriberApp, request};
+
+use crate::{PATIENCE, sidecar};
+
+const CALLER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// A Configuration exporting every trace to `receiver` over OTLP/`protocol`.
+fn tracing_config(dir: &std::path::Path, receiver: &OtlpReceiver, protocol: &str) -> String {
+    let endpoint = match protocol {
+        "grpc" => receiver.grpc_addr,
+        _ => receiver.http_addr,
+    };
+    let path = dir.join(format!("tracing-{protocol}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: tracing\n\
+             spec:\n  tracing:\n    samplingRate: \"1\"\n    otel:\n      endpointAddress: \
+             \"{endpoint}\"\n      isSecure: false\n      protocol: {protocol}\n"
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// The callee app: `POST /work` saves state and publishes through its own sidecar (whose
+/// URL goes into the cell once it is known), passing on the `traceparent` it was called
+/// with, as an instrumented app does.
+async fn worker_app() -> (u16, Arc<OnceLock<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sidecar: Arc<OnceLock<String>> = Arc::default();
+    let base = sidecar.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let base = base.clone();
+                    async move {
+                        let base = base.get().cloned().unwrap_or_default();
+                        let tp = req
+                            .headers()
+                            .get("traceparent")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        if req.uri().path() == "/work" {
+                            let headers = [
+                                ("traceparent", tp.as_str()),
+                                ("content-type", "application/json"),
+                            ];
+                            let saved = request(
+                                "POST",
+                                &format!("{base}/v1.0/state/statestore"),
+                                &headers,
+                                r#"[{"key": "order-1", "value": {"n": 1}}]"#,
+                            )
+                            .await;
+                            let published = request(
+                                "POST",
+                                &format!("{base}/v1.0/publish/pubsub/orders"),
+                                &headers,
+                                r#"{"order": 1}"#,
+                            )
+                            .await;
+                            let body =
+                                format!("{} {}", saved.status.as_u16(), published.status.as_u16());
+                            return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                                body,
+                            ))));
+                        }
+                        let mut resp = Response::new(Full::new(Bytes::new()));
+                        *resp.status_mut() = http::StatusCode::NOT_FOUND;
+                        Ok(resp)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (port, sidecar)
+}
+
+fn one<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| s.service == service && s.name == name)
+        .collect();
+    assert_eq!(found.len(), 1, "{service} {name} in {spans:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_a_call_through_state_and_pubsub_to_the_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start().await;
+    let config = tracing_config(dir.path(), &receiver, "grpc");
+    let subscriber = SubscriberApp::start(Some(json!([
+        {"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}
+    ])))
+    .await;
+    let c = sidecar("trace-c", dir.path())
+        .app_port(subscriber.port())
+        .arg("--config")
+        .arg(&config)
+        .spawn();
+    let (worker, worker_sidecar) = worker_app().await;
+    let b = sidecar("trace-b", dir.path())
+        .app_port(worker)
+        .arg("--config")
+        .arg(&config)
+        .spawn();
+    worker_sidecar.set(b.url("")).unwrap();
+    let a = sidecar("trace-a", dir.path())
+        .arg("--config")
+        .arg(&config)
+        .spawn();
+    for s in [&a, &b, &c] {
+        s.wait_healthy().await;
+    }
+
+    let r = request(
+        "POST",
+        &a.url("/v1.0/invoke/trace-b/method/work"),
+        &[("traceparent", CALLER)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), b.output());
+    assert_eq!(r.text(), "204 204");
+    let delivered = subscriber.wait_for("/orders", 1, PATIENCE).await;
+    assert_eq!(delivered.len(), 1, "{}", c.output());
+
+    let spans = receiver
+        .wait_for(PATIENCE, |s| {
+            s.iter().any(|s| s.name == "deliver orders")
+                && s.iter().filter(|s| s.trace_id == TRACE).count() >= 7
+        })
+        .await;
+    let ours: Vec<ReceivedSpan> = spans.into_iter().filter(|s| s.trace_id == TRACE).collect();
+    let api = one(&ours, "trace-a", "POST /v1.0/invoke/{*rest}");
+    assert_eq!(api.kind, 2, "server");
+    assert_eq!(
+        api.parent_id.as_deref(),
+        Some("b7ad6b7169203331"),
+        "the caller's span"
+    );
+    assert_eq!(api.attributes["http.response.status_code"], "200");
+    let local = one(&ours, "trace-b", "CallLocal/trace-b");
+    assert_eq!(
+        local.parent_id.as_ref(),
+        Some(&api.span_id),
+        "invocation hop"
+    );
+    assert_eq!(local.attributes["rpc.method"], "/work");
+    let save_api = one(&ours, "trace-b", "POST /v1.0/state/{store}");
+    assert_eq!(
+        save_api.parent_id.as_ref(),
+        Some(&local.span_id),
+        "the app's own call"
+    );
+    let save = one(&ours, "trace-b", "state/save");
+    assert_eq!(save.kind, 3, "client");
+    assert_eq!(save.parent_id.as_ref(), Some(&save_api.span_id));
+    assert_eq!(save.attributes["trellis.component"], "statestore");
+    let publish_api = one(&ours, "trace-b", "POST /v1.0/publish/{pubsub}/{*topic}");
+    assert_eq!(publish_api.parent_id.as_ref(), Some(&local.span_id));
+    let produce = one(&ours, "trace-b", "publish orders");
+    assert_eq!(produce.kind, 4, "producer");
+    assert_eq!(produce.parent_id.as_ref(), Some(&publish_api.span_id));
+    let deliver = one(&ours, "trace-c", "deliver orders");
+    assert_eq!(deliver.kind, 5, "consumer");
+    assert_eq!(
+        deliver.parent_id.as_ref(),
+        Some(&produce.span_id),
+        "across the broker"
+    );
+    // The subscriber is handed the delivery's span as its parent, in the header and the event.
+    let got = &delivered[0];
+    let header = got.headers["traceparent"].to_str().unwrap();
+    assert_eq!(header, format!("00-{TRACE}-{}-01", deliver.span_id));
+    assert_eq!(
+        got.json()["traceid"].as_str().unwrap().split('-').nth(1),
+        Some(TRACE)
+    );
+    assert_eq!(
+        got.json()["traceparent"]
+            .as_str()
+            .unwrap()
+            .split('-')
+            .nth(2),
+        Some(produce.span_id.as_str())
+    );
+
+    // A call without a traceparent starts a trace of its own at the sidecar.
+    let r = request("GET", &a.url("/v1.0/metadata"), &[], "").await;
+    assert_eq!(r.status, 200);
+    let spans = receiver
+        .wait_for(PATIENCE, |s| {
+            s.iter().any(|s| s.name == "GET /v1.0/metadata")
+        })
+        .await;
+    let root = one(&spans, "trace-a", "GET /v1.0/metadata");
+    assert!(
+        spans.iter().all(|s| !s.name.contains("healthz")),
+        "health probes are not traced"
+    );
+    assert_eq!(root.parent_id, None);
+    assert_ne!(root.trace_id, TRACE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_http_and_sampling_zero_still_propagate() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start().await;
+    let config = tracing_config(dir.path(), &receiver, "http");
+    let a = sidecar("trace-http", dir.path())
+        .arg("--config")
+        .arg(&config)
+        .spawn();
+    a.wait_healthy().await;
+    let r = request(
+        "GET",
+        &a.url("/v1.0/metadata"),
+        &[("traceparent", CALLER)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let spans = receiver
+        .wait_for(PATIENCE, |s| {
+            s.iter().any(|s| s.name == "GET /v1.0/metadata")
+        })
+        .await;
+    let span = one(&spans, "trace-http", "GET /v1.0/metadata");
+    assert_eq!(span.trace_id, TRACE);
+    assert_eq!(span.via, "http");
+
+    // samplingRate "0": nothing is exported, but an invoked app still gets the trace id
+    // (not sampled) so that its own spans, if any, join the caller's trace.
+    let zero = dir.path().join("zero.yaml");
+    std::fs::write(
+        &zero,
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: zero\n\
+             spec:\n  tracing:\n    samplingRate: \"0\"\n    otel:\n      endpointAddress: \
+             \"{}\"\n      protocol: grpc\n",
+            receiver.grpc_addr
+        ),
+    )
+    .unwrap();
+    let echo = trellis_test_support::TestApp::start("echo").await;
+    let b = sidecar("trace-zero-b", dir.path())
+        .app_port(echo.port())
+        .arg("--config")
+        .arg(zero.display().to_string())
+        .spawn();
+    let c = sidecar("trace-zero-a", dir.path())
+        .arg("--config")
+        .arg(zero.display().to_string())
+        .spawn();
+    b.wait_healthy().await;
+    c.wait_healthy().await;
+    let unsampled = CALLER.replace("-01", "-00");
+    let r = request(
+        "POST",
+        &c.url("/v1.0/invoke/trace-zero-b/method/echo"),
+        &[("traceparent", unsampled.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        seen.starts_with(&format!("00-{TRACE}-")) && seen.ends_with("-00"),
+        "{seen}"
+    );
+    assert_ne!(seen, unsampled, "each hop is a span of its own");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .all(|s| !s.service.starts_with("trace-zero")),
+        "unsampled spans were exported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_invocation_carries_the_trace_to_the_callee() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start().await;
+    let config = tracing_config(dir.path(), &receiver, "grpc");
+    let echo = trellis_test_support::TestApp::start("echo").await;
+    let b = sidecar("trace-grpc-b", dir.path())
+        .app_port(echo.port())
+        .arg("--config")
+        .arg(&config)
+        .spawn();
+    let a = sidecar("trace-grpc-a", dir.path())
+        .arg("--config")
+        .arg(&config)
+        .spawn();
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+    let endpoint = format!("http://127.0.0.1:{}", a.grpc_port);
+    let mut client = trellis_proto::runtime::dapr_client::DaprClient::connect(endpoint)
+        .await
+        .unwrap();
+    let mut call = tonic::Request::new(trellis_proto::runtime::InvokeServiceRequest {
+        id: "trace-grpc-b".into(),
+        message: Some(trellis_proto::common::InvokeRequest {
+            method: "echo".into(),
+            http_extension: Some(trellis_proto::common::HttpExtension {
+                verb: trellis_proto::common::http_extension::Verb::Post as i32,
+                querystring: String::new(),
+            }),
+            ..Default::default()
+        }),
+    });
+    call.metadata_mut()
+        .insert("traceparent", CALLER.parse().unwrap());
+    let answer = client.invoke_service(call).await.unwrap().into_inner();
+    let echoed: serde_json::Value =
+        serde_json::from_slice(&answer.data.unwrap_or_default().value).unwrap();
+    let seen = echoed["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let spans = receiver
+        .wait_for(PATIENCE, |s| {
+            s.iter().any(|s| s.name == "CallLocal/trace-grpc-b")
+                && s.iter().any(|s| s.name.ends_with("/InvokeService"))
+        })
+        .await;
+    let api = one(
+        &spans,
+        "trace-grpc-a",
+        "/dapr.proto.runtime.v1.Dapr/InvokeService",
+    );
+    assert_eq!(api.trace_id, TRACE);
+    assert_eq!(api.parent_id.as_deref(), Some("b7ad6b7169203331"));
+    let local = one(&spans, "trace-grpc-b", "CallLocal/trace-grpc-b");
+    assert_eq!(local.parent_id.as_ref(), Some(&api.span_id));
+    assert_eq!(
+        seen,
+        format!("00-{TRACE}-{}-01", local.span_id),
+        "what the app saw"
+    );
+}
