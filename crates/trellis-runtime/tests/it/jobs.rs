@@ -340,6 +340,15 @@ async fn grpc_rpcs_schedule_list_and_delete_by_prefix() {
             .jobs
             .is_empty()
     );
+    let meta = c
+        .get_metadata(pb::GetMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        meta.scheduler.map(|s| s.connected_addresses),
+        Some(vec!["jobstore (scheduler.sqlite)".to_string()])
+    );
     s.stop().await;
 }
 
