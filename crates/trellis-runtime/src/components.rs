@@ -314,6 +314,8 @@ impl Default for Registries {
                 Ok(Arc::new(store) as Arc<dyn JobStore>)
             })
         });
+        #[cfg(feature = "jobs-postgres")]
+        jobs.alias("scheduler.postgres", "scheduler.postgresql");
         let pending = BUILDING_BLOCKS
             .iter()
             .filter(|b| {
@@ -517,5 +519,19 @@ mod tests {
         ] {
             assert!(r.check(name, "v1").is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    #[cfg(all(feature = "jobs-sqlite", feature = "jobs-postgres"))]
+    fn both_job_stores_are_registered() {
+        let r = Registries::default();
+        for name in [
+            "scheduler.sqlite",
+            "scheduler.postgresql",
+            "scheduler.postgres",
+        ] {
+            assert!(r.check(name, "v1").is_ok(), "{name}");
+        }
+        assert!(r.check("scheduler.etcd", "v1").is_err());
     }
 }
