@@ -1,6 +1,7 @@
-//! `trellis-bench invoke`: the same load sent to a small echo app four ways (directly,
-//! through two trellis sidecars with mTLS, through the same pair with mTLS off, through two
-//! nginx hops), and a markdown report of latency,
+//! `trellis-bench invoke`: the same load sent to a small echo app five ways (directly,
+//! through two trellis sidecars with mTLS and metrics on (the defaults), through the same
+//! pair with mTLS off, through the same pair with metrics off, through two nginx hops),
+//! and a markdown report of latency,
 //! throughput, CPU, memory and start-up time next to the targets. Scenarios whose parts
 //! are unavailable (no trellis binary, no nginx) are skipped with a note; the rest run.
 
@@ -27,6 +28,12 @@ const RSS_IDLE_MIB: f64 = 10.0;
 const RSS_LOAD_MIB: f64 = 15.0;
 /// What mTLS between the sidecars may add to the plaintext pair's p50.
 const MTLS_ADDED_P50_MS: f64 = 0.03;
+/// What metrics and tracing (at sampling 0.1) together may add to the pair without them;
+/// the row prices metrics alone (neither pair has `spec.tracing`) against the joint budget.
+const OBSERVABILITY_ADDED_P50_MS: f64 = 0.02;
+const OBSERVABILITY_ADDED_P99_MS: f64 = 0.05;
+/// A sidecar's idle RSS with metrics on.
+const RSS_IDLE_METRICS_MIB: f64 = 12.0;
 const START_MS: f64 = 50.0;
 /// The rate at which the latency and CPU targets are defined.
 const TARGET_RATE: u32 = 1000;
@@ -37,6 +44,8 @@ const TRELLIS: &str = "trellis";
 const NGINX: &str = "nginx";
 /// The same two sidecars with mTLS off (`spec.mtls.enabled: false`), to price mTLS.
 const PLAINTEXT: &str = "trellis-plaintext";
+/// The same two sidecars with `--enable-metrics=false`, to price metrics.
+const METRICS_OFF: &str = "trellis-metrics-off";
 
 #[derive(Args)]
 pub struct InvokeArgs {
@@ -101,6 +110,7 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
     let data_dir = tmp.join("trellis-data");
     let mut sidecars = None;
     let mut plaintext: Option<sidecar::Sidecars> = None;
+    let mut metrics_off: Option<sidecar::Sidecars> = None;
     if let Some(bin) = &session.bin {
         eprintln!("starting trellis sidecars ({})", bin.display());
         std::fs::create_dir_all(&data_dir)?;
@@ -135,6 +145,22 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
             let target = target(s.a.port, sidecar::INVOKE_PATH);
             scenarios.push(echo_scenario(PLAINTEXT, target, &body, n).against(DIRECT));
             plaintext = Some(s);
+        }
+        let off_dir = tmp.join("metrics-off");
+        std::fs::create_dir_all(off_dir.join("data"))?;
+        let started = sidecar::start_pair_with(
+            bin,
+            &off_dir,
+            &off_dir.join("data"),
+            echo_port,
+            None,
+            &["--enable-metrics=false"],
+        )
+        .await;
+        if let Some(s) = runner::keep(&mut session.notes, "the metrics-off pair", started) {
+            let target = target(s.a.port, sidecar::INVOKE_PATH);
+            scenarios.push(echo_scenario(METRICS_OFF, target, &body, n).against(DIRECT));
+            metrics_off = Some(s);
         }
     }
     let nginx = match nginx_bin {
@@ -176,6 +202,9 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
     if let Some(mut p) = plaintext {
         session.notes.extend(p.stop());
     }
+    if let Some(mut p) = metrics_off {
+        session.notes.extend(p.stop());
+    }
 
     let md = render(&args, &session, &results, startup.as_ref());
     session.finish(&md)
@@ -208,6 +237,7 @@ fn render(
     s.push_str(
         "- Paths: direct = client → echo app; trellis = client → sidecar A (HTTP API) → sidecar B (mTLS, the default) → echo app; \
          trellis-plaintext = the same with `spec.mtls.enabled: false`; \
+         trellis-metrics-off = the same as trellis with `--enable-metrics=false` (trellis has metrics on, the default); \
          nginx = client → nginx hop 1 → nginx hop 2 → echo app. Everything on 127.0.0.1, all on the same cores.\n\n",
     );
     let text = PhaseText {
@@ -288,6 +318,7 @@ fn targets(results: &Results, startup: Option<&(Duration, sidecar::Cycles)>) -> 
         MTLS_ADDED_P50_MS,
         |v| format!("{v:+.3} ms"),
     ));
+    rows.extend(metrics_rows(results));
     // Listed even when trellis was skipped, so a skipped run cannot be mistaken for one
     // that met the targets.
     let trellis = results.get(TRELLIS);
@@ -335,6 +366,42 @@ fn targets(results: &Results, startup: Option<&(Duration, sidecar::Cycles)>) -> 
         cycles.and_then(|c| c.iter().max().copied()).map(to_ms),
         START_MS,
         ms_cell,
+    ));
+    rows
+}
+
+/// What metrics add (trellis − trellis-metrics-off) against the metrics + tracing budget,
+/// and the idle RSS of the sidecars with metrics on.
+fn metrics_rows(results: &Results) -> Vec<Goal> {
+    let mut rows = Vec::new();
+    for (label, quantile, limit) in [
+        ("p50", 0.50, OBSERVABILITY_ADDED_P50_MS),
+        ("p99", 0.99, OBSERVABILITY_ADDED_P99_MS),
+    ] {
+        let added = results
+            .added_ms(TRELLIS, quantile)
+            .zip(results.added_ms(METRICS_OFF, quantile))
+            .map(|(on, off)| on - off);
+        rows.push(at_most(
+            format!(
+                "metrics add to {label} ≤ {limit:.2} ms (vs the metrics-off pair; budget shared with tracing at 0.1)"
+            ),
+            added,
+            limit,
+            |v| format!("{v:+.3} ms"),
+        ));
+    }
+    let idle = results
+        .get(TRELLIS)
+        .and_then(|r| r.watches.iter().map(|w| w.1).max())
+        .map(report::mib);
+    rows.push(at_most(
+        format!(
+            "sidecar RSS idle with metrics on ≤ {RSS_IDLE_METRICS_MIB} MiB (larger of A and B)"
+        ),
+        idle,
+        RSS_IDLE_METRICS_MIB,
+        mib_cell,
     ));
     rows
 }

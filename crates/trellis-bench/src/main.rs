@@ -19,7 +19,10 @@
 //!   fan-out through a sidecar, driven by a scripted worker, against the engine in process.
 //! - `jobs` (`jobs.rs`): scheduling rate, triggers delivered per second and fire lateness
 //!   at 1,000 active jobs through a sidecar, against the scheduler in process.
+//! - `blocks` (`blocks.rs`): secret gets and lock/unlock pairs through a sidecar against the
+//!   embedded secret store and the embedded and Redis lock stores used directly.
 
+mod blocks;
 mod direct;
 mod echo;
 mod grpc;
@@ -67,6 +70,8 @@ enum Cmd {
     /// Jobs: scheduling rate, triggers per second and fire lateness through a sidecar vs.
     /// the scheduler in process.
     Jobs(jobs::JobsArgs),
+    /// Secrets and lock through a sidecar vs. the same stores used directly.
+    Blocks(blocks::BlocksArgs),
     /// The gRPC echo app used by `grpc` (the bench starts it itself).
     #[command(hide = true)]
     GrpcEchoServer {
@@ -99,6 +104,7 @@ fn main() -> Result<()> {
         Cmd::Handshake(args) => return rt.block_on(interruptible(handshake::run(args))),
         Cmd::Workflows(args) => return rt.block_on(interruptible(workflows::run(args))),
         Cmd::Jobs(args) => return rt.block_on(interruptible(jobs::run(args))),
+        Cmd::Blocks(args) => return rt.block_on(interruptible(blocks::run(args))),
     };
     // Don't wait for the blocked stdin reader when serving failed.
     rt.shutdown_background();

@@ -92,6 +92,8 @@ pub struct Spec<'a> {
     pub resources: Option<&'a Path>,
     /// A `--config` file (e.g. one that turns mTLS off).
     pub config: Option<&'a Path>,
+    /// More `trellis run` flags (e.g. `--enable-metrics=false`).
+    pub args: &'a [&'a str],
     /// Where its stdout and stderr go; their tail is part of any error.
     pub log: PathBuf,
 }
@@ -106,6 +108,7 @@ impl<'a> Spec<'a> {
             data_dir,
             resources: None,
             config: None,
+            args: &[],
             log,
         }
     }
@@ -181,6 +184,7 @@ impl Sidecar {
         if let Some(file) = spec.config {
             cmd.arg("--config").arg(file);
         }
+        cmd.args(spec.args);
         let (name, log) = (spec.name, spec.log);
         let started = Instant::now();
         let mut child = ChildGuard::spawn(&name, &mut cmd, Some(&log)).map_err(fail)?;
@@ -268,12 +272,26 @@ pub async fn start_pair(
     echo_port: u16,
     config: Option<&Path>,
 ) -> Result<Sidecars> {
+    start_pair_with(bin, dir, data_dir, echo_port, config, &[]).await
+}
+
+/// As [`start_pair`], both sidecars started with the extra flags `args`.
+pub async fn start_pair_with(
+    bin: &Path,
+    dir: &Path,
+    data_dir: &Path,
+    echo_port: u16,
+    config: Option<&Path>,
+    args: &[&str],
+) -> Result<Sidecars> {
     let mut b = Spec::new("sidecar B", "echo", data_dir, dir.join("sidecar-b.log"));
     b.app = Some((echo_port, "http"));
     b.config = config;
+    b.args = args;
     let b = Sidecar::start(bin, b).await?;
     let mut a = spec_a(dir, data_dir, "sidecar-a.log");
     a.config = config;
+    a.args = args;
     let a = Sidecar::start(bin, a).await?;
     if let Err(e) = load::wait_for_status(a.port, "POST", INVOKE_PATH, 200, REACH_LIMIT).await {
         bail!(

@@ -109,7 +109,7 @@ pub fn validate(resource: &str, owner: &str, expiry: Option<Duration>) -> Result
 
 /// Whether `name` can go into SQL as a table name: letters, digits and `_`, optionally
 /// `schema.table`.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(feature = "postgres")]
 fn valid_table(name: &str) -> bool {
     let part = |p: &str| {
         !p.is_empty()

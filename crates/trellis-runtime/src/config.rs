@@ -38,6 +38,10 @@ pub struct SidecarConfig {
     /// runtime never does).
     pub environment: Environment,
     pub enable_api_logging: bool,
+    /// Records Prometheus metrics (`--enable-metrics`; a Configuration's
+    /// `spec.metrics.enabled: false` turns them off too). They are served only when the
+    /// caller passes a metrics listener.
+    pub enable_metrics: bool,
     /// Where local data lives: the name-resolution registry (`registry/`) and the embedded
     /// stores' files.
     pub data_dir: PathBuf,
@@ -87,6 +91,7 @@ impl SidecarConfig {
             app_api_token: None,
             environment: Environment::default(),
             enable_api_logging: false,
+            enable_metrics: true,
             data_dir: data_dir.into(),
             resources: Resources::default(),
             configuration: None,

@@ -72,6 +72,8 @@ struct Loop {
     guard: Policy,
     /// The inbound policy's retries, replacing [`crate::DeliveryPolicy`]'s.
     retry: Option<Retry>,
+    /// The subscription's delivery series, by how a message was settled.
+    ingress: Option<crate::metrics::Ingress>,
 }
 
 impl Loop {
@@ -91,6 +93,7 @@ impl Loop {
             retry: None,
             ..policy
         };
+        let ingress = rt.metrics.ingress(&sub.spec.pubsub, &sub.spec.topic);
         Self {
             rt,
             channel,
@@ -98,6 +101,7 @@ impl Loop {
             component,
             guard,
             retry,
+            ingress,
         }
     }
 
@@ -428,6 +432,7 @@ impl Loop {
         // Only the messages cross the awaits below: an acker is `Send` but not `Sync`.
         let (messages, ackers): (Vec<Message>, Vec<Box<dyn Acker>>) =
             batch.into_iter().map(|d| (d.message, d.acker)).unzip();
+        let started = std::time::Instant::now();
         let verdicts = if self.sub.spec.bulk_subscribe.is_some() {
             self.post_bulk(&messages).await
         } else {
@@ -438,17 +443,15 @@ impl Loop {
             verdicts
         };
         drop(at_app);
+        // The app's processing time, for each message of the batch.
+        let elapsed = started.elapsed();
         // Settled together, so a broker that batches its writes (the embedded one) commits
         // a bulk batch's acks at once.
-        join_all(
-            messages
-                .into_iter()
-                .zip(ackers)
-                .zip(verdicts)
-                .map(|((message, acker), verdict)| {
-                    self.settle(Delivery { message, acker }, verdict)
-                }),
-        )
+        join_all(messages.into_iter().zip(ackers).zip(verdicts).map(
+            |((message, acker), verdict)| {
+                self.settle(Delivery { message, acker }, verdict, elapsed)
+            },
+        ))
         .await;
     }
 
@@ -549,16 +552,23 @@ impl Loop {
 
     /// Settles one delivery by the app's verdict: ack, drop (ack), redeliver, or move it
     /// to the dead-letter topic once its attempts ran out.
-    async fn settle(&self, delivery: Delivery, verdict: AppVerdict) {
+    async fn settle(&self, delivery: Delivery, verdict: AppVerdict, elapsed: Duration) {
         let spec = &self.sub.spec;
         let msg = &delivery.message;
         let stats = &self.rt.delivery_stats;
+        let count = |pick: fn(&crate::metrics::Ingress) -> &crate::metrics::Series| {
+            if let Some(ingress) = &self.ingress {
+                pick(ingress).record(elapsed);
+            }
+        };
         let settled = match verdict {
             AppVerdict::Success => {
+                count(|i| &i.success);
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 delivery.ack().await
             }
             AppVerdict::Drop(why) => {
+                count(|i| &i.drop);
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     pubsub = spec.pubsub,
@@ -585,8 +595,16 @@ impl Loop {
                     ),
                 };
                 match (&spec.dead_letter_topic, exhausted) {
-                    (Some(dlt), true) => self.dead_letter(dlt, delivery, &why).await,
+                    (Some(dlt), true) => {
+                        let moved = self.dead_letter(dlt, delivery, &why).await;
+                        count(match moved.1 {
+                            true => |i| &i.dead_letter,
+                            false => |i| &i.retry,
+                        });
+                        moved.0
+                    }
                     _ => {
+                        count(|i| &i.retry);
                         tracing::debug!(
                             pubsub = spec.pubsub,
                             topic = spec.topic,
@@ -667,13 +685,14 @@ impl Loop {
         verdict
     }
 
-    /// Moves a message that ran out of attempts to `topic` on the same pub/sub.
+    /// Moves a message that ran out of attempts to `topic` on the same pub/sub; the
+    /// settlement's result, and whether the message was moved (else it is redelivered).
     async fn dead_letter(
         &self,
         topic: &str,
         delivery: Delivery,
         why: &str,
-    ) -> Result<(), trellis_pubsub::PubSubError> {
+    ) -> (Result<(), trellis_pubsub::PubSubError>, bool) {
         let msg = &delivery.message;
         let req = PublishRequest {
             topic: topic.to_string(),
@@ -696,12 +715,12 @@ impl Loop {
                     attempts = msg.delivery_attempt,
                     "moved a message to the dead-letter topic: {why}"
                 );
-                delivery.ack().await
+                (delivery.ack().await, true)
             }
             Err(e) => {
                 tracing::warn!(dead_letter_topic = topic, error = %e, "dead-lettering failed; redelivering");
                 let after = self.rt.delivery.max_backoff;
-                delivery.nack(after).await
+                (delivery.nack(after).await, false)
             }
         }
     }

@@ -24,6 +24,7 @@ pub mod jobs;
 mod lazy_store;
 mod loading;
 pub mod lock;
+pub mod metrics;
 pub mod pubsub;
 pub mod resiliency;
 pub mod runtime;

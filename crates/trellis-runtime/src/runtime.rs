@@ -104,6 +104,8 @@ pub struct Runtime {
     pub delivery: DeliveryPolicy,
     /// The app's Resiliency resources, merged (inbound policies of deliveries).
     pub resiliency: Arc<crate::resiliency::Resiliency>,
+    /// The sidecar's Prometheus metrics (disabled: records nothing).
+    pub metrics: crate::metrics::Metrics,
     /// How long work in progress may take to finish once the sidecar stops.
     pub graceful_shutdown: Duration,
     /// `spec.tracing`: the tracer every traced hop records with (`None`: tracing is off).
@@ -151,6 +153,7 @@ pub struct RuntimeParts {
     pub extended: BTreeMap<String, String>,
     pub delivery: DeliveryPolicy,
     pub resiliency: Arc<crate::resiliency::Resiliency>,
+    pub metrics: crate::metrics::Metrics,
     pub graceful_shutdown: Duration,
     /// The sidecar's stop signal (true once it stops).
     pub stopping: watch::Receiver<bool>,
@@ -179,6 +182,7 @@ impl Runtime {
             delivery_stats: DeliveryStats::default(),
             delivery: parts.delivery,
             resiliency: parts.resiliency,
+            metrics: parts.metrics,
             graceful_shutdown: parts.graceful_shutdown,
             stopping: parts.stopping,
             tracer: parts.tracer,

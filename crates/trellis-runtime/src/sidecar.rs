@@ -49,6 +49,8 @@ pub struct Listeners {
     pub internal: TcpListener,
     /// The Dapr gRPC API; `None` serves none.
     pub grpc: Option<TcpListener>,
+    /// `GET /metrics`; `None` serves none (metrics are still recorded unless disabled).
+    pub metrics: Option<TcpListener>,
 }
 
 /// A started sidecar. Dropping it without [`RunningSidecar::stop`] aborts its servers.
@@ -57,6 +59,8 @@ pub struct RunningSidecar {
     pub http_addr: SocketAddr,
     pub internal_addr: SocketAddr,
     pub grpc_addr: Option<SocketAddr>,
+    /// Where `GET /metrics` is served, when it is.
+    pub metrics_addr: Option<SocketAddr>,
     runtime: Arc<Runtime>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -75,6 +79,7 @@ impl Sidecar {
             http,
             internal,
             grpc: None,
+            metrics: None,
         };
         Self::serve(config, listeners).await
     }
@@ -88,12 +93,28 @@ impl Sidecar {
             http,
             internal,
             grpc,
+            metrics: metrics_listener,
         } = listeners;
         let http_addr = http.local_addr().map_err(StartError::Listener)?;
         let internal_addr = internal.local_addr().map_err(StartError::Listener)?;
         let grpc_addr = match &grpc {
             Some(l) => Some(l.local_addr().map_err(StartError::Listener)?),
             None => None,
+        };
+        // The one metrics handle of this sidecar, passed down to every place that records.
+        let metrics_on = config.enable_metrics
+            && config
+                .configuration
+                .as_ref()
+                .and_then(|c| c.spec.metrics.as_ref())
+                .is_none_or(|m| m.enabled);
+        let metrics = match metrics_on {
+            true => crate::metrics::Metrics::new(&config.app_id, &config.namespace),
+            false => crate::metrics::Metrics::disabled(),
+        };
+        let metrics_addr = match (&metrics_listener, metrics_on) {
+            (Some(l), true) => Some(l.local_addr().map_err(StartError::Listener)?),
+            _ => None,
         };
         // The CLI has checked both already; a library caller gets the same rule here.
         let me = AppRef::new(config.app_id.clone(), config.namespace.clone())?;
@@ -131,12 +152,18 @@ impl Sidecar {
             .map_err(StartError::Components)?;
         // Resiliency: the outbound policies go on the components here, once, before
         // anything holds them; invocation and delivery get the same merged policies below.
-        let resiliency = Arc::new(crate::resiliency::Resiliency::new(
-            &config.resources.resiliencies,
-            &config.app_id,
-        ));
-        let (state, pubsub, lock, configuration) =
-            crate::resiliency::outbound::apply(&resiliency, state, pubsub, lock, configuration);
+        let resiliency = Arc::new(
+            crate::resiliency::Resiliency::new(&config.resources.resiliencies, &config.app_id)
+                .with_metrics(metrics.clone()),
+        );
+        let (state, pubsub, lock, configuration) = crate::resiliency::outbound::apply(
+            &resiliency,
+            &metrics,
+            state,
+            pubsub,
+            lock,
+            configuration,
+        );
         let declarative =
             crate::subscriptions::declarative(&config, &pubsub).map_err(StartError::Components)?;
         let mut components: Vec<ComponentSummary> = state
@@ -254,10 +281,10 @@ impl Sidecar {
         )
         .map_err(StartError::Tracing)?;
         let health = Arc::new(Health::default());
-        let app_channel = config
-            .app
-            .as_ref()
-            .map(|app| crate::invoke::open_app_channel(app, config.app_api_token.as_deref()));
+        let app_channel = config.app.as_ref().map(|app| {
+            let channel = crate::invoke::open_app_channel(app, config.app_api_token.as_deref());
+            crate::metrics::app_channel::wrap(channel, &metrics)
+        });
         let invoker = Invoker::new(
             Caller::new(me.clone()),
             Balancer::new(resolver),
@@ -267,7 +294,8 @@ impl Sidecar {
                 .unwrap_or(config.builtin_retries),
             peer_tls,
             resiliency.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
         let (stop, _) = watch::channel(false);
         let runtime = Arc::new(Runtime::new(RuntimeParts {
             app: me,
@@ -315,6 +343,7 @@ impl Sidecar {
             extended: config.extended_metadata.clone(),
             delivery: config.delivery.clone(),
             resiliency,
+            metrics: metrics.clone(),
             graceful_shutdown: config.graceful_shutdown,
             stopping: stop.subscribe(),
             tracer,
@@ -337,6 +366,14 @@ impl Sidecar {
             tasks.spawn(crate::server::serve(
                 grpc,
                 api::grpc::router(runtime.clone()),
+                stopped(&stop),
+                config.graceful_shutdown,
+            ));
+        }
+        if let (Some(listener), Some(_)) = (metrics_listener, metrics_addr) {
+            tasks.spawn(crate::server::serve(
+                listener,
+                crate::metrics::server::router(metrics, health.clone()),
                 stopped(&stop),
                 config.graceful_shutdown,
             ));
@@ -393,6 +430,7 @@ impl Sidecar {
             http = %http_addr,
             grpc = ?grpc_addr,
             internal = %internal_addr,
+            metrics = ?metrics_addr,
             mtls = config.mtls.is_some(),
             resolver = runtime.invoker.resolver_kind(),
             "sidecar started"
@@ -401,6 +439,7 @@ impl Sidecar {
             http_addr,
             internal_addr,
             grpc_addr,
+            metrics_addr,
             runtime,
             stop,
             tasks,

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod child;
+pub mod exposition;
 pub mod http;
 pub mod otlp;
 pub mod process;

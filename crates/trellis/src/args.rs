@@ -31,9 +31,13 @@ pub struct RunArgs {
     /// The port other sidecars connect to (0 picks a free port).
     #[arg(long, short = 'I', default_value_t = 0)]
     dapr_internal_grpc_port: u16,
-    /// The port given to the app as DAPR_METRICS_PORT.
-    #[arg(long, short = 'M', default_value_t = 9090)]
-    metrics_port: u16,
+    /// The port of the sidecar's Prometheus metrics (GET /metrics), given to the app as
+    /// DAPR_METRICS_PORT. Unset: 9090, or a free port when 9090 is taken (another sidecar).
+    #[arg(long, short = 'M')]
+    metrics_port: Option<u16>,
+    /// Serve Prometheus metrics (--enable-metrics=false turns them off).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    enable_metrics: bool,
     /// A directory (or file) of resource YAML files; repeatable.
     #[arg(long, short = 'd', alias = "components-path")]
     resources_path: Vec<PathBuf>,
@@ -124,7 +128,9 @@ pub struct AppPlan {
     pub http_port: u16,
     pub grpc_port: u16,
     pub internal_port: u16,
-    pub metrics_port: u16,
+    /// `None`: 9090, or a free port when 9090 is taken; `Some(0)`: a free port.
+    pub metrics_port: Option<u16>,
+    pub enable_metrics: bool,
     pub resources_paths: Vec<PathBuf>,
     pub config: Option<PathBuf>,
     pub health_check: Option<trellis_runtime::AppHealthCheck>,
@@ -201,6 +207,7 @@ impl RunArgs {
             grpc_port: self.dapr_grpc_port,
             internal_port: self.dapr_internal_grpc_port,
             metrics_port: self.metrics_port,
+            enable_metrics: self.enable_metrics,
             resources_paths: self.resources_path.clone(),
             config: self.config.clone(),
             health_check,
@@ -220,6 +227,7 @@ impl RunArgs {
     pub fn defaults_for_run_file(&self) -> AppPlanDefaults {
         AppPlanDefaults {
             log_api: self.enable_api_logging,
+            enable_metrics: self.enable_metrics,
             graceful_shutdown: Duration::from_secs(self.dapr_graceful_shutdown_seconds),
             data_dir: data_dir(self.data_dir.clone()),
             authority_files: self.authority_files(),
@@ -240,6 +248,7 @@ impl RunArgs {
 #[derive(Debug, Clone)]
 pub struct AppPlanDefaults {
     pub log_api: bool,
+    pub enable_metrics: bool,
     pub graceful_shutdown: Duration,
     pub data_dir: PathBuf,
     pub authority_files: Option<crate::mtls::AuthorityFiles>,
@@ -368,6 +377,32 @@ mod tests {
                 .contains("not supported")
         );
         assert!(parse_protocol("ftp").is_err());
+    }
+
+    #[test]
+    fn metrics_flags() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let plan = |args: &[&str]| {
+            let mut argv = vec!["trellis", "--app-id", "a"];
+            argv.extend_from_slice(args);
+            let app = Cli::parse_from(argv)
+                .run
+                .into_plan()
+                .unwrap()
+                .apps
+                .remove(0);
+            (app.enable_metrics, app.metrics_port)
+        };
+        assert_eq!(plan(&[]), (true, None));
+        assert_eq!(plan(&["--enable-metrics=false"]), (false, None));
+        assert_eq!(plan(&["--enable-metrics"]), (true, None));
+        assert_eq!(plan(&["--metrics-port", "0"]), (true, Some(0)));
+        assert_eq!(plan(&["-M", "9191"]), (true, Some(9191)));
     }
 
     #[test]

@@ -92,6 +92,10 @@ async fn start(plan: &AppPlan) -> anyhow::Result<Started> {
         "--dapr-internal-grpc-port",
     )
     .await?;
+    let metrics = match plan.enable_metrics {
+        true => Some(bind_metrics(plan.metrics_port).await?),
+        false => None,
+    };
 
     let mut config = SidecarConfig::new(plan.app_id.clone(), plan.data_dir.clone());
     config.namespace = plan.namespace.clone();
@@ -107,6 +111,7 @@ async fn start(plan: &AppPlan) -> anyhow::Result<Started> {
     config.environment =
         trellis_runtime::Environment(std::sync::Arc::new(std::env::vars().collect()));
     config.enable_api_logging = plan.enable_api_logging;
+    config.enable_metrics = plan.enable_metrics;
     config.resources = resources;
     config.configuration = configuration;
     config.graceful_shutdown = plan.graceful_shutdown;
@@ -129,8 +134,15 @@ async fn start(plan: &AppPlan) -> anyhow::Result<Started> {
         http,
         internal,
         grpc: Some(grpc),
+        metrics,
     };
     let sidecar = Sidecar::serve(config, listeners).await?;
+    if let Some(addr) = sidecar.metrics_addr {
+        // Where to scrape, for `GET /v1.0/metadata` (the port may have been picked).
+        sidecar
+            .runtime()
+            .set_extended("metricsPort".into(), addr.port().to_string());
+    }
     let child = if plan.command.is_empty() {
         None
     } else {
@@ -197,6 +209,33 @@ async fn bind(host: &str, port: u16, flag: &str) -> anyhow::Result<TcpListener> 
     }
 }
 
+/// The port Dapr's sidecars serve metrics on when not told otherwise.
+const DEFAULT_METRICS_PORT: u16 = 9090;
+
+/// The metrics listener: the port asked for, exactly; unset, 9090 when it is free, else a
+/// free port (several sidecars on one machine each want 9090; only the first gets it, and
+/// the others must not fail for that). The port is in the startup log, in
+/// `DAPR_METRICS_PORT` and in the metadata API's `extended.metricsPort`.
+async fn bind_metrics(port: Option<u16>) -> anyhow::Result<TcpListener> {
+    if let Some(port) = port {
+        return bind("127.0.0.1", port, "--metrics-port").await;
+    }
+    match TcpListener::bind(("127.0.0.1", DEFAULT_METRICS_PORT)).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let listener = bind("127.0.0.1", 0, "--metrics-port").await?;
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(
+                    port = addr.port(),
+                    "port {DEFAULT_METRICS_PORT} is taken (another sidecar?); serving metrics on a free port"
+                );
+            }
+            Ok(listener)
+        }
+        Err(e) => Err(e).context("binding 127.0.0.1:9090 for metrics"),
+    }
+}
+
 fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -221,7 +260,15 @@ fn spawn_app(plan: &AppPlan, sidecar: &RunningSidecar) -> anyhow::Result<Child> 
             format!("http://127.0.0.1:{grpc_port}"),
         )
         .env("TRELLIS_GRPC_PORT", &grpc_port)
-        .env("DAPR_METRICS_PORT", plan.metrics_port.to_string())
+        .env(
+            "DAPR_METRICS_PORT",
+            sidecar
+                .metrics_addr
+                .map_or(plan.metrics_port.unwrap_or(DEFAULT_METRICS_PORT), |a| {
+                    a.port()
+                })
+                .to_string(),
+        )
         .env("APP_PROTOCOL", plan.app_protocol.as_str())
         .env("APP_CHANNEL_ADDRESS", &plan.app_channel_address)
         .envs(&plan.env)

@@ -142,17 +142,30 @@ fn build_runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtim
 
 /// The crates whose lines `--log-level` governs: every library crate the binary links. A
 /// crate missing here logs only its warnings and errors (a failing backend poll at debug
-/// level stayed invisible that way), so a new crate goes on this list.
+/// level stayed invisible that way), so a new crate goes on this list, or on
+/// [`NOT_LINKED`]; a test checks that every crate of the workspace is on one of them.
 const OWN_CRATES: &[&str] = &[
     "trellis",
+    "trellis_configuration",
     "trellis_core",
-    "trellis_runtime",
+    "trellis_lock",
+    "trellis_mtls",
     "trellis_nameres",
-    "trellis_resources",
-    "trellis_state",
+    "trellis_proto",
     "trellis_pubsub",
+    "trellis_resources",
+    "trellis_runtime",
+    "trellis_secrets",
     "trellis_sqlite",
+    "trellis_state",
+    "trellis_trace",
+    "trellis_workflow",
 ];
+
+/// Workspace crates the binary does not link (tools and test helpers), whose lines it never
+/// has to show.
+#[cfg(test)]
+const NOT_LINKED: &[&str] = &["trellis_bench", "trellis_test_support", "trellis_tidy"];
 
 /// Our own crates at the chosen level, everything else (hyper, h2...) only when it warns.
 fn default_filter(level: &str) -> String {
@@ -169,12 +182,12 @@ fn init_logging(level: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
+        // Machines read these: which crate and module a line came from is worth its bytes.
         builder.json().init();
     } else {
-        builder.compact().init();
+        builder.with_target(false).compact().init();
     }
 }
 
@@ -197,8 +210,46 @@ mod tests {
         }};
     }
 
+    /// Every crate under `crates/` is either shown at the chosen level or known not to be
+    /// linked: a new crate cannot be forgotten (its lines would be filtered out).
+    #[test]
+    fn every_workspace_crate_is_on_the_log_list() {
+        let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut missing = Vec::new();
+        for entry in std::fs::read_dir(&crates).unwrap() {
+            let manifest = entry.unwrap().path().join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else {
+                continue;
+            };
+            let name = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name = "))
+                .map(|n| n.trim_matches('"').replace('-', "_"))
+                .unwrap_or_else(|| panic!("no package name in {}", manifest.display()));
+            if !OWN_CRATES.contains(&name.as_str()) && !NOT_LINKED.contains(&name.as_str()) {
+                missing.push(name);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "crates on neither OWN_CRATES nor NOT_LINKED in main.rs: {missing:?}"
+        );
+        for krate in OWN_CRATES {
+            assert!(
+                default_filter("debug").contains(&format!(",{krate}=debug")),
+                "{krate}"
+            );
+        }
+    }
+
     #[test]
     fn default_filter_shows_every_own_crate_at_the_chosen_level() {
+        assert!(shown!("debug", "trellis_lock::redis", Level::DEBUG));
+        assert!(shown!("debug", "trellis_configuration", Level::DEBUG));
+        assert!(shown!("debug", "trellis_secrets::local_file", Level::DEBUG));
+        assert!(shown!("debug", "trellis_workflow::engine", Level::DEBUG));
+        assert!(shown!("warn", "trellis_workflow::engine", Level::WARN));
+        assert!(!shown!("warn", "trellis_workflow::engine", Level::INFO));
         assert!(shown!("debug", "trellis_state::sqlite", Level::DEBUG));
         assert!(shown!("debug", "trellis_pubsub::sqlite", Level::DEBUG));
         assert!(shown!("debug", "trellis_sqlite", Level::DEBUG));

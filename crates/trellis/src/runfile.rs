@@ -297,7 +297,8 @@ fn app_plan(
             &common.dapr_internal_grpc_port,
         )
         .unwrap_or(0),
-        metrics_port: pick(&app.metrics_port, &common.metrics_port).unwrap_or(0),
+        metrics_port: Some(pick(&app.metrics_port, &common.metrics_port).unwrap_or(0)),
+        enable_metrics: defaults.enable_metrics,
         resources_paths: resources,
         config,
         health_check,

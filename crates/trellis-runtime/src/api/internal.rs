@@ -39,7 +39,25 @@ pub fn internal_router(rt: Arc<Runtime>) -> Router {
     router
 }
 
-async fn handle(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
+/// Counts the call per caller (callee side), then serves it.
+async fn handle(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
+    if !rt.metrics.is_enabled() {
+        return serve(&rt, req).await;
+    }
+    // Read before serving: with mTLS, `serve` replaces the header with the proven identity.
+    // (A header value shares its bytes: keeping it copies nothing.)
+    let caller = match req.extensions().get::<PeerIdentity>() {
+        Some(PeerIdentity(peer)) => peer.app_id_header.clone(),
+        None => req.headers().get(CALLER_APP_ID).cloned(),
+    };
+    let resp = serve(&rt, req).await;
+    let caller = caller.as_ref().and_then(|v| v.to_str().ok());
+    let caller = caller.unwrap_or(crate::metrics::OTHER);
+    rt.metrics.invoke_served(caller, resp.status().as_str());
+    resp
+}
+
+async fn serve(rt: &Runtime, mut req: Request) -> Response {
     let me = &rt.app.app_id;
     if let Some(callee) = req.headers().get(CALLEE_APP_ID)
         && callee.as_bytes() != me.as_bytes()

@@ -1,39 +1,45 @@
 //! The tower layers around the public API, composed in one place.
 //!
+//! Every layer is added with `Router::layer`, which wraps each route after routing, so all
+//! of them see the route template the request matched (`MatchedPath`), and the fallback.
 //! Order, outermost first, and why:
-//! 1. **catch-panic**: outermost, so a bug anywhere below (a layer or a handler) becomes a
-//!    500 for that one request instead of a dead connection or a dead sidecar.
-//! 2. **CORS** (`--allowed-origins`): answers browsers' preflight requests itself (they
-//!    carry no API token) and adds the headers to every answer, refusals included, so a
-//!    browser can read why it was refused.
-//! 3. **API logging** (`--enable-api-logging`): sees the final status of every request,
-//!    including the ones the token check rejects.
-//! 4. **API token**: before any routing or invocation, so that no unauthenticated request
-//!    reaches a handler; health routes are exempt as in Dapr.
-//! 5. **HTTP pipeline** (`spec.httpPipeline`: rate limit, route checks...): after the token,
-//!    so unauthenticated floods are refused before they cost a middleware anything, and
-//!    before everything that routes.
-//! 6. **API allowlist** (`spec.api`): after the token (an unauthenticated caller learns
-//!    nothing about which APIs exist) and above the `dapr-app-id` dispatch, which is the
-//!    invocation API and must be subject to it too.
-//! 7. **`dapr-app-id` dispatch**: the header form of invocation wins over every route, as in
-//!    Dapr, so it must sit above the router.
-//!
-//! 8. **tracing** (`spec.tracing`): outermost, so a request's span covers everything done
+//! 1. **tracing** (`spec.tracing`): outermost, so a request's span covers everything done
 //!    for it and ends with the status the caller got (a panic's 500, a refusal by any layer
 //!    below); and the layers below (API logging) see the span's `traceparent`.
+//! 2. **metrics** (`--enable-metrics`, on by default): above catch-panic and every check,
+//!    so every request is counted with the status the client got, panics (500) and
+//!    refusals included; inside the span, so that a later exemplar can name its trace. Its
+//!    own code cannot panic: it only reads the request and the status.
+//! 3. **catch-panic**: so a bug anywhere below (a layer or a handler) becomes a 500 for
+//!    that one request instead of a dead connection or a dead sidecar.
+//! 4. **CORS** (`--allowed-origins`): answers browsers' preflight requests itself (they
+//!    carry no API token) and adds the headers to every answer, refusals included, so a
+//!    browser can read why it was refused.
+//! 5. **API logging** (`--enable-api-logging`): sees the final status of every request,
+//!    including the ones the token check rejects.
+//! 6. **API token**: before any routing or invocation, so that no unauthenticated request
+//!    reaches a handler; health routes are exempt as in Dapr.
+//! 7. **HTTP pipeline** (`spec.httpPipeline`: rate limit, route checks...): after the token,
+//!    so unauthenticated floods are refused before they cost a middleware anything, and
+//!    before everything that routes.
+//! 8. **API allowlist** (`spec.api`): after the token (an unauthenticated caller learns
+//!    nothing about which APIs exist) and above the `dapr-app-id` dispatch, which is the
+//!    invocation API and must be subject to it too.
+//! 9. **`dapr-app-id` dispatch**: the header form of invocation wins over every route, as in
+//!    Dapr, so it must sit below every check and above the handlers.
 //!
-//! Metrics slot in as they arrive. Resiliency is not a layer of
-//! the API: a policy belongs to the call's target (the invoked app, the component, the
-//! direction), known only below the routes, and one API request may make several policed
-//! calls (a transaction and a dead letter are component calls too). It wraps
-//! `Invoker::invoke` and each opened component instead; see `crate::resiliency`.
+//! Resiliency is not a layer of the API: a policy belongs to the call's target (the invoked
+//! app, the component, the direction), known only below the routes, and one API request
+//! may make several policed calls (a transaction and a dead letter are component calls
+//! too). It wraps `Invoker::invoke` and each opened component instead; see
+//! `crate::resiliency`. Component and invocation metrics are recorded there too, for the
+//! same reason.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode};
@@ -58,12 +64,15 @@ pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
     }
     if rt.enable_api_logging {
-        router = router.layer(middleware::from_fn(log_call));
+        router = router.layer(middleware::from_fn_with_state(rt.clone(), log_http_call));
     }
     if let Some(cors) = cors(&rt.allowed_origins) {
         router = router.layer(cors);
     }
     router = router.layer(catch_panic());
+    if rt.metrics.is_enabled() {
+        router = router.layer(crate::metrics::layers::HttpLayer(rt.metrics.clone()));
+    }
     if let Some(tracer) = &rt.tracer {
         router = router.layer(middleware::from_fn_with_state(
             (tracer.clone(), crate::trace::Naming::Route),
@@ -71,6 +80,38 @@ pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
         ));
     }
     router
+}
+
+/// The route template of the invocation API, whichever form the call took.
+pub const INVOKE_ROUTE: &str = "/v1.0/invoke/{id}/method/{method}";
+
+/// The route a request matched, as a label: its template, never its raw path.
+#[derive(Debug, Clone)]
+pub enum Route {
+    Static(&'static str),
+    Matched(MatchedPath),
+}
+
+impl Route {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Route::Static(s) => s,
+            Route::Matched(m) => m.as_str(),
+        }
+    }
+}
+
+/// The template of the route `req` matched: [`INVOKE_ROUTE`] for invocations (the header
+/// form goes to invocation whatever its path), `_other` when no route matched.
+pub fn route_template(req: &Request) -> Route {
+    if req.headers().contains_key("dapr-app-id") {
+        return Route::Static(INVOKE_ROUTE);
+    }
+    match req.extensions().get::<MatchedPath>() {
+        Some(m) if m.as_str().starts_with("/v1.0/invoke/") => Route::Static(INVOKE_ROUTE),
+        Some(m) => Route::Matched(m.clone()),
+        None => Route::Static(crate::metrics::OTHER),
+    }
 }
 
 /// CORS for the listed origins; none for an empty list (Dapr's default `*`).
@@ -168,24 +209,69 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(super) async fn log_call(req: Request, next: Next) -> Response {
+/// `--enable-api-logging` on the HTTP API: one line per call, with its route template.
+async fn log_http_call(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {
+    let route = route_template(&req);
+    log_call(&rt, route.as_str(), req, next).await
+}
+
+/// `--enable-api-logging` on the gRPC API: one line per call, the method its route.
+pub(super) async fn log_grpc_call(
+    State(rt): State<Arc<Runtime>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let uri = req.uri().clone();
+    log_call(&rt, uri.path(), req, next).await
+}
+
+/// One API call's log line: method, route template, status, latency, the calling app (the
+/// sidecar's own: only its app calls its API) and the trace id of an incoming
+/// `traceparent`, if any.
+async fn log_call(rt: &Runtime, route: &str, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let trace_id = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id)
+        .map(str::to_string);
     let started = Instant::now();
     let resp = next.run(req).await;
     tracing::info!(
         %method,
-        path,
+        route,
         status = resp.status().as_u16(),
         duration_us = started.elapsed().as_micros() as u64,
+        caller_app_id = %rt.app.app_id,
+        trace_id = trace_id.as_deref().unwrap_or(""),
         "api call"
     );
     resp
 }
 
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is one.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && hex(flags, 2);
+    valid.then_some(trace)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{catch_panic, constant_time_eq};
+    use super::{catch_panic, constant_time_eq, trace_id};
     use axum::body::Body;
     use http::{Request, StatusCode};
     use tower::ServiceExt as _;
@@ -212,6 +298,21 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["errorCode"], "ERR_INTERNAL");
         assert!(json["message"].as_str().unwrap().contains("handler bug"));
+    }
+
+    #[test]
+    fn reads_trace_ids() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ use axum::routing::{any, get, post, put};
 pub use allowlist::ApiAllowlist;
 pub use error::ApiError;
 pub use internal::internal_router;
+pub use layers::{INVOKE_ROUTE, Route, catch_panic, route_template, trace_id};
 pub use workflow::instance_json as workflow_instance_json;
 
 use crate::runtime::Runtime;

@@ -106,6 +106,8 @@ pub struct Invoker {
     app: Option<std::sync::Arc<dyn AppChannel>>,
     retries: BuiltinRetries,
     resiliency: std::sync::Arc<crate::resiliency::Resiliency>,
+    /// Invocations counted per target app (caller side).
+    metrics: crate::metrics::Metrics,
 }
 
 /// How one try of a call to another app ended.
@@ -137,7 +139,14 @@ impl Invoker {
             app,
             retries,
             resiliency,
+            metrics: crate::metrics::Metrics::disabled(),
         }
+    }
+
+    /// Counts invocations (caller side) in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn caller(&self) -> &Caller {

@@ -40,7 +40,30 @@ impl Invoker {
     /// Calls `path_and_query` (e.g. `/orders/1?x=y`) on app `target` with the method,
     /// headers and body of `req` (its URI is ignored), under the target's resiliency
     /// policy. The callee's response comes back as it was, minus hop-by-hop headers.
+    /// Counted per target app here, once per call whatever the retries.
     pub async fn invoke(
+        &self,
+        target: &AppRef,
+        path_and_query: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, InvokeError> {
+        if !self.metrics.is_enabled() {
+            return self.invoke_policed(target, path_and_query, req).await;
+        }
+        let started = std::time::Instant::now();
+        self.metrics.invoke_sent(&target.app_id);
+        let result = self.invoke_policed(target, path_and_query, req).await;
+        let code = result.as_ref().ok().map(Response::status);
+        let status = code
+            .as_ref()
+            .map_or(crate::metrics::NO_ANSWER, http::StatusCode::as_str);
+        let elapsed = started.elapsed();
+        self.metrics
+            .invoke_answered(&target.app_id, status, elapsed);
+        result
+    }
+
+    async fn invoke_policed(
         &self,
         target: &AppRef,
         path_and_query: &str,

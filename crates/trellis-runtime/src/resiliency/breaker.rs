@@ -50,6 +50,8 @@ pub struct CircuitBreaker {
     pub name: String,
     policy: CircuitBreakerPolicy,
     inner: Mutex<Inner>,
+    /// The state gauge and transition counters of the breaker's target.
+    metrics: Option<crate::metrics::Policed>,
 }
 
 /// A call the breaker let through: its result must be reported with
@@ -90,7 +92,17 @@ impl CircuitBreaker {
                 counts: BreakerCounts::default(),
                 expiry: closed_expiry(policy, now),
             }),
+            metrics: None,
         }
+    }
+
+    /// Reports the breaker's state to `metrics` from now on (closed, to begin with).
+    pub fn with_metrics(mut self, metrics: Option<crate::metrics::Policed>) -> Self {
+        if let Some(m) = &metrics {
+            m.breaker_is(crate::metrics::BreakerState::Closed, false);
+        }
+        self.metrics = metrics;
+        self
     }
 
     /// The state now (an open breaker past its timeout is half-open).
@@ -175,6 +187,14 @@ impl CircuitBreaker {
             to = ?state,
             "circuit breaker changed state"
         );
+        if let Some(m) = &self.metrics {
+            let s = match state {
+                State::Closed => crate::metrics::BreakerState::Closed,
+                State::Open => crate::metrics::BreakerState::Open,
+                State::HalfOpen => crate::metrics::BreakerState::HalfOpen,
+            };
+            m.breaker_is(s, true);
+        }
         inner.state = state;
         inner.generation += 1;
         inner.counts = BreakerCounts::default();

@@ -97,6 +97,10 @@ pub struct Resiliency {
     pub actors: BTreeMap<String, ActorTargetPolicy>,
     app_breakers: Mutex<HashMap<String, HashMap<String, Arc<CircuitBreaker>>>>,
     component_breakers: Mutex<HashMap<(String, Direction), Arc<CircuitBreaker>>>,
+    /// Where resiliency events are counted (`dapr_resiliency_*`).
+    metrics: crate::metrics::Metrics,
+    /// The metric series of each target, looked up once (by the policy's `target`).
+    policed: Mutex<HashMap<String, Option<crate::metrics::Policed>>>,
 }
 
 impl Resiliency {
@@ -150,6 +154,12 @@ impl Resiliency {
         merged
     }
 
+    /// Counts this app's resiliency events in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Warns about component targets that name no loaded component: Dapr accepts them (a
     /// component may come later), but here they are most likely a typo.
     pub fn warn_unknown_components(&self, loaded: &[&str]) {
@@ -170,12 +180,19 @@ impl Resiliency {
             Some(t) => t,
             None => self.app_default.as_ref()?,
         };
+        let target = format!("apps.{app_id}");
+        let labels = MetricLabels {
+            target: &target,
+            dapr_target: || format!("app_{app_id}"),
+            direction: "outbound",
+        };
+        let policed = self.policed(labels, names);
         let breaker = names
             .circuit_breaker
             .as_deref()
             .and_then(|n| self.breakers.get(n).map(|p| (n, p)))
-            .map(|(name, policy)| self.app_breaker(app_id, method, name, policy));
-        self.policy(format!("apps.{app_id}"), names, breaker)
+            .map(|(name, policy)| self.app_breaker(app_id, method, name, policy, &policed));
+        self.policy(target, names, breaker, policed)
     }
 
     /// The policy for calls of `direction` through component `name` of `block`, if any.
@@ -198,6 +215,15 @@ impl Resiliency {
             "components.{name}.{}",
             direction.as_str().to_ascii_lowercase()
         );
+        let labels = MetricLabels {
+            target: &target,
+            dapr_target: || format!("{}_{name}", block.as_str()),
+            direction: match direction {
+                Direction::Outbound => "outbound",
+                Direction::Inbound => "inbound",
+            },
+        };
+        let policed = self.policed(labels, &names);
         let breaker = names
             .circuit_breaker
             .as_deref()
@@ -205,10 +231,40 @@ impl Resiliency {
             .map(|policy| {
                 let mut all = lock(&self.component_breakers);
                 all.entry((name.to_string(), direction))
-                    .or_insert_with(|| Arc::new(CircuitBreaker::new(target.clone(), policy)))
+                    .or_insert_with(|| {
+                        Arc::new(
+                            CircuitBreaker::new(target.clone(), policy)
+                                .with_metrics(policed.clone()),
+                        )
+                    })
                     .clone()
             });
-        self.policy(target, &names, breaker)
+        self.policy(target, &names, breaker, policed)
+    }
+
+    /// The metric series of a target's policies, looked up on its first call only.
+    fn policed(
+        &self,
+        labels: MetricLabels<'_, impl FnOnce() -> String>,
+        names: &TargetPolicy,
+    ) -> Option<crate::metrics::Policed> {
+        if !self.metrics.is_enabled() {
+            return None;
+        }
+        let mut all = lock(&self.policed);
+        if let Some(found) = all.get(labels.target) {
+            return found.clone();
+        }
+        let dapr_target = (labels.dapr_target)();
+        let made = self.metrics.policed(crate::metrics::PolicyTarget {
+            timeout: names.timeout.as_deref(),
+            retry: names.retry.as_deref(),
+            breaker: names.circuit_breaker.as_deref(),
+            direction: labels.direction,
+            target: &dapr_target,
+        });
+        all.insert(labels.target.to_string(), made.clone());
+        made
     }
 
     fn policy(
@@ -216,6 +272,7 @@ impl Resiliency {
         target: String,
         names: &TargetPolicy,
         breaker: Option<Arc<CircuitBreaker>>,
+        metrics: Option<crate::metrics::Policed>,
     ) -> Option<Policy> {
         let timeout = names
             .timeout
@@ -235,6 +292,7 @@ impl Resiliency {
             timeout,
             retry,
             breaker,
+            metrics,
         })
     }
 
@@ -263,6 +321,7 @@ impl Resiliency {
         method: &str,
         name: &str,
         policy: &CircuitBreakerPolicy,
+        policed: &Option<crate::metrics::Policed>,
     ) -> Arc<CircuitBreaker> {
         let mut all = lock(&self.app_breakers);
         let per_method = all.entry(app_id.to_string()).or_default();
@@ -273,13 +332,24 @@ impl Resiliency {
             // A closed breaker holds nothing worth keeping; an open one must stay open.
             per_method.retain(|_, b| b.state() != breaker::State::Closed);
         }
-        let b = Arc::new(CircuitBreaker::new(
-            format!("apps.{app_id} {method} ({name})"),
-            policy,
-        ));
+        // The breakers of an app's methods share its series, as in Dapr: the gauge shows
+        // the state the last of them moved to.
+        let b = Arc::new(
+            CircuitBreaker::new(format!("apps.{app_id} {method} ({name})"), policy)
+                .with_metrics(policed.clone()),
+        );
         per_method.insert(method.to_string(), b.clone());
         b
     }
+}
+
+/// How a target is labelled in the resiliency metrics.
+struct MetricLabels<'a, F> {
+    /// The policy's own target name (`apps.b`), the key of its series.
+    target: &'a str,
+    /// Dapr's label (`app_b`, `Statestore_orders`), made only on the target's first call.
+    dapr_target: F,
+    direction: &'static str,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

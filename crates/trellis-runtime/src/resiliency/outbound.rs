@@ -226,21 +226,31 @@ impl ConfigurationStore for Configuration {
     }
 }
 
-/// Puts every opened component under its outbound policy, if it has one. The sidecar
-/// calls this once, right after opening the components and before anything uses them.
+/// Puts every opened component under its outbound policy, if it has one, and around that
+/// its metrics (so a call counts once, as its caller saw it, retries included). The
+/// sidecar calls this once, right after opening the components and before anything uses
+/// them: the one place component handles are wrapped.
 pub fn apply(
     res: &super::Resiliency,
+    metrics: &crate::metrics::Metrics,
     state: crate::state::StateStores,
     pubsub: crate::pubsub::PubSubs,
     lock: crate::lock::LockStores,
     configuration: crate::configuration::ConfigurationStores,
 ) -> Opened {
     use super::{Block, Direction::Outbound};
+    use crate::metrics::components::{self as metered, Kind};
     let state = state.map_each(|mut c| {
         if let Some(policy) = res.component(&c.name, Block::Statestore, Outbound) {
             c.store = Arc::new(State {
                 inner: c.store,
                 policy,
+            });
+        }
+        if let Some(meter) = metrics.component(Kind::State, &c.name, metered::STATE_OPS) {
+            c.store = Arc::new(metered::State {
+                inner: c.store,
+                meter,
             });
         }
         c
@@ -252,6 +262,13 @@ pub fn apply(
                 policy,
             });
         }
+        if metrics.is_enabled() {
+            c.broker = Arc::new(metered::Broker {
+                inner: c.broker,
+                name: c.name.clone(),
+                metrics: metrics.clone(),
+            });
+        }
         c
     });
     let lock = lock.map_each(|mut c| {
@@ -261,6 +278,12 @@ pub fn apply(
                 policy,
             });
         }
+        if let Some(meter) = metrics.component(Kind::Lock, &c.name, metered::LOCK_OPS) {
+            c.store = Arc::new(metered::Lock {
+                inner: c.store,
+                meter,
+            });
+        }
         c
     });
     let configuration = configuration.map_each(|mut c| {
@@ -268,6 +291,13 @@ pub fn apply(
             c.store = Arc::new(Configuration {
                 inner: c.store,
                 policy,
+            });
+        }
+        let ops = metered::CONFIGURATION_OPS;
+        if let Some(meter) = metrics.component(Kind::Configuration, &c.name, ops) {
+            c.store = Arc::new(metered::Configuration {
+                inner: c.store,
+                meter,
             });
         }
         c

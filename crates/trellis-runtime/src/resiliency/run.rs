@@ -22,6 +22,8 @@ pub struct Policy {
     pub timeout: Option<Duration>,
     pub retry: Option<Retry>,
     pub breaker: Option<Arc<CircuitBreaker>>,
+    /// Where the policy's events are counted (none with metrics off).
+    pub metrics: Option<crate::metrics::Policed>,
 }
 
 /// Why a call ended without an answer of its own.
@@ -73,6 +75,9 @@ impl Policy {
         Fut: Future<Output = T>,
     {
         let mut made = 0u32;
+        if let Some(m) = &self.metrics {
+            m.applied();
+        }
         loop {
             let ticket = match self.breaker.as_deref().map(CircuitBreaker::allow) {
                 Some(Err(refused)) => {
@@ -88,9 +93,12 @@ impl Policy {
             };
             let call = attempt(made);
             let result = match self.timeout {
-                Some(limit) => tokio::time::timeout(limit, call)
-                    .await
-                    .map_err(|_| Stopped::TimedOut(limit)),
+                Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| {
+                    if let Some(m) = &self.metrics {
+                        m.timed_out();
+                    }
+                    Stopped::TimedOut(limit)
+                }),
                 None => Ok(call.await),
             };
             made += 1;
@@ -129,6 +137,9 @@ impl Policy {
                 ?delay,
                 "the call failed; retrying"
             );
+            if let Some(m) = &self.metrics {
+                m.retried();
+            }
             // The failed answer goes first (a pooled connection or stream is freed).
             drop(result);
             tokio::time::sleep(delay).await;

@@ -328,6 +328,7 @@ fn policy(
         timeout: timeout.map(Duration::from_secs),
         retry: retry.map(|r| Retry::new("r", &r)),
         breaker: breaker.map(|b| Arc::new(CircuitBreaker::new("b", &b))),
+        metrics: None,
     }
 }
 

@@ -11,6 +11,7 @@ mod grpc;
 mod invoke;
 mod jobs;
 mod lock;
+mod metrics;
 mod mtls;
 mod pubsub;
 mod secrets;
@@ -66,6 +67,7 @@ async fn start(
             true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
             false => None,
         },
+        metrics: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
     };
     Sidecar::serve(config, listeners).await.unwrap()
 }
@@ -80,6 +82,7 @@ pub async fn start_error(config: SidecarConfig) -> String {
         http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         internal: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         grpc: None,
+        metrics: None,
     };
     match Sidecar::serve(config, listeners).await {
         Ok(s) => {

@@ -135,6 +135,12 @@ impl SqliteStore {
             }
             reads
         };
+        tracing::debug!(
+            table = cfg.table,
+            readers = cfg.readers,
+            in_memory,
+            "sqlite state store: opened"
+        );
         Ok(SqliteStore {
             writes,
             reads,

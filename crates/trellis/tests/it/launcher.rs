@@ -427,7 +427,11 @@ async fn busy_ports_are_named() {
     let data = tempfile::tempdir().expect("tempdir");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = busy.local_addr().expect("addr").port().to_string();
-    for flag in ["--dapr-http-port", "--dapr-internal-grpc-port"] {
+    for flag in [
+        "--dapr-http-port",
+        "--dapr-internal-grpc-port",
+        "--metrics-port",
+    ] {
         let http = if flag == "--dapr-http-port" {
             port.clone()
         } else {

@@ -12,6 +12,8 @@ mod discovery;
 mod jobs;
 mod launcher;
 mod lock;
+mod logs;
+mod metrics;
 mod mtls;
 mod multiapp;
 mod pubsub;

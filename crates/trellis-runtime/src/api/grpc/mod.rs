@@ -33,15 +33,17 @@ use crate::runtime::Runtime;
 
 /// The gRPC API of one sidecar.
 ///
-/// Layers, outermost first, and why:
-/// 1. **catch-panic**: a bug in one RPC answers that RPC with INTERNAL and leaves the
+/// Layers, outermost first, and why (the first two as on HTTP, see `api/layers.rs`):
+/// 1. **tracing** (`spec.tracing`): the call's span covers everything below.
+/// 2. **metrics**: every call with the status the client got, in its trailers.
+/// 3. **catch-panic**: a bug in one RPC answers that RPC with INTERNAL and leaves the
 ///    connection and the sidecar running.
-/// 2. **API logging** (`--enable-api-logging`): every call, the refused ones included.
-/// 3. **API token**: before any RPC runs, as on HTTP; there are no exempt methods, and a
+/// 4. **API logging** (`--enable-api-logging`): every call, the refused ones included.
+/// 5. **API token**: before any RPC runs, as on HTTP; there are no exempt methods, and a
 ///    proxied call needs the token too.
-/// 4. **API allowlist** (`spec.api`): after the token, above the proxy (a proxied call is
+/// 6. **API allowlist** (`spec.api`): after the token, above the proxy (a proxied call is
 ///    the invocation API).
-/// 5. **proxy by `dapr-app-id`**: above the RPC dispatch, since a proxied call is for a
+/// 7. **proxy by `dapr-app-id`**: above the RPC dispatch, since a proxied call is for a
 ///    service the sidecar does not serve itself.
 pub fn router(rt: Arc<Runtime>) -> Router {
     // Messages over the limit the HTTP API applies (`--max-body-size`) are refused by tonic
@@ -69,9 +71,18 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
     }
     if rt.enable_api_logging {
-        router = router.layer(middleware::from_fn(super::layers::log_call));
+        router = router.layer(middleware::from_fn_with_state(
+            rt.clone(),
+            super::layers::log_grpc_call,
+        ));
     }
     router = router.layer(CatchPanicLayer::custom(panic_status as fn(_) -> _));
+    if rt.metrics.is_enabled() {
+        router = router.layer(middleware::from_fn_with_state(
+            rt.metrics.clone(),
+            crate::metrics::layers::grpc,
+        ));
+    }
     // Outermost, as on the HTTP API (see `api::layers`).
     if let Some(tracer) = &rt.tracer {
         router = router.layer(middleware::from_fn_with_state(

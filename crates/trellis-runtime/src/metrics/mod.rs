@@ -1,0 +1,283 @@
+//! Prometheus metrics of one sidecar: what it records, and `GET /metrics` on its own port.
+//!
+//! One [`Metrics`] handle per sidecar, made in `sidecar.rs` and passed to the few places
+//! every call of a kind passes through: the API layers (`layers.rs`: HTTP and gRPC server
+//! side), [`Invoker::invoke`](crate::invoke::Invoker::invoke) (invocation, caller side),
+//! the internal port (callee side), the app channel (sidecar → app), the component handles
+//! (`components.rs`, wrapped where the outbound resiliency policies are), the delivery
+//! loop and the resiliency runner (`resiliency.rs`). A disabled handle
+//! (`--enable-metrics=false`) makes every recording a branch on `None`.
+//!
+//! Recording costs one label lookup (a hash and a read lock in the metric family) and
+//! atomic adds; the metrics allocate nothing per call once a series exists (the wrappers
+//! of `async_trait` handles, the app channel and components, add the one boxed future
+//! every such call has). Where the labels are known ahead (a component's operations, a
+//! subscription's statuses, a policy's events) the series are looked up once and kept.
+//! Label values that come from requests are bounded ([`bounded`]).
+
+pub mod app_channel;
+mod bounded;
+pub mod components;
+mod families;
+pub mod layers;
+mod resiliency;
+pub mod server;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter, Registry};
+
+pub use bounded::{BoundedValues, OTHER};
+pub use families::LATENCY_MS;
+use families::{Families, Timed};
+pub use resiliency::{BreakerState, Policed, PolicyTarget};
+
+/// Distinct target apps, callers, topics, gRPC methods and app paths each keep their own
+/// label up to this many; later ones are [`OTHER`].
+const LABEL_LIMIT: usize = 100;
+
+/// The gRPC methods of Dapr's services alone are about a hundred; proxied calls add the
+/// app's own.
+const GRPC_METHOD_LIMIT: usize = 300;
+
+/// The status label of a call that got no answer (the transport failed).
+pub const NO_ANSWER: &str = "_error";
+
+/// A sidecar's metrics; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(Option<Arc<Inner>>);
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    f: Families,
+    apps: BoundedValues,
+    topics: BoundedValues,
+    grpc_methods: BoundedValues,
+    app_paths: BoundedValues,
+}
+
+/// A counter and a histogram of one label set, looked up once.
+#[derive(Debug, Clone)]
+pub struct Series {
+    count: IntCounter,
+    latency: Histogram,
+}
+
+impl Series {
+    pub fn record(&self, elapsed: Duration) {
+        self.count.inc();
+        self.latency.observe(millis(elapsed));
+    }
+}
+
+impl Timed {
+    fn series(&self, labels: &[&str]) -> Option<Series> {
+        Some(Series {
+            count: self.count.get_metric_with_label_values(labels).ok()?,
+            latency: self.latency.get_metric_with_label_values(labels).ok()?,
+        })
+    }
+
+    fn record(&self, labels: &[&str], elapsed: Duration) {
+        if let Some(s) = self.series(labels) {
+            s.record(elapsed);
+        }
+    }
+}
+
+fn inc(counter: &prometheus::IntCounterVec, labels: &[&str]) {
+    if let Ok(c) = counter.get_metric_with_label_values(labels) {
+        c.inc();
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}
+
+impl Metrics {
+    /// The metrics of the sidecar of `app_id` in `namespace`, in a registry of their own.
+    pub fn new(app_id: &str, namespace: &str) -> Self {
+        let registry = Registry::new();
+        let f = match Families::register(&registry, app_id, namespace) {
+            Ok(f) => f,
+            Err(e) => {
+                // The definitions are constants: this is a bug, not bad input. A sidecar
+                // without metrics is better than no sidecar.
+                tracing::error!(error = %e, "cannot define the metrics; serving none");
+                return Self::disabled();
+            }
+        };
+        if let Ok(g) = f.build_info.get_metric_with_label_values(&[
+            crate::TRELLIS_VERSION,
+            crate::RUNTIME_VERSION
+                .split('+')
+                .next()
+                .unwrap_or(crate::RUNTIME_VERSION),
+        ]) {
+            g.set(1);
+        }
+        Self(Some(Arc::new(Inner {
+            registry,
+            f,
+            apps: BoundedValues::new(LABEL_LIMIT),
+            topics: BoundedValues::new(LABEL_LIMIT),
+            grpc_methods: BoundedValues::new(GRPC_METHOD_LIMIT),
+            app_paths: BoundedValues::new(LABEL_LIMIT),
+        })))
+    }
+
+    /// Records nothing, serves nothing.
+    pub fn disabled() -> Self {
+        Self(None)
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn encode(&self) -> String {
+        let Some(m) = &self.0 else {
+            return String::new();
+        };
+        prometheus::TextEncoder::new()
+            .encode_to_string(&m.registry.gather())
+            .unwrap_or_else(|e| format!("# cannot encode the metrics: {e}\n"))
+    }
+
+    /// One request to the HTTP API; `path` is its route template.
+    pub fn http_server(&self, method: &http::Method, path: &str, status: &str, elapsed: Duration) {
+        if let Some(m) = &self.0 {
+            let labels = [method_label(method), path, status];
+            m.f.http_server.record(&labels, elapsed);
+        }
+    }
+
+    /// One call of the gRPC API (`/package.Service/Method`).
+    pub fn grpc_server(&self, method: &str, status: &str, elapsed: Duration) {
+        if let Some(m) = &self.0 {
+            let method = m.grpc_methods.admit(method);
+            m.f.grpc_server.record(&[method, status], elapsed);
+        }
+    }
+
+    /// One request from the sidecar to its app; `path` is bounded here.
+    pub fn app_call(&self, method: &http::Method, path: &str, status: &str, elapsed: Duration) {
+        if let Some(m) = &self.0 {
+            let path = m.app_paths.admit(path);
+            m.f.http_client
+                .record(&[method_label(method), path, status], elapsed);
+        }
+    }
+
+    /// An invocation of app `target` leaves (caller side).
+    pub fn invoke_sent(&self, target: &str) {
+        if let Some(m) = &self.0 {
+            inc(&m.f.invoke_sent, &[m.apps.admit(target), "unary"]);
+        }
+    }
+
+    /// The invocation of `target` ended with `status` (caller side).
+    pub fn invoke_answered(&self, target: &str, status: &str, elapsed: Duration) {
+        if let Some(m) = &self.0 {
+            let target = m.apps.admit(target);
+            inc(&m.f.invoke_answered.count, &[target, status, "unary"]);
+            if let Ok(h) =
+                m.f.invoke_answered
+                    .latency
+                    .get_metric_with_label_values(&[target, status])
+            {
+                h.observe(millis(elapsed));
+            }
+        }
+    }
+
+    /// Another app's invocation arrived on the internal port, and was answered `status`
+    /// (callee side).
+    pub fn invoke_served(&self, caller: &str, status: &str) {
+        if let Some(m) = &self.0 {
+            let caller = m.apps.admit(caller);
+            inc(&m.f.invoke_received, &[caller]);
+            inc(&m.f.invoke_answered_callee, &[caller, status]);
+        }
+    }
+
+    /// The series of publishing to `topic` of pub/sub `component`: failed, succeeded.
+    pub fn egress(&self, component: &str, topic: &str) -> Option<[Series; 2]> {
+        let m = self.0.as_ref()?;
+        let topic = m.topics.admit(topic);
+        Some([
+            m.f.egress.series(&[component, "false", topic])?,
+            m.f.egress.series(&[component, "true", topic])?,
+        ])
+    }
+
+    /// The series of a subscription's deliveries, one per way a message is settled.
+    pub fn ingress(&self, component: &str, topic: &str) -> Option<Ingress> {
+        let m = self.0.as_ref()?;
+        let topic = m.topics.admit(topic);
+        let series = |status: &str| m.f.ingress.series(&[component, status, status, topic]);
+        Some(Ingress {
+            success: series("success")?,
+            retry: series("retry")?,
+            drop: series("drop")?,
+            dead_letter: series("dead_letter")?,
+        })
+    }
+
+    /// The series of one component's operations (see [`components`]).
+    pub fn component(
+        &self,
+        block: components::Kind,
+        name: &str,
+        operations: &[&'static str],
+    ) -> Option<components::Meter> {
+        let m = self.0.as_ref()?;
+        let family = match block {
+            components::Kind::State => &m.f.state,
+            components::Kind::Configuration => &m.f.configuration,
+            components::Kind::Lock => &m.f.lock,
+        };
+        components::Meter::new(family, name, operations)
+    }
+
+    /// Sets the app health gauge (read at each scrape).
+    pub fn set_app_healthy(&self, healthy: bool) {
+        if let Some(m) = &self.0
+            && let Ok(g) = m.f.app_healthy.get_metric_with_label_values::<&str>(&[])
+        {
+            g.set(i64::from(healthy));
+        }
+    }
+}
+
+/// A subscription's delivery series.
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    pub success: Series,
+    pub retry: Series,
+    pub drop: Series,
+    pub dead_letter: Series,
+}
+
+/// The method label: the standard methods as they are, anything else [`OTHER`].
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::TRACE => "TRACE",
+        M::CONNECT => "CONNECT",
+        _ => OTHER,
+    }
+}
