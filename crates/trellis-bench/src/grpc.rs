@@ -118,6 +118,13 @@ impl pb::app_callback_server::AppCallback for EchoApp {
     ) -> Result<tonic::Response<pb::TopicEventBulkResponse>, tonic::Status> {
         Ok(tonic::Response::new(Default::default()))
     }
+
+    async fn on_job_event(
+        &self,
+        _request: tonic::Request<pb::JobEventRequest>,
+    ) -> Result<tonic::Response<pb::JobEventResponse>, tonic::Status> {
+        Ok(tonic::Response::new(Default::default()))
+    }
 }
 
 /// Serves the gRPC echo app until stdin reaches EOF (the bench has gone).

@@ -20,6 +20,8 @@
 //!   store, Redis and PostgreSQL.
 //! - `workflows` (`workflows.rs`): workflow throughput, start→completion latency and a
 //!   fan-out through a sidecar, driven by a scripted worker, against the engine in process.
+//! - `jobs` (`jobs.rs`): scheduling rate, triggers delivered per second and fire lateness
+//!   at 1,000 active jobs through a sidecar, against the scheduler in process.
 //! - `blocks` (`blocks.rs`): secret gets and lock/unlock pairs through a sidecar against the
 //!   embedded secret store and the embedded and Redis lock stores used directly.
 
@@ -30,6 +32,7 @@ mod echo;
 mod grpc;
 mod handshake;
 mod invoke;
+mod jobs;
 mod load;
 mod nginx;
 mod otlp_sink;
@@ -72,6 +75,9 @@ enum Cmd {
     /// Workflows: chains, paced starts and a fan-out through a sidecar vs. the engine in
     /// process, driven by a scripted worker that speaks the protocol.
     Workflows(workflows::WorkflowsArgs),
+    /// Jobs: scheduling rate, triggers per second and fire lateness through a sidecar vs.
+    /// the scheduler in process.
+    Jobs(jobs::JobsArgs),
     /// Secrets and lock through a sidecar vs. the same stores used directly.
     Blocks(blocks::BlocksArgs),
     /// The gRPC echo app used by `grpc` (the bench starts it itself).
@@ -108,6 +114,7 @@ fn main() -> Result<()> {
         }
         Cmd::Handshake(args) => return rt.block_on(interruptible(handshake::run(args))),
         Cmd::Workflows(args) => return rt.block_on(interruptible(workflows::run(args))),
+        Cmd::Jobs(args) => return rt.block_on(interruptible(jobs::run(args))),
         Cmd::Blocks(args) => return rt.block_on(interruptible(blocks::run(args))),
     };
     // Don't wait for the blocked stdin reader when serving failed.

@@ -260,6 +260,106 @@ fn parse_go(input: &str) -> Result<(bool, Duration), DurationError> {
     Ok((negative, Duration::new(secs, sub)))
 }
 
+/// An ISO 8601 duration (`P1Y2M3DT4H5M6.5S`, `P2W`, `PT30S`, optionally repeated as
+/// `R5/PT30S`), as Dapr accepts it for a job's `dueTime` and `ttl`. Years, months and days
+/// are calendar units, so they stay apart: only the caller knows the date they count from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Iso8601 {
+    pub years: u32,
+    pub months: u32,
+    /// Days, weeks included (a week is seven days).
+    pub days: u32,
+    /// Hours, minutes and seconds.
+    pub time: Duration,
+    /// The `R<n>/` prefix: how often the duration repeats (`None` when absent).
+    pub repeats: Option<u32>,
+}
+
+/// Parses an ISO 8601 duration (see [`Iso8601`]); designators are case-insensitive.
+pub fn parse_iso8601(input: &str) -> Result<Iso8601, DurationError> {
+    let bad = || DurationError::Malformed(input.to_string());
+    let s = input.trim().to_ascii_uppercase();
+    if s.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    let mut out = Iso8601::default();
+    let body = match s.strip_prefix('R') {
+        Some(rest) => {
+            let (n, rest) = rest.split_once('/').ok_or_else(bad)?;
+            out.repeats = Some(if n.is_empty() {
+                u32::MAX
+            } else {
+                n.parse().map_err(|_| bad())?
+            });
+            rest.to_string()
+        }
+        None => s,
+    };
+    let body = body.strip_prefix('P').ok_or_else(bad)?;
+    let (date, time) = match body.split_once('T') {
+        Some((d, t)) if !t.is_empty() => (d, Some(t)),
+        Some(_) => return Err(bad()),
+        None => (body, None),
+    };
+    if date.is_empty() && time.is_none() {
+        return Err(bad());
+    }
+    let mut nanos: u128 = 0;
+    for (part, units) in [(date, "YMWD"), (time.unwrap_or(""), "HMS")] {
+        let mut rest = part;
+        let mut allowed = units;
+        while !rest.is_empty() {
+            let len = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_digit() || *b == b'.')
+                .count();
+            let (number, after) = rest.split_at(len);
+            let unit = after.chars().next().ok_or_else(bad)?;
+            // Each designator once, in order.
+            let at = allowed.find(unit).ok_or_else(bad)?;
+            allowed = &allowed[at + 1..];
+            rest = &after[1..];
+            if number.is_empty() {
+                return Err(bad());
+            }
+            if units == "HMS" {
+                let scale = match unit {
+                    'H' => 3600 * NANOS_PER_SECOND,
+                    'M' => 60 * NANOS_PER_SECOND,
+                    _ => NANOS_PER_SECOND,
+                };
+                let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+                let whole: u128 = whole.parse().map_err(|_| bad())?;
+                let mut part_nanos = whole.checked_mul(scale).ok_or_else(bad)?;
+                if !frac.is_empty() {
+                    let digits = &frac[..frac.len().min(9)];
+                    let f: u128 = digits.parse().map_err(|_| bad())?;
+                    part_nanos += f * scale / 10u128.pow(digits.len() as u32);
+                }
+                nanos = nanos.checked_add(part_nanos).ok_or_else(bad)?;
+            } else {
+                let n: u32 = number.parse().map_err(|_| bad())?;
+                match unit {
+                    'Y' => out.years = n,
+                    'M' => out.months = n,
+                    'W' => {
+                        out.days = out
+                            .days
+                            .checked_add(n.checked_mul(7).ok_or_else(bad)?)
+                            .ok_or_else(bad)?
+                    }
+                    _ => out.days = out.days.checked_add(n).ok_or_else(bad)?,
+                }
+            }
+        }
+    }
+    if nanos > MAX_NANOS {
+        return Err(DurationError::Overflow(input.to_string()));
+    }
+    out.time = Duration::from_nanos(u64::try_from(nanos).map_err(|_| bad())?);
+    Ok(out)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -376,6 +476,27 @@ mod tests {
         for (d, want) in cases {
             assert_eq!(format(*d), *want, "{d:?}");
             assert_eq!(parse(want), Ok(*d), "{want} parses back");
+        }
+    }
+
+    #[test]
+    fn reads_iso8601_durations() {
+        let d = parse_iso8601("P1Y2M3DT4H5M6.5S").unwrap();
+        assert_eq!((d.years, d.months, d.days, d.repeats), (1, 2, 3, None));
+        assert_eq!(
+            d.time,
+            Duration::from_millis(4 * 3_600_000 + 5 * 60_000 + 6_500)
+        );
+        assert_eq!(
+            parse_iso8601("pt30s").unwrap().time,
+            Duration::from_secs(30)
+        );
+        assert_eq!(parse_iso8601("P2W").unwrap().days, 14);
+        assert_eq!(parse_iso8601("R5/PT1M").unwrap().repeats, Some(5));
+        for bad in [
+            "", "P", "PT", "1D", "P1H", "PT1D", "P1D1Y", "P1.5D", "R5PT1M", "PTS",
+        ] {
+            assert!(parse_iso8601(bad).is_err(), "{bad:?}");
         }
     }
 }

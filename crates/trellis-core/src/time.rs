@@ -1,4 +1,4 @@
-//! RFC 3339 timestamps: the one formatter (UTC) for CloudEvent `time`/`expiration`, the
+//! The clock in milliseconds ([`now_ms`]) and RFC 3339 timestamps: the one formatter (UTC) for CloudEvent `time`/`expiration`, the
 //! state API's `ttlExpireTime`, the workflow API and the benchmark reports, and the one
 //! parser, for the start times clients send (`dapr.workflow.start_time`).
 //!
@@ -60,6 +60,15 @@ pub fn rfc3339(t: SystemTime, precision: Precision) -> String {
         Precision::Seconds => format!("{base}Z"),
         Precision::Millis => format!("{base}.{:03}Z", c.millis),
     }
+}
+
+/// Now, in milliseconds since the Unix epoch (the clock of the stores' records: workflow
+/// timers, job ticks).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// `ms` milliseconds since the Unix epoch as RFC 3339 with milliseconds (before the epoch:

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use trellis_configuration::{ConfigurationError, ConfigurationStore};
+use trellis_jobs::{JobError, JobStore};
 use trellis_lock::{LockError, LockStore};
 use trellis_pubsub::{PubSub, PubSubError};
 use trellis_resources::registry::Registry;
@@ -52,8 +53,13 @@ pub type WorkflowFactory = fn(
     trellis_workflow::Metadata,
 ) -> BoxFuture<'static, Result<Arc<dyn WorkflowStore>, WorkflowError>>;
 
-/// The building blocks Dapr defines.
-pub const BUILDING_BLOCKS: [&str; 9] = [
+/// Builds a job store (the scheduler's backend) from its component metadata.
+pub type JobsFactory =
+    fn(trellis_jobs::Metadata) -> BoxFuture<'static, Result<Arc<dyn JobStore>, JobError>>;
+
+/// The building blocks Dapr defines, and `scheduler`: Dapr runs its job store as a
+/// control-plane service, Trellis takes it as a component of this type.
+pub const BUILDING_BLOCKS: [&str; 10] = [
     "state",
     "pubsub",
     "bindings",
@@ -63,6 +69,7 @@ pub const BUILDING_BLOCKS: [&str; 9] = [
     "middleware",
     "workflow",
     "workflowbackend",
+    "scheduler",
 ];
 
 /// The type of the embedded state store used when no state component is configured.
@@ -85,6 +92,9 @@ pub const EMBEDDED_SECRETS_TYPE: &str = "secretstores.sqlite";
 /// The type of the embedded workflow backend used when no workflow backend is configured.
 pub const EMBEDDED_WORKFLOW_TYPE: &str = "workflowbackend.sqlite";
 
+/// The type of the embedded job store used when no `scheduler.*` component is configured.
+pub const EMBEDDED_JOBS_TYPE: &str = "scheduler.sqlite";
+
 #[derive(Debug)]
 pub struct Registries {
     pub state: Registry<StateFactory>,
@@ -94,6 +104,7 @@ pub struct Registries {
     pub lock: Registry<LockFactory>,
     pub configuration: Registry<ConfigurationFactory>,
     pub workflow: Registry<WorkflowFactory>,
+    pub jobs: Registry<JobsFactory>,
     /// Building blocks that have no component types yet; kept so that their components are
     /// reported as unknown types of a known block.
     pending: Vec<Registry<()>>,
@@ -297,6 +308,24 @@ impl Default for Registries {
         });
         #[cfg(feature = "workflow-postgres")]
         workflow.alias("workflowbackend.postgres", "workflowbackend.postgresql");
+        #[allow(unused_mut)]
+        let mut jobs: Registry<JobsFactory> = Registry::new("scheduler");
+        #[cfg(feature = "jobs-sqlite")]
+        jobs.register("scheduler.sqlite", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_jobs::sqlite::SqliteJobStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn JobStore>)
+            })
+        });
+        #[cfg(feature = "jobs-postgres")]
+        jobs.register("scheduler.postgresql", &["v1"], |md| {
+            Box::pin(async move {
+                let store = trellis_jobs::postgres::PostgresJobStore::open(&md).await?;
+                Ok(Arc::new(store) as Arc<dyn JobStore>)
+            })
+        });
+        #[cfg(feature = "jobs-postgres")]
+        jobs.alias("scheduler.postgres", "scheduler.postgresql");
         let pending = BUILDING_BLOCKS
             .iter()
             .filter(|b| {
@@ -308,6 +337,7 @@ impl Default for Registries {
                     "lock",
                     "configuration",
                     "workflowbackend",
+                    "scheduler",
                 ]
                 .contains(b)
             })
@@ -321,6 +351,7 @@ impl Default for Registries {
             lock,
             configuration,
             workflow,
+            jobs,
             pending,
         }
     }
@@ -338,6 +369,7 @@ const PATH_KEYS: &[(&str, &str)] = &[
     ("secretstores.sqlite", "connectionString"),
     ("secretstores.sqlite", "keyFile"),
     ("workflowbackend.sqlite", "connectionString"),
+    ("scheduler.sqlite", "connectionString"),
 ];
 
 /// Rewrites every relative file path in the components' metadata ([`PATH_KEYS`]) to one
@@ -419,6 +451,13 @@ impl Registries {
                 .map(|_| ())
                 .map_err(|e| e.to_string());
         }
+        if block == "scheduler" {
+            return self
+                .jobs
+                .get(type_name, version)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
         match self.pending.iter().find(|r| r.block() == block) {
             Some(registry) => registry
                 .get(type_name, version)
@@ -490,5 +529,19 @@ mod tests {
         ] {
             assert!(r.check(name, "v1").is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    #[cfg(all(feature = "jobs-sqlite", feature = "jobs-postgres"))]
+    fn both_job_stores_are_registered() {
+        let r = Registries::default();
+        for name in [
+            "scheduler.sqlite",
+            "scheduler.postgresql",
+            "scheduler.postgres",
+        ] {
+            assert!(r.check(name, "v1").is_ok(), "{name}");
+        }
+        assert!(r.check("scheduler.etcd", "v1").is_err());
     }
 }

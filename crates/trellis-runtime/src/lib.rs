@@ -21,6 +21,7 @@ pub mod configuration_updates;
 pub mod delivery;
 pub mod health;
 pub mod invoke;
+pub mod jobs;
 mod lazy_store;
 mod loading;
 pub mod lock;

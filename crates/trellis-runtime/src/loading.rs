@@ -65,6 +65,35 @@ pub fn select(
     (components, errors)
 }
 
+/// The one component of `block` this app has (a block an app has at most one of, such as
+/// its workflow backend or job store), as [`select`] picks it; `what` names the block's
+/// components (plural) in the error when several are scoped to the app.
+pub fn select_one(
+    config: &SidecarConfig,
+    block: &str,
+    what: &str,
+    embedded: Option<Embedded<'_>>,
+) -> Result<Option<Component>, Vec<String>> {
+    let (mut components, mut errors) = select(config, block, embedded);
+    if components.len() > 1 {
+        errors.push(format!(
+            "{} {what} are scoped to app {:?}; an app has one (remove or scope the others): {}",
+            components.len(),
+            config.app_id,
+            components
+                .iter()
+                .map(|c| c.meta.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if errors.is_empty() {
+        Ok(components.pop())
+    } else {
+        Err(errors)
+    }
+}
+
 /// The built-in component, parsed from YAML so that it goes through the same validation as
 /// the user's.
 fn built_in(config: &SidecarConfig, embedded: Embedded<'_>) -> Result<Component, String> {

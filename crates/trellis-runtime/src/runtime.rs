@@ -85,6 +85,8 @@ pub struct Runtime {
     pub config_subscriptions: crate::configuration_updates::ConfigSubscriptions,
     /// The workflow backend and engine (`None`: this build has no backend).
     pub workflows: Option<crate::workflow::Workflows>,
+    /// The job store and scheduler (`None`: this build has no job store).
+    pub jobs: Option<Arc<crate::jobs::Jobs>>,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
@@ -135,6 +137,7 @@ pub struct RuntimeParts {
     pub lock: LockStores,
     pub configuration: ConfigurationStores,
     pub workflows: Option<crate::workflow::Workflows>,
+    pub jobs: Option<Arc<crate::jobs::Jobs>>,
     /// `spec.accessControl`, applied to calls arriving on the internal port.
     pub acl: Option<crate::acl::AccessControl>,
     /// `spec.api`: the Dapr APIs the app may call.
@@ -174,6 +177,7 @@ impl Runtime {
             configuration: parts.configuration,
             config_subscriptions: Default::default(),
             workflows: parts.workflows,
+            jobs: parts.jobs,
             acl: parts.acl,
             api_allowlist: parts.api_allowlist,
             http_pipeline: parts.http_pipeline,

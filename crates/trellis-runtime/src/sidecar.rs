@@ -144,6 +144,9 @@ impl Sidecar {
             .map_err(StartError::Components)?;
         let workflows = crate::workflow::Workflows::open(&config, &registries)
             .map_err(StartError::Components)?;
+        let jobs = crate::jobs::Jobs::open(&config, &registries)
+            .map_err(StartError::Components)?
+            .map(Arc::new);
         let http_pipeline = crate::api::middleware::Pipeline::open(&config, &registries)
             .await
             .map_err(StartError::Components)?;
@@ -204,6 +207,12 @@ impl Sidecar {
         components.extend(workflows.iter().map(|w| ComponentSummary {
             name: w.name.clone(),
             type_name: w.type_name.clone(),
+            version: "v1".to_string(),
+            capabilities: Vec::new(),
+        }));
+        components.extend(jobs.iter().map(|j| ComponentSummary {
+            name: j.name.clone(),
+            type_name: j.type_name.clone(),
             version: "v1".to_string(),
             capabilities: Vec::new(),
         }));
@@ -300,6 +309,7 @@ impl Sidecar {
             lock,
             configuration,
             workflows,
+            jobs: jobs.clone(),
             acl,
             api_allowlist: config
                 .configuration
@@ -385,6 +395,9 @@ impl Sidecar {
             });
         }
         health.set_outbound_ready();
+        if let (Some(jobs), Some(channel)) = (&jobs, &app_channel) {
+            jobs.deliver_to(channel.clone(), health.clone(), stop.subscribe());
+        }
         match &app_channel {
             Some(channel) => {
                 tasks.spawn(crate::delivery::run(

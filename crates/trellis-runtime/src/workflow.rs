@@ -43,19 +43,9 @@ impl Workflows {
                 type_name: EMBEDDED_WORKFLOW_TYPE,
                 file: "workflows.db",
             });
-        let (mut components, mut errors) = loading::select(config, "workflowbackend", embedded);
-        if components.len() > 1 {
-            errors.push(format!(
-                "{} workflow backends are scoped to app {:?}; an app has one (remove or scope the others): {}",
-                components.len(),
-                config.app_id,
-                components.iter().map(|c| c.meta.name.as_str()).collect::<Vec<_>>().join(", ")
-            ));
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let Some(component) = components.pop() else {
+        let Some(component) =
+            loading::select_one(config, "workflowbackend", "workflow backends", embedded)?
+        else {
             return Ok(None);
         };
         Self::from_component(&component, config, registries)

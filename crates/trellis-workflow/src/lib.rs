@@ -48,8 +48,5 @@ pub type Millis = i64;
 
 /// Now, as [`Millis`].
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    trellis_core::time::now_ms()
 }

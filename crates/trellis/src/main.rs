@@ -149,6 +149,7 @@ const OWN_CRATES: &[&str] = &[
     "trellis_configuration",
     "trellis_core",
     "trellis_lock",
+    "trellis_jobs",
     "trellis_mtls",
     "trellis_nameres",
     "trellis_proto",

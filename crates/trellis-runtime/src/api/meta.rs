@@ -92,6 +92,10 @@ struct Metadata {
     app_connection_properties: AppConnection,
     actor_runtime: ActorRuntime,
     workflows: serde_json::Map<String, serde_json::Value>,
+    /// Dapr's `scheduler.connected_addresses`: here the job store the scheduler uses, once
+    /// it is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduler: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -232,6 +236,8 @@ pub async fn get_metadata(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Va
             }
             w
         },
+        scheduler: scheduler_address(&rt)
+            .map(|a| serde_json::json!({ "connected_addresses": [a] })),
     };
     Json(serde_json::to_value(metadata).unwrap_or_default())
 }
@@ -310,11 +316,22 @@ pub(super) fn grpc_metadata(rt: &Runtime) -> pb::GetMetadataResponse {
             runtime_status: pb::actor_runtime::ActorRuntimeStatus::Disabled as i32,
             ..Default::default()
         }),
+        scheduler: scheduler_address(rt).map(|a| pb::MetadataScheduler {
+            connected_addresses: vec![a],
+        }),
         workflows: Some(pb::MetadataWorkflows {
             connected_workers: i32::try_from(connected_workers(rt)).unwrap_or(i32::MAX),
         }),
         ..Default::default()
     }
+}
+
+/// Dapr's `scheduler.connected_addresses`: here the job store, once it is open.
+fn scheduler_address(rt: &Runtime) -> Option<String> {
+    rt.jobs
+        .as_ref()
+        .filter(|j| j.started().is_some())
+        .map(|j| format!("{} ({})", j.name, j.type_name))
 }
 
 /// Workflow workers (`GetWorkItems` streams) connected to this sidecar right now.

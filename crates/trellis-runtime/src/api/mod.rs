@@ -14,6 +14,7 @@ mod gojson;
 pub mod grpc;
 mod internal;
 mod invoke;
+mod jobs;
 mod layers;
 mod lock;
 mod meta;
@@ -110,7 +111,7 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             "/v1.0/publish/{pubsub}/",
             post(pubsub::publish_no_topic).put(pubsub::publish_no_topic),
         );
-    let routes = workflow::routes(routes)
+    let routes = jobs::routes(workflow::routes(routes))
         // Dapr sends every unmatched route to service invocation, which then fails for lack
         // of an app id; the same answer keeps clients that probe routes consistent.
         .fallback(|| async { ApiError::no_app_id() })

@@ -36,6 +36,13 @@ pub enum AppCall {
     /// A gRPC call of one of the app's own services, proxied as it is (`dapr-app-id`
     /// metadata on a call to the sidecar's gRPC port).
     GrpcProxy,
+    /// A due job, `POST /job/<name>` with its data as JSON; a gRPC app gets `OnJobEvent`
+    /// with the stored data as it is (`type_url`, `data`).
+    JobEvent {
+        name: String,
+        type_url: String,
+        data: bytes::Bytes,
+    },
 }
 
 /// A sidecar's way to its app.

@@ -10,6 +10,7 @@ mod config_subscribe;
 mod configuration;
 mod grpc;
 mod invoke;
+mod jobs;
 mod lock;
 mod metrics;
 mod mtls;

@@ -9,6 +9,7 @@
 
 mod configuration;
 mod discovery;
+mod jobs;
 mod launcher;
 mod lock;
 mod logs;

@@ -761,3 +761,47 @@ async fn python_sdk_subscribes_to_configuration_over_grpc() {
     // The SDK gives up on a stream that fails at once: no id.
     assert_eq!(r("unknown-store"), Value::Null, "{ctx}");
 }
+
+/// Jobs with the Python SDK: a gRPC app (`dapr.ext.grpc`'s `App`) schedules, reads,
+/// overwrites and deletes its own jobs with `DaprClient`, and its `@app.job_event` handler
+/// gets the one that falls due, with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_schedules_jobs_and_handles_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = Report::new(dir.path());
+    let app = python_app("py-jobs", dir.path(), &report, "jobs_app.py")
+        .arg("--app-protocol")
+        .arg("grpc")
+        .app_port(trellis_test_support::free_port())
+        .spawn();
+    app.wait_healthy().await;
+    report
+        .wait("the job event", &[&app], PATIENCE, |events| {
+            events.iter().any(|e| e["event"] == "job")
+        })
+        .await;
+    let ctx = report.context(&[&app]);
+    let steps = report.steps("py-jobs");
+    let r = |name: &str| result(&steps, name, &ctx).clone();
+    assert_eq!(r("schedule-later"), json!("ok"), "{ctx}");
+    assert_eq!(
+        r("get-later"),
+        json!({"name": "py-later", "schedule": "@every 1h", "repeats": 2, "due_time": "1h",
+               "data": "later"}),
+        "{ctx}"
+    );
+    let (code, reason) = grpc_error(&steps, "duplicate", &ctx);
+    assert_eq!(
+        (code.as_str(), reason.as_str()),
+        ("ALREADY_EXISTS", "DAPR_SCHEDULER_SCHEDULE_JOB"),
+        "{ctx}"
+    );
+    assert_eq!(r("overwrite"), json!("ok"), "{ctx}");
+    assert_eq!(r("delete-later"), json!("ok"), "{ctx}");
+    assert_eq!(r("schedule-once"), json!("ok"), "{ctx}");
+    let jobs = report.of("py-jobs", "job");
+    assert_eq!(jobs.len(), 1, "{ctx}");
+    assert_eq!(jobs[0]["name"], "py-once");
+    assert_eq!(jobs[0]["data"], "hello");
+    app.signal(nix::sys::signal::Signal::SIGTERM);
+}

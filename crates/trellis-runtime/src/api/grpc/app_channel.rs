@@ -9,6 +9,7 @@
 //! | `TopicEvent` | `OnTopicEvent` (the CloudEvent's attributes as fields) | `{"status": ...}` |
 //! | `BulkTopicEvent` | `OnBulkTopicEvent`, else `OnBulkTopicEventAlpha1` | `{"statuses": [...]}` |
 //! | `ConfigurationUpdate` | `OnInvoke` of `configuration/<store>/<key>`, as Dapr sends it | as `Invoke` |
+//! | `JobEvent` | `OnJobEvent`, else `OnJobEventAlpha1` (the job's data as stored) | 200, or the error status |
 //!
 //! Health probes call `AppCallbackHealthCheck.HealthCheck`. An RPC the app does not
 //! implement answers 404, which delivery treats as "drop" and `/dapr/subscribe` as "none".
@@ -246,6 +247,45 @@ impl GrpcAppChannel {
             Err(status) => Ok(error_response(&status)),
         }
     }
+
+    /// A due job: `OnJobEvent`, or `OnJobEventAlpha1` for SDKs before Dapr 1.18.
+    async fn job_event(
+        &self,
+        name: String,
+        type_url: String,
+        data: Bytes,
+    ) -> Result<Response<Body>, InvokeError> {
+        let event = trellis_proto::runtime::JobEventRequest {
+            method: format!("job/{name}"),
+            name,
+            content_type: type_url.clone(),
+            data: Some(prost_types::Any {
+                type_url,
+                value: data.to_vec(),
+            }),
+            http_extension: Some(pbc::HttpExtension {
+                verb: Verb::Post as i32,
+                querystring: String::new(),
+            }),
+        };
+        let mut client = AppCallbackClient::new(self.channel.clone());
+        let mut result = client
+            .on_job_event(self.request(event.clone(), MetadataMap::new()))
+            .await
+            .map(|_| ());
+        if matches!(&result, Err(s) if s.code() == Code::Unimplemented) {
+            let mut alpha = AppCallbackAlphaClient::new(self.channel.clone());
+            result = alpha
+                .on_job_event_alpha1(self.request(event, MetadataMap::new()))
+                .await
+                .map(|_| ());
+        }
+        match result {
+            Ok(()) => Ok(Response::new(Body::empty())),
+            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
+            Err(status) => Ok(error_response(&status)),
+        }
+    }
 }
 
 #[async_trait]
@@ -274,6 +314,11 @@ impl AppChannel for GrpcAppChannel {
                     .await
             }
             AppCall::GrpcProxy => self.proxy(path_and_query, req).await,
+            AppCall::JobEvent {
+                name,
+                type_url,
+                data,
+            } => self.job_event(name, type_url, data).await,
         }
     }
 

@@ -212,7 +212,8 @@ fn extensions(event: &Map<String, Value>) -> prost_types::Struct {
     }
 }
 
-fn proto_value(v: &Value) -> prost_types::Value {
+/// A JSON value as a `google.protobuf.Value`.
+pub fn proto_value(v: &Value) -> prost_types::Value {
     use prost_types::value::Kind;
     let kind = match v {
         Value::Null => Kind::NullValue(0),
@@ -230,6 +231,31 @@ fn proto_value(v: &Value) -> prost_types::Value {
         }),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// A `google.protobuf.Value` as JSON, as Go's `structpb` writes it (whole numbers without
+/// a fraction).
+pub fn json_value(v: &prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                Value::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(json_value).collect()),
+        Some(Kind::StructValue(s)) => Value::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect(),
+        ),
+    }
 }
 
 /// A `TopicEventResponseStatus` as the `status` an HTTP app answers.

@@ -7,8 +7,9 @@
 
 mod app_channel;
 mod configuration;
-mod convert;
+pub(crate) mod convert;
 mod invoke;
+mod jobs;
 mod proxy;
 mod service;
 mod status;

@@ -538,4 +538,75 @@ impl Dapr for DaprApi {
     ) -> Reply<()> {
         super::workflow::raise_event(&self.rt, request.into_inner()).await
     }
+
+    async fn schedule_job_alpha1(
+        &self,
+        request: Request<pb::ScheduleJobRequest>,
+    ) -> Reply<pb::ScheduleJobResponse> {
+        super::jobs::schedule(&self.rt, request.into_inner()).await
+    }
+
+    async fn schedule_job(
+        &self,
+        request: Request<pb::ScheduleJobRequest>,
+    ) -> Reply<pb::ScheduleJobResponse> {
+        super::jobs::schedule(&self.rt, request.into_inner()).await
+    }
+
+    async fn get_job_alpha1(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Reply<pb::GetJobResponse> {
+        super::jobs::get(&self.rt, request.into_inner()).await
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Reply<pb::GetJobResponse> {
+        super::jobs::get(&self.rt, request.into_inner()).await
+    }
+
+    async fn delete_job_alpha1(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Reply<pb::DeleteJobResponse> {
+        super::jobs::delete(&self.rt, request.into_inner()).await
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Reply<pb::DeleteJobResponse> {
+        super::jobs::delete(&self.rt, request.into_inner()).await
+    }
+
+    async fn delete_jobs_by_prefix_alpha1(
+        &self,
+        request: Request<pb::DeleteJobsByPrefixRequestAlpha1>,
+    ) -> Reply<pb::DeleteJobsByPrefixResponseAlpha1> {
+        super::jobs::delete_prefix(&self.rt, request.into_inner().name_prefix).await?;
+        Ok(Response::new(pb::DeleteJobsByPrefixResponseAlpha1 {}))
+    }
+
+    async fn delete_jobs_by_prefix(
+        &self,
+        request: Request<pb::DeleteJobsByPrefixRequest>,
+    ) -> Reply<pb::DeleteJobsByPrefixResponse> {
+        super::jobs::delete_prefix(&self.rt, request.into_inner().name_prefix).await?;
+        Ok(Response::new(pb::DeleteJobsByPrefixResponse {}))
+    }
+
+    async fn list_jobs_alpha1(
+        &self,
+        _request: Request<pb::ListJobsRequestAlpha1>,
+    ) -> Reply<pb::ListJobsResponseAlpha1> {
+        let jobs = super::jobs::list(&self.rt).await?;
+        Ok(Response::new(pb::ListJobsResponseAlpha1 { jobs }))
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<pb::ListJobsRequest>,
+    ) -> Reply<pb::ListJobsResponse> {
+        let jobs = super::jobs::list(&self.rt).await?;
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
 }

@@ -8,6 +8,7 @@
 //! [`ApiError`]: super::ApiError
 
 pub mod configuration;
+pub mod jobs;
 pub mod lock;
 pub mod pubsub;
 pub mod secrets;
