@@ -280,6 +280,9 @@ impl Sidecar {
             &me.app_id,
         )
         .map_err(StartError::Tracing)?;
+        if let Some(tracer) = &tracer {
+            metrics.watch_tracer(tracer, &me.app_id);
+        }
         let health = Arc::new(Health::default());
         let app_channel = config.app.as_ref().map(|app| {
             let channel = crate::invoke::open_app_channel(app, config.app_api_token.as_deref());

@@ -24,6 +24,7 @@ mod resiliency;
 pub mod server;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +130,16 @@ impl Metrics {
             grpc_methods: BoundedValues::new(GRPC_METHOD_LIMIT),
             app_paths: BoundedValues::new(LABEL_LIMIT),
         })))
+    }
+
+    /// Adds `trellis_trace_spans_total`, read from `tracer` at each scrape.
+    pub fn watch_tracer(&self, tracer: &trellis_trace::Tracer, app_id: &str) {
+        let Some(m) = &self.0 else { return };
+        let registered = trace::TraceSpans::new(tracer.clone(), app_id)
+            .and_then(|c| m.registry.register(Box::new(c)));
+        if let Err(e) = registered {
+            tracing::error!(error = %e, "cannot define the tracing metrics");
+        }
     }
 
     /// Records nothing, serves nothing.

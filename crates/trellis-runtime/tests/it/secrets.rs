@@ -92,11 +92,25 @@ async fn secrets_over_http_with_scopes_and_dapr_errors() {
 
     // A key that looks like a path is only a name: not found, nothing read from disk, and
     // the sidecar goes on answering.
-    for key in ["..%2Fsecrets.json", "..%2F..%2F..%2Fetc%2Fpasswd", "%2E%2E%2Fdb:password"] {
-        let r = request("GET", &url(&s, &format!("/v1.0/secrets/files/{key}")), &[], "").await;
+    for key in [
+        "..%2Fsecrets.json",
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "%2E%2E%2Fdb:password",
+    ] {
+        let r = request(
+            "GET",
+            &url(&s, &format!("/v1.0/secrets/files/{key}")),
+            &[],
+            "",
+        )
+        .await;
         assert_eq!(r.status, 500, "{key}: {}", r.text());
         assert_eq!(r.json()["errorCode"], "ERR_SECRET_GET", "{key}");
-        assert!(!r.text().contains(SECRET) && !r.text().contains("root:"), "{}", r.text());
+        assert!(
+            !r.text().contains(SECRET) && !r.text().contains("root:"),
+            "{}",
+            r.text()
+        );
     }
 
     // The scope denies `hidden`: 403 for it, left out of bulk.

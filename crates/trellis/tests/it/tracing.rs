@@ -257,6 +257,29 @@ async fn otlp_over_http_and_sampling_zero_still_propagate() {
     let span = one(&spans, "trace-http", "GET /v1.0/metadata");
     assert_eq!(span.trace_id, TRACE);
     assert_eq!(span.via, "http");
+    // What became of the spans is on the sidecar's metrics.
+    let md = request("GET", &a.url("/v1.0/metadata"), &[], "")
+        .await
+        .json();
+    let port = md["extended"]["metricsPort"].as_str().unwrap().to_string();
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let scrape = || async { request("GET", &metrics, &[], "").await.text() };
+    let outcome = |text: &str, outcome: &str| {
+        let samples = trellis_test_support::exposition::parse(text);
+        trellis_test_support::exposition::sum(
+            &samples,
+            "trellis_trace_spans_total",
+            &[("outcome", outcome)],
+        )
+    };
+    // The tracer counts a batch once the collector has answered its export.
+    let counted = trellis_test_support::wait_until(PATIENCE, || async {
+        outcome(&scrape().await, "exported") >= 1.0
+    })
+    .await;
+    let text = scrape().await;
+    assert!(counted, "{text}");
+    assert_eq!(outcome(&text, "dropped"), 0.0, "{text}");
 
     // samplingRate "0": nothing is exported, but an invoked app still gets the trace id
     // (not sampled) so that its own spans, if any, join the caller's trace.
