@@ -1,7 +1,8 @@
 //! Connecting to PostgreSQL the one way every PostgreSQL-backed component does
-//! (`state.postgresql`, `lock.postgresql`, `workflowbackend.postgresql`): Dapr's connection
-//! strings read as Dapr's pgx reads them, one `deadpool` pool setup, and the advisory lock
-//! that lets sidecars starting together create their tables without racing.
+//! (`state.postgresql`, `lock.postgresql`, `configuration.postgresql`,
+//! `scheduler.postgresql`, `workflowbackend.postgresql`): Dapr's connection strings read as
+//! Dapr's pgx reads them, one `deadpool` pool setup, the advisory lock that lets sidecars
+//! starting together create their tables without racing, and one deadline per call.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -14,6 +15,20 @@ use tokio_postgres::NoTls;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ConnectionStringError(pub String);
+
+/// Runs `op` for at most `timeout`; past it, the error `late` makes of the reason, so
+/// that a PostgreSQL that stopped answering fails the call instead of holding it.
+pub async fn bounded<T, E>(
+    timeout: Duration,
+    op: impl Future<Output = Result<T, E>>,
+    late: impl FnOnce(String) -> E,
+) -> Result<T, E> {
+    tokio::time::timeout(timeout, op).await.unwrap_or_else(|_| {
+        Err(late(format!(
+            "postgresql did not answer within {timeout:?}"
+        )))
+    })
+}
 
 /// The pool every PostgreSQL component uses: at most `max_conns` connections, and
 /// `timeout` for waiting on one, opening one and checking one.

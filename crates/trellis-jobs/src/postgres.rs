@@ -207,14 +207,7 @@ impl PostgresJobStore {
         &self,
         op: impl Future<Output = Result<T, JobError>>,
     ) -> Result<T, JobError> {
-        tokio::time::timeout(self.timeout, op)
-            .await
-            .unwrap_or_else(|_| {
-                Err(JobError::Backend(format!(
-                    "postgresql did not answer within {:?}",
-                    self.timeout
-                )))
-            })
+        trellis_core::postgres::bounded(self.timeout, op, JobError::Backend).await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, JobError> {

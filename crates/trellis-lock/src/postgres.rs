@@ -119,14 +119,7 @@ impl PostgresLockStore {
         &self,
         op: impl Future<Output = Result<T, LockError>>,
     ) -> Result<T, LockError> {
-        tokio::time::timeout(self.timeout, op)
-            .await
-            .unwrap_or_else(|_| {
-                Err(LockError::Backend(format!(
-                    "postgresql did not answer within {:?}",
-                    self.timeout
-                )))
-            })
+        trellis_core::postgres::bounded(self.timeout, op, LockError::Backend).await
     }
 }
 

@@ -42,15 +42,12 @@ impl ConfigurationStores {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Self, Vec<String>> {
-        let embedded = registries
-            .configuration
-            .get(EMBEDDED_CONFIGURATION_TYPE, "v1")
-            .is_ok()
-            .then_some(Embedded {
-                name: DEFAULT_STORE_NAME,
-                type_name: EMBEDDED_CONFIGURATION_TYPE,
-                file: EMBEDDED_FILE,
-            });
+        let embedded = Embedded::if_registered(
+            &registries.configuration,
+            DEFAULT_STORE_NAME,
+            EMBEDDED_CONFIGURATION_TYPE,
+            EMBEDDED_FILE,
+        );
         let (components, errors) = loading::select(config, "configuration", embedded);
         Self::open_each(components, errors, "configuration store", |c| async move {
             open_one(&c, registries).await

@@ -640,8 +640,9 @@ impl Loop {
                 .traceparent
                 .as_deref()
                 .and_then(|tp| trellis_trace::SpanContext::from_headers(tp, None));
-            let name = format!("deliver {}", self.sub.spec.topic);
-            let mut span = t.span(name, trellis_trace::SpanKind::Consumer, parent.as_ref());
+            let mut span = t.span_with(trellis_trace::SpanKind::Consumer, parent.as_ref(), || {
+                format!("deliver {}", self.sub.spec.topic).into()
+            });
             if span.is_recording() {
                 span.set_attribute("messaging.system", "dapr");
                 span.set_attribute("messaging.destination.name", self.sub.spec.topic.clone());

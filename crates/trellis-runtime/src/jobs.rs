@@ -64,15 +64,12 @@ impl Jobs {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Option<Self>, Vec<String>> {
-        let embedded = registries
-            .jobs
-            .get(EMBEDDED_JOBS_TYPE, "v1")
-            .is_ok()
-            .then_some(Embedded {
-                name: DEFAULT_STORE_NAME,
-                type_name: EMBEDDED_JOBS_TYPE,
-                file: "jobs.db",
-            });
+        let embedded = Embedded::if_registered(
+            &registries.jobs,
+            DEFAULT_STORE_NAME,
+            EMBEDDED_JOBS_TYPE,
+            "jobs.db",
+        );
         let Some(component) =
             loading::select_one(config, "scheduler", "job stores (scheduler.*)", embedded)?
         else {

@@ -29,6 +29,23 @@ pub struct Embedded<'a> {
     pub file: &'a str,
 }
 
+impl<'a> Embedded<'a> {
+    /// The built-in `name` of `type_name`, keeping its data in `file` — offered only when
+    /// this build registered that type in `registry`.
+    pub fn if_registered<F>(
+        registry: &trellis_resources::registry::Registry<F>,
+        name: &'a str,
+        type_name: &'a str,
+        file: &'a str,
+    ) -> Option<Self> {
+        registry.get(type_name, "v1").is_ok().then_some(Embedded {
+            name,
+            type_name,
+            file,
+        })
+    }
+}
+
 /// Whether `component` is a built-in default rather than one from the user's files.
 pub fn is_built_in(component: &Component) -> bool {
     component.location.file == Path::new(BUILT_IN)

@@ -52,15 +52,12 @@ impl LockStores {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Self, Vec<String>> {
-        let embedded = registries
-            .lock
-            .get(EMBEDDED_LOCK_TYPE, "v1")
-            .is_ok()
-            .then_some(Embedded {
-                name: DEFAULT_STORE_NAME,
-                type_name: EMBEDDED_LOCK_TYPE,
-                file: "lock.db",
-            });
+        let embedded = Embedded::if_registered(
+            &registries.lock,
+            DEFAULT_STORE_NAME,
+            EMBEDDED_LOCK_TYPE,
+            "lock.db",
+        );
         let (components, errors) = loading::select(config, "lock", embedded);
         Self::open_each(components, errors, "lock store", |c| async move {
             open_one(&c, config, registries).await

@@ -143,15 +143,12 @@ impl PubSubs {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Self, Vec<String>> {
-        let embedded = registries
-            .pubsub
-            .get(EMBEDDED_PUBSUB_TYPE, "v1")
-            .is_ok()
-            .then_some(Embedded {
-                name: DEFAULT_PUBSUB_NAME,
-                type_name: EMBEDDED_PUBSUB_TYPE,
-                file: "pubsub.db",
-            });
+        let embedded = Embedded::if_registered(
+            &registries.pubsub,
+            DEFAULT_PUBSUB_NAME,
+            EMBEDDED_PUBSUB_TYPE,
+            "pubsub.db",
+        );
         let (components, errors) = loading::select(config, "pubsub", embedded);
         Self::open_each(components, errors, "pub/sub", |c| async move {
             open_one(&c, registries).await

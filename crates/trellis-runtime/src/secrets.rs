@@ -66,15 +66,12 @@ impl SecretStores {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Self, Vec<String>> {
-        let embedded = registries
-            .secrets
-            .get(EMBEDDED_SECRETS_TYPE, "v1")
-            .is_ok()
-            .then_some(Embedded {
-                name: DEFAULT_STORE_NAME,
-                type_name: EMBEDDED_SECRETS_TYPE,
-                file: EMBEDDED_FILE,
-            });
+        let embedded = Embedded::if_registered(
+            &registries.secrets,
+            DEFAULT_STORE_NAME,
+            EMBEDDED_SECRETS_TYPE,
+            EMBEDDED_FILE,
+        );
         let (components, errors) = loading::select(config, "secretstores", embedded);
         let scopes: Vec<SecretsScope> = config
             .configuration

@@ -58,15 +58,12 @@ impl StateStores {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Self, Vec<String>> {
-        let embedded = registries
-            .state
-            .get(EMBEDDED_STATE_TYPE, "v1")
-            .is_ok()
-            .then_some(Embedded {
-                name: DEFAULT_STORE_NAME,
-                type_name: EMBEDDED_STATE_TYPE,
-                file: "state.db",
-            });
+        let embedded = Embedded::if_registered(
+            &registries.state,
+            DEFAULT_STORE_NAME,
+            EMBEDDED_STATE_TYPE,
+            "state.db",
+        );
         let (components, errors) = loading::select(config, "state", embedded);
         Self::open_each(components, errors, "state store", |c| async move {
             open_one(&c, config, registries).await

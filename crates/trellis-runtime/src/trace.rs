@@ -48,11 +48,11 @@ pub async fn scoped<F: Future>(context: SpanContext, f: F) -> F::Output {
 /// there is none); none when tracing is off.
 pub fn child(
     tracer: Option<&Tracer>,
-    name: impl Into<Cow<'static, str>>,
     kind: SpanKind,
+    name: impl FnOnce() -> Cow<'static, str>,
 ) -> Option<Span> {
     let tracer = tracer?;
-    Some(tracer.span(name, kind, current().as_ref()))
+    Some(tracer.span_with(kind, current().as_ref(), name))
 }
 
 /// Runs `call` (a component call: a store, a broker) under a client span named `name`
@@ -63,7 +63,7 @@ pub async fn client<T, E: std::fmt::Display>(
     component: &str,
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
-    let Some(mut span) = child(tracer, name, SpanKind::Client) else {
+    let Some(mut span) = child(tracer, SpanKind::Client, || name.into()) else {
         return call.await;
     };
     if span.is_recording() {
@@ -164,15 +164,14 @@ pub async fn serve(
             let state = headers.get("tracestate").and_then(|v| v.to_str().ok());
             SpanContext::from_headers(tp, state)
         });
-    let name: Cow<'static, str> = match naming {
+    let mut span = tracer.span_with(SpanKind::Server, parent.as_ref(), || match &naming {
         Naming::Route => {
             let route = crate::api::route_template(&req);
             format!("{} {}", req.method(), route.as_str()).into()
         }
         Naming::GrpcMethod => req.uri().path().to_string().into(),
-        Naming::CallLocal(ref app_id) => format!("CallLocal/{app_id}").into(),
-    };
-    let mut span = tracer.span(name, SpanKind::Server, parent.as_ref());
+        Naming::CallLocal(app_id) => format!("CallLocal/{app_id}").into(),
+    });
     if span.is_recording() {
         span.set_attribute("http.request.method", req.method().to_string());
         if let Naming::CallLocal(_) = naming {
@@ -244,13 +243,13 @@ mod tests {
             .expect("ok")
             .expect("tracer");
         assert!(
-            child(None, "x", SpanKind::Client).is_none(),
+            child(None, SpanKind::Client, || "x".into()).is_none(),
             "off without a tracer"
         );
         let root = t.span("root", SpanKind::Server, None);
         let ctx = root.context().clone();
         let inner = scoped(ctx.clone(), async {
-            child(Some(&t), "state.get", SpanKind::Client).map(|s| s.context().clone())
+            child(Some(&t), SpanKind::Client, || "state/get".into()).map(|s| s.context().clone())
         })
         .await
         .expect("a span");

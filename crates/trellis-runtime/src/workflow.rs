@@ -34,15 +34,12 @@ impl Workflows {
         config: &SidecarConfig,
         registries: &Registries,
     ) -> Result<Option<Self>, Vec<String>> {
-        let embedded = registries
-            .workflow
-            .get(EMBEDDED_WORKFLOW_TYPE, "v1")
-            .is_ok()
-            .then_some(Embedded {
-                name: DEFAULT_BACKEND_NAME,
-                type_name: EMBEDDED_WORKFLOW_TYPE,
-                file: "workflows.db",
-            });
+        let embedded = Embedded::if_registered(
+            &registries.workflow,
+            DEFAULT_BACKEND_NAME,
+            EMBEDDED_WORKFLOW_TYPE,
+            "workflows.db",
+        );
         let Some(component) =
             loading::select_one(config, "workflowbackend", "workflow backends", embedded)?
         else {

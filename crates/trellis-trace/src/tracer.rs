@@ -113,6 +113,17 @@ impl Tracer {
         kind: SpanKind,
         parent: Option<&SpanContext>,
     ) -> Span {
+        self.span_with(kind, parent, || name.into())
+    }
+
+    /// As [`Tracer::span`], naming the span only when it records: a name built per
+    /// request (`format!`) costs nothing for the unsampled majority.
+    pub fn span_with(
+        &self,
+        kind: SpanKind,
+        parent: Option<&SpanContext>,
+        name: impl FnOnce() -> Cow<'static, str>,
+    ) -> Span {
         let (context, parent_id) = match parent {
             Some(p) => (p.child(p.sampled), Some(p.span_id)),
             None => {
@@ -128,7 +139,7 @@ impl Tracer {
             }
         };
         if context.sampled {
-            Span::recording(self.clone(), context, parent_id, name.into(), kind)
+            Span::recording(self.clone(), context, parent_id, name(), kind)
         } else {
             Span::silent(context)
         }

@@ -174,14 +174,7 @@ impl Shared {
         &self,
         op: impl Future<Output = Result<T, ConfigurationError>>,
     ) -> Result<T, ConfigurationError> {
-        tokio::time::timeout(self.timeout, op)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ConfigurationError::Backend(format!(
-                    "postgresql did not answer within {:?}",
-                    self.timeout
-                )))
-            })
+        trellis_core::postgres::bounded(self.timeout, op, ConfigurationError::Backend).await
     }
 }
 

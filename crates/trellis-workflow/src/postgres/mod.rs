@@ -146,14 +146,7 @@ impl PostgresWorkflowStore {
         &self,
         op: impl Future<Output = Result<T, WorkflowError>>,
     ) -> Result<T, WorkflowError> {
-        tokio::time::timeout(self.timeout, op)
-            .await
-            .unwrap_or_else(|_| {
-                Err(WorkflowError::Backend(format!(
-                    "postgresql did not answer within {:?}",
-                    self.timeout
-                )))
-            })
+        trellis_core::postgres::bounded(self.timeout, op, WorkflowError::Backend).await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, WorkflowError> {

@@ -249,8 +249,8 @@ pub async fn publish(rt: &Runtime, req: Publish<'_>) -> Result<(), ApiError> {
 fn producer(rt: &Runtime, req: &Publish<'_>) -> Option<trellis_trace::Span> {
     let mut span = crate::trace::child(
         rt.tracer.as_ref(),
-        format!("publish {}", req.topic),
         trellis_trace::SpanKind::Producer,
+        || format!("publish {}", req.topic).into(),
     )?;
     if span.is_recording() {
         span.set_attribute("messaging.system", "dapr");
