@@ -147,9 +147,21 @@ impl Sidecar {
         let jobs = crate::jobs::Jobs::open(&config, &registries)
             .map_err(StartError::Components)?
             .map(Arc::new);
-        let http_pipeline = crate::api::middleware::Pipeline::open(&config, &registries)
-            .await
-            .map_err(StartError::Components)?;
+        let http_pipeline = crate::api::middleware::Pipeline::open(
+            &config,
+            &registries,
+            crate::api::middleware::Calls::ToSidecar,
+        )
+        .await
+        .map_err(StartError::Components)?;
+        // Opened (and checked) even without an app port: a bad reference is a bad file.
+        let app_pipeline = crate::api::middleware::Pipeline::open(
+            &config,
+            &registries,
+            crate::api::middleware::Calls::ToApp,
+        )
+        .await
+        .map_err(StartError::Components)?;
         // Resiliency: the outbound policies go on the components here, once, before
         // anything holds them; invocation and delivery get the same merged policies below.
         let resiliency = Arc::new(
@@ -284,9 +296,11 @@ impl Sidecar {
             metrics.watch_tracer(tracer, &me.app_id);
         }
         let health = Arc::new(Health::default());
+        // The app pipeline outside the metrics: they time what reached the app.
         let app_channel = config.app.as_ref().map(|app| {
             let channel = crate::invoke::open_app_channel(app, config.app_api_token.as_deref());
-            crate::metrics::app_channel::wrap(channel, &metrics)
+            let channel = crate::metrics::app_channel::wrap(channel, &metrics);
+            crate::api::middleware::on_app_channel(channel, app_pipeline, app.protocol)
         });
         let invoker = Invoker::new(
             Caller::new(me.clone()),

@@ -21,7 +21,9 @@
 //!    reaches a handler; health routes are exempt as in Dapr.
 //! 7. **HTTP pipeline** (`spec.httpPipeline`: rate limit, route checks...): after the token,
 //!    so unauthenticated floods are refused before they cost a middleware anything, and
-//!    before everything that routes.
+//!    before everything that routes. (`spec.appHttpPipeline` is no layer of this API: it
+//!    wraps the app channel, which every request to the app goes through; see
+//!    `api::middleware::app`.)
 //! 8. **API allowlist** (`spec.api`): after the token (an unauthenticated caller learns
 //!    nothing about which APIs exist) and above the `dapr-app-id` dispatch, which is the
 //!    invocation API and must be subject to it too.

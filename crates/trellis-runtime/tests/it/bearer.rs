@@ -12,13 +12,13 @@ use trellis_test_support::request;
 
 use crate::{sidecar, url};
 
-struct Key {
+pub(crate) struct Key {
     kid: String,
     encoding: EncodingKey,
-    jwk: serde_json::Value,
+    pub(crate) jwk: serde_json::Value,
 }
 
-fn key(kid: &str) -> Key {
+pub(crate) fn key(kid: &str) -> Key {
     let pair = rcgen::KeyPair::generate().unwrap();
     let raw = pair.public_key_raw();
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
@@ -30,20 +30,20 @@ fn key(kid: &str) -> Key {
     }
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
 }
 
-fn token(key: &Key, claims: serde_json::Value) -> String {
+pub(crate) fn token(key: &Key, claims: serde_json::Value) -> String {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(key.kid.clone());
     jsonwebtoken::encode(&header, &claims, &key.encoding).unwrap()
 }
 
-fn good_claims() -> serde_json::Value {
+pub(crate) fn good_claims() -> serde_json::Value {
     json!({"iss": "https://idp.local", "aud": "orders", "sub": "alice", "exp": now() + 300})
 }
 

@@ -1,6 +1,9 @@
-//! `middleware.http.bearer`: every API request must carry `Authorization: Bearer <JWT>`,
-//! signed by a key of the issuer's JSON Web Key Set, for the configured `issuer` and
-//! `audience`, and within its validity (`exp` required, `nbf` honoured, 5 s leeway).
+//! `middleware.http.bearer`: every API request (`httpPipeline`), or every invocation of the
+//! app (`appHttpPipeline`), must carry `Authorization: Bearer <JWT>`, signed by a key of the
+//! issuer's JSON Web Key Set, for the configured `issuer` and `audience`, and within its
+//! validity (`exp` required, `nbf` honoured, 5 s leeway). What the sidecar sends the app on
+//! its own account (deliveries, jobs, configuration updates) has no caller and no token, and
+//! passes.
 //!
 //! Metadata: `issuer`, `audience` (both required), `jwksURL`: the key set, from a file
 //! (`file:///…` or an absolute path) or an `http://` URL on loopback (an identity provider
@@ -21,7 +24,7 @@ use http_body_util::BodyExt as _;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use super::HttpMiddleware;
+use super::{Caller, HttpMiddleware};
 use crate::api::ApiError;
 
 const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
@@ -124,7 +127,12 @@ impl Bearer {
 
 #[async_trait]
 impl HttpMiddleware for Bearer {
-    async fn check(&self, req: &Parts) -> Result<(), ApiError> {
+    async fn check(&self, req: &Parts, caller: Caller<'_>) -> Result<(), ApiError> {
+        if caller == Caller::Sidecar {
+            // A delivery, job or configuration update to the app: no caller sent it, so
+            // there is no token to check, and the app trusts its sidecar already.
+            return Ok(());
+        }
         let token = req
             .headers
             .get(http::header::AUTHORIZATION)

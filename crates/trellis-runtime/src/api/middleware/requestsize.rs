@@ -1,14 +1,16 @@
 //! `middleware.http.requestsize` (Trellis's own type): a body limit tighter than
-//! `--max-body-size` for the API routes whose path matches `pathRegex` (every route when
-//! unset). `maxBytes` (e.g. `64Ki`) is checked against `Content-Length` before any byte of
-//! the body is read: larger is 413; a body without a length (chunked) on such a route is
-//! 411, since its size cannot be known in advance.
+//! `--max-body-size` for the API routes (or, in `appHttpPipeline`, the paths of calls to the
+//! app) that match `pathRegex` (every one when unset). `maxBytes` (e.g. `64Ki`) is checked
+//! against `Content-Length` before any byte of the body is read: larger is 413; a chunked
+//! body on such a route is 411, since its size cannot be known in advance. (A call reaching
+//! the app from another sidecar arrived over HTTP/2, where a streamed body is not "chunked":
+//! one without a `Content-Length` passes there.)
 
 use async_trait::async_trait;
 use http::StatusCode;
 use http::request::Parts;
 
-use super::HttpMiddleware;
+use super::{Caller, HttpMiddleware};
 use crate::api::ApiError;
 
 #[derive(Debug)]
@@ -37,7 +39,7 @@ impl RequestSize {
 
 #[async_trait]
 impl HttpMiddleware for RequestSize {
-    async fn check(&self, req: &Parts) -> Result<(), ApiError> {
+    async fn check(&self, req: &Parts, _caller: Caller<'_>) -> Result<(), ApiError> {
         if self
             .paths
             .as_ref()

@@ -1,12 +1,13 @@
-//! `middleware.http.routerchecker`: every API request's path must match the regular
-//! expression `rule` (e.g. `^[A-Za-z0-9/._-]+$`); others are refused with 400 before any
-//! route sees them.
+//! `middleware.http.routerchecker`: every request's path must match the regular expression
+//! `rule` (e.g. `^[A-Za-z0-9/._-]+$`); others are refused with 400 before any route of the
+//! API sees them (`httpPipeline`), or before they reach the app (`appHttpPipeline`: the
+//! invoked method's path, or a delivery's route).
 
 use async_trait::async_trait;
 use http::StatusCode;
 use http::request::Parts;
 
-use super::HttpMiddleware;
+use super::{Caller, HttpMiddleware};
 use crate::api::ApiError;
 
 #[derive(Debug)]
@@ -30,7 +31,7 @@ impl RouterChecker {
 
 #[async_trait]
 impl HttpMiddleware for RouterChecker {
-    async fn check(&self, req: &Parts) -> Result<(), ApiError> {
+    async fn check(&self, req: &Parts, _caller: Caller<'_>) -> Result<(), ApiError> {
         let path = req.uri.path();
         if self.rule.is_match(path) {
             return Ok(());
