@@ -113,6 +113,13 @@ impl Outcome {
         }
     }
 
+    /// Adds a later round of the same phase: its requests and its window.
+    pub fn merge_round(&mut self, later: Self) -> Result<()> {
+        self.window += later.window;
+        self.merge(later)
+    }
+
+    /// Adds another task's requests over the same window.
     fn merge(&mut self, other: Self) -> Result<()> {
         self.hist.add(&other.hist)?;
         self.ok += other.ok;

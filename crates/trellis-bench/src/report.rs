@@ -284,12 +284,19 @@ pub fn phase_tables(s: &mut String, args: &BenchArgs, text: &PhaseText<'_>, resu
         s,
         "## Fixed rate: {} {} for {}\n\nOpen loop; latency in ms, counted from the scheduled send \
          time whenever the {} was still busy at that time (no coordinated omission). Added = {}; the ratio \
-         in brackets.\n",
+         in brackets.{}\n",
         args.rate,
         text.unit,
         secs(args.duration),
         text.who,
-        text.added
+        text.added,
+        match args.rounds {
+            0 | 1 => String::new(),
+            n => format!(
+                " Run in {n} rounds of {} (every scenario in turn in each round), merged.",
+                secs(args.duration / n)
+            ),
+        }
     );
     let mut cols: Vec<Col> = labels().collect();
     cols.extend([Col::Rate(text.unit.into()), Col::Errors]);

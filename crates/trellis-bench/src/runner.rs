@@ -44,6 +44,12 @@ pub struct BenchArgs {
     /// Use this trellis binary instead of building one with cargo.
     #[arg(long)]
     pub trellis_bin: Option<PathBuf>,
+    /// Splits each fixed-rate phase into this many rounds, every scenario taking its turn in
+    /// each round, so that slow drift of the machine (other work, thermal, page cache)
+    /// falls on all scenarios alike; a scenario's rounds are reported as one phase. Worth
+    /// it when comparing scenarios that differ by a few microseconds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
 }
 
 impl BenchArgs {
@@ -174,6 +180,24 @@ fn command_line() -> String {
 pub struct Measured {
     pub outcome: Outcome,
     pub usage: Vec<Usage>,
+}
+
+impl Measured {
+    /// Adds a later round of the same phase: requests add up, CPU is averaged over both
+    /// windows, RSS is the higher peak.
+    fn merge(&mut self, later: Measured) -> Result<()> {
+        let (w1, w2) = (
+            self.outcome.window.as_secs_f64(),
+            later.outcome.window.as_secs_f64(),
+        );
+        for (u, v) in self.usage.iter_mut().zip(&later.usage) {
+            if w1 + w2 > 0.0 {
+                u.cpu_cores = (u.cpu_cores * w1 + v.cpu_cores * w2) / (w1 + w2);
+            }
+            u.rss_max_kb = u.rss_max_kb.max(v.rss_max_kb);
+        }
+        self.outcome.merge_round(later.outcome)
+    }
 }
 
 /// How one phase runs, owned so that a scenario's boxed driver can hold it.
@@ -350,26 +374,46 @@ pub async fn run(
     mut after: impl AsyncFnMut(&str),
 ) -> Result<Results> {
     let mut measured: Vec<Vec<Measured>> = scenarios.iter().map(|_| Vec::new()).collect();
-    for mode in [args.fixed_rate(), Mode::MaxThroughput] {
-        for (sc, out) in scenarios.iter().zip(&mut measured) {
-            let what = match mode {
-                Mode::FixedRate(rate) => format!("{}, {rate} ops/s", sc.name),
-                Mode::MaxThroughput => format!("{}, max throughput", sc.name),
-            };
-            eprintln!(
-                "phase: {what} ({} warm-up + {})",
-                crate::report::secs(args.warmup),
-                crate::report::secs(args.duration)
-            );
-            let spec = PhaseSpec {
-                label: sc.name.clone(),
-                mode,
-                warmup: args.warmup,
-                duration: args.duration,
-                watches: sc.watches.iter().map(|(w, _)| w.clone()).collect(),
-            };
-            out.push((sc.drive)(spec).await?);
-            after(&what).await;
+    let rounds = args.rounds.max(1);
+    let plan = [(args.fixed_rate(), rounds), (Mode::MaxThroughput, 1)];
+    for (mode, rounds) in plan {
+        // Each round's phase is a slice of `--duration`; its connections are new, so it
+        // gets a warm-up of its own, shorter than a whole phase's.
+        let (duration, warmup) = match rounds {
+            1 => (args.duration, args.warmup),
+            n => (
+                args.duration / n,
+                (args.warmup / n).max(Duration::from_millis(200)),
+            ),
+        };
+        for round in 0..rounds {
+            for (sc, out) in scenarios.iter().zip(&mut measured) {
+                let mut what = match mode {
+                    Mode::FixedRate(rate) => format!("{}, {rate} ops/s", sc.name),
+                    Mode::MaxThroughput => format!("{}, max throughput", sc.name),
+                };
+                if rounds > 1 {
+                    what.push_str(&format!(", round {} of {rounds}", round + 1));
+                }
+                eprintln!(
+                    "phase: {what} ({} warm-up + {})",
+                    crate::report::secs(warmup),
+                    crate::report::secs(duration)
+                );
+                let spec = PhaseSpec {
+                    label: sc.name.clone(),
+                    mode,
+                    warmup,
+                    duration,
+                    watches: sc.watches.iter().map(|(w, _)| w.clone()).collect(),
+                };
+                let m = (sc.drive)(spec).await?;
+                match out.last_mut().filter(|_| round > 0) {
+                    Some(earlier) => earlier.merge(m)?,
+                    None => out.push(m),
+                }
+                after(&what).await;
+            }
         }
     }
     let mut results = Vec::new();

@@ -110,6 +110,7 @@ fn short_args() -> BenchArgs {
         connections: 2,
         out: None,
         trellis_bin: None,
+        rounds: 1,
     }
 }
 
@@ -158,6 +159,39 @@ async fn the_runner_measures_every_scenario_in_both_modes_against_its_baseline()
     assert_eq!(notes.len(), 2, "{notes:?}");
     assert!(notes[0].starts_with("x: slow fixed rate: "), "{}", notes[0]);
     assert!(notes[0].contains("failed on purpose"), "{}", notes[0]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn rounds_interleave_the_scenarios_and_merge_into_one_phase_each() {
+    let args = BenchArgs {
+        rounds: 3,
+        duration: Duration::from_millis(600),
+        ..short_args()
+    };
+    let scenarios = vec![fake("fast", 1, None), fake("slow", 4, None).against("fast")];
+    let mut phases = Vec::new();
+    let results = runner::run(&args, scenarios, async |what: &str| {
+        phases.push(what.to_owned())
+    })
+    .await
+    .expect("the run");
+
+    // Fixed rate: every scenario in each round, in turn; max throughput once each.
+    let expected: Vec<String> = (1..=3)
+        .flat_map(|r| {
+            ["fast", "slow"].map(|name| format!("{name}, 200 ops/s, round {r} of 3"))
+        })
+        .chain(["fast, max throughput".into(), "slow, max throughput".into()])
+        .collect();
+    assert_eq!(phases, expected);
+    // The three rounds of 200 ms add up to one 600 ms window at about 200 ops/s.
+    let fast = results.get("fast").expect("fast");
+    assert_eq!(fast.fixed.outcome.window, Duration::from_millis(600));
+    let rate = fast.fixed.outcome.rate();
+    assert!((150.0..=250.0).contains(&rate), "fixed rate {rate}");
+    assert!(fast.fixed.outcome.ok > 90, "{}", fast.fixed.outcome.ok);
+    let added = results.added_ms("slow", 0.5).expect("added p50");
+    assert!((2.0..40.0).contains(&added), "added p50 {added} ms");
 }
 
 #[tokio::test(flavor = "current_thread")]
