@@ -26,7 +26,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::HeaderValue;
 use trellis_resources::TracingSpec;
-use trellis_trace::export::{OtlpGrpc, OtlpHttp, Zipkin};
+use trellis_trace::export::{OtlpGrpc, OtlpHttp, Roots, Zipkin};
 use trellis_trace::{Config, Exporter, Span, SpanContext, SpanKind, Tracer};
 
 tokio::task_local! {
@@ -96,18 +96,14 @@ pub fn tracer(spec: Option<&TracingSpec>, service: &str) -> Result<Option<Tracer
     };
     let mut config = Config::new(service, rate);
     if let Some(otel) = &spec.otel {
-        if otel.is_secure {
-            return Err(
-                "spec.tracing.otel.isSecure: TLS to the collector is not supported yet; \
-                        reach it over plain gRPC or HTTP (on loopback or a local agent)"
-                    .into(),
-            );
-        }
+        // Dapr's `isSecure: false` is plaintext; `true` is TLS, the collector's certificate
+        // verified against the system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`).
+        let tls = otel.is_secure.then(Roots::native);
         let protocol = otel.protocol.as_deref().unwrap_or("grpc");
         let exporter = match protocol.to_ascii_lowercase().as_str() {
-            "grpc" => OtlpGrpc::new(&otel.endpoint_address).map(Exporter::OtlpGrpc),
+            "grpc" => OtlpGrpc::new(&otel.endpoint_address, tls).map(Exporter::OtlpGrpc),
             "http" | "http/protobuf" => {
-                OtlpHttp::new(&otel.endpoint_address).map(Exporter::OtlpHttp)
+                OtlpHttp::new(&otel.endpoint_address, tls).map(Exporter::OtlpHttp)
             }
             other => {
                 return Err(format!(
@@ -119,8 +115,8 @@ pub fn tracer(spec: Option<&TracingSpec>, service: &str) -> Result<Option<Tracer
         config.exporters.push(exporter);
     }
     if let Some(zipkin) = &spec.zipkin {
-        let exporter =
-            Zipkin::new(&zipkin.endpoint_address).map_err(|e| format!("spec.tracing.{e}"))?;
+        let exporter = Zipkin::new(&zipkin.endpoint_address, &Roots::native())
+            .map_err(|e| format!("spec.tracing.{e}"))?;
         config.exporters.push(Exporter::Zipkin(exporter));
     }
     if spec.stdout {
@@ -229,6 +225,17 @@ mod tests {
         });
         let err = tracer(Some(&s), "a").expect_err("bad protocol");
         assert!(err.contains("otel.protocol"), "{err}");
+        // (isSecure: true reads the system's roots: tests/it/tracing.rs in the binary's crate.)
+        s.otel = Some(OtelSpec {
+            endpoint_address: "https://collector.example:4318".into(),
+            is_secure: false,
+            protocol: Some("http".into()),
+        });
+        let err = tracer(Some(&s), "a").expect_err("https without isSecure");
+        assert!(
+            err.starts_with("spec.tracing.otel: ") && err.contains("isSecure"),
+            "{err}"
+        );
         s.otel = None;
         s.zipkin = Some(ZipkinSpec {
             endpoint_address: String::new(),

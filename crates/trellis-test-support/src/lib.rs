@@ -13,6 +13,7 @@ pub mod otlp;
 pub mod process;
 pub mod servers;
 pub mod subscriber;
+pub mod tls;
 
 pub use app::TestApp;
 pub use child::{child_mode, respawn_test};
@@ -20,6 +21,7 @@ pub use http::{Downloaded, HttpResponse, download, request, send_chunked, try_re
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use process::{Sidecar, SidecarBuilder, free_port, wait_for_status, wait_until};
 pub use subscriber::{Received, SubscriberApp};
+pub use tls::TestCa;
 
 /// A standard-library Python HTTP app for launcher tests: `GET /` says hello with its env,
 /// `/exit/<code>` makes the process exit, every request is echoed as JSON.

@@ -1,7 +1,8 @@
 //! An OpenTelemetry trace receiver for tests: it accepts OTLP exports over gRPC
 //! (`TraceService/Export`) and over HTTP (`POST /v1/traces`, protobuf), decodes them with
 //! `opentelemetry-proto` (the protocol's own messages, so a malformed export fails to
-//! decode rather than being accepted), and keeps every span it received.
+//! decode rather than being accepted), and keeps every span it received. Both endpoints can
+//! serve TLS instead, with a certificate from a [`TestCa`].
 //!
 //! No collector can be installed from this machine's package registries, so this stands in
 //! for one; what it checks is the wire format a collector would read.
@@ -9,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -28,6 +31,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message as _;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::TestCa;
 
 /// One span as received, ids in lowercase hex.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +62,7 @@ pub struct OtlpReceiver {
     /// Where OTLP/HTTP exports go (`/v1/traces` under it).
     pub http_addr: SocketAddr,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    failed_handshakes: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -154,43 +161,59 @@ async fn http_export(
 }
 
 impl OtlpReceiver {
-    /// Starts both endpoints on free loopback ports.
+    /// Starts both endpoints on free loopback ports, plaintext.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts both endpoints on free loopback ports, over TLS with `ca`'s server certificate
+    /// (which should name `127.0.0.1`, the address the endpoints are on).
+    pub async fn start_tls(ca: &TestCa) -> Self {
+        Self::start_with(Some(ca)).await
+    }
+
+    async fn start_with(ca: Option<&TestCa>) -> Self {
         let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let failed_handshakes = Arc::new(AtomicU64::new(0));
+        // gRPC needs HTTP/2; the HTTP endpoint takes what the client offers.
+        let tls = |alpn: &[&[u8]]| ca.map(|ca| TlsAcceptor::from(ca.server_config(alpn)));
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind otlp grpc");
         let grpc_addr = grpc.local_addr().expect("otlp grpc address");
-        let service = TraceServiceServer::new(Grpc(spans.clone()));
-        let grpc_task = tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(grpc);
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await;
-        });
+        let service = TowerToHyperService::new(TraceServiceServer::new(Grpc(spans.clone())));
+        let grpc_task = tokio::spawn(accept(
+            grpc,
+            tls(&[b"h2"]),
+            failed_handshakes.clone(),
+            move || service.clone(),
+        ));
         let http = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind otlp http");
         let http_addr = http.local_addr().expect("otlp http address");
         let kept = spans.clone();
-        let http_task = tokio::spawn(async move {
-            while let Ok((stream, _)) = http.accept().await {
+        let http_task = tokio::spawn(accept(
+            http,
+            tls(&[b"h2", b"http/1.1"]),
+            failed_handshakes.clone(),
+            move || {
                 let kept = kept.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| http_export(kept.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+                service_fn(move |req| http_export(kept.clone(), req))
+            },
+        ));
         OtlpReceiver {
             grpc_addr,
             http_addr,
             spans,
+            failed_handshakes,
             tasks: vec![grpc_task, http_task],
         }
+    }
+
+    /// How many clients broke off the TLS handshake (e.g. not trusting the certificate).
+    pub fn failed_handshakes(&self) -> u64 {
+        self.failed_handshakes.load(Ordering::Relaxed)
     }
 
     /// Every span received so far.
@@ -212,6 +235,44 @@ impl OtlpReceiver {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Serves each connection `listener` accepts (after a TLS handshake, with `tls`) with a
+/// service from `service`, HTTP/1.1 or HTTP/2 as the client speaks.
+async fn accept<S, B>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    failed_handshakes: Arc<AtomicU64>,
+    service: impl Fn() -> S,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    while let Ok((stream, _)) = listener.accept().await {
+        let svc = service();
+        let tls = tls.clone();
+        let failed = failed_handshakes.clone();
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            }
+        });
     }
 }
 

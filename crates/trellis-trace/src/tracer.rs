@@ -5,17 +5,19 @@
 //! non-blocking send, and when the queue is full (the collector is down or slow and the
 //! backlog reached [`Config::max_queue`]) the span is dropped and counted. The export task
 //! sends a batch when it holds [`Config::max_batch`] spans or [`Config::flush_interval`]
-//! has passed, to every configured exporter; a failed export is counted and dropped too.
+//! has passed, to every configured exporter; a failed export is counted and dropped too,
+//! and logged once per spell of failures (`export/health.rs`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::context::{SpanContext, TraceId};
 use crate::export::Exporter;
+use crate::export::health::{Health, Note};
 use crate::span::{Span, SpanData, SpanKind};
 
 /// How a tracer samples and exports.
@@ -171,6 +173,7 @@ impl Tracer {
 
 async fn export_loop(mut rx: mpsc::Receiver<Command>, config: Config, stats: Arc<Stats>) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(config.max_batch.min(1024));
+    let mut health: Vec<Health> = config.exporters.iter().map(|_| Health::default()).collect();
     let mut ticker = tokio::time::interval(config.flush_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -186,30 +189,51 @@ async fn export_loop(mut rx: mpsc::Receiver<Command>, config: Config, stats: Arc
                 Some(Command::Flush(done)) => Some(done),
                 // Every handle is gone: send what is left and stop.
                 None => {
-                    send(&config, &stats, &mut batch).await;
+                    send(&config, &stats, &mut health, &mut batch).await;
                     return;
                 }
             },
             _ = ticker.tick() => None,
         };
-        send(&config, &stats, &mut batch).await;
+        send(&config, &stats, &mut health, &mut batch).await;
         if let Some(done) = flushed {
             let _ = done.send(());
         }
     }
 }
 
-async fn send(config: &Config, stats: &Stats, batch: &mut Vec<SpanData>) {
+async fn send(config: &Config, stats: &Stats, health: &mut [Health], batch: &mut Vec<SpanData>) {
     if batch.is_empty() {
         return;
     }
     let n = batch.len() as u64;
     let mut all_ok = true;
-    for exporter in &config.exporters {
-        if let Err(error) = exporter.export(&config.service_name, batch).await {
-            all_ok = false;
-            stats.failed.fetch_add(n, Ordering::Relaxed);
-            tracing::debug!(exporter = exporter.kind(), %error, spans = n, "span export failed");
+    for (exporter, health) in config.exporters.iter().zip(health) {
+        let (kind, endpoint) = (exporter.kind(), exporter.endpoint());
+        match exporter.export(&config.service_name, batch).await {
+            Ok(()) => {
+                if let Note::Recovered { failed_batches } = health.succeeded() {
+                    tracing::info!(
+                        exporter = kind,
+                        endpoint,
+                        failed_batches,
+                        "span export works again"
+                    );
+                }
+            }
+            Err(error) => {
+                all_ok = false;
+                stats.failed.fetch_add(n, Ordering::Relaxed);
+                tracing::debug!(exporter = kind, endpoint, %error, spans = n, "span export failed");
+                if health.failed(&error, Instant::now()) == Note::Failing {
+                    tracing::warn!(
+                        exporter = kind,
+                        endpoint,
+                        %error,
+                        "span export failing; spans are dropped and counted as failed until it works"
+                    );
+                }
+            }
         }
     }
     if all_ok {

@@ -13,27 +13,43 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prost::Message as _;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{ExporterError, Poster, base_url};
+use super::{ExporterError, Poster, Roots, target, tls};
 use crate::span::{SpanData, SpanKind, Value};
 
 /// OTLP over gRPC.
 #[derive(Debug, Clone)]
 pub struct OtlpGrpc {
+    url: String,
     client: TraceServiceClient<Channel>,
 }
 
 impl OtlpGrpc {
-    /// An exporter to `endpoint` (`host:port`); connects on first use, and again after a
-    /// failure.
-    pub fn new(endpoint: &str) -> Result<Self, ExporterError> {
-        let url = base_url(endpoint, "otel")?;
-        let channel = Endpoint::from_shared(url)
+    /// An exporter to `endpoint` (`host:port`, or an `http`/`https` URL), over TLS trusting
+    /// `tls` when given (Dapr's `isSecure: true`) and plaintext otherwise; connects on first
+    /// use, and again after a failure.
+    pub fn new(endpoint: &str, tls: Option<Roots>) -> Result<Self, ExporterError> {
+        let target = target(endpoint, Some(tls.is_some()), "otel")?;
+        let config = match &tls {
+            Some(roots) => Some(tls::client_config(roots, b"h2")?),
+            None => None,
+        };
+        // TLS is done by the connector the HTTP exporters dial through too (one way to reach
+        // a collector, one place that explains a failed handshake), not by tonic's TLS
+        // features, which are off; the `https` URL still gives the requests their scheme.
+        // (Were those features switched on, tonic would refuse `https` through a connector
+        // without its own TLS settings: the TLS tests catch that.)
+        let channel = Endpoint::from_shared(target.url.clone())
             .map_err(|e| ExporterError::Invalid(format!("otel: endpointAddress: {e}")))?
             .connect_timeout(std::time::Duration::from_secs(3))
-            .connect_lazy();
+            .connect_with_connector_lazy(tls::Connector::new(config));
         Ok(OtlpGrpc {
+            url: target.url,
             client: TraceServiceClient::new(channel),
         })
+    }
+
+    pub(super) fn url(&self) -> &str {
+        &self.url
     }
 
     pub(super) async fn export(&self, service: &str, batch: &[SpanData]) -> Result<(), String> {
@@ -41,7 +57,7 @@ impl OtlpGrpc {
         let answer = client
             .export(request(service, batch))
             .await
-            .map_err(|s| format!("otlp export: {} {}", s.code(), s.message()))?
+            .map_err(|s| format!("otlp export ({:?}): {}", s.code(), s.message()))?
             .into_inner();
         match answer.partial_success {
             Some(p) if p.rejected_spans > 0 => Err(format!(
@@ -61,22 +77,26 @@ pub struct OtlpHttp {
 }
 
 impl OtlpHttp {
-    /// An exporter to `endpoint` (`host:port`, or a URL); batches go to its `/v1/traces`
-    /// unless the URL names a path of its own.
-    pub fn new(endpoint: &str) -> Result<Self, ExporterError> {
-        let base = base_url(endpoint, "otel")?;
-        let has_path = base
+    /// An exporter to `endpoint` (`host:port`, or an `http`/`https` URL), over TLS trusting
+    /// `tls` when given and plaintext otherwise; batches go to its `/v1/traces` unless the
+    /// URL names a path of its own.
+    pub fn new(endpoint: &str, tls: Option<Roots>) -> Result<Self, ExporterError> {
+        let target = target(endpoint, Some(tls.is_some()), "otel")?;
+        let poster = Poster::new(tls.as_ref())?;
+        let has_path = target
+            .url
             .split_once("://")
             .is_some_and(|(_, rest)| rest.contains('/'));
         let url = if has_path {
-            base
+            target.url
         } else {
-            format!("{base}/v1/traces")
+            format!("{}/v1/traces", target.url)
         };
-        Ok(OtlpHttp {
-            url,
-            poster: Poster::new(),
-        })
+        Ok(OtlpHttp { url, poster })
+    }
+
+    pub(super) fn url(&self) -> &str {
+        &self.url
     }
 
     pub(super) async fn export(&self, service: &str, batch: &[SpanData]) -> Result<(), String> {

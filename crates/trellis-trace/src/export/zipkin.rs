@@ -1,9 +1,9 @@
 //! The Zipkin exporter: the batch as Zipkin's JSON v2 span list, posted to the endpoint
-//! (`http://host:9411/api/v2/spans`).
+//! (`http://host:9411/api/v2/spans`, or `https://`).
 
 use serde_json::{Value as Json, json};
 
-use super::{ExporterError, Poster, base_url};
+use super::{ExporterError, Poster, Roots, target};
 use crate::span::{SpanData, SpanKind, Value};
 
 #[derive(Debug, Clone)]
@@ -13,11 +13,18 @@ pub struct Zipkin {
 }
 
 impl Zipkin {
-    pub fn new(endpoint: &str) -> Result<Self, ExporterError> {
+    /// An exporter to the span API at `endpoint`, over TLS trusting `roots` when the URL is
+    /// `https` (a bare `host:port` is plain HTTP).
+    pub fn new(endpoint: &str, roots: &Roots) -> Result<Self, ExporterError> {
+        let target = target(endpoint, None, "zipkin")?;
         Ok(Zipkin {
-            url: base_url(endpoint, "zipkin")?,
-            poster: Poster::new(),
+            poster: Poster::new(target.tls.then_some(roots))?,
+            url: target.url,
         })
+    }
+
+    pub(super) fn url(&self) -> &str {
+        &self.url
     }
 
     pub(super) async fn export(&self, service: &str, batch: &[SpanData]) -> Result<(), String> {

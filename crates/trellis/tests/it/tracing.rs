@@ -1,7 +1,8 @@
 //! Distributed tracing across real sidecars, exported over OTLP to a receiver that decodes
 //! the protocol's own messages: one trace followed from an HTTP call through invocation,
 //! the callee app's state save and publish, to the subscriber's delivery, every span the
-//! child of the one before it.
+//! child of the one before it. And `isSecure: true`: spans over TLS to a collector whose CA
+//! `SSL_CERT_FILE` names, and nothing (but counted failures) to one that is not trusted.
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -16,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
 use tokio::net::TcpListener;
-use trellis_test_support::{OtlpReceiver, ReceivedSpan, SubscriberApp, request};
+use trellis_test_support::{OtlpReceiver, ReceivedSpan, SubscriberApp, TestCa, request};
 
 use crate::{PATIENCE, sidecar};
 
@@ -25,17 +26,27 @@ const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// A Configuration exporting every trace to `receiver` over OTLP/`protocol`.
 fn tracing_config(dir: &std::path::Path, receiver: &OtlpReceiver, protocol: &str) -> String {
+    otel_config(dir, receiver, protocol, false)
+}
+
+/// As [`tracing_config`], with `isSecure: secure`.
+fn otel_config(
+    dir: &std::path::Path,
+    receiver: &OtlpReceiver,
+    protocol: &str,
+    secure: bool,
+) -> String {
     let endpoint = match protocol {
         "grpc" => receiver.grpc_addr,
         _ => receiver.http_addr,
     };
-    let path = dir.join(format!("tracing-{protocol}.yaml"));
+    let path = dir.join(format!("tracing-{protocol}-{secure}.yaml"));
     std::fs::write(
         &path,
         format!(
             "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: tracing\n\
              spec:\n  tracing:\n    samplingRate: \"1\"\n    otel:\n      endpointAddress: \
-             \"{endpoint}\"\n      isSecure: false\n      protocol: {protocol}\n"
+             \"{endpoint}\"\n      isSecure: {secure}\n      protocol: {protocol}\n"
         ),
     )
     .unwrap();
@@ -395,5 +406,124 @@ async fn grpc_invocation_carries_the_trace_to_the_callee() {
         seen,
         format!("00-{TRACE}-{}-01", local.span_id),
         "what the app saw"
+    );
+}
+
+/// `trellis_trace_spans_total{outcome}` as `sidecar`'s metrics endpoint has it now.
+async fn spans_counted(sidecar: &trellis_test_support::Sidecar, outcome: &str) -> f64 {
+    let md = request("GET", &sidecar.url("/v1.0/metadata"), &[], "")
+        .await
+        .json();
+    let port = md["extended"]["metricsPort"].as_str().unwrap().to_string();
+    let text = request("GET", &format!("http://127.0.0.1:{port}/metrics"), &[], "")
+        .await
+        .text();
+    let samples = trellis_test_support::exposition::parse(&text);
+    trellis_test_support::exposition::sum(
+        &samples,
+        "trellis_trace_spans_total",
+        &[("outcome", outcome)],
+    )
+}
+
+/// With `isSecure: true`, spans reach a collector over TLS whose certificate a private CA
+/// signed, trusted through `SSL_CERT_FILE`, and decode there.
+async fn otlp_over_tls_delivers(protocol: &str, app_id: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&["127.0.0.1"]);
+    let receiver = OtlpReceiver::start_tls(&ca).await;
+    let config = otel_config(dir.path(), &receiver, protocol, true);
+    let a = sidecar(app_id, dir.path())
+        .arg("--config")
+        .arg(&config)
+        .env("SSL_CERT_FILE", &ca.ca_file().display().to_string())
+        .spawn();
+    a.wait_healthy().await;
+    let r = request(
+        "GET",
+        &a.url("/v1.0/metadata"),
+        &[("traceparent", CALLER)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let spans = receiver
+        .wait_for(PATIENCE, |s| {
+            s.iter().any(|s| s.name == "GET /v1.0/metadata")
+        })
+        .await;
+    let span = one(&spans, app_id, "GET /v1.0/metadata");
+    assert_eq!(span.trace_id, TRACE, "{}", a.output());
+    assert_eq!(span.parent_id.as_deref(), Some("b7ad6b7169203331"));
+    assert_eq!(span.via, protocol);
+    assert_eq!(receiver.failed_handshakes(), 0);
+    let exported = trellis_test_support::wait_until(PATIENCE, || async {
+        spans_counted(&a, "exported").await >= 1.0
+    })
+    .await;
+    assert!(exported, "{}", a.output());
+    assert_eq!(spans_counted(&a, "failed").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_grpc_over_tls_trusts_the_ca_in_ssl_cert_file() {
+    otlp_over_tls_delivers("grpc", "trace-tls-grpc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_over_tls_trusts_the_ca_in_ssl_cert_file() {
+    otlp_over_tls_delivers("http", "trace-tls-http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_collector_gets_nothing_and_requests_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&["127.0.0.1"]);
+    let receiver = OtlpReceiver::start_tls(&ca).await;
+    // The sidecar trusts another CA only: the collector's certificate has an unknown issuer.
+    let stranger = TestCa::new(&["127.0.0.1"]);
+    let config = otel_config(dir.path(), &receiver, "grpc", true);
+    let a = sidecar("trace-tls-untrusted", dir.path())
+        .arg("--config")
+        .arg(&config)
+        .env("SSL_CERT_FILE", &stranger.ca_file().display().to_string())
+        .spawn();
+    a.wait_healthy().await;
+    // Several batches (one per flush interval, 500 ms) fail, while every call succeeds.
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        let r = request(
+            "POST",
+            &a.url("/v1.0/state/statestore"),
+            &[("content-type", "application/json")],
+            r#"[{"key": "k", "value": 1}]"#,
+        )
+        .await;
+        assert_eq!(r.status, 204, "{}", r.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the call waited"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let failed = trellis_test_support::wait_until(PATIENCE, || async {
+        spans_counted(&a, "failed").await >= 4.0
+    })
+    .await;
+    assert!(failed, "{}", a.output());
+    assert_eq!(spans_counted(&a, "exported").await, 0.0);
+    assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
+    assert!(receiver.failed_handshakes() >= 1, "the handshake was tried");
+    // One warning for the whole spell, naming the endpoint and why.
+    let output = a.output();
+    let warnings: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("span export failing"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{output}");
+    let endpoint = format!("https://{}", receiver.grpc_addr);
+    assert!(
+        warnings[0].contains(&endpoint) && warnings[0].contains("UnknownIssuer"),
+        "{output}"
     );
 }
