@@ -20,6 +20,12 @@ use nix::unistd::Pid;
 /// port handed out is claimed for a minute or two with a marker file,
 /// `<tmp>/trellis-test-ports/<port>.<minute>`, created with `create_new` (atomic across
 /// processes); a port claimed in this minute or the previous one is skipped.
+///
+/// Ports come from 20000–32767, below Linux's ephemeral range (32768–60999 by default):
+/// a port picked from that range could be taken, before the process under test binds it,
+/// as the local port of any outgoing connection on the machine (the tests make thousands),
+/// which showed up as "port is already in use". Nothing takes a port below the range
+/// without asking for it by number.
 pub fn free_port() -> u16 {
     let dir = std::env::temp_dir().join("trellis-test-ports");
     let _ = std::fs::create_dir_all(&dir);
@@ -28,11 +34,21 @@ pub fn free_port() -> u16 {
         .map(|d| d.as_secs() / 60)
         .unwrap_or(0);
     sweep_port_claims(&dir, minute);
-    for _ in 0..64 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port");
+    let mut seed = {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    for _ in 0..256 {
+        // xorshift: a different sequence per call and per process, no crate needed.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = 20_000 + (seed % 12_768) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
         if dir
             .join(format!("{port}.{}", minute.saturating_sub(1)))
             .exists()
@@ -50,7 +66,7 @@ pub fn free_port() -> u16 {
             Err(_) => return port,
         }
     }
-    panic!("no unclaimed free port after 64 tries");
+    panic!("no unclaimed free port in 20000-32767 after 256 tries");
 }
 
 /// Removes claims older than two minutes, once per process.
