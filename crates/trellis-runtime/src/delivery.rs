@@ -666,16 +666,20 @@ impl Loop {
             pubsub: self.sub.spec.pubsub.clone(),
             topic: self.sub.spec.topic.clone(),
         });
-        let verdict = self
-            .call_app(
-                path,
-                req,
-                MAX_ANSWER,
-                callbacks::app_verdict,
-                AppVerdict::Retry,
-                |v: &AppVerdict| judge_all(std::slice::from_ref(v)),
-            )
-            .await;
+        let call = self.call_app(
+            path,
+            req,
+            MAX_ANSWER,
+            callbacks::app_verdict,
+            AppVerdict::Retry,
+            |v: &AppVerdict| judge_all(std::slice::from_ref(v)),
+        );
+        // The delivery's span is the current one for the call, so that the inbound policy's
+        // events (a timeout, an open breaker) are spans of this delivery.
+        let verdict = match &span {
+            Some(span) => crate::trace::scoped(span.context().clone(), call).await,
+            None => call.await,
+        };
         if let Some(span) = &mut span {
             match &verdict {
                 AppVerdict::Success => {}

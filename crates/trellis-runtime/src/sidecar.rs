@@ -162,11 +162,23 @@ impl Sidecar {
         )
         .await
         .map_err(StartError::Components)?;
+        let tracer = crate::trace::tracer(
+            config
+                .configuration
+                .as_ref()
+                .and_then(|c| c.spec.tracing.as_ref()),
+            &me.app_id,
+        )
+        .map_err(StartError::Tracing)?;
+        if let Some(tracer) = &tracer {
+            metrics.watch_tracer(tracer, &me.app_id);
+        }
         // Resiliency: the outbound policies go on the components here, once, before
         // anything holds them; invocation and delivery get the same merged policies below.
         let resiliency = Arc::new(
             crate::resiliency::Resiliency::new(&config.resources.resiliencies, &config.app_id)
-                .with_metrics(metrics.clone()),
+                .with_metrics(metrics.clone())
+                .with_tracer(tracer.clone()),
         );
         let (state, pubsub, lock, configuration) = crate::resiliency::outbound::apply(
             &resiliency,
@@ -283,17 +295,6 @@ impl Sidecar {
             .map(crate::acl::AccessControl::new);
         if acl.is_some() && config.mtls.is_none() {
             return Err(StartError::AccessControlWithoutMtls);
-        }
-        let tracer = crate::trace::tracer(
-            config
-                .configuration
-                .as_ref()
-                .and_then(|c| c.spec.tracing.as_ref()),
-            &me.app_id,
-        )
-        .map_err(StartError::Tracing)?;
-        if let Some(tracer) = &tracer {
-            metrics.watch_tracer(tracer, &me.app_id);
         }
         let health = Arc::new(Health::default());
         // The app pipeline outside the metrics: they time what reached the app.

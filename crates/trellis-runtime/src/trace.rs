@@ -55,6 +55,27 @@ pub fn child(
     Some(tracer.span_with(kind, current().as_ref(), name))
 }
 
+/// A resiliency event (a retry, a timeout, a refusal by an open breaker) as a short internal
+/// span named `name`, the child of the current request's span, so that it shows in the trace
+/// of the call it happened to; nothing outside a traced request (a new trace for an event
+/// would be a trace of nothing).
+pub fn event(
+    tracer: Option<&Tracer>,
+    name: &'static str,
+    target: &str,
+    attributes: impl FnOnce(&mut Span),
+) {
+    let (Some(tracer), Some(parent)) = (tracer, current()) else {
+        return;
+    };
+    let mut span = tracer.span_with(SpanKind::Internal, Some(&parent), || name.into());
+    if span.is_recording() {
+        span.set_attribute("trellis.resiliency.target", target.to_string());
+        attributes(&mut span);
+    }
+    span.end();
+}
+
 /// Runs `call` (a component call: a store, a broker) under a client span named `name`
 /// (`state/get`, ...), the child of the current request's span; a failure marks the span.
 pub async fn client<T, E: std::fmt::Display>(

@@ -101,6 +101,8 @@ pub struct Resiliency {
     metrics: crate::metrics::Metrics,
     /// The metric series of each target, looked up once (by the policy's `target`).
     policed: Mutex<HashMap<String, Option<crate::metrics::Policed>>>,
+    /// Where resiliency events become spans in the trace of the call (none without tracing).
+    tracer: Option<trellis_trace::Tracer>,
 }
 
 impl Resiliency {
@@ -152,6 +154,12 @@ impl Resiliency {
         }
         merged.app_default = merged.defaults(&["App"]);
         merged
+    }
+
+    /// Records this app's resiliency events as spans of the calls they happen in.
+    pub fn with_tracer(mut self, tracer: Option<trellis_trace::Tracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Counts this app's resiliency events in `metrics`.
@@ -293,6 +301,7 @@ impl Resiliency {
             retry,
             breaker,
             metrics,
+            tracer: self.tracer.clone(),
         })
     }
 

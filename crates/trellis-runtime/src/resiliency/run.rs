@@ -24,6 +24,8 @@ pub struct Policy {
     pub breaker: Option<Arc<CircuitBreaker>>,
     /// Where the policy's events are counted (none with metrics off).
     pub metrics: Option<crate::metrics::Policed>,
+    /// Where the policy's events become spans of the call's trace (none without tracing).
+    pub tracer: Option<trellis_trace::Tracer>,
 }
 
 /// Why a call ended without an answer of its own.
@@ -82,6 +84,12 @@ impl Policy {
             let ticket = match self.breaker.as_deref().map(CircuitBreaker::allow) {
                 Some(Err(refused)) => {
                     tracing::debug!(target = self.target, %refused, "call refused by the circuit breaker");
+                    crate::trace::event(
+                        self.tracer.as_ref(),
+                        "resiliency/circuit-open",
+                        &self.target,
+                        |span| span.set_error(refused.to_string()),
+                    );
                     return Outcome {
                         result: Err(refused.into()),
                         attempts: made,
@@ -97,6 +105,15 @@ impl Policy {
                     if let Some(m) = &self.metrics {
                         m.timed_out();
                     }
+                    crate::trace::event(
+                        self.tracer.as_ref(),
+                        "resiliency/timeout",
+                        &self.target,
+                        |span| {
+                            span.set_attribute("trellis.resiliency.attempt", i64::from(made + 1));
+                            span.set_error(Stopped::TimedOut(limit).to_string());
+                        },
+                    );
                     Stopped::TimedOut(limit)
                 }),
                 None => Ok(call.await),
@@ -140,6 +157,20 @@ impl Policy {
             if let Some(m) = &self.metrics {
                 m.retried();
             }
+            crate::trace::event(
+                self.tracer.as_ref(),
+                "resiliency/retry",
+                &self.target,
+                |span| {
+                    span.set_attribute("trellis.resiliency.policy", retry.name.clone());
+                    // The attempt that failed; the retry is attempt `made + 1`.
+                    span.set_attribute("trellis.resiliency.attempt", i64::from(made));
+                    span.set_attribute(
+                        "trellis.resiliency.delay_ms",
+                        i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                    );
+                },
+            );
             // The failed answer goes first (a pooled connection or stream is freed).
             drop(result);
             tokio::time::sleep(delay).await;

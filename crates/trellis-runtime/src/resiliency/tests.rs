@@ -329,6 +329,7 @@ fn policy(
         retry: retry.map(|r| Retry::new("r", &r)),
         breaker: breaker.map(|b| Arc::new(CircuitBreaker::new("b", &b))),
         metrics: None,
+        tracer: None,
     }
 }
 

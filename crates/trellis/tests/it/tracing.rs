@@ -527,3 +527,102 @@ async fn an_untrusted_collector_gets_nothing_and_requests_go_on() {
         "{output}"
     );
 }
+
+/// Issue 11: "resiliency events appear in the trace of the call". A retry policy's retries
+/// and a timeout policy's cuts are spans under the API span of the call they happened to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resiliency_retries_and_timeouts_are_spans_of_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start().await;
+    let config = tracing_config(dir.path(), &receiver, "grpc");
+    let resources = dir.path().join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    std::fs::write(
+        resources.join("resiliency.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: policies\nspec:\n\
+         \x20 policies:\n    timeouts:\n      quick: 300ms\n    retries:\n      twice:\n\
+         \x20       policy: constant\n        duration: 10ms\n        maxRetries: 2\n\
+         \x20 targets:\n    apps:\n      res-b:\n        timeout: quick\n        retry: twice\n",
+    )
+    .unwrap();
+    let app = trellis_test_support::TestApp::start("res-b").await;
+    let b = sidecar("res-b", dir.path()).app_port(app.port()).spawn();
+    let a = sidecar("res-a", dir.path())
+        .arg("--config")
+        .arg(&config)
+        .arg("--resources-path")
+        .arg(resources.display().to_string())
+        .spawn();
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+
+    // Two failures, then an answer: two retries in the trace.
+    const FLAKY: &str = "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = request(
+        "POST",
+        &a.url("/v1.0/invoke/res-b/method/flaky/2/t"),
+        &[("traceparent", FLAKY)],
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), a.output());
+    // A callee slower than the timeout: every attempt is cut, and retried while allowed.
+    const SLOW: &str = "00-2af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = request(
+        "POST",
+        &a.url("/v1.0/invoke/res-b/method/slow/5000"),
+        &[("traceparent", SLOW)],
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", r.text());
+
+    let spans = receiver
+        .wait_for(PATIENCE, |s| {
+            s.iter().filter(|s| s.name == "resiliency/timeout").count() >= 3
+                && s.iter().filter(|s| s.name == "resiliency/retry").count() >= 4
+        })
+        .await;
+    let api_span = |trace: &str| {
+        let api: Vec<_> = spans
+            .iter()
+            .filter(|s| s.trace_id == trace && s.service == "res-a" && s.kind == 2)
+            .collect();
+        assert_eq!(api.len(), 1, "{spans:#?}");
+        api[0].span_id.clone()
+    };
+    let events = |trace: &str, name: &str| -> Vec<&ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.trace_id == trace && s.name == name)
+            .collect()
+    };
+
+    let flaky = &FLAKY[3..35];
+    let parent = api_span(flaky);
+    let retries = events(flaky, "resiliency/retry");
+    assert_eq!(retries.len(), 2, "{spans:#?}");
+    let mut attempts: Vec<&str> = retries
+        .iter()
+        .map(|s| s.attributes["trellis.resiliency.attempt"].as_str())
+        .collect();
+    attempts.sort_unstable();
+    assert_eq!(attempts, ["1", "2"]);
+    for s in &retries {
+        assert_eq!(s.parent_id.as_ref(), Some(&parent), "under the API span");
+        assert_eq!(s.attributes["trellis.resiliency.target"], "apps.res-b");
+        assert_eq!(s.attributes["trellis.resiliency.policy"], "twice");
+    }
+    assert!(events(flaky, "resiliency/timeout").is_empty());
+
+    let slow = &SLOW[3..35];
+    let parent = api_span(slow);
+    let cuts = events(slow, "resiliency/timeout");
+    assert_eq!(cuts.len(), 3, "three attempts, each cut: {spans:#?}");
+    for s in &cuts {
+        assert_eq!(s.parent_id.as_ref(), Some(&parent));
+        let error = s.error.as_deref().unwrap_or_default();
+        assert!(error.contains("context deadline exceeded"), "{error}");
+    }
+    assert_eq!(events(slow, "resiliency/retry").len(), 2);
+}
