@@ -92,6 +92,13 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// An OTLP/gRPC trace receiver that counts spans, until stdin closes (for
+    /// `scripts/link-order`, whose sidecars export their spans to it).
+    #[command(hide = true)]
+    OtlpSink {
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 fn main() -> Result<()> {
@@ -105,6 +112,7 @@ fn main() -> Result<()> {
     let served = match cli.command {
         Cmd::EchoServer { port } => rt.block_on(echo::serve(port)),
         Cmd::GrpcEchoServer { port } => rt.block_on(grpc::serve_echo(port)),
+        Cmd::OtlpSink { port } => rt.block_on(otlp_sink::serve(port)),
         Cmd::Invoke(args) => return rt.block_on(interruptible(invoke::run(args))),
         Cmd::State(args) => return rt.block_on(interruptible(state::run(args))),
         Cmd::Pubsub(args) => return rt.block_on(interruptible(pubsub::run(args))),

@@ -178,9 +178,7 @@ async fn rounds_interleave_the_scenarios_and_merge_into_one_phase_each() {
 
     // Fixed rate: every scenario in each round, in turn; max throughput once each.
     let expected: Vec<String> = (1..=3)
-        .flat_map(|r| {
-            ["fast", "slow"].map(|name| format!("{name}, 200 ops/s, round {r} of 3"))
-        })
+        .flat_map(|r| ["fast", "slow"].map(|name| format!("{name}, 200 ops/s, round {r} of 3")))
         .chain(["fast, max throughput".into(), "slow, max throughput".into()])
         .collect();
     assert_eq!(phases, expected);
