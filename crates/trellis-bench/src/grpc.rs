@@ -140,6 +140,34 @@ pub async fn serve_echo(port: u16) -> Result<()> {
         .context("grpc echo app")
 }
 
+/// Makes `count` rounds of the gRPC calls this bench measures (a proxied call and an
+/// `InvokeService` of the echo app, a `SaveState` and a `GetState`) on the sidecar whose gRPC
+/// API is on `port`; for `scripts/link-order`, which lays out the code they run.
+pub async fn calls(port: u16, count: u64) -> Result<()> {
+    let body = Bytes::from_static(b"link order");
+    let keys = Arc::new(vec!["link-order".to_string()]);
+    let mut invoke = [Via::Proxy, Via::InvokeService].map(|via| InvokeClient {
+        conn: Conn::new(port),
+        via,
+        body: body.clone(),
+    });
+    let mut state = [Op::Save, Op::Get].map(|op| StateClient {
+        conn: Conn::new(port),
+        op,
+        keys: keys.clone(),
+        value: body.clone(),
+    });
+    for seq in 0..count {
+        for c in &mut invoke {
+            c.call(seq).await?;
+        }
+        for c in &mut state {
+            c.call(seq).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn spawn_echo(port: u16) -> Result<ChildGuard> {
     let exe = std::env::current_exe().context("locating the bench executable")?;
     let mut cmd = Command::new(exe);

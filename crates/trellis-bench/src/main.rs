@@ -92,6 +92,15 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// A few rounds of the gRPC calls `grpc` measures, on the sidecar whose gRPC API is on
+    /// `port` (for `scripts/link-order`).
+    #[command(hide = true)]
+    GrpcCalls {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 3)]
+        count: u64,
+    },
     /// An OTLP/gRPC trace receiver that counts spans, until stdin closes (for
     /// `scripts/link-order`, whose sidecars export their spans to it).
     #[command(hide = true)]
@@ -113,6 +122,7 @@ fn main() -> Result<()> {
         Cmd::EchoServer { port } => rt.block_on(echo::serve(port)),
         Cmd::GrpcEchoServer { port } => rt.block_on(grpc::serve_echo(port)),
         Cmd::OtlpSink { port } => rt.block_on(otlp_sink::serve(port)),
+        Cmd::GrpcCalls { port, count } => return rt.block_on(grpc::calls(port, count)),
         Cmd::Invoke(args) => return rt.block_on(interruptible(invoke::run(args))),
         Cmd::State(args) => return rt.block_on(interruptible(state::run(args))),
         Cmd::Pubsub(args) => return rt.block_on(interruptible(pubsub::run(args))),
