@@ -123,6 +123,29 @@ fn one<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> &'a Received
     found[0]
 }
 
+/// `GET /v1.0/metadata` on `sidecar` (app `app_id`) as the caller's child, and the server
+/// span `receiver` gets for it.
+async fn traced_metadata_call(
+    sidecar: &trellis_test_support::Sidecar,
+    receiver: &OtlpReceiver,
+    app_id: &str,
+) -> ReceivedSpan {
+    let r = request(
+        "GET",
+        &sidecar.url("/v1.0/metadata"),
+        &[("traceparent", CALLER)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let spans = receiver
+        .wait_for(PATIENCE, |s| {
+            s.iter().any(|s| s.name == "GET /v1.0/metadata")
+        })
+        .await;
+    one(&spans, app_id, "GET /v1.0/metadata").clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_a_call_through_state_and_pubsub_to_the_subscriber() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,20 +275,7 @@ async fn otlp_over_http_and_sampling_zero_still_propagate() {
         .arg(&config)
         .spawn();
     a.wait_healthy().await;
-    let r = request(
-        "GET",
-        &a.url("/v1.0/metadata"),
-        &[("traceparent", CALLER)],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    let spans = receiver
-        .wait_for(PATIENCE, |s| {
-            s.iter().any(|s| s.name == "GET /v1.0/metadata")
-        })
-        .await;
-    let span = one(&spans, "trace-http", "GET /v1.0/metadata");
+    let span = traced_metadata_call(&a, &receiver, "trace-http").await;
     assert_eq!(span.trace_id, TRACE);
     assert_eq!(span.via, "http");
     // What became of the spans is on the sidecar's metrics.
@@ -439,20 +449,7 @@ async fn otlp_over_tls_delivers(protocol: &str, app_id: &str) {
         .env("SSL_CERT_FILE", &ca.ca_file().display().to_string())
         .spawn();
     a.wait_healthy().await;
-    let r = request(
-        "GET",
-        &a.url("/v1.0/metadata"),
-        &[("traceparent", CALLER)],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    let spans = receiver
-        .wait_for(PATIENCE, |s| {
-            s.iter().any(|s| s.name == "GET /v1.0/metadata")
-        })
-        .await;
-    let span = one(&spans, app_id, "GET /v1.0/metadata");
+    let span = traced_metadata_call(&a, &receiver, app_id).await;
     assert_eq!(span.trace_id, TRACE, "{}", a.output());
     assert_eq!(span.parent_id.as_deref(), Some("b7ad6b7169203331"));
     assert_eq!(span.via, protocol);
