@@ -28,6 +28,14 @@ pub trait Shared: Send + 'static {
         let _ = conn;
         Ok(())
     }
+
+    /// Called after the transaction's last closure, before it commits, when nothing failed
+    /// it (e.g. to write a counter the closures advanced). An error fails every closure of
+    /// the batch with it.
+    fn finish(&mut self, conn: &Connection) -> Result<(), String> {
+        let _ = conn;
+        Ok(())
+    }
 }
 
 /// The writer failed a call: it stopped, gave no answer in time, or its transaction did
@@ -224,6 +232,10 @@ where
 
     fn begin(&mut self, conn: &Connection) -> Result<(), String> {
         self.shared.begin(conn)
+    }
+
+    fn finish(&mut self, conn: &Connection) -> Result<(), String> {
+        self.shared.finish(conn)
     }
 }
 

@@ -6,8 +6,8 @@
 //! change of any item and a deleted and re-set key never gets an old version back. Apps
 //! only read; `trellis config set` writes through [`SqliteConfigurationStore::set`].
 //!
-//! Every operation, reads included, is a job for the shared group-commit writer
-//! ([`trellis_sqlite::writer`], this store's side in `writer.rs`), on the one connection
+//! Every operation, reads included, is a closure for the shared group-commit writer
+//! ([`trellis_sqlite::calls`], this store's side in `writer.rs`), on the one connection
 //! the store owns (an in-memory database has only that one). Reads are rare (an app reads
 //! its configuration when it starts and when it changes), so a connection of their own
 //! would buy little. Subscribers hear of changes through the version counter (`changes.rs`):
@@ -15,12 +15,13 @@
 //! processes'.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use trellis_sqlite::StoreSettings;
+use trellis_sqlite::calls::{CallFailed, Calls};
 use trellis_sqlite::writer::Options;
 
 use crate::subscription::{Reader, Subscription};
@@ -30,7 +31,7 @@ mod changes;
 mod writer;
 
 pub use changes::DEFAULT_POLL_INTERVAL;
-use writer::{COUNTER_KEY, ConfigWriter, Job, Reply, db_err};
+use writer::{COUNTER_KEY, ConfigWriter, db_err};
 
 /// `configuration.sqlite`. See the module docs.
 #[derive(Debug)]
@@ -45,11 +46,15 @@ pub struct SqliteConfigurationStore {
 /// What the store and its subscriptions share.
 #[derive(Debug)]
 struct Shared {
-    writes: mpsc::Sender<Job>,
-    timeout: Duration,
-    connection: String,
+    calls: Calls<ConfigWriter, ConfigurationError>,
     /// Rung whenever the counter moved (see `changes.rs`).
     signal: Arc<watch::Sender<u64>>,
+}
+
+impl From<CallFailed> for ConfigurationError {
+    fn from(e: CallFailed) -> Self {
+        ConfigurationError::Backend(e.0)
+    }
 }
 
 impl SqliteConfigurationStore {
@@ -89,13 +94,11 @@ impl SqliteConfigurationStore {
         ))
         .map_err(db_err)?;
         let options = Options::new("trellis-configuration-writer", cfg.busy_timeout);
-        let writes = trellis_sqlite::writer::start(conn, ConfigWriter::new(t), options)
+        let calls = Calls::start(conn, ConfigWriter::new(t), options, cfg.timeout)
             .map_err(ConfigurationError::backend)?;
         Ok(SqliteConfigurationStore {
             shared: Arc::new(Shared {
-                writes,
-                timeout: cfg.timeout,
-                connection: cfg.connection.clone(),
+                calls,
                 signal: Arc::new(watch::channel(0).0),
             }),
             poller: Mutex::new(false),
@@ -119,12 +122,8 @@ impl SqliteConfigurationStore {
         let (key, value) = (key.to_string(), value.to_string());
         let version = self
             .shared
-            .call(|reply| Job::Set {
-                key,
-                value,
-                metadata,
-                reply,
-            })
+            .calls
+            .call(true, move |c, w| w.set(c, &key, &value, &metadata))
             .await?;
         self.shared.ring();
         Ok(version)
@@ -133,7 +132,11 @@ impl SqliteConfigurationStore {
     /// Removes `key`; answers whether it was there.
     pub async fn delete(&self, key: &str) -> Result<bool, ConfigurationError> {
         let key = key.to_string();
-        let deleted = self.shared.call(|reply| Job::Delete { key, reply }).await?;
+        let deleted = self
+            .shared
+            .calls
+            .call(true, move |c, w| w.delete(c, &key))
+            .await?;
         if deleted {
             self.shared.ring();
         }
@@ -165,23 +168,6 @@ impl SqliteConfigurationStore {
 }
 
 impl Shared {
-    async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, ConfigurationError> {
-        let (tx, rx) = oneshot::channel();
-        self.writes.send(job(tx)).map_err(|_| {
-            ConfigurationError::Backend("sqlite configuration store is closed".into())
-        })?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(ConfigurationError::Backend(
-                "sqlite configuration store thread stopped".into(),
-            )),
-            Err(_) => Err(ConfigurationError::Backend(format!(
-                "sqlite configuration operation on {:?} timed out after {:?}",
-                self.connection, self.timeout
-            ))),
-        }
-    }
-
     /// Tells this process's subscribers at once about its own change.
     fn ring(&self) {
         self.signal.send_modify(|n| *n = n.wrapping_add(1));
@@ -192,7 +178,7 @@ impl Shared {
 impl Reader for Shared {
     async fn read(&self, keys: &[String]) -> Result<BTreeMap<String, Item>, ConfigurationError> {
         let keys = keys.to_vec();
-        self.call(|reply| Job::Get { keys, reply }).await
+        self.calls.call(false, move |c, w| w.get(c, &keys)).await
     }
 }
 

@@ -1,45 +1,16 @@
-//! The embedded configuration store's side of the shared group-commit writer: its jobs
-//! (reads, sets, deletes), their SQL, and the version counter a batch advances.
+//! The embedded configuration store's side of the shared group-commit writer: the SQL of
+//! its reads, sets and deletes (each a closure on [`trellis_sqlite::calls`]), and the
+//! version counter a batch advances.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
-use trellis_sqlite::writer::Backend;
+use trellis_sqlite::calls;
 
 use crate::{ConfigurationError, Item};
 
 /// The counter's key in the metadata table.
 pub(super) const COUNTER_KEY: &str = "version";
-
-pub(super) type Reply<T> = oneshot::Sender<Result<T, ConfigurationError>>;
-
-pub(super) enum Job {
-    Get {
-        keys: Vec<String>,
-        reply: Reply<BTreeMap<String, Item>>,
-    },
-    Set {
-        key: String,
-        value: String,
-        metadata: String,
-        reply: Reply<u64>,
-    },
-    Delete {
-        key: String,
-        reply: Reply<bool>,
-    },
-}
-
-pub(super) enum Answer {
-    Get(
-        Reply<BTreeMap<String, Item>>,
-        Result<BTreeMap<String, Item>, ConfigurationError>,
-    ),
-    Set(Reply<u64>, Result<u64, ConfigurationError>),
-    Delete(Reply<bool>, Result<bool, ConfigurationError>),
-}
 
 /// The SQL of one table, formatted once.
 pub(super) struct Sql {
@@ -107,7 +78,7 @@ impl ConfigWriter {
 }
 
 impl ConfigWriter {
-    fn get(
+    pub(super) fn get(
         &self,
         conn: &Connection,
         keys: &[String],
@@ -144,7 +115,7 @@ impl ConfigWriter {
         Ok(items)
     }
 
-    fn set(
+    pub(super) fn set(
         &mut self,
         conn: &Connection,
         key: &str,
@@ -159,7 +130,11 @@ impl ConfigWriter {
         Ok(u64::try_from(version).unwrap_or(0))
     }
 
-    fn delete(&mut self, conn: &Connection, key: &str) -> Result<bool, ConfigurationError> {
+    pub(super) fn delete(
+        &mut self,
+        conn: &Connection,
+        key: &str,
+    ) -> Result<bool, ConfigurationError> {
         let deleted = conn
             .prepare_cached(&self.sql.delete)
             .and_then(|mut s| s.execute([key]))
@@ -172,87 +147,8 @@ impl ConfigWriter {
     }
 }
 
-impl Backend for ConfigWriter {
-    type Job = Job;
-    type Answer = Answer;
-
-    fn apply(&mut self, conn: &Connection, job: Job) -> Answer {
-        match job {
-            Job::Get { keys, reply } => {
-                let res = self.get(conn, &keys);
-                Answer::Get(reply, res)
-            }
-            Job::Set {
-                key,
-                value,
-                metadata,
-                reply,
-            } => {
-                let res = self.set(conn, &key, &value, &metadata);
-                Answer::Set(reply, res)
-            }
-            Job::Delete { key, reply } => {
-                let res = self.delete(conn, &key);
-                Answer::Delete(reply, res)
-            }
-        }
-    }
-
-    fn error<'a>(&self, answer: &'a Answer) -> Option<&'a dyn fmt::Display> {
-        match answer {
-            Answer::Get(_, Err(e)) | Answer::Set(_, Err(e)) | Answer::Delete(_, Err(e)) => Some(e),
-            _ => None,
-        }
-    }
-
-    fn send(&mut self, answer: Answer, failure: Option<&str>) {
-        let failed = || ConfigurationError::Backend(failure.unwrap_or_default().to_string());
-        match answer {
-            Answer::Get(reply, res) => drop(reply.send(if failure.is_some() {
-                Err(failed())
-            } else {
-                res
-            })),
-            Answer::Set(reply, res) => drop(reply.send(if failure.is_some() {
-                Err(failed())
-            } else {
-                res
-            })),
-            Answer::Delete(reply, res) => drop(reply.send(if failure.is_some() {
-                Err(failed())
-            } else {
-                res
-            })),
-        }
-    }
-
-    fn reject(&mut self, job: Job, reason: &str) {
-        let err = || ConfigurationError::Backend(reason.to_string());
-        match job {
-            Job::Get { reply, .. } => drop(reply.send(Err(err()))),
-            Job::Set { reply, .. } => drop(reply.send(Err(err()))),
-            Job::Delete { reply, .. } => drop(reply.send(Err(err()))),
-        }
-    }
-
-    /// A read changes nothing, so nothing about it needs to survive a power cut.
-    fn durable(&self, job: &Job) -> bool {
-        !matches!(job, Job::Get { .. })
-    }
-
-    /// Each job writes with at most one statement.
-    fn needs_savepoint(&self, _: &Job) -> bool {
-        false
-    }
-
-    /// A read nobody waits for has no point.
-    fn abandoned(&self, job: &Job) -> bool {
-        match job {
-            Job::Get { reply, .. } => reply.is_closed(),
-            _ => false,
-        }
-    }
-
+/// The counter is read when a batch begins and written once when it ends, not per change.
+impl calls::Shared for ConfigWriter {
     fn begin(&mut self, conn: &Connection) -> Result<(), String> {
         let counter: Option<i64> = conn
             .prepare_cached(&self.sql.counter_get)
