@@ -194,7 +194,7 @@ async fn run_part(
     scenarios.push(Scenario::new("direct", make).labels(vec![title.into(), "direct".into()]));
     let results = runner::run(&args.bench, scenarios, async |_: &str| {}).await;
     if let Some(s) = sidecar.as_mut() {
-        notes.extend(s.stop());
+        notes.extend(s.stop().await);
     }
     let results = results?;
     notes.extend(results.error_notes(&format!("{title}: ")));

@@ -334,7 +334,7 @@ async fn measure(args: &ConfigurationArgs, bin: &Path, dir: &Path, part: Part) -
         record(&mut direct_get, started.elapsed());
     }
     for mut s in sidecars {
-        s.stop();
+        s.stop().await;
     }
     if let Some((client, sql)) = &backend.cleanup {
         client.batch_execute(sql).await?;

@@ -442,9 +442,9 @@ async fn invoke_part(ctx: &Ctx<'_>, notes: &mut Vec<String>) -> Result<Results> 
     ];
     let results = runner::run(&args.bench, scenarios, async |_| {}).await?;
     notes.extend(results.error_notes(""));
-    notes.extend(a.stop());
-    notes.extend(b.stop());
-    notes.extend(http.stop());
+    notes.extend(a.stop().await);
+    notes.extend(b.stop().await);
+    notes.extend(http.stop().await);
     Ok(results)
 }
 
@@ -506,7 +506,7 @@ async fn state_part(ctx: &Ctx<'_>, notes: &mut Vec<String>) -> Result<Results> {
         .await
         .context("saving directly")?;
     let results = runner::run(&args.bench, scenarios, async |_| {}).await;
-    notes.extend(sidecar.stop());
+    notes.extend(sidecar.stop().await);
     let results = results?;
     notes.extend(results.error_notes(""));
     Ok(results)

@@ -224,7 +224,7 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
         session.notes.extend(s.a.exited_note());
         session.notes.extend(s.b.exited_note());
         // A stops for good here: the cycles reuse its app id and data dir.
-        session.notes.extend(s.a.stop());
+        session.notes.extend(s.a.stop().await);
         eprintln!(
             "phase: {} start/stop cycles of sidecar A",
             args.startup_cycles
@@ -232,17 +232,17 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
         let cycles = sidecar::start_stop_cycles(bin, &tmp, &data_dir, args.startup_cycles).await;
         startup = runner::keep(&mut session.notes, "the start/stop cycles", cycles)
             .map(|c| (s.a.started_in, c));
-        session.notes.extend(s.stop());
+        session.notes.extend(s.stop().await);
     }
     drop(nginx);
     if let Some(mut p) = plaintext {
-        session.notes.extend(p.stop());
+        session.notes.extend(p.stop().await);
     }
     if let Some(mut p) = metrics_off {
-        session.notes.extend(p.stop());
+        session.notes.extend(p.stop().await);
     }
     for mut p in traced {
-        session.notes.extend(p.stop());
+        session.notes.extend(p.stop().await);
     }
     if let Some(sink) = &sink {
         session.notes.push(format!(

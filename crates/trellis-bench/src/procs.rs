@@ -65,9 +65,42 @@ impl ChildGuard {
         self.child.try_wait().ok().flatten()
     }
 
+    /// As [`ChildGuard::stop`], but waiting on the runtime's timer, so that the bench's own
+    /// tasks keep running meanwhile. A sidecar's graceful shutdown waits for its HTTP/2
+    /// clients to answer the GOAWAY's ping and close their connections; when those clients
+    /// live on this (single-threaded) runtime, a blocking wait would hold them still, and
+    /// the sidecar would sit out its whole drain time because of the bench.
+    pub async fn stop_async(&mut self, grace: Duration) -> Option<Duration> {
+        if self.exited().is_some() {
+            return None;
+        }
+        let started = Instant::now();
+        let pid = Pid::from_raw(i32::try_from(self.pid()).ok()?);
+        if kill(pid, Signal::SIGTERM).is_ok() {
+            while started.elapsed() < grace {
+                if self.exited().is_some() {
+                    return Some(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        self.kill_after(grace);
+        None
+    }
+
+    fn kill_after(&mut self, grace: Duration) {
+        eprintln!(
+            "{} did not exit {grace:?} after SIGTERM; killing it",
+            self.name
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits up to `grace` for the process to exit, then
     /// SIGKILLs it. Returns how long the graceful part took, or `None` if the
-    /// process had to be killed (or was already gone).
+    /// process had to be killed (or was already gone). Blocks the thread: for drops and
+    /// for processes no task of the bench talks to ([`ChildGuard::stop_async`] otherwise).
     pub fn stop(&mut self, grace: Duration) -> Option<Duration> {
         if self.exited().is_some() {
             return None;
@@ -84,12 +117,7 @@ impl ChildGuard {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        eprintln!(
-            "{} did not exit {grace:?} after SIGTERM; killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill_after(grace);
         None
     }
 }

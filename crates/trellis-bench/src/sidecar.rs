@@ -240,15 +240,16 @@ impl Sidecar {
         ))
     }
 
-    /// Graceful stop; a note when it had exited early or had to be killed.
-    pub fn stop(&mut self) -> Option<String> {
+    /// Graceful stop; a note when it had exited early or had to be killed. The bench's
+    /// tasks run while it waits (see [`procs::ChildGuard::stop_async`]).
+    pub async fn stop(&mut self) -> Option<String> {
         if let Some(note) = self.exited_note() {
             return Some(note);
         }
         if std::mem::replace(&mut self.stopped, true) {
             return None;
         }
-        self.child.stop(STOP_GRACE).is_none().then(|| {
+        self.child.stop_async(STOP_GRACE).await.is_none().then(|| {
             format!(
                 "{} did not exit within {STOP_GRACE:?} of SIGTERM and was killed",
                 self.name
@@ -311,8 +312,8 @@ fn spec_a<'a>(dir: &Path, data_dir: &'a Path, log: &str) -> Spec<'a> {
 impl Sidecars {
     /// Graceful stop of whichever sidecars still run, A first (it is B's client). Returns
     /// a note for each one that had exited early or had to be killed.
-    pub fn stop(&mut self) -> Vec<String> {
-        [self.a.stop(), self.b.stop()]
+    pub async fn stop(&mut self) -> Vec<String> {
+        [self.a.stop().await, self.b.stop().await]
             .into_iter()
             .flatten()
             .collect()

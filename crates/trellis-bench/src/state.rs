@@ -286,7 +286,7 @@ async fn run_part(ctx: &Ctx<'_>, kind: PartName, session: &mut Session) -> Resul
     let keys = Keys::new(store, &direct_prefix, ctx.value)?;
     let result = measure_part(ctx, kind, sidecar.as_ref(), &backend, &keys, notes).await;
     if let Some(s) = sidecar.as_mut() {
-        notes.extend(s.stop());
+        notes.extend(s.stop().await);
     }
     drop(sidecar);
     cleanup(ctx, kind, &backend, &direct_table, notes).await;

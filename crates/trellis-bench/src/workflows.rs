@@ -458,7 +458,7 @@ async fn run_backend(
     if yaml.is_some() {
         spec.resources = Some(&resources);
     }
-    let sidecar = Sidecar::start(&bin, spec)
+    let mut sidecar = Sidecar::start(&bin, spec)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let port = sidecar.grpc_port.context("the sidecar has no gRPC port")?;
@@ -480,7 +480,7 @@ async fn run_backend(
         &format!("{label}-sidecar"),
     )
     .await;
-    drop(sidecar);
+    session.notes.extend(sidecar.stop().await);
     results.push(m?);
     Ok(())
 }

@@ -227,8 +227,8 @@ pub async fn run_broker<D: Direct>(
 
     if let Some((mut p, mut s)) = sidecars {
         // The subscriber first: it is the one with deliveries to drain.
-        notes.extend(s.stop());
-        notes.extend(p.stop());
+        notes.extend(s.stop().await);
+        notes.extend(p.stop().await);
     }
     Ok(())
 }
