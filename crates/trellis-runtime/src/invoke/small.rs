@@ -4,11 +4,24 @@
 //! It usually arrived in the same read as its headers, so this costs no waiting, and it lets
 //! the next hop write headers and body in one syscall (HTTP/1.1) or one flush (HTTP/2
 //! HEADERS + DATA with END_STREAM) instead of two, saving a wake-up on both ends of every
-//! hop. Bodies without a length, or longer than [`SMALL_BODY`], stream untouched.
+//! hop.
+//!
+//! A body without a length (gRPC messages, chunked uploads) is taken whole too when all of
+//! it is here already: its frames are read for as long as they are ready, without waiting.
+//! A unary gRPC call's one DATA frame comes with its HEADERS, so it travels whole like a
+//! small body. Whatever is not complete at once (a stream, a slow upload, a large body, a
+//! body with trailers, such as every gRPC answer) streams on unchanged: the frames read so
+//! far first, then the rest as it comes.
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
+use http_body::Frame;
 use http_body_util::BodyExt as _;
 
 use crate::Body;
@@ -32,7 +45,8 @@ pub fn small_length(headers: &HeaderMap) -> Option<u64> {
         .filter(|len| *len <= SMALL_BODY)
 }
 
-/// Reads a small body whole (see the module docs); others are returned as they are.
+/// Reads a small body whole, and any other body whole when all of it is here already (see
+/// the module docs); the rest are returned as they are.
 pub async fn coalesce<B>(headers: &HeaderMap, body: B) -> Result<Body, B::Error>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -41,6 +55,176 @@ where
     match small_length(headers) {
         Some(0) => Ok(Body::empty()),
         Some(_) => Ok(Body::from(body.collect().await?.to_bytes())),
-        None => Ok(Body::new(body)),
+        None if body.size_hint().exact().is_some_and(|n| n > SMALL_BODY) => Ok(Body::new(body)),
+        None => take_if_here(body),
+    }
+}
+
+/// The body whole when it ends within the frames that are ready now (no trailers, at most
+/// [`SMALL_BODY`] bytes); otherwise the frames read so far followed by the rest of it.
+fn take_if_here<B>(mut body: B) -> Result<Body, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let mut read: Vec<Frame<Bytes>> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        // Polled once, without a waker that matters: the body keeps what it has, and the
+        // next poll (by whoever streams it) registers the real one.
+        match body.frame().now_or_never() {
+            Some(None) => {
+                let mut whole = BytesMut::with_capacity(len);
+                for frame in read {
+                    if let Ok(data) = frame.into_data() {
+                        whole.extend_from_slice(&data);
+                    }
+                }
+                return Ok(Body::from(whole.freeze()));
+            }
+            Some(Some(Ok(frame))) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
+            Some(Some(Ok(frame))) => {
+                let trailers = frame.is_trailers();
+                len += frame.data_ref().map_or(0, Bytes::len);
+                read.push(frame);
+                if trailers || len as u64 > SMALL_BODY {
+                    break;
+                }
+            }
+            Some(Some(Err(e))) => return Err(e),
+            None => break,
+        }
+    }
+    if read.is_empty() {
+        return Ok(Body::new(body));
+    }
+    Ok(Body::new(Prefixed {
+        read: read.into(),
+        rest: body,
+    }))
+}
+
+/// The frames already read from `rest`, then `rest` itself. It ends exactly when `rest`
+/// does: an HTTP/2 sender puts END_STREAM on the last DATA frame only when the body says
+/// it has ended, and otherwise sends an empty DATA frame to end the stream, which servers
+/// count against the peer (h2 closes the connection after 100 of them).
+struct Prefixed<B> {
+    read: VecDeque<Frame<Bytes>>,
+    rest: B,
+}
+
+impl<B> http_body::Body for Prefixed<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.read.pop_front() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use http_body_util::StreamBody;
+
+    type Sent = Result<Frame<Bytes>, std::io::Error>;
+
+    /// A body fed from a channel: frames sent before the read are "here", later ones are not.
+    fn fed() -> (
+        tokio::sync::mpsc::UnboundedSender<Sent>,
+        StreamBody<impl futures_util::Stream<Item = Sent> + Unpin>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        (tx, StreamBody::new(Box::pin(stream)))
+    }
+
+    fn data(text: &'static str) -> Sent {
+        Ok(Frame::data(Bytes::from_static(text.as_bytes())))
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_all_here_becomes_one_piece() {
+        let (tx, body) = fed();
+        tx.send(data("hel")).unwrap();
+        tx.send(data("lo")).unwrap();
+        drop(tx);
+        let body = coalesce(&HeaderMap::new(), body).await.unwrap();
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_body_still_arriving_streams_on_with_nothing_lost() {
+        let (tx, body) = fed();
+        tx.send(data("first ")).unwrap();
+        let body = coalesce(&HeaderMap::new(), body).await.unwrap();
+        assert_eq!(
+            body.size_hint().exact(),
+            None,
+            "not whole: more was to come"
+        );
+        tx.send(data("second")).unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "first second");
+    }
+
+    #[tokio::test]
+    async fn trailers_are_kept() {
+        let (tx, body) = fed();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        tx.send(data("msg")).unwrap();
+        tx.send(Ok(Frame::trailers(trailers))).unwrap();
+        drop(tx);
+        let collected = coalesce(&HeaderMap::new(), body)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let got = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .cloned();
+        assert_eq!(got, Some(http::HeaderValue::from_static("0")));
+        assert_eq!(collected.to_bytes(), "msg");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_not_held() {
+        let (tx, body) = fed();
+        let big = vec![b'x'; usize::try_from(SMALL_BODY).unwrap() + 1];
+        tx.send(Ok(Frame::data(Bytes::from(big)))).unwrap();
+        drop(tx);
+        let body = coalesce(&HeaderMap::new(), body).await.unwrap();
+        assert_eq!(body.size_hint().exact(), None);
+        assert_eq!(
+            body.collect().await.unwrap().to_bytes().len() as u64,
+            SMALL_BODY + 1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_already_here_is_reported() {
+        let (tx, body) = fed();
+        tx.send(Err(std::io::Error::other("reset"))).unwrap();
+        assert!(coalesce(&HeaderMap::new(), body).await.is_err());
     }
 }

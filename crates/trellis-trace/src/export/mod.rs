@@ -150,21 +150,7 @@ pub(crate) fn target(
     Ok(Target { url, tls })
 }
 
-/// An error and its sources, as one line: hyper's and tonic's errors say only
-/// `client error (Connect)` at the top.
-pub(crate) fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = e.source();
-    }
-    text
-}
+pub(crate) use trellis_core::error::describe;
 
 /// The HTTP client both HTTP exporters post batches with.
 #[derive(Debug, Clone)]

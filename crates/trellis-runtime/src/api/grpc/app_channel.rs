@@ -150,12 +150,10 @@ impl GrpcAppChannel {
             }
         }
         let req = Request::from_parts(parts, tonic::body::Body::new(body));
-        let resp = self
-            .channel
-            .clone()
-            .oneshot(req)
-            .await
-            .map_err(|e| InvokeError::AppChannel(format!("cannot reach the grpc app: {e}")))?;
+        let resp = self.channel.clone().oneshot(req).await.map_err(|e| {
+            let e = trellis_core::error::describe(&e);
+            InvokeError::AppChannel(format!("cannot reach the grpc app: {e}"))
+        })?;
         Ok(resp.map(Body::new))
     }
 

@@ -44,6 +44,16 @@ pub async fn proxy_by_app_id(
         .path_and_query()
         .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
     req.extensions_mut().insert(AppCall::GrpcProxy);
+    // A unary call's message is here with its headers: forwarded whole, it leaves in the
+    // same flush as the headers on the next hop.
+    let (parts, body) = req.into_parts();
+    let req = match crate::invoke::coalesce(&parts.headers, body).await {
+        Ok(body) => Request::from_parts(parts, body),
+        Err(e) => {
+            let err = crate::invoke::InvokeError::AppChannel(format!("reading the request: {e}"));
+            return grpc_response(to_status(ApiError::invoke(&target, &err)));
+        }
+    };
     match rt.invoker.invoke(&app, &path_and_query, req).await {
         // A status in the headers is a trailers-only answer (the app failed the call at
         // once): it must leave as one HEADERS frame that ends the stream, which an empty
