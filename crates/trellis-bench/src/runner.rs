@@ -102,7 +102,11 @@ impl Session {
             })
             .ok();
         if let Some(bin) = &bin {
-            versions.push(format!("trellis: {}", bin.display()));
+            versions.push(format!(
+                "trellis: {} ({})",
+                bin.display(),
+                crate::sidecar::link_order(bin)
+            ));
         }
         let mut builder = tempfile::Builder::new();
         builder.prefix(prefix);

@@ -31,6 +31,39 @@ pub const INVOKE_PATH: &str = "/v1.0/invoke/echo/method/echo";
 
 const HEALTH_PATH: &str = "/v1.0/healthz";
 
+/// The order file the release build links with (`crates/trellis/build.rs`).
+const LINK_ORDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../trellis/link/startup.order");
+
+/// How much of the link order file `bin` has, for the report: an idle sidecar's RSS depends
+/// on it (docs/benchmarks.md, "Binary layout"), and edits of the runtime make it decay.
+pub fn link_order(bin: &Path) -> String {
+    let Ok(order) = std::fs::read_to_string(LINK_ORDER) else {
+        return "link order: no order file to compare with".into();
+    };
+    let symbols = match Command::new("nm").arg(bin).stderr(Stdio::null()).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        _ => return "link order: not checked (nm failed)".into(),
+    };
+    let (found, total) = order_share(&order, &symbols);
+    let percent = (found * 100).checked_div(total).unwrap_or(0);
+    format!("link order: {found} of {total} names found ({percent} %)")
+}
+
+/// How many of the order file's names `nm`'s listing defines, and how many names it has.
+fn order_share(order: &str, nm: &str) -> (usize, usize) {
+    let defined: std::collections::HashSet<&str> = nm
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .collect();
+    let wanted: std::collections::HashSet<&str> = order
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let found = wanted.iter().filter(|name| defined.contains(*name)).count();
+    (found, wanted.len())
+}
+
 /// Finds the trellis binary: `--trellis-bin` if given, else builds it with
 /// cargo and uses `trellis` next to the bench executable. An error means the
 /// sidecar paths are skipped, with the error as the reason.
@@ -353,4 +386,14 @@ pub async fn start_stop_cycles(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_the_order_names_the_binary_defines() {
+        let order = "main\n_ZN4core3fmt5write\ngone.llvm.123\n";
+        let nm = "0000000000001000 T main\n0000000000002000 t _ZN4core3fmt5write\n                 U malloc\n";
+        assert_eq!(super::order_share(order, nm), (2, 3));
+    }
 }
