@@ -108,6 +108,13 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// How much of the link order file the binary has, as every report says it (for
+    /// `scripts/link-order --check`).
+    #[command(hide = true)]
+    LinkOrder {
+        #[arg(long)]
+        trellis_bin: std::path::PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -122,6 +129,10 @@ fn main() -> Result<()> {
         Cmd::EchoServer { port } => rt.block_on(echo::serve(port)),
         Cmd::GrpcEchoServer { port } => rt.block_on(grpc::serve_echo(port)),
         Cmd::OtlpSink { port } => rt.block_on(otlp_sink::serve(port)),
+        Cmd::LinkOrder { trellis_bin } => {
+            println!("{}", sidecar::link_order(&trellis_bin));
+            return Ok(());
+        }
         Cmd::GrpcCalls { port, count } => return rt.block_on(grpc::calls(port, count)),
         Cmd::Invoke(args) => return rt.block_on(interruptible(invoke::run(args))),
         Cmd::State(args) => return rt.block_on(interruptible(state::run(args))),

@@ -71,30 +71,13 @@ impl ChildGuard {
     /// live on this (single-threaded) runtime, a blocking wait would hold them still, and
     /// the sidecar would sit out its whole drain time because of the bench.
     pub async fn stop_async(&mut self, grace: Duration) -> Option<Duration> {
-        if self.exited().is_some() {
-            return None;
-        }
-        let started = Instant::now();
-        let pid = Pid::from_raw(i32::try_from(self.pid()).ok()?);
-        if kill(pid, Signal::SIGTERM).is_ok() {
-            while started.elapsed() < grace {
-                if self.exited().is_some() {
-                    return Some(started.elapsed());
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+        let sent = self.terminate()?;
+        loop {
+            if let Some(done) = self.settled(sent, grace) {
+                return done;
             }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        self.kill_after(grace);
-        None
-    }
-
-    fn kill_after(&mut self, grace: Duration) {
-        eprintln!(
-            "{} did not exit {grace:?} after SIGTERM; killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits up to `grace` for the process to exit, then
@@ -102,23 +85,42 @@ impl ChildGuard {
     /// process had to be killed (or was already gone). Blocks the thread: for drops and
     /// for processes no task of the bench talks to ([`ChildGuard::stop_async`] otherwise).
     pub fn stop(&mut self, grace: Duration) -> Option<Duration> {
+        let sent = self.terminate()?;
+        loop {
+            if let Some(done) = self.settled(sent, grace) {
+                return done;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// SIGTERM, unless the process is gone already (`None`); when it went out, if it could.
+    fn terminate(&mut self) -> Option<Option<Instant>> {
         if self.exited().is_some() {
             return None;
         }
-        let started = Instant::now();
         let pid = Pid::from_raw(i32::try_from(self.pid()).ok()?);
-        if kill(pid, Signal::SIGTERM).is_ok() {
-            // Blocking poll: stop() runs between phases, when nothing else in
-            // the bench needs the thread.
-            while started.elapsed() < grace {
-                if self.exited().is_some() {
-                    return Some(started.elapsed());
-                }
-                std::thread::sleep(Duration::from_millis(1));
+        let started = Instant::now();
+        Some(kill(pid, Signal::SIGTERM).ok().map(|()| started))
+    }
+
+    /// One look at a process sent SIGTERM at `sent`: `None` while it may still exit by
+    /// itself; then how long it took, or `None` inside when its grace ran out (or SIGTERM
+    /// never went out) and it was killed.
+    fn settled(&mut self, sent: Option<Instant>, grace: Duration) -> Option<Option<Duration>> {
+        match sent {
+            Some(at) if self.exited().is_some() => Some(Some(at.elapsed())),
+            Some(at) if at.elapsed() < grace => None,
+            _ => {
+                eprintln!(
+                    "{} did not exit {grace:?} after SIGTERM; killing it",
+                    self.name
+                );
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                Some(None)
             }
         }
-        self.kill_after(grace);
-        None
     }
 }
 

@@ -46,7 +46,12 @@ pub fn link_order(bin: &Path) -> String {
     };
     let (found, total) = order_share(&order, &symbols);
     let percent = (found * 100).checked_div(total).unwrap_or(0);
-    format!("link order: {found} of {total} names found ({percent} %)")
+    let stale = if found < total {
+        "; stale: scripts/link-order && cargo build --release -p trellis"
+    } else {
+        ""
+    };
+    format!("link order: {found} of {total} names found ({percent} %){stale}")
 }
 
 /// How many of the order file's names `nm`'s listing defines, and how many names it has.

@@ -71,7 +71,7 @@ where
 {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = super::small::coalesce(&parts.headers, body).await?;
+    let body = super::small::coalesce_answer(&parts.headers, body).await?;
     Ok(Response::from_parts(parts, body))
 }
 

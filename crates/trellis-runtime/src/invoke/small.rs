@@ -10,8 +10,8 @@
 //! it is here already: its frames are read for as long as they are ready, without waiting.
 //! A unary gRPC call's one DATA frame comes with its HEADERS, so it travels whole like a
 //! small body. Whatever is not complete at once (a stream, a slow upload, a large body, a
-//! body with trailers, such as every gRPC answer) streams on unchanged: the frames read so
-//! far first, then the rest as it comes.
+//! body with trailers) streams on unchanged: the frames read so far first, then the rest as
+//! it comes. A gRPC answer, which always ends with trailers, is not read ahead at all.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -29,13 +29,16 @@ use crate::Body;
 /// Bodies up to this size are read whole: a few TCP segments at most.
 pub const SMALL_BODY: u64 = 16 * 1024;
 
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// The declared length, if it is small enough to read whole. Never for gRPC, whose
 /// trailers (the call's status) a collected body would lose.
 pub fn small_length(headers: &HeaderMap) -> Option<u64> {
-    let grpc = headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    if is_grpc(headers) {
         return None;
     }
     headers
@@ -60,6 +63,19 @@ where
     }
 }
 
+/// As [`coalesce`], for an answer. A gRPC answer always ends with trailers (its status), so
+/// it could never be taken whole: it streams on as it is, with nothing read ahead.
+pub async fn coalesce_answer<B>(headers: &HeaderMap, body: B) -> Result<Body, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    if is_grpc(headers) {
+        return Ok(Body::new(body));
+    }
+    coalesce(headers, body).await
+}
+
 /// The body whole when it ends within the frames that are ready now (no trailers, at most
 /// [`SMALL_BODY`] bytes); otherwise the frames read so far followed by the rest of it.
 fn take_if_here<B>(mut body: B) -> Result<Body, B::Error>
@@ -67,18 +83,22 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    let mut read: Vec<Frame<Bytes>> = Vec::new();
+    let mut read: VecDeque<Frame<Bytes>> = VecDeque::new();
     let mut len = 0usize;
     loop {
         // Polled once, without a waker that matters: the body keeps what it has, and the
         // next poll (by whoever streams it) registers the real one.
         match body.frame().now_or_never() {
+            // Everything read is data (trailers stop the reading); one frame, the usual
+            // case, is the body as it is, without a copy.
+            Some(None) if read.len() == 1 => {
+                let data = read.pop_front().and_then(|f| f.into_data().ok());
+                return Ok(Body::from(data.unwrap_or_default()));
+            }
             Some(None) => {
                 let mut whole = BytesMut::with_capacity(len);
-                for frame in read {
-                    if let Ok(data) = frame.into_data() {
-                        whole.extend_from_slice(&data);
-                    }
+                for data in read.into_iter().filter_map(|f| f.into_data().ok()) {
+                    whole.extend_from_slice(&data);
                 }
                 return Ok(Body::from(whole.freeze()));
             }
@@ -86,7 +106,7 @@ where
             Some(Some(Ok(frame))) => {
                 let trailers = frame.is_trailers();
                 len += frame.data_ref().map_or(0, Bytes::len);
-                read.push(frame);
+                read.push_back(frame);
                 if trailers || len as u64 > SMALL_BODY {
                     break;
                 }
@@ -98,10 +118,7 @@ where
     if read.is_empty() {
         return Ok(Body::new(body));
     }
-    Ok(Body::new(Prefixed {
-        read: read.into(),
-        rest: body,
-    }))
+    Ok(Body::new(Prefixed { read, rest: body }))
 }
 
 /// The frames already read from `rest`, then `rest` itself. It ends exactly when `rest`
@@ -205,6 +222,21 @@ mod tests {
             .cloned();
         assert_eq!(got, Some(http::HeaderValue::from_static("0")));
         assert_eq!(collected.to_bytes(), "msg");
+    }
+
+    #[tokio::test]
+    async fn a_grpc_answer_is_not_read_ahead() {
+        let (tx, body) = fed();
+        tx.send(data("msg")).unwrap();
+        drop(tx);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        let body = coalesce_answer(&headers, body).await.unwrap();
+        assert_eq!(body.size_hint().exact(), None, "streamed as it is");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "msg");
     }
 
     #[tokio::test]
