@@ -90,8 +90,8 @@ impl BackendName {
     }
 }
 
-/// The table prefix of the PostgreSQL runs: fixed, so repeated runs replace their own
-/// finished instances instead of piling up tables.
+/// The table prefix of the PostgreSQL runs: fixed, so repeated runs reuse their tables
+/// (emptied before each phase) instead of piling up new ones.
 const PG_TABLE: &str = "trellis_bench_workflow";
 
 /// Which workflow a scripted worker runs, by the instance id's prefix.
@@ -427,6 +427,9 @@ async fn run_backend(
             Arc::new(trellis_workflow::postgres::PostgresWorkflowStore::open(&metadata).await?)
         }
     };
+    if backend == BackendName::Postgres {
+        empty_pg_tables(&args.postgres).await?;
+    }
     let engine = Engine::start(store, EngineOptions::new(format!("bench-{label}")));
     results.push(
         measure(
@@ -441,6 +444,9 @@ async fn run_backend(
     let Some(bin) = session.bin.clone() else {
         return Ok(());
     };
+    if backend == BackendName::Postgres {
+        empty_pg_tables(&args.postgres).await?;
+    }
     let data = dir.join("sidecar");
     std::fs::create_dir_all(&data)?;
     let resources = dir.join("resources");
@@ -482,6 +488,26 @@ async fn run_backend(
     .await;
     session.notes.extend(sidecar.stop().await);
     results.push(m?);
+    Ok(())
+}
+
+/// Empties the bench's PostgreSQL tables (created by the store when it opened): each phase
+/// starts from fresh storage, not from the dead rows of earlier phases and runs, which only
+/// a vacuum removes (and autovacuum may be off, or not yet due).
+async fn empty_pg_tables(conn: &str) -> Result<()> {
+    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
+        .await
+        .context("connecting to postgresql to empty the bench's tables")?;
+    let running = tokio::spawn(connection);
+    let t = PG_TABLE;
+    client
+        .batch_execute(&format!(
+            "TRUNCATE {t}_instances, {t}_history, {t}_inbox, {t}_activities RESTART IDENTITY"
+        ))
+        .await
+        .context("emptying the bench's workflow tables")?;
+    drop(client);
+    let _ = running.await;
     Ok(())
 }
 

@@ -29,6 +29,11 @@ pub(super) struct State {
     turns: HashMap<String, InFlight>,
     /// Activities in flight, by `instance/taskId`.
     activities: HashMap<String, Running>,
+    /// Turns and activity results answered by a worker and not yet written: they count
+    /// against the limits too, or a store slower than the workers would let them pile up
+    /// in memory (the dispatcher leasing more while the writes queue).
+    committing: usize,
+    completing: usize,
     /// For each worker that keeps histories: per instance, how many committed events it
     /// was last given (what it has cached, if it still has).
     cached: HashMap<u64, HashMap<String, usize>>,
@@ -278,11 +283,14 @@ async fn dispatch_once(inner: &Arc<Inner>) -> Result<bool, WorkflowError> {
         let state = inner.lock();
         (
             state.workers.len(),
-            inner.opts.max_workflows.saturating_sub(state.turns.len()),
+            inner
+                .opts
+                .max_workflows
+                .saturating_sub(state.turns.len() + state.committing),
             inner
                 .opts
                 .max_activities
-                .saturating_sub(state.activities.len()),
+                .saturating_sub(state.activities.len() + state.completing),
         )
     };
     if workers == 0 {
@@ -449,12 +457,12 @@ pub(super) async fn complete_workflow(
     let removed = {
         let mut state = inner.lock();
         let turn = state.turns.remove(&response.instance_id);
-        if let Some(t) = &turn
-            && ended
-            && let Some(cache) = state.cached.get_mut(&t.worker)
-        {
-            // A worker drops what it kept of an execution that ended.
-            cache.remove(&response.instance_id);
+        if let Some(t) = &turn {
+            state.committing += 1;
+            if ended && let Some(cache) = state.cached.get_mut(&t.worker) {
+                // A worker drops what it kept of an execution that ended.
+                cache.remove(&response.instance_id);
+            }
         }
         turn
     };
@@ -464,8 +472,10 @@ pub(super) async fn complete_workflow(
             response.instance_id
         )));
     };
+    let counted = Counted::new(inner, |s| &mut s.committing);
     let commit = turn::apply(&turn.meta, turn.turn, response, now_ms());
     let result = inner.store.commit_turn(&inner.owner, commit).await;
+    drop(counted);
     inner.woke();
     match result {
         Err(WorkflowError::LeaseLost(id)) => {
@@ -484,12 +494,21 @@ pub(super) async fn complete_activity(
     response: ActivityResponse,
 ) -> Result<(), WorkflowError> {
     let key = activity_key(&response.instance_id, response.task_id);
-    let Some(run) = inner.lock().activities.remove(&key) else {
+    let removed = {
+        let mut state = inner.lock();
+        let run = state.activities.remove(&key);
+        if run.is_some() {
+            state.completing += 1;
+        }
+        run
+    };
+    let Some(run) = removed else {
         return Err(WorkflowError::NotFound(format!(
             "{} (no activity {} of it is in flight on this sidecar)",
             response.instance_id, response.task_id
         )));
     };
+    let counted = Counted::new(inner, |s| &mut s.completing);
     let request = &run.lease.task.request;
     let now = now_ms();
     let kind = match response.failure_details {
@@ -519,6 +538,29 @@ pub(super) async fn complete_activity(
         visible_at: now,
     };
     let result = inner.store.complete_activity(run.lease.id, message).await;
+    drop(counted);
     inner.wake.notify_one();
     result
+}
+
+/// Takes one off a write counter of [`State`] when dropped, so a write that fails, or whose
+/// caller goes away mid-write, is uncounted too. The count was raised under the same lock
+/// that took the work out of the in-flight map.
+struct Counted<'a> {
+    inner: &'a Inner,
+    field: fn(&mut State) -> &mut usize,
+}
+
+impl<'a> Counted<'a> {
+    fn new(inner: &'a Inner, field: fn(&mut State) -> &mut usize) -> Self {
+        Counted { inner, field }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock();
+        let n = (self.field)(&mut state);
+        *n = n.saturating_sub(1);
+    }
 }

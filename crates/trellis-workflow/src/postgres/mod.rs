@@ -12,18 +12,23 @@
 //! at once get disjoint instances and activities without waiting for each other; a lease
 //! comes back with its history and inbox in the same statement; a turn's commit is one
 //! transaction whose statements are pipelined, with batches (history, messages,
-//! activities) sent as arrays. Times are the sidecars' clocks in milliseconds, as in the
-//! embedded store.
+//! activities) sent as arrays. Turns' commits and activity results that arrive while
+//! others are being written go to the database together (`batch.rs`): one transaction,
+//! one round trip and one WAL flush for many, since per-transaction work is what bounds a
+//! busy store. Times are the sidecars' clocks in milliseconds, as in the embedded store.
 //!
 //! Metadata: `connectionString` (required; keyword/value or `postgres://` URL, read as
 //! Dapr's pgx reads it; TLS is not supported yet), `tableName`, `timeout` (per operation,
 //! default 20s), `maxConns` (default 10, or the connection string's `pool_max_conns`).
 
+mod batch;
 mod ops;
 mod schema;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use batch::Batcher;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -43,19 +48,54 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_CONNS: usize = 10;
 /// How often a turn that met another in a deadlock is tried again.
 const ATTEMPTS: usize = 5;
+/// Lanes and batch size of turn commits. Each lane holds a connection while it writes; a
+/// batch's statements are pipelined in one transaction (`join_all` sends them in order
+/// only up to 30 futures, hence the cap), and its row locks last until it commits.
+const COMMIT_LANES: usize = 4;
+const COMMIT_BATCH: usize = 16;
+/// Lanes and batch size of activity results: one statement per batch.
+const RESULT_LANES: usize = 2;
+const RESULT_BATCH: usize = 64;
 
 /// `workflowbackend.postgresql`. See the module docs.
 pub struct PostgresWorkflowStore {
+    db: Arc<Db>,
+    /// Turns' commits that create no children, written in batches.
+    commits: Batcher<(String, TurnCommit)>,
+    /// Activity results, written in batches.
+    results: Batcher<(i64, Message)>,
+}
+
+/// The pool and statements, shared by the store and its batches.
+struct Db {
     pool: Pool,
-    sql: Arc<Sql>,
+    sql: Sql,
     table: String,
     timeout: Duration,
+    replan: std::sync::Mutex<Replan>,
 }
+
+/// When the pooled connections' statements are next prepared again, and the step after
+/// that. Generic plans are made when a statement is prepared, from what PostgreSQL knows of
+/// the tables then; made while the tables were nearly empty and had no statistics (new or
+/// emptied tables, before autovacuum's first analyze, or with autovacuum off), they scan
+/// whole tables or the wrong index once the tables have grown: 50 workflows/s instead of
+/// 600 in the bench. So plans are made again 0.5 s after the store opens, then at doubling
+/// intervals up to once a minute, which follows a table's growth at the cost of preparing
+/// a dozen statements per connection now and then.
+#[derive(Debug)]
+struct Replan {
+    next: Instant,
+    step: Duration,
+}
+
+const REPLAN_FIRST: Duration = Duration::from_millis(500);
+const REPLAN_MAX: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for PostgresWorkflowStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresWorkflowStore")
-            .field("table", &self.table)
+            .field("table", &self.db.table)
             .finish_non_exhaustive()
     }
 }
@@ -100,7 +140,8 @@ impl PostgresWorkflowStore {
         }
         // Every statement here is prepared once per connection and run with arrays or
         // single keys; left to choose, PostgreSQL plans the larger ones anew on every run,
-        // which cost more CPU than running them (3x the server's time per workflow).
+        // which cost more CPU than running them (3x the server's time per workflow). The
+        // generic plans are made again as the tables grow (`Replan`).
         let options = config.get_options().unwrap_or_default();
         config.options(format!("{options} -c plan_cache_mode=force_generic_plan"));
         let table = metadata.get("tableName").unwrap_or(DEFAULT_TABLE);
@@ -115,33 +156,52 @@ impl PostgresWorkflowStore {
             .map_err(metadata_err)?;
         let pool = trellis_core::postgres::pool(config, max_conns, timeout)
             .map_err(|e| WorkflowError::Backend(format!("postgresql: {e}")))?;
-        let store = PostgresWorkflowStore {
+        let db = Arc::new(Db {
             pool,
-            sql: Arc::new(Sql::new(table)),
+            sql: Sql::new(table),
             table: table.to_string(),
             timeout,
-        };
-        store
-            .bounded(async {
-                let mut client = store.pool.get().await.map_err(pool_error)?;
-                let key = format!("trellis-workflow-migrate {}", store.table);
-                trellis_core::postgres::create_under_lock(
-                    &mut client,
-                    &key,
-                    &store.sql.create_tables,
-                )
+            replan: std::sync::Mutex::new(Replan {
+                next: Instant::now() + REPLAN_FIRST,
+                step: REPLAN_FIRST,
+            }),
+        });
+        db.bounded(async {
+            let mut client = db.pool.get().await.map_err(pool_error)?;
+            let key = format!("trellis-workflow-migrate {}", db.table);
+            trellis_core::postgres::create_under_lock(&mut client, &key, &db.sql.create_tables)
                 .await
                 .map_err(ops::db_err)
+        })
+        .await?;
+        let commits = {
+            let db = db.clone();
+            Batcher::spawn(COMMIT_LANES, COMMIT_BATCH, move |turns| {
+                let db = db.clone();
+                async move { db.commit_batch(turns).await }
             })
-            .await?;
-        Ok(store)
+        };
+        let results = {
+            let db = db.clone();
+            Batcher::spawn(RESULT_LANES, RESULT_BATCH, move |results| {
+                let db = db.clone();
+                async move { db.result_batch(results).await }
+            })
+        };
+        Ok(PostgresWorkflowStore {
+            db,
+            commits,
+            results,
+        })
     }
 
     /// The tables' common prefix.
     pub fn table(&self) -> &str {
-        &self.table
+        &self.db.table
     }
+}
 
+impl Db {
     async fn bounded<T>(
         &self,
         op: impl Future<Output = Result<T, WorkflowError>>,
@@ -150,7 +210,27 @@ impl PostgresWorkflowStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, WorkflowError> {
+        self.replan_when_due();
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Drops every connection's prepared statements when [`Replan`] says so; each is
+    /// prepared, and planned, again at its next use.
+    fn replan_when_due(&self) {
+        {
+            let mut replan = self.replan.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if now < replan.next {
+                return;
+            }
+            replan.step = (replan.step * 2).min(REPLAN_MAX);
+            replan.next = now + replan.step;
+        }
+        self.pool.manager().statement_caches.clear();
+        tracing::debug!(
+            table = self.table,
+            "workflow store: statements will be planned again"
+        );
     }
 
     /// Runs `op` within the timeout, again (up to [`ATTEMPTS`] times) when it failed only
@@ -180,7 +260,9 @@ impl PostgresWorkflowStore {
         .await
     }
 
-    async fn try_commit(
+    /// A turn's commit that creates children: a transaction of its own (see
+    /// [`ops::commit_with_children`]).
+    async fn try_commit_with_children(
         &self,
         owner: &str,
         commit: &TurnCommit,
@@ -190,12 +272,6 @@ impl PostgresWorkflowStore {
             Err(e) => return Ok(Err(e)),
         };
         let now = now_ms();
-        if commit.new_instances.is_empty() {
-            if !ops::commit_pipelined(&client, &self.sql, now, owner, commit).await? {
-                return Ok(Err(WorkflowError::LeaseLost(commit.instance_id.clone())));
-            }
-            return Ok(Ok(()));
-        }
         let tx = client.transaction().await?;
         if !ops::commit_with_children(&tx, &self.sql, now, owner, commit).await? {
             return Ok(Err(WorkflowError::LeaseLost(commit.instance_id.clone())));
@@ -203,42 +279,127 @@ impl PostgresWorkflowStore {
         tx.commit().await?;
         Ok(Ok(()))
     }
+
+    /// Commits turns without children in one transaction; per turn, whether its lease was
+    /// held.
+    async fn commit(&self, turns: &[(&str, &TurnCommit)]) -> Result<Vec<bool>, WorkflowError> {
+        self.retrying("a turn's commit", || async {
+            let client = match self.client().await {
+                Ok(client) => client,
+                Err(e) => return Ok(Err(e)),
+            };
+            Ok(Ok(ops::commit_pipelined(
+                &client,
+                &self.sql,
+                now_ms(),
+                turns,
+            )
+            .await?))
+        })
+        .await
+    }
+
+    /// One batch of the commit lanes. When the batch fails, each turn is tried alone, so
+    /// that one turn's failure is not its neighbours'.
+    async fn commit_batch(
+        &self,
+        turns: Vec<(String, TurnCommit)>,
+    ) -> Vec<Result<(), WorkflowError>> {
+        let answer = |held: bool, t: &TurnCommit| {
+            if held {
+                Ok(())
+            } else {
+                Err(WorkflowError::LeaseLost(t.instance_id.clone()))
+            }
+        };
+        let all: Vec<(&str, &TurnCommit)> = turns.iter().map(|(o, t)| (o.as_str(), t)).collect();
+        match self.commit(&all).await {
+            Ok(held) => held
+                .into_iter()
+                .zip(&turns)
+                .map(|(h, (_, t))| answer(h, t))
+                .collect(),
+            Err(e) if turns.len() > 1 => {
+                tracing::debug!(turns = turns.len(), error = %e, "workflow: a batch of commits failed; committing each alone");
+                let mut out = Vec::with_capacity(turns.len());
+                for one in all {
+                    out.push(match self.commit(&[one]).await {
+                        Ok(held) => answer(held.first().copied().unwrap_or(false), one.1),
+                        Err(e) => Err(e),
+                    });
+                }
+                out
+            }
+            Err(e) => vec![Err(e)],
+        }
+    }
+
+    /// Delivers activity results in one statement.
+    async fn complete(&self, results: &[(i64, Message)]) -> Result<(), WorkflowError> {
+        self.retrying("an activity result", || async {
+            let client = match self.client().await {
+                Ok(client) => client,
+                Err(e) => return Ok(Err(e)),
+            };
+            ops::complete_activities(&client, &self.sql, results).await?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// One batch of the result lanes; as [`Db::commit_batch`], each alone when it fails.
+    async fn result_batch(&self, results: Vec<(i64, Message)>) -> Vec<Result<(), WorkflowError>> {
+        match self.complete(&results).await {
+            Ok(()) => vec![Ok(()); results.len()],
+            Err(e) if results.len() > 1 => {
+                tracing::debug!(results = results.len(), error = %e, "workflow: a batch of activity results failed; writing each alone");
+                let mut out = Vec::with_capacity(results.len());
+                for one in results.chunks(1) {
+                    out.push(self.complete(one).await);
+                }
+                out
+            }
+            Err(e) => vec![Err(e)],
+        }
+    }
 }
 
 #[async_trait]
 impl WorkflowStore for PostgresWorkflowStore {
     async fn create(&self, instance: NewInstance) -> Result<(), WorkflowError> {
-        self.retrying("a start", || async {
-            let client = match self.client().await {
-                Ok(client) => client,
-                Err(e) => return Ok(Err(e)),
-            };
-            Ok(
-                if ops::create(&client, &self.sql, now_ms(), &instance).await? {
-                    Ok(())
-                } else {
-                    Err(WorkflowError::AlreadyExists(
-                        instance.start.instance_id.clone(),
-                    ))
-                },
-            )
-        })
-        .await
+        self.db
+            .retrying("a start", || async {
+                let client = match self.db.client().await {
+                    Ok(client) => client,
+                    Err(e) => return Ok(Err(e)),
+                };
+                Ok(
+                    if ops::create(&client, &self.db.sql, now_ms(), &instance).await? {
+                        Ok(())
+                    } else {
+                        Err(WorkflowError::AlreadyExists(
+                            instance.start.instance_id.clone(),
+                        ))
+                    },
+                )
+            })
+            .await
     }
 
     async fn send(&self, message: Message) -> Result<(), WorkflowError> {
-        self.retrying("an event", || async {
-            let client = match self.client().await {
-                Ok(client) => client,
-                Err(e) => return Ok(Err(e)),
-            };
-            Ok(if ops::deliver(&client, &self.sql, &message).await? {
-                Ok(())
-            } else {
-                Err(WorkflowError::NotFound(message.instance_id.clone()))
+        self.db
+            .retrying("an event", || async {
+                let client = match self.db.client().await {
+                    Ok(client) => client,
+                    Err(e) => return Ok(Err(e)),
+                };
+                Ok(if ops::deliver(&client, &self.db.sql, &message).await? {
+                    Ok(())
+                } else {
+                    Err(WorkflowError::NotFound(message.instance_id.clone()))
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn get(
@@ -246,11 +407,12 @@ impl WorkflowStore for PostgresWorkflowStore {
         app_id: &str,
         instance_id: &str,
     ) -> Result<Option<InstanceMeta>, WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::get(&client, &self.sql, app_id, instance_id).await
-        })
-        .await
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::get(&client, &self.db.sql, app_id, instance_id).await
+            })
+            .await
     }
 
     async fn history(
@@ -258,11 +420,12 @@ impl WorkflowStore for PostgresWorkflowStore {
         app_id: &str,
         instance_id: &str,
     ) -> Result<Vec<HistoryEvent>, WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::history(&client, &self.sql, app_id, instance_id).await
-        })
-        .await
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::history(&client, &self.db.sql, app_id, instance_id).await
+            })
+            .await
     }
 
     async fn lease_workflows(
@@ -273,15 +436,22 @@ impl WorkflowStore for PostgresWorkflowStore {
         until: Millis,
         max: usize,
     ) -> Result<Vec<WorkflowLease>, WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::lease_workflows(&client, &self.sql, app_id, owner, now, until, max).await
-        })
-        .await
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::lease_workflows(&client, &self.db.sql, app_id, owner, now, until, max).await
+            })
+            .await
     }
 
     async fn commit_turn(&self, owner: &str, commit: TurnCommit) -> Result<(), WorkflowError> {
-        self.retrying("a turn's commit", || self.try_commit(owner, &commit))
+        if commit.new_instances.is_empty() {
+            return self.commits.submit((owner.to_string(), commit)).await;
+        }
+        self.db
+            .retrying("a turn's commit", || {
+                self.db.try_commit_with_children(owner, &commit)
+            })
             .await
     }
 
@@ -291,16 +461,17 @@ impl WorkflowStore for PostgresWorkflowStore {
         instance_id: &str,
         owner: &str,
     ) -> Result<(), WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::execute_one(
-                &client,
-                &self.sql.release_workflow,
-                &[&app_id, &instance_id, &owner],
-            )
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::execute_one(
+                    &client,
+                    &self.db.sql.release_workflow,
+                    &[&app_id, &instance_id, &owner],
+                )
+                .await
+            })
             .await
-        })
-        .await
     }
 
     async fn lease_activities(
@@ -311,47 +482,43 @@ impl WorkflowStore for PostgresWorkflowStore {
         until: Millis,
         max: usize,
     ) -> Result<Vec<ActivityLease>, WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::lease_activities(&client, &self.sql, app_id, owner, now, until, max).await
-        })
-        .await
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::lease_activities(&client, &self.db.sql, app_id, owner, now, until, max).await
+            })
+            .await
     }
 
     async fn complete_activity(&self, id: i64, result: Message) -> Result<(), WorkflowError> {
-        self.retrying("an activity result", || async {
-            let client = match self.client().await {
-                Ok(client) => client,
-                Err(e) => return Ok(Err(e)),
-            };
-            ops::complete_activity(&client, &self.sql, id, &result).await?;
-            Ok(Ok(()))
-        })
-        .await
+        self.results.submit((id, result)).await
     }
 
     async fn release_activity(&self, id: i64, owner: &str) -> Result<(), WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::execute_one(&client, &self.sql.release_activity, &[&id, &owner]).await
-        })
-        .await
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::execute_one(&client, &self.db.sql.release_activity, &[&id, &owner]).await
+            })
+            .await
     }
 
     async fn renew(&self, app_id: &str, owner: &str, until: Millis) -> Result<(), WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::execute_one(&client, &self.sql.renew, &[&app_id, &owner, &until]).await
-        })
-        .await
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::execute_one(&client, &self.db.sql.renew, &[&app_id, &owner, &until]).await
+            })
+            .await
     }
 
     async fn next_due(&self, app_id: &str, now: Millis) -> Result<Option<Millis>, WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::next_due(&client, &self.sql, app_id, now).await
-        })
-        .await
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::next_due(&client, &self.db.sql, app_id, now).await
+            })
+            .await
     }
 
     async fn purge(
@@ -361,14 +528,16 @@ impl WorkflowStore for PostgresWorkflowStore {
         recursive: bool,
         force: bool,
     ) -> Result<Purged, WorkflowError> {
-        self.bounded(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(ops::db_err)?;
-            let purged = ops::purge(&tx, &self.sql, app_id, instance_id, recursive, force).await?;
-            tx.commit().await.map_err(ops::db_err)?;
-            Ok(purged)
-        })
-        .await
+        self.db
+            .bounded(async {
+                let mut client = self.db.client().await?;
+                let tx = client.transaction().await.map_err(ops::db_err)?;
+                let purged =
+                    ops::purge(&tx, &self.db.sql, app_id, instance_id, recursive, force).await?;
+                tx.commit().await.map_err(ops::db_err)?;
+                Ok(purged)
+            })
+            .await
     }
 
     async fn list(
@@ -376,11 +545,12 @@ impl WorkflowStore for PostgresWorkflowStore {
         app_id: &str,
         filter: &ListFilter,
     ) -> Result<Vec<InstanceMeta>, WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::list(&client, &self.sql, app_id, filter).await
-        })
-        .await
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::list(&client, &self.db.sql, app_id, filter).await
+            })
+            .await
     }
 
     async fn purge_finished(
@@ -389,10 +559,11 @@ impl WorkflowStore for PostgresWorkflowStore {
         status: Status,
         before: Millis,
     ) -> Result<u32, WorkflowError> {
-        self.bounded(async {
-            let client = self.client().await?;
-            ops::purge_finished(&client, &self.sql, app_id, status, before).await
-        })
-        .await
+        self.db
+            .bounded(async {
+                let client = self.db.client().await?;
+                ops::purge_finished(&client, &self.db.sql, app_id, status, before).await
+            })
+            .await
     }
 }

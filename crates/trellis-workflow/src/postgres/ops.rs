@@ -377,50 +377,64 @@ impl<'a> CommitArgs<'a> {
     }
 }
 
-/// A turn's commit that creates no children, in one round trip: `BEGIN`, the commit
-/// statement (which writes nothing unless the lease is held), the instance's new
-/// `ready_at`, `COMMIT`, sent together. A failed statement turns the `COMMIT` into a
-/// rollback, and everything is sent before the first answer is awaited, so a caller that
-/// stops waiting leaves no transaction open on the connection. Returns whether the lease
-/// was held.
+/// Turns' commits that create no children, in one transaction and one round trip:
+/// `BEGIN`, then for each turn (as `(owner, commit)`) its commit statement (which writes
+/// nothing unless the lease is held) and its instance's new `ready_at`, then `COMMIT`,
+/// all sent together. A failed statement turns the `COMMIT` into a rollback, and
+/// everything is sent before the first answer is awaited, so a caller that stops waiting
+/// leaves no transaction open on the connection. Returns, per turn, whether the lease was
+/// held.
 pub async fn commit_pipelined(
     c: &deadpool_postgres::Object,
     s: &Sql,
     now: Millis,
-    owner: &str,
-    t: &TurnCommit,
-) -> Result<bool, tokio_postgres::Error> {
+    turns: &[(&str, &TurnCommit)],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
     let (reset, commit, refresh) = tokio::try_join!(
         c.prepare_cached(&s.reset_history),
         c.prepare_cached(&s.commit),
         c.prepare_cached(&s.refresh_ready),
     )?;
-    let args = CommitArgs::new(owner, t, now, true);
-    let params = args.params();
-    let reset_params: [&(dyn ToSql + Sync); 3] = [&args.app, &args.id, &args.owner];
-    let refresh_params: [&(dyn ToSql + Sync); 2] = [&args.app, &args.id];
-    let reset = async {
-        if t.reset_history {
-            c.execute(&reset, &reset_params).await?;
+    let args: Vec<CommitArgs<'_>> = turns
+        .iter()
+        .map(|(owner, t)| CommitArgs::new(owner, t, now, true))
+        .collect();
+    let statements = args.iter().map(|args| {
+        let (reset, commit, refresh) = (&reset, &commit, &refresh);
+        async move {
+            let params = args.params();
+            let reset_params: [&(dyn ToSql + Sync); 3] = [&args.app, &args.id, &args.owner];
+            let refresh_params: [&(dyn ToSql + Sync); 2] = [&args.app, &args.id];
+            let reset = async {
+                if args.reset {
+                    c.execute(reset, &reset_params).await?;
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            };
+            let (reset, held, refresh) = tokio::join!(
+                biased;
+                reset,
+                c.query_one(commit, &params),
+                c.execute(refresh, &refresh_params),
+            );
+            reset?;
+            let held: i64 = held?.try_get(0)?;
+            refresh?;
+            Ok::<_, tokio_postgres::Error>(held > 0)
         }
-        Ok(())
-    };
-    // Each call sends its message the first time it is polled; `biased` polls them in
-    // this order.
-    let (begin, reset, held, refresh, end) = tokio::join!(
+    });
+    // Each call sends its message the first time it is polled; `biased` and `join_all`
+    // poll them in this order.
+    let (begin, held, end) = tokio::join!(
         biased;
         c.batch_execute("BEGIN"),
-        reset,
-        c.query_one(&commit, &params),
-        c.execute(&refresh, &refresh_params),
+        futures_util::future::join_all(statements),
         c.batch_execute("COMMIT"),
     );
     begin?;
-    reset?;
-    let held: i64 = held?.try_get(0)?;
-    refresh?;
+    let held = held.into_iter().collect::<Result<Vec<bool>, _>>()?;
     end?;
-    Ok(held > 0)
+    Ok(held)
 }
 
 /// A turn's commit that creates children, in the open transaction `tx`: the commit
@@ -490,16 +504,18 @@ pub async fn lease_activities(
     Ok(leases)
 }
 
-pub async fn complete_activity(
+/// Delivers activity results, each only if its activity was still queued (deleting it);
+/// `results` pairs an activity's id with its result.
+pub async fn complete_activities(
     c: &impl GenericClient,
     s: &Sql,
-    id: i64,
-    m: &Message,
+    results: &[(i64, Message)],
 ) -> Result<(), tokio_postgres::Error> {
-    let b = Batch::of([m]);
+    let b = Batch::of(results.iter().map(|(_, m)| m));
+    let ids: Vec<i64> = results.iter().map(|(id, _)| *id).collect();
     count(
         c,
-        &s.complete_activity,
+        &s.complete_activities,
         &[
             &b.apps,
             &b.ids,
@@ -507,7 +523,7 @@ pub async fn complete_activity(
             &b.kinds,
             &b.visible,
             &b.events,
-            &id,
+            &ids,
         ],
     )
     .await

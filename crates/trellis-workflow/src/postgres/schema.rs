@@ -40,8 +40,9 @@ pub struct Sql {
     /// Delivers a batch of messages to the instances that exist, lowering their
     /// `ready_at`; returns how many were delivered.
     pub deliver: String,
-    /// [`Sql::deliver`] of one message, gated on deleting activity `$7`.
-    pub complete_activity: String,
+    /// [`Sql::deliver`] of a batch of activity results, each gated on deleting its
+    /// activity (`$7`, an array beside the messages).
+    pub complete_activities: String,
     pub lease_workflows: String,
     /// A turn's lease check, history append, consumed inbox, row update, messages and
     /// activities, all only when the lease was held; returns whether it was.
@@ -186,10 +187,10 @@ impl Sql {
                  SELECT count(*) FROM up"
             ),
             deliver: format!("WITH {} SELECT count(*) FROM ins", deliver("", 1, "")),
-            complete_activity: format!(
-                "WITH d AS (DELETE FROM {a} WHERE id = $7 RETURNING 1), {} \
+            complete_activities: format!(
+                "WITH d AS (DELETE FROM {a} WHERE id = ANY($7::bigint[]) RETURNING id), {} \
                  SELECT count(*) FROM ins",
-                deliver("EXISTS (SELECT 1 FROM d) AND", 1, "")
+                deliver("($7::bigint[])[m.n::int] IN (SELECT id FROM d) AND", 1, "")
             ),
             // The leased rows with their histories and visible inboxes, in one round trip.
             lease_workflows: format!(

@@ -41,6 +41,27 @@ pub async fn drop_tables(table: &str) {
     let _ = running.await;
 }
 
+/// Starts instances `i0`..`i{n-1}` of workflow `wf` in `app`, execution `e`.
+async fn create_instances(st: &PostgresWorkflowStore, app: &str, n: usize) {
+    use trellis_workflow::events::Start;
+    use trellis_workflow::store::NewInstance;
+
+    for i in 0..n {
+        st.create(NewInstance {
+            app_id: app.to_string(),
+            start: Start {
+                name: "wf".into(),
+                instance_id: format!("i{i}"),
+                execution_id: "e".into(),
+                ..Start::default()
+            },
+            parent_app_id: None,
+        })
+        .await
+        .expect("create");
+    }
+}
+
 #[tokio::test]
 async fn the_postgres_store_passes_the_conformance_suite() {
     let table = fresh_table();
@@ -79,9 +100,6 @@ async fn bad_metadata_is_refused() {
 /// Stores leasing at once from one database get disjoint instances and activities.
 #[tokio::test]
 async fn concurrent_leases_are_disjoint() {
-    use trellis_workflow::events::Start;
-    use trellis_workflow::store::NewInstance;
-
     let table = fresh_table();
     let stores = [
         store(&table).await,
@@ -89,21 +107,7 @@ async fn concurrent_leases_are_disjoint() {
         store(&table).await,
     ];
     let app = format!("split-{}", ids::random());
-    for n in 0..60 {
-        stores[0]
-            .create(NewInstance {
-                app_id: app.clone(),
-                start: Start {
-                    name: "wf".into(),
-                    instance_id: format!("i{n}"),
-                    execution_id: "e".into(),
-                    ..Start::default()
-                },
-                parent_app_id: None,
-            })
-            .await
-            .expect("create");
-    }
+    create_instances(&stores[0], &app, 60).await;
     let now = trellis_workflow::now_ms();
     let leases = futures_util::future::join_all(stores.iter().enumerate().flat_map(|(s, st)| {
         let app = app.clone();
@@ -127,5 +131,132 @@ async fn concurrent_leases_are_disjoint() {
         assert_eq!(lease.inbox.len(), 1);
     }
     assert_eq!(seen.len(), 60, "12 lessees of 7 take all 60");
+    drop_tables(&table).await;
+}
+
+/// Commits that arrive together are written together (`postgres/batch.rs`), yet each gets
+/// its own answer: the turns whose lease is held land whole, the others are refused with
+/// `LeaseLost` and change nothing, one that PostgreSQL refuses fails alone; activity
+/// results sent at once all arrive.
+#[tokio::test]
+async fn commits_and_results_sent_at_once_each_get_their_own_answer() {
+    use trellis_proto::durabletask::history_event::EventType;
+    use trellis_proto::durabletask::{
+        ActivityRequest, ExecutionStartedEvent, TaskCompletedEvent, WorkflowInstance,
+    };
+    use trellis_workflow::events::event;
+    use trellis_workflow::store::{ActivityTask, Message, TurnCommit};
+    use trellis_workflow::{WorkflowError, now_ms};
+
+    let table = fresh_table();
+    let st = store(&table).await;
+    let app = format!("batch-{}", ids::random());
+    create_instances(&st, &app, 40).await;
+    let now = now_ms();
+    let leases = st
+        .lease_workflows(&app, "me", now, now + 60_000, 40)
+        .await
+        .expect("lease");
+    assert_eq!(leases.len(), 40);
+    let commits = leases.iter().enumerate().map(|(n, lease)| {
+        let mut commit = TurnCommit {
+            app_id: app.clone(),
+            instance_id: lease.meta.instance_id.clone(),
+            append: vec![event(
+                now,
+                EventType::ExecutionStarted(ExecutionStartedEvent::default()),
+            )],
+            consumed: lease.inbox.iter().map(|i| i.id).collect(),
+            activities: vec![ActivityTask {
+                app_id: app.clone(),
+                workflow_app_id: app.clone(),
+                request: ActivityRequest {
+                    name: "act".into(),
+                    workflow_instance: Some(WorkflowInstance {
+                        instance_id: lease.meta.instance_id.clone(),
+                        execution_id: Some("e".into()),
+                    }),
+                    ..ActivityRequest::default()
+                },
+            }],
+            ..TurnCommit::default()
+        };
+        // Every third turn claims to be another sidecar's; turn 1 has a value PostgreSQL
+        // refuses (a NUL in text), which fails its batch, so the others are written alone.
+        let owner = if n % 3 == 0 { "someone-else" } else { "me" };
+        if n == 1 {
+            commit.update.custom_status = Some(Some("bad\0".into()));
+        }
+        let st = &st;
+        async move { (n, st.commit_turn(owner, commit).await) }
+    });
+    for (n, result) in futures_util::future::join_all(commits).await {
+        let id = &leases[n].meta.instance_id;
+        let history = st.history(&app, id).await.expect("history");
+        if n % 3 == 0 {
+            assert_eq!(result, Err(WorkflowError::LeaseLost(id.clone())), "{id}");
+            assert!(
+                history.is_empty(),
+                "{id}: a refused commit wrote {history:?}"
+            );
+        } else if n == 1 {
+            assert!(
+                matches!(&result, Err(WorkflowError::Backend(m)) if m.contains("postgresql")),
+                "{id}: {result:?}"
+            );
+            assert!(
+                history.is_empty(),
+                "{id}: a failed commit wrote {history:?}"
+            );
+        } else {
+            assert_eq!(result, Ok(()), "{id}");
+            assert_eq!(history.len(), 1, "{id}");
+        }
+    }
+    // The held turns queued an activity each; their results go at once, with results of
+    // activities that are not queued (dropped, without failing the others).
+    let activities = st
+        .lease_activities(&app, "me", now, now + 60_000, 100)
+        .await
+        .expect("lease activities");
+    assert_eq!(activities.len(), 25, "one per turn written");
+    let result = |id: i64, instance: &str| {
+        let message = Message {
+            app_id: app.clone(),
+            instance_id: instance.to_string(),
+            execution_id: Some("e".into()),
+            event: event(now, EventType::TaskCompleted(TaskCompletedEvent::default())),
+            visible_at: now,
+        };
+        let st = &st;
+        async move { st.complete_activity(id, message).await }
+    };
+    let sent = activities
+        .iter()
+        .map(|a| {
+            let instance = a
+                .task
+                .request
+                .workflow_instance
+                .as_ref()
+                .map(|w| w.instance_id.clone());
+            result(a.id, &instance.unwrap_or_default())
+        })
+        .chain((0..10).map(|n| result(1_000_000 + n, "i1")));
+    for answer in futures_util::future::join_all(sent).await {
+        assert_eq!(answer, Ok(()));
+    }
+    let ready = st
+        .lease_workflows(&app, "me", now_ms(), now_ms() + 60_000, 100)
+        .await
+        .expect("lease again");
+    assert_eq!(
+        ready.len(),
+        25,
+        "each instance written has its result, and only one"
+    );
+    for lease in &ready {
+        assert_eq!(lease.inbox.len(), 1, "{}", lease.meta.instance_id);
+    }
     drop_tables(&table).await;
 }
