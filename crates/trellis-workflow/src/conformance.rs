@@ -31,7 +31,8 @@ fn app() -> String {
     format!("conf-{}", ids::random())
 }
 
-fn new_instance(app: &str, id: &str) -> NewInstance {
+/// A start of workflow `wf` as instance `id` of `app`, execution `e1`, input `"in"`.
+pub fn new_instance(app: &str, id: &str) -> NewInstance {
     NewInstance {
         app_id: app.into(),
         start: Start {

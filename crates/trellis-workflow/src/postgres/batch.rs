@@ -5,12 +5,14 @@
 //! CPU goes mostly to per-transaction work). Nothing waits on purpose: an operation that
 //! finds a lane free goes out at once, alone.
 //!
-//! Each batch runs as a task of its own, so a panic in one answers its operations with an
-//! error and leaves the lane serving the next.
+//! A batch that fails as a whole is tried again one operation at a time, so that one
+//! operation's bad value fails only that operation. Each batch runs as a task of its own,
+//! so a panic in one answers its operations with an error and leaves the lane serving the
+//! next.
 
-use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::WorkflowError;
@@ -19,6 +21,9 @@ struct Job<T> {
     item: T,
     answer: oneshot::Sender<Result<(), WorkflowError>>,
 }
+
+/// What one operation of a batch gets.
+pub(super) type Answer = Result<(), WorkflowError>;
 
 /// A queue of `T` drained by `lanes` tasks, each running batches of at most `max`.
 pub(super) struct Batcher<T> {
@@ -31,13 +36,16 @@ impl<T> std::fmt::Debug for Batcher<T> {
     }
 }
 
-impl<T: Send + 'static> Batcher<T> {
-    /// Starts the lanes; `run` writes one batch and answers each of its items, in order.
-    /// The lanes end when the batcher is dropped and its queue is empty.
-    pub(super) fn spawn<F, Fut>(lanes: usize, max: usize, run: F) -> Self
+impl<T: Send + Sync + 'static> Batcher<T> {
+    /// Starts the lanes; `run` writes one batch in one transaction and answers each of its
+    /// items, in order, or fails the whole batch. The lanes end when the batcher is dropped
+    /// and its queue is empty.
+    pub(super) fn spawn<F>(lanes: usize, max: usize, run: F) -> Self
     where
-        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Result<(), WorkflowError>>> + Send + 'static,
+        F: for<'a> Fn(&'a [T]) -> BoxFuture<'a, Result<Vec<Answer>, WorkflowError>>
+            + Send
+            + Sync
+            + 'static,
     {
         let (queue, rx) = mpsc::unbounded_channel::<Job<T>>();
         let rx = Arc::new(Mutex::new(rx));
@@ -61,10 +69,13 @@ impl<T: Send + 'static> Batcher<T> {
                     };
                     let (items, answers): (Vec<T>, Vec<_>) =
                         jobs.into_iter().map(|j| (j.item, j.answer)).unzip();
-                    let results = tokio::spawn(run(items)).await.unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "workflow store: a batch panicked");
-                        Vec::new()
-                    });
+                    let run = run.clone();
+                    let results = tokio::spawn(async move { write(&*run, &items).await })
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "workflow store: a batch panicked");
+                            Vec::new()
+                        });
                     let mut results = results.into_iter();
                     for answer in answers {
                         let result = results.next().unwrap_or_else(|| {
@@ -81,7 +92,7 @@ impl<T: Send + 'static> Batcher<T> {
     }
 
     /// Queues `item` and waits for its batch to be written.
-    pub(super) async fn submit(&self, item: T) -> Result<(), WorkflowError> {
+    pub(super) async fn submit(&self, item: T) -> Answer {
         let (answer, done) = oneshot::channel();
         self.queue
             .send(Job { item, answer })
@@ -91,6 +102,32 @@ impl<T: Send + 'static> Batcher<T> {
                 "postgresql: the batch holding this operation was dropped".into(),
             ))
         })
+    }
+}
+
+/// Writes `items` as one batch and, when that fails and there were several, each alone.
+async fn write<T: Sync, F>(run: &F, items: &[T]) -> Vec<Answer>
+where
+    F: for<'a> Fn(&'a [T]) -> BoxFuture<'a, Result<Vec<Answer>, WorkflowError>>,
+{
+    match run(items).await {
+        Ok(answers) => answers,
+        Err(e) if items.len() > 1 => {
+            tracing::debug!(
+                operations = items.len(),
+                error = %e,
+                "workflow store: a batch failed; writing each operation alone"
+            );
+            let mut out = Vec::with_capacity(items.len());
+            for one in items.chunks(1) {
+                out.push(match run(one).await {
+                    Ok(mut answer) => answer.pop().unwrap_or(Err(e.clone())),
+                    Err(e) => Err(e),
+                });
+            }
+            out
+        }
+        Err(e) => vec![Err(e)],
     }
 }
 
@@ -105,23 +142,24 @@ mod tests {
         let batches = Arc::new(std::sync::Mutex::new(Vec::<Vec<u32>>::new()));
         let seen = batches.clone();
         let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
-        let batcher = Arc::new(Batcher::spawn(1, 8, move |items: Vec<u32>| {
+        let batcher = Arc::new(Batcher::spawn(1, 8, move |items| {
+            let items = items.to_vec();
             let seen = seen.clone();
             let mut gate = gate_rx.clone();
-            async move {
+            Box::pin(async move {
                 // The first batch waits, so that the others queue behind it.
                 let _ = gate.wait_for(|open| *open).await;
                 seen.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(items.clone());
-                items
+                Ok(items
                     .iter()
                     .map(|i| match i % 2 {
                         0 => Ok(()),
                         _ => Err(WorkflowError::NotFound(i.to_string())),
                     })
-                    .collect()
-            }
+                    .collect())
+            })
         }));
         let calls: Vec<_> = (0..5u32)
             .map(|i| {
@@ -147,15 +185,41 @@ mod tests {
     async fn a_batch_that_panics_fails_its_operations_and_the_lane_goes_on() {
         let runs = Arc::new(AtomicUsize::new(0));
         let count = runs.clone();
-        let batcher = Batcher::spawn(1, 8, move |items: Vec<u32>| {
+        let batcher = Batcher::spawn(1, 8, move |items: &[u32]| {
             let n = count.fetch_add(1, Ordering::SeqCst);
-            async move {
+            Box::pin(async move {
                 assert!(n > 0, "the first batch panics");
-                items.iter().map(|_| Ok(())).collect()
-            }
+                Ok(items.iter().map(|_| Ok(())).collect())
+            })
         });
         assert!(batcher.submit(1).await.is_err());
         assert!(batcher.submit(2).await.is_ok());
         assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_is_written_one_operation_at_a_time() {
+        // Operation 3 fails any write it is part of, as a value the database refuses would.
+        let answers = write(
+            &|items: &[u32]| -> BoxFuture<'_, Result<Vec<Answer>, WorkflowError>> {
+                Box::pin(async move {
+                    if items.contains(&3) {
+                        return Err(WorkflowError::Backend("refused".into()));
+                    }
+                    Ok(items.iter().map(|_| Ok(())).collect())
+                })
+            },
+            &[1, 2, 3, 4],
+        )
+        .await;
+        assert_eq!(
+            answers,
+            vec![
+                Ok(()),
+                Ok(()),
+                Err(WorkflowError::Backend("refused".into())),
+                Ok(())
+            ]
+        );
     }
 }

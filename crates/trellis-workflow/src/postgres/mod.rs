@@ -28,7 +28,7 @@ mod schema;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use batch::Batcher;
+use batch::{Answer, Batcher};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -178,14 +178,14 @@ impl PostgresWorkflowStore {
             let db = db.clone();
             Batcher::spawn(COMMIT_LANES, COMMIT_BATCH, move |turns| {
                 let db = db.clone();
-                async move { db.commit_batch(turns).await }
+                Box::pin(async move { db.commit(turns).await })
             })
         };
         let results = {
             let db = db.clone();
             Batcher::spawn(RESULT_LANES, RESULT_BATCH, move |results| {
                 let db = db.clone();
-                async move { db.result_batch(results).await }
+                Box::pin(async move { db.complete(results).await })
             })
         };
         Ok(PostgresWorkflowStore {
@@ -280,62 +280,37 @@ impl Db {
         Ok(Ok(()))
     }
 
-    /// Commits turns without children in one transaction; per turn, whether its lease was
-    /// held.
-    async fn commit(&self, turns: &[(&str, &TurnCommit)]) -> Result<Vec<bool>, WorkflowError> {
-        self.retrying("a turn's commit", || async {
-            let client = match self.client().await {
-                Ok(client) => client,
-                Err(e) => return Ok(Err(e)),
-            };
-            Ok(Ok(ops::commit_pipelined(
-                &client,
-                &self.sql,
-                now_ms(),
-                turns,
-            )
-            .await?))
-        })
-        .await
-    }
-
-    /// One batch of the commit lanes. When the batch fails, each turn is tried alone, so
-    /// that one turn's failure is not its neighbours'.
-    async fn commit_batch(
-        &self,
-        turns: Vec<(String, TurnCommit)>,
-    ) -> Vec<Result<(), WorkflowError>> {
-        let answer = |held: bool, t: &TurnCommit| {
-            if held {
-                Ok(())
-            } else {
-                Err(WorkflowError::LeaseLost(t.instance_id.clone()))
-            }
-        };
-        let all: Vec<(&str, &TurnCommit)> = turns.iter().map(|(o, t)| (o.as_str(), t)).collect();
-        match self.commit(&all).await {
-            Ok(held) => held
-                .into_iter()
-                .zip(&turns)
-                .map(|(h, (_, t))| answer(h, t))
-                .collect(),
-            Err(e) if turns.len() > 1 => {
-                tracing::debug!(turns = turns.len(), error = %e, "workflow: a batch of commits failed; committing each alone");
-                let mut out = Vec::with_capacity(turns.len());
-                for one in all {
-                    out.push(match self.commit(&[one]).await {
-                        Ok(held) => answer(held.first().copied().unwrap_or(false), one.1),
-                        Err(e) => Err(e),
-                    });
-                }
-                out
-            }
-            Err(e) => vec![Err(e)],
-        }
+    /// Commits turns without children (as `(owner, commit)`) in one transaction; each is
+    /// answered `LeaseLost` when its lease was no longer held.
+    async fn commit(&self, turns: &[(String, TurnCommit)]) -> Result<Vec<Answer>, WorkflowError> {
+        let turns: Vec<(&str, &TurnCommit)> = turns.iter().map(|(o, t)| (o.as_str(), t)).collect();
+        let held = self
+            .retrying("a turn's commit", || async {
+                let client = match self.client().await {
+                    Ok(client) => client,
+                    Err(e) => return Ok(Err(e)),
+                };
+                Ok(Ok(ops::commit_pipelined(
+                    &client,
+                    &self.sql,
+                    now_ms(),
+                    &turns,
+                )
+                .await?))
+            })
+            .await?;
+        Ok(held
+            .into_iter()
+            .zip(&turns)
+            .map(|(held, (_, t))| match held {
+                true => Ok(()),
+                false => Err(WorkflowError::LeaseLost(t.instance_id.clone())),
+            })
+            .collect())
     }
 
     /// Delivers activity results in one statement.
-    async fn complete(&self, results: &[(i64, Message)]) -> Result<(), WorkflowError> {
+    async fn complete(&self, results: &[(i64, Message)]) -> Result<Vec<Answer>, WorkflowError> {
         self.retrying("an activity result", || async {
             let client = match self.client().await {
                 Ok(client) => client,
@@ -344,23 +319,8 @@ impl Db {
             ops::complete_activities(&client, &self.sql, results).await?;
             Ok(Ok(()))
         })
-        .await
-    }
-
-    /// One batch of the result lanes; as [`Db::commit_batch`], each alone when it fails.
-    async fn result_batch(&self, results: Vec<(i64, Message)>) -> Vec<Result<(), WorkflowError>> {
-        match self.complete(&results).await {
-            Ok(()) => vec![Ok(()); results.len()],
-            Err(e) if results.len() > 1 => {
-                tracing::debug!(results = results.len(), error = %e, "workflow: a batch of activity results failed; writing each alone");
-                let mut out = Vec::with_capacity(results.len());
-                for one in results.chunks(1) {
-                    out.push(self.complete(one).await);
-                }
-                out
-            }
-            Err(e) => vec![Err(e)],
-        }
+        .await?;
+        Ok(vec![Ok(()); results.len()])
     }
 }
 

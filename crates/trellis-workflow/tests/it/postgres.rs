@@ -41,24 +41,12 @@ pub async fn drop_tables(table: &str) {
     let _ = running.await;
 }
 
-/// Starts instances `i0`..`i{n-1}` of workflow `wf` in `app`, execution `e`.
+/// Starts instances `i0`..`i{n-1}` of `app` (execution `e1`).
 async fn create_instances(st: &PostgresWorkflowStore, app: &str, n: usize) {
-    use trellis_workflow::events::Start;
-    use trellis_workflow::store::NewInstance;
-
     for i in 0..n {
-        st.create(NewInstance {
-            app_id: app.to_string(),
-            start: Start {
-                name: "wf".into(),
-                instance_id: format!("i{i}"),
-                execution_id: "e".into(),
-                ..Start::default()
-            },
-            parent_app_id: None,
-        })
-        .await
-        .expect("create");
+        st.create(conformance::new_instance(app, &format!("i{i}")))
+            .await
+            .expect("create");
     }
 }
 
@@ -174,7 +162,7 @@ async fn commits_and_results_sent_at_once_each_get_their_own_answer() {
                     name: "act".into(),
                     workflow_instance: Some(WorkflowInstance {
                         instance_id: lease.meta.instance_id.clone(),
-                        execution_id: Some("e".into()),
+                        execution_id: Some("e1".into()),
                     }),
                     ..ActivityRequest::default()
                 },
@@ -224,7 +212,7 @@ async fn commits_and_results_sent_at_once_each_get_their_own_answer() {
         let message = Message {
             app_id: app.clone(),
             instance_id: instance.to_string(),
-            execution_id: Some("e".into()),
+            execution_id: Some("e1".into()),
             event: event(now, EventType::TaskCompleted(TaskCompletedEvent::default())),
             visible_at: now,
         };
