@@ -427,9 +427,8 @@ async fn run_backend(
             Arc::new(trellis_workflow::postgres::PostgresWorkflowStore::open(&metadata).await?)
         }
     };
-    if backend == BackendName::Postgres {
-        empty_pg_tables(&args.postgres).await?;
-    }
+    let pg = (backend == BackendName::Postgres).then_some(args.postgres.as_str());
+    let deadlocks = before_pg_phase(pg).await?;
     let engine = Engine::start(store, EngineOptions::new(format!("bench-{label}")));
     results.push(
         measure(
@@ -441,12 +440,11 @@ async fn run_backend(
         )
         .await?,
     );
+    after_pg_phase(pg, deadlocks, &format!("{label} in process"), session).await;
     let Some(bin) = session.bin.clone() else {
         return Ok(());
     };
-    if backend == BackendName::Postgres {
-        empty_pg_tables(&args.postgres).await?;
-    }
+    let deadlocks = before_pg_phase(pg).await?;
     let data = dir.join("sidecar");
     std::fs::create_dir_all(&data)?;
     let resources = dir.join("resources");
@@ -487,8 +485,60 @@ async fn run_backend(
     )
     .await;
     session.notes.extend(sidecar.stop().await);
+    after_pg_phase(
+        pg,
+        deadlocks,
+        &format!("{label} through a sidecar"),
+        session,
+    )
+    .await;
     results.push(m?);
     Ok(())
+}
+
+/// Before a phase on PostgreSQL (`pg`, when the phase is on it): empties the bench's
+/// tables and reads the database's deadlock count.
+async fn before_pg_phase(pg: Option<&str>) -> Result<Option<i64>> {
+    let Some(conn) = pg else { return Ok(None) };
+    empty_pg_tables(conn).await?;
+    Ok(Some(pg_deadlocks(conn).await?))
+}
+
+/// Notes the deadlocks PostgreSQL detected during a phase: each one stalls the
+/// transactions in it for `deadlock_timeout` (a second by default), so one is enough to
+/// show in the throughput.
+async fn after_pg_phase(pg: Option<&str>, before: Option<i64>, phase: &str, s: &mut Session) {
+    let (Some(conn), Some(before)) = (pg, before) else {
+        return;
+    };
+    match pg_deadlocks(conn).await {
+        Ok(after) => s.notes.push(format!(
+            "{phase}: {} deadlocks detected by PostgreSQL (pg_stat_database, the whole database)",
+            after - before
+        )),
+        Err(e) => s.notes.push(format!("{phase}: deadlocks not read: {e:#}")),
+    }
+}
+
+/// The database's count of deadlocks detected so far.
+async fn pg_deadlocks(conn: &str) -> Result<i64> {
+    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
+        .await
+        .context("connecting to postgresql to read its deadlock count")?;
+    let running = tokio::spawn(connection);
+    // A backend's counts reach the view when it flushes them: when it exits (the
+    // sidecar's connections, closed by now) or within seconds of going idle (the
+    // in-process engine's), so the last ones of a phase may show in the next.
+    let row = client
+        .query_one(
+            "SELECT coalesce(deadlocks, 0) FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .context("reading pg_stat_database")?;
+    drop(client);
+    let _ = running.await;
+    Ok(row.try_get(0)?)
 }
 
 /// Empties the bench's PostgreSQL tables (created by the store when it opened): each phase

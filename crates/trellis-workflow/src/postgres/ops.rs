@@ -395,9 +395,17 @@ pub async fn commit_pipelined(
         c.prepare_cached(&s.commit),
         c.prepare_cached(&s.refresh_ready),
     )?;
-    let args: Vec<CommitArgs<'_>> = turns
+    // Instance rows are locked in key order, as every statement that locks several takes
+    // them, so two transactions never wait on each other in a circle (a deadlock costs
+    // `deadlock_timeout`, a second by default, of everyone queued behind it).
+    let mut order: Vec<usize> = (0..turns.len()).collect();
+    order.sort_by(|&x, &y| {
+        let (a, b) = (turns[x].1, turns[y].1);
+        (&a.app_id, &a.instance_id).cmp(&(&b.app_id, &b.instance_id))
+    });
+    let args: Vec<CommitArgs<'_>> = order
         .iter()
-        .map(|(owner, t)| CommitArgs::new(owner, t, now, true))
+        .map(|&k| CommitArgs::new(turns[k].0, turns[k].1, now, true))
         .collect();
     let statements = args.iter().map(|args| {
         let (reset, commit, refresh) = (&reset, &commit, &refresh);
@@ -432,9 +440,12 @@ pub async fn commit_pipelined(
         c.batch_execute("COMMIT"),
     );
     begin?;
-    let held = held.into_iter().collect::<Result<Vec<bool>, _>>()?;
+    let mut answers = vec![false; turns.len()];
+    for (k, held) in order.into_iter().zip(held) {
+        answers[k] = held?;
+    }
     end?;
-    Ok(held)
+    Ok(answers)
 }
 
 /// A turn's commit that creates children, in the open transaction `tx`: the commit

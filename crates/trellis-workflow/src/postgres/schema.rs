@@ -71,6 +71,9 @@ impl Sql {
         // (apps, instances, executions, kinds, visible times, events): into the inbox of
         // the instances that exist, when `gate` holds, lowering their `ready_at` where the
         // new event is runnable, except for rows `skip` excludes. `ins` names what went in.
+        // The instance rows are locked first in key order (`lk`), the order a batch of
+        // commits takes them in, so a batch of results and a batch of commits touching the
+        // same instances cannot deadlock.
         let deliver = |gate: &str, p: usize, skip: &str| {
             format!(
                 "m AS (SELECT * FROM unnest(${p}::text[], ${}::text[], ${}::text[], ${}::int[], \
@@ -82,11 +85,14 @@ impl Sql {
                          WHERE x.app_id = m.app_id AND x.instance_id = m.instance_id) \
                      ORDER BY m.n \
                      RETURNING app_id, instance_id, kind, visible_at), \
+                 lk AS MATERIALIZED (SELECT x.app_id, x.instance_id FROM {i} x \
+                     WHERE (x.app_id, x.instance_id) IN (SELECT app_id, instance_id FROM ins) {skip} \
+                     ORDER BY x.app_id, x.instance_id FOR UPDATE), \
                  up AS (UPDATE {i} x SET ready_at = LEAST(x.ready_at, \
                          (SELECT min(e.visible_at) FROM ins e \
                           WHERE e.app_id = x.app_id AND e.instance_id = x.instance_id \
                           AND {runnable})) \
-                     WHERE (x.app_id, x.instance_id) IN (SELECT app_id, instance_id FROM ins) {skip} \
+                     FROM lk WHERE x.app_id = lk.app_id AND x.instance_id = lk.instance_id \
                      RETURNING 1)",
                 p + 1,
                 p + 2,
@@ -269,11 +275,21 @@ impl Sql {
             release_activity: format!(
                 "UPDATE {a} SET lease_owner = NULL, lease_until = 0 WHERE id = $1 AND lease_owner = $2"
             ),
+            // Rows another transaction holds are skipped, not waited for: that is a commit
+            // giving the lease up, or a result landing, and the next renewal (a third of a
+            // lease later) takes them. Waiting, one statement over every leased row would
+            // deadlock with a batch of commits holding some of them.
             renew: format!(
-                "WITH a AS (UPDATE {a} SET lease_until = $3 \
-                     WHERE app_id = $1 AND lease_owner = $2 AND lease_until > 0 RETURNING 1) \
-                 UPDATE {i} SET lease_until = $3 \
-                 WHERE app_id = $1 AND lease_owner = $2 AND lease_until > 0"
+                "WITH a AS (UPDATE {a} x SET lease_until = $3 \
+                     FROM (SELECT id FROM {a} \
+                         WHERE app_id = $1 AND lease_owner = $2 AND lease_until > 0 \
+                         FOR UPDATE SKIP LOCKED) c \
+                     WHERE x.id = c.id RETURNING 1) \
+                 UPDATE {i} x SET lease_until = $3 \
+                 FROM (SELECT app_id, instance_id FROM {i} \
+                     WHERE app_id = $1 AND lease_owner = $2 AND lease_until > 0 \
+                     FOR UPDATE SKIP LOCKED) c \
+                 WHERE x.app_id = c.app_id AND x.instance_id = c.instance_id"
             ),
             next_due: format!(
                 "SELECT LEAST( \

@@ -248,3 +248,75 @@ async fn commits_and_results_sent_at_once_each_get_their_own_answer() {
     }
     drop_tables(&table).await;
 }
+
+/// Lease renewal skips the instances another transaction holds (a commit giving its lease
+/// up, a result landing) instead of waiting for them: one statement waiting over every
+/// leased row would deadlock with a batch of commits holding some of them. The held one is
+/// renewed by the next renewal.
+#[tokio::test]
+async fn renewal_skips_instances_another_transaction_holds() {
+    use std::time::Duration;
+
+    let table = fresh_table();
+    let st = store(&table).await;
+    let app = format!("renew-{}", ids::random());
+    create_instances(&st, &app, 2).await;
+    let now = trellis_workflow::now_ms();
+    let leases = st
+        .lease_workflows(&app, "me", now, now + 1_000, 2)
+        .await
+        .expect("lease");
+    assert_eq!(leases.len(), 2);
+
+    let (client, connection) = tokio_postgres::connect(URL, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let running = tokio::spawn(connection);
+    let lease_of = |id: &'static str| {
+        let (client, table, app) = (&client, &table, &app);
+        async move {
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT lease_until FROM {table}_instances \
+                         WHERE app_id = $1 AND instance_id = $2"
+                    ),
+                    &[app, &id],
+                )
+                .await
+                .expect("read a lease");
+            row.get::<_, i64>(0)
+        }
+    };
+    client
+        .batch_execute("BEGIN")
+        .await
+        .expect("begin the holder");
+    client
+        .execute(
+            &format!(
+                "UPDATE {table}_instances SET updated_at = updated_at \
+                 WHERE app_id = $1 AND instance_id = 'i0'"
+            ),
+            &[&app],
+        )
+        .await
+        .expect("hold i0");
+    tokio::time::timeout(Duration::from_secs(10), st.renew(&app, "me", now + 60_000))
+        .await
+        .expect("renewal waited for a row another transaction holds")
+        .expect("renew");
+    assert_eq!(
+        lease_of("i1").await,
+        now + 60_000,
+        "the free one is renewed"
+    );
+    assert_eq!(lease_of("i0").await, now + 1_000, "the held one is skipped");
+
+    client.batch_execute("ROLLBACK").await.expect("let i0 go");
+    st.renew(&app, "me", now + 90_000).await.expect("renew");
+    assert_eq!(lease_of("i0").await, now + 90_000, "renewed once free");
+    drop(client);
+    let _ = running.await;
+    drop_tables(&table).await;
+}
