@@ -54,6 +54,14 @@ pub fn open(
             source,
         })?;
     crate::wait_for_locks(&mut conn, busy_timeout)?;
+    // Plans that do not depend on the values bound. Without this SQLite re-prepares a
+    // cached statement whenever a bound value it may plan by changes (a `LIMIT ?`, among
+    // others): on the workflow store that was parsing and planning again on most
+    // executions, a third of its writer's time.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     conn.set_prepared_statement_cache_capacity(statements);
     Ok(conn)
 }
@@ -131,6 +139,30 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 2, "FULL");
+    }
+
+    #[test]
+    fn cached_statements_are_not_prepared_again_for_new_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let conn = open(path.to_str().unwrap(), Duration::from_secs(1), 8).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT); \
+             INSERT INTO t (v) VALUES ('a'), ('b'), ('c');",
+        )
+        .unwrap();
+        for limit in [1_i64, 2, 3, 1, 2] {
+            let mut st = conn
+                .prepare_cached("SELECT v FROM t ORDER BY k LIMIT ?1")
+                .unwrap();
+            let got: Vec<String> = st
+                .query_map([limit], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(got.len() as i64, limit);
+            assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
+        }
     }
 
     #[test]
