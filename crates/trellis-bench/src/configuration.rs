@@ -11,7 +11,9 @@
 //! `--change-interval`, and measures write → app delivery for every app (p50, p99, max;
 //! a change not delivered within 1 s counts as lost). Then it reads the key `--gets` times
 //! in a row, through the first sidecar (HTTP, one keep-alive connection) and directly
-//! (the same store crate the sidecar uses, in process), and compares the p50s.
+//! (the same store crate the sidecar uses, in process), and compares the p50s. The same
+//! loop against the bench's echo app (a bare hyper server on one thread in a process of its
+//! own, `GET /` answered with nothing) gives the floor: what any HTTP hop costs here.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -98,6 +100,7 @@ struct Measured {
     lost: u64,
     sidecar_get: Histogram<u64>,
     direct_get: Histogram<u64>,
+    floor_get: Histogram<u64>,
 }
 
 /// When each change was written, by its value, and when each app got it.
@@ -310,22 +313,13 @@ async fn measure(args: &ConfigurationArgs, bin: &Path, dir: &Path, part: Part) -
         .first()
         .map(|s| s.port)
         .ok_or_else(|| anyhow!("no sidecar"))?;
-    let mut sidecar_get = histogram()?;
-    let mut sender = crate::load::connect(port).await?;
     let path = format!("/v1.0/configuration/{STORE}?key={KEY}");
-    for _ in 0..args.gets {
-        let started = Instant::now();
-        let req = Request::get(path.as_str())
-            .header(http::header::HOST, "127.0.0.1")
-            .body(Full::new(Bytes::new()))?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        resp.into_body().collect().await?;
-        if status != StatusCode::OK {
-            return Err(anyhow!("get answered {status}"));
-        }
-        record(&mut sidecar_get, started.elapsed());
-    }
+    let sidecar_get = sequential_gets(port, &path, args.gets).await?;
+    let floor_get = {
+        let port = crate::procs::free_port()?;
+        let _app = crate::echo::spawn(port).await?;
+        sequential_gets(port, "/", args.gets).await?
+    };
     let mut direct_get = histogram()?;
     let keys = vec![KEY.to_string()];
     for _ in 0..args.gets {
@@ -346,7 +340,28 @@ async fn measure(args: &ConfigurationArgs, bin: &Path, dir: &Path, part: Part) -
         lost: expected.saturating_sub(delivered),
         sidecar_get,
         direct_get,
+        floor_get,
     })
+}
+
+/// `n` GETs of `path`, one after another on one keep-alive connection, each expecting 200.
+async fn sequential_gets(port: u16, path: &str, n: u64) -> Result<Histogram<u64>> {
+    let mut h = histogram()?;
+    let mut sender = crate::load::connect(port).await?;
+    for _ in 0..n {
+        let started = Instant::now();
+        let req = Request::get(path)
+            .header(http::header::HOST, "127.0.0.1")
+            .body(Full::new(Bytes::new()))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        if status != StatusCode::OK {
+            return Err(anyhow!("GET {path} answered {status}"));
+        }
+        record(&mut h, started.elapsed());
+    }
+    Ok(h)
 }
 
 fn record(h: &mut Histogram<u64>, d: Duration) {
@@ -445,7 +460,7 @@ fn finish(session: &Session, results: &[Measured]) -> Result<()> {
         ]);
     }
     t.render(&mut s);
-    s.push_str("\n## Get: through a sidecar vs. the store directly\n\nOne key read one call after another (ms); the sidecar path is HTTP on one keep-alive connection, the direct one the same store crate in process.\n\n");
+    s.push_str("\n## Get: through a sidecar vs. the store directly\n\nOne key read one call after another (ms); the sidecar path is HTTP on one keep-alive connection, the direct one the same store crate in process. \"Bare HTTP\" is the same loop against a bare hyper server (`GET /`, empty answer): the least any HTTP hop adds here.\n\n");
     let mut t = Table::new([
         ("store", Align::Left),
         ("sidecar p50", Align::Right),
@@ -453,6 +468,8 @@ fn finish(session: &Session, results: &[Measured]) -> Result<()> {
         ("added p50", Align::Right),
         ("sidecar p99", Align::Right),
         ("direct p99", Align::Right),
+        ("bare HTTP p50", Align::Right),
+        ("bare HTTP added p50", Align::Right),
         ("target added p50 ≤ 0.05 ms", Align::Left),
     ]);
     for m in results {
@@ -465,6 +482,8 @@ fn finish(session: &Session, results: &[Measured]) -> Result<()> {
             format!("{added:+.3}"),
             q(&m.sidecar_get, 0.99),
             q(&m.direct_get, 0.99),
+            q(&m.floor_get, 0.5),
+            format!("{:+.3}", p(&m.floor_get) - p(&m.direct_get)),
             if added <= 0.05 {
                 "met".into()
             } else {
