@@ -14,8 +14,9 @@
 //! files, as the sidecars must. Keep the key file elsewhere (`keyFile`) to separate them.
 //!
 //! Reads open the key file again when it appeared after the store opened (the first
-//! `trellis secret set` on a machine whose sidecars already run). Every operation is a call
-//! on the shared group-commit writer ([`trellis_sqlite::calls`]); writes are durable.
+//! `trellis secret set` on a machine whose sidecars already run). Writes are calls on the
+//! shared group-commit writer ([`trellis_sqlite::calls`]) and durable; a get reads on the
+//! caller's thread ([`trellis_sqlite::inline`]), except in an in-memory database.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, params};
 use trellis_sqlite::StoreSettings;
 use trellis_sqlite::calls::{CallFailed, Calls, Shared};
+use trellis_sqlite::inline::{InlineReads, ReadFailed};
 use trellis_sqlite::writer::Options;
 
 use crate::{Metadata, Secret, SecretError, SecretStore};
@@ -48,11 +50,18 @@ impl From<CallFailed> for SecretError {
     }
 }
 
+impl From<ReadFailed> for SecretError {
+    fn from(e: ReadFailed) -> Self {
+        SecretError::Backend(e.0)
+    }
+}
+
 fn db_err(e: rusqlite::Error) -> SecretError {
     SecretError::Backend(format!("sqlite: {e}"))
 }
 
 /// The SQL of one table, formatted once.
+#[derive(Debug, Clone)]
 struct Sql {
     get: String,
     all: String,
@@ -195,6 +204,8 @@ enum KeySource {
 #[derive(Debug)]
 pub struct SqliteSecretStore {
     calls: Calls<Sql, SecretError>,
+    /// Gets, on the caller's thread; none for an in-memory database.
+    reads: Option<InlineReads<Sql>>,
     source: KeySource,
     key: Mutex<Option<KeyBytes>>,
 }
@@ -217,12 +228,14 @@ impl SqliteSecretStore {
         let table = cfg.table.clone();
         let connection = cfg.connection.clone();
         let busy = cfg.busy_timeout;
-        let conn = tokio::task::spawn_blocking(move || {
+        let (conn, reads) = tokio::task::spawn_blocking(move || {
             let conn = trellis_sqlite::open_writer(&connection, busy, 4, "WAL")
                 .map_err(|e| SecretError::Backend(e.to_string()))?;
             conn.execute_batch(&Sql::create_tables(&table))
                 .map_err(db_err)?;
-            Ok::<_, SecretError>(conn)
+            let reads = InlineReads::open(&connection, busy, 4, Sql::new(&table))
+                .map_err(|e| SecretError::Backend(e.to_string()))?;
+            Ok::<_, SecretError>((conn, reads))
         })
         .await
         .map_err(|e| SecretError::Backend(format!("sqlite open task failed: {e}")))??;
@@ -231,6 +244,7 @@ impl SqliteSecretStore {
             .map_err(|e| SecretError::Backend(e.to_string()))?;
         let store = SqliteSecretStore {
             calls,
+            reads,
             source,
             key: Mutex::new(key),
         };
@@ -414,15 +428,20 @@ impl SecretStore for SqliteSecretStore {
         let Some(key) = self.key_for_reading().await? else {
             return Err(not_found());
         };
-        let owned = name.to_string();
-        let found = self
-            .calls
-            .call(false, move |c, sql| {
-                read(c, sql, &owned)?
-                    .map(|sealed| open_sealed(&key, &owned, &sealed))
-                    .transpose()
-            })
-            .await?;
+        let get = move |c: &Connection, sql: &Sql, name: &str| {
+            read(c, sql, name)?
+                .map(|sealed| open_sealed(&key, name, &sealed))
+                .transpose()
+        };
+        let found = match &self.reads {
+            Some(reads) => reads.read(|c, sql| get(c, sql, name))?,
+            None => {
+                let owned = name.to_string();
+                self.calls
+                    .call(false, move |c, sql| get(c, sql, &owned))
+                    .await?
+            }
+        };
         found.ok_or_else(not_found)
     }
 

@@ -5,6 +5,7 @@
 //! - [`writer`]: the group-commit writer thread, the one way an embedded backend writes
 //!   (concurrent writers share one fsync; answers go out only after the commit).
 //! - [`calls`]: closures as writer jobs, for stores with no batching of their own.
+//! - [`inline`]: small reads on the caller's own thread, without a hop to another thread.
 //! - [`open`] and [`open_writer`]: opening a backend's database, the same way for all.
 //! - SQLite's own busy handler sleeps 1, 2, 5, 10 … up to 100 ms between tries. Against a
 //!   process that commits back to back (group commits, each a few ms of fsync) such a
@@ -16,6 +17,7 @@
 //!   the busy handler being asked; [`set_journal_mode`] retries.
 
 pub mod calls;
+pub mod inline;
 mod open;
 pub mod settings;
 pub mod writer;
