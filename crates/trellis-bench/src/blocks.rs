@@ -3,12 +3,14 @@
 //!
 //! - **secrets**: `GET /v1.0/secrets/secretstore/<k>` on the embedded encrypted store
 //!   (seeded with 64 secrets) vs `SqliteSecretStore::get` on the same file;
+//! - **configuration**: `GET /v1.0/configuration/configstore?key=<k>` on the embedded
+//!   store (64 items) vs `SqliteConfigurationStore::get` on the same file;
 //! - **lock** (embedded, and Redis): lock + unlock pairs, each client on keys of its own
 //!   (uncontended), `POST /v1.0-alpha1/lock|unlock/<store>` vs the store's `try_lock` /
 //!   `unlock` in process. Each operation is one lock or one unlock; a pair is two.
 //!
 //! Each part has its own sidecar (`trellis run --app-id bench`, no app), started before the
-//! part and stopped after it. The secrets part also measures the floor of any HTTP hop
+//! part and stopped after it. The secrets and configuration parts also measure the floor of any HTTP hop
 //! here: the same clients sending `GET /` to the bench's echo app (hyper on one thread, a
 //! process of its own, as the sidecar is), against the same direct baseline. What that
 //! bare server adds is what no sidecar answering over HTTP can go below on this machine.
@@ -35,6 +37,9 @@ use crate::sidecar::{Sidecar, Spec};
 /// Secrets the secrets part reads, in turn.
 const SECRETS: usize = 64;
 
+/// Items the configuration part reads, in turn.
+const ITEMS: usize = 64;
+
 #[derive(Args)]
 pub struct BlocksArgs {
     #[command(flatten)]
@@ -47,7 +52,7 @@ pub struct BlocksArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "secrets,lock-embedded,lock-redis"
+        default_value = "secrets,configuration,lock-embedded,lock-redis"
     )]
     parts: Vec<PartName>,
 }
@@ -55,6 +60,7 @@ pub struct BlocksArgs {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PartName {
     Secrets,
+    Configuration,
     LockEmbedded,
     LockRedis,
 }
@@ -63,6 +69,7 @@ impl PartName {
     fn title(self) -> &'static str {
         match self {
             PartName::Secrets => "secrets (embedded)",
+            PartName::Configuration => "configuration (embedded)",
             PartName::LockEmbedded => "lock (embedded)",
             PartName::LockRedis => "lock (Redis)",
         }
@@ -71,6 +78,7 @@ impl PartName {
     fn dir(self) -> &'static str {
         match self {
             PartName::Secrets => "secrets",
+            PartName::Configuration => "configuration",
             PartName::LockEmbedded => "lock-embedded",
             PartName::LockRedis => "lock-redis",
         }
@@ -82,6 +90,7 @@ pub async fn run(args: BlocksArgs) -> Result<()> {
     let mut done: Vec<(PartName, Results)> = Vec::new();
     for part in [
         PartName::Secrets,
+        PartName::Configuration,
         PartName::LockEmbedded,
         PartName::LockRedis,
     ] {
@@ -121,6 +130,29 @@ async fn run_part(
             }
             ("secretstore", Direct::Secrets(Arc::new(store)))
         }
+        PartName::Configuration => {
+            std::fs::create_dir_all(&data_dir)?;
+            let file = data_dir
+                .join("bench-configuration.db")
+                .display()
+                .to_string();
+            let md = trellis_configuration::Metadata::from_pairs([("connectionString", &file)]);
+            let store = trellis_configuration::sqlite::SqliteConfigurationStore::open(&md).await?;
+            for i in 0..ITEMS {
+                store
+                    .set(&format!("k{i}"), "value", &Default::default())
+                    .await?;
+            }
+            std::fs::write(
+                components.join("configuration.yaml"),
+                format!(
+                    "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: configstore\n\
+                     spec:\n  type: configuration.sqlite\n  version: v1\n  metadata:\n  - name: \
+                     connectionString\n    value: \"{file}\"\n"
+                ),
+            )?;
+            ("configstore", Direct::Configuration(Arc::new(store)))
+        }
         PartName::LockEmbedded => {
             let md = trellis_lock::Metadata::from_pairs([(
                 "connectionString",
@@ -154,7 +186,7 @@ async fn run_part(
     let mut sidecar = None;
     if let Some(bin) = &session.bin {
         let mut spec = Spec::new("sidecar", "bench", &data_dir, dir.join("sidecar.log"));
-        if part == PartName::LockRedis {
+        if matches!(part, PartName::LockRedis | PartName::Configuration) {
             spec.resources = Some(&components);
         }
         match Sidecar::start(bin, spec).await {
@@ -184,7 +216,7 @@ async fn run_part(
         );
     }
     let mut _floor_app = None;
-    if part == PartName::Secrets {
+    if matches!(part, PartName::Secrets | PartName::Configuration) {
         let port = crate::procs::free_port()?;
         _floor_app = Some(crate::echo::spawn(port).await?);
         let make = move || {
@@ -242,13 +274,21 @@ fn http_client(
     let secret_uris: Vec<Uri> = (0..SECRETS)
         .filter_map(|i| Uri::try_from(format!("/v1.0/secrets/{store}/k{i}")).ok())
         .collect();
+    let item_uris: Vec<Uri> = (0..ITEMS)
+        .filter_map(|i| Uri::try_from(format!("/v1.0/configuration/{store}?key=k{i}")).ok())
+        .collect();
     let lock_uri = Uri::try_from(format!("/v1.0-alpha1/lock/{store}")).ok();
     let unlock_uri = Uri::try_from(format!("/v1.0-alpha1/unlock/{store}")).ok();
     HttpClient::new(port, move |seq| {
-        if part == PartName::Secrets {
+        if matches!(part, PartName::Secrets | PartName::Configuration) {
+            let uris = if part == PartName::Secrets {
+                &secret_uris
+            } else {
+                &item_uris
+            };
             return Call {
                 method: Method::GET,
-                uri: secret_uris[(seq % SECRETS as u64) as usize].clone(),
+                uri: uris[(seq % uris.len() as u64) as usize].clone(),
                 body: Bytes::new(),
                 content_type: json.clone(),
                 status: StatusCode::OK,
@@ -299,6 +339,7 @@ fn floor_client(port: u16) -> HttpClient<impl Fn(u64) -> Call + Send + Sync + 's
 #[derive(Clone)]
 enum Direct {
     Secrets(Arc<trellis_secrets::sqlite::SqliteSecretStore>),
+    Configuration(Arc<trellis_configuration::sqlite::SqliteConfigurationStore>),
     Lock(Arc<dyn LockStore>),
 }
 
@@ -316,6 +357,14 @@ impl Client for DirectClient {
                 let secret = store.get(&name, &Default::default()).await?;
                 if secret.is_empty() {
                     bail!("secret {name} is empty");
+                }
+            }
+            Direct::Configuration(store) => {
+                use trellis_configuration::ConfigurationStore as _;
+                let keys = [format!("k{}", seq % ITEMS as u64)];
+                let items = store.get(&keys, &Default::default()).await?;
+                if items.is_empty() {
+                    bail!("configuration item {} is missing", keys[0]);
                 }
             }
             Direct::Lock(store) => {
@@ -361,9 +410,14 @@ fn render(args: &BlocksArgs, session: &Session, done: &[(PartName, Results)]) ->
     let mut targets = Vec::new();
     for (part, r) in done {
         match part {
-            PartName::Secrets => {
+            PartName::Secrets | PartName::Configuration => {
+                let what = if *part == PartName::Secrets {
+                    "secret"
+                } else {
+                    "configuration"
+                };
                 targets.push(Target::added_at_most(
-                    "secret get overhead, p50 (sidecar − direct)".into(),
+                    format!("{what} get overhead, p50 (sidecar − direct)"),
                     r.added_ms("sidecar", 0.5),
                     0.05,
                     "≤ +0.050 ms".into(),
@@ -372,7 +426,7 @@ fn render(args: &BlocksArgs, session: &Session, done: &[(PartName, Results)]) ->
                 if let Some(floor) = r.added_ms(FLOOR, 0.5) {
                     let _ = writeln!(
                         s,
-                        "\nA bare HTTP server adds {floor:+.3} ms at p50 over the direct secret \
+                        "\nA bare HTTP server adds {floor:+.3} ms at p50 over the direct {what} \
                          get under the same load: the floor of any HTTP hop on this machine.\n"
                     );
                 }

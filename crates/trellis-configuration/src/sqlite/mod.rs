@@ -6,13 +6,13 @@
 //! change of any item and a deleted and re-set key never gets an old version back. Apps
 //! only read; `trellis config set` writes through [`SqliteConfigurationStore::set`].
 //!
-//! Every operation, reads included, is a closure for the shared group-commit writer
-//! ([`trellis_sqlite::calls`], this store's side in `writer.rs`), on the one connection
-//! the store owns (an in-memory database has only that one). Reads are rare (an app reads
-//! its configuration when it starts and when it changes), so a connection of their own
-//! would buy little. Subscribers hear of changes through the version counter (`changes.rs`):
-//! at once for this process's own, within `pollInterval` (default 10 ms) for other
-//! processes'.
+//! Writes are closures for the shared group-commit writer ([`trellis_sqlite::calls`], this
+//! store's side in `writer.rs`). Reads run on the caller's thread, on a read-only
+//! connection of their own ([`trellis_sqlite::inline`]): a few pages of a small table,
+//! quicker to read than to hand to the writer thread and be woken with (an in-memory
+//! database has only the writer's connection, and reads there). Subscribers hear of changes
+//! through the version counter (`changes.rs`): at once for this process's own, within
+//! `pollInterval` (default 10 ms) for other processes'.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use trellis_sqlite::StoreSettings;
 use trellis_sqlite::calls::{CallFailed, Calls};
+use trellis_sqlite::inline::{InlineReads, ReadFailed};
 use trellis_sqlite::writer::Options;
 
 use crate::subscription::{Reader, Subscription};
@@ -47,12 +48,20 @@ pub struct SqliteConfigurationStore {
 #[derive(Debug)]
 struct Shared {
     calls: Calls<ConfigWriter, ConfigurationError>,
+    /// Reads on the caller's thread; none for an in-memory database.
+    reads: Option<InlineReads<ConfigWriter>>,
     /// Rung whenever the counter moved (see `changes.rs`).
     signal: Arc<watch::Sender<u64>>,
 }
 
 impl From<CallFailed> for ConfigurationError {
     fn from(e: CallFailed) -> Self {
+        ConfigurationError::Backend(e.0)
+    }
+}
+
+impl From<ReadFailed> for ConfigurationError {
+    fn from(e: ReadFailed) -> Self {
         ConfigurationError::Backend(e.0)
     }
 }
@@ -93,12 +102,15 @@ impl SqliteConfigurationStore {
              COMMIT;"
         ))
         .map_err(db_err)?;
+        let reads = InlineReads::open(&cfg.connection, cfg.busy_timeout, 4, ConfigWriter::new(t))
+            .map_err(ConfigurationError::backend)?;
         let options = Options::new("trellis-configuration-writer", cfg.busy_timeout);
         let calls = Calls::start(conn, ConfigWriter::new(t), options, cfg.timeout)
             .map_err(ConfigurationError::backend)?;
         Ok(SqliteConfigurationStore {
             shared: Arc::new(Shared {
                 calls,
+                reads,
                 signal: Arc::new(watch::channel(0).0),
             }),
             poller: Mutex::new(false),
@@ -177,6 +189,9 @@ impl Shared {
 #[async_trait]
 impl Reader for Shared {
     async fn read(&self, keys: &[String]) -> Result<BTreeMap<String, Item>, ConfigurationError> {
+        if let Some(reads) = &self.reads {
+            return reads.read(|c, w| w.get(c, keys));
+        }
         let keys = keys.to_vec();
         self.calls.call(false, move |c, w| w.get(c, &keys)).await
     }

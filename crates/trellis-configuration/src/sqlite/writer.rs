@@ -13,6 +13,7 @@ use crate::{ConfigurationError, Item};
 pub(super) const COUNTER_KEY: &str = "version";
 
 /// The SQL of one table, formatted once.
+#[derive(Debug)]
 pub(super) struct Sql {
     get: String,
     all: String,
@@ -59,7 +60,8 @@ fn item(value: String, version: i64, metadata: &str) -> Result<Item, Configurati
     })
 }
 
-/// The writer thread's side of the store.
+/// The writer thread's side of the store (and the SQL its inline reads use).
+#[derive(Debug)]
 pub(super) struct ConfigWriter {
     sql: Sql,
     /// The version counter as the batch advanced it, and as the batch found it.
