@@ -164,6 +164,8 @@ impl SqliteConfigurationStore {
         }
         let conn = trellis_sqlite::open(&self.settings.connection, self.settings.busy_timeout, 2)
             .map_err(ConfigurationError::backend)?;
+        conn.execute_batch("PRAGMA query_only = 1")
+            .map_err(db_err)?;
         let sql = format!(
             "SELECT value FROM {}_metadata WHERE key = '{COUNTER_KEY}'",
             self.settings.table
