@@ -271,21 +271,24 @@ fn http_client(
     let json = HeaderValue::from_static("application/json");
     let calls = AtomicU64::new(0);
     let prefix = format!("{unique}-{c}");
-    let secret_uris: Vec<Uri> = (0..SECRETS)
-        .filter_map(|i| Uri::try_from(format!("/v1.0/secrets/{store}/k{i}")).ok())
-        .collect();
-    let item_uris: Vec<Uri> = (0..ITEMS)
-        .filter_map(|i| Uri::try_from(format!("/v1.0/configuration/{store}?key=k{i}")).ok())
-        .collect();
+    // The gets' paths, read in turn; none for the lock parts.
+    let get_uris: Vec<Uri> = match part {
+        PartName::Secrets => (0..SECRETS)
+            .map(|i| format!("/v1.0/secrets/{store}/k{i}"))
+            .collect::<Vec<_>>(),
+        PartName::Configuration => (0..ITEMS)
+            .map(|i| format!("/v1.0/configuration/{store}?key=k{i}"))
+            .collect(),
+        PartName::LockEmbedded | PartName::LockRedis => Vec::new(),
+    }
+    .into_iter()
+    .filter_map(|path| Uri::try_from(path).ok())
+    .collect();
     let lock_uri = Uri::try_from(format!("/v1.0-alpha1/lock/{store}")).ok();
     let unlock_uri = Uri::try_from(format!("/v1.0-alpha1/unlock/{store}")).ok();
     HttpClient::new(port, move |seq| {
-        if matches!(part, PartName::Secrets | PartName::Configuration) {
-            let uris = if part == PartName::Secrets {
-                &secret_uris
-            } else {
-                &item_uris
-            };
+        if !get_uris.is_empty() {
+            let uris = &get_uris;
             return Call {
                 method: Method::GET,
                 uri: uris[(seq % uris.len() as u64) as usize].clone(),

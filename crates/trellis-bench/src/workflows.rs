@@ -497,11 +497,20 @@ async fn run_backend(
 }
 
 /// Before a phase on PostgreSQL (`pg`, when the phase is on it): empties the bench's
-/// tables and reads the database's deadlock count.
+/// tables (created by the store when it opened), so that each phase starts from fresh
+/// storage, not from the dead rows of earlier phases and runs, which only a vacuum removes
+/// (and autovacuum may be off, or not yet due); then reads the database's deadlock count.
 async fn before_pg_phase(pg: Option<&str>) -> Result<Option<i64>> {
     let Some(conn) = pg else { return Ok(None) };
-    empty_pg_tables(conn).await?;
-    Ok(Some(pg_deadlocks(conn).await?))
+    let client = pg_client(conn).await?;
+    let t = PG_TABLE;
+    client
+        .batch_execute(&format!(
+            "TRUNCATE {t}_instances, {t}_history, {t}_inbox, {t}_activities RESTART IDENTITY"
+        ))
+        .await
+        .context("emptying the bench's workflow tables")?;
+    Ok(Some(pg_deadlocks(&client).await?))
 }
 
 /// Notes the deadlocks PostgreSQL detected during a phase: each one stalls the
@@ -511,7 +520,11 @@ async fn after_pg_phase(pg: Option<&str>, before: Option<i64>, phase: &str, s: &
     let (Some(conn), Some(before)) = (pg, before) else {
         return;
     };
-    match pg_deadlocks(conn).await {
+    let after = match pg_client(conn).await {
+        Ok(client) => pg_deadlocks(&client).await,
+        Err(e) => Err(e),
+    };
+    match after {
         Ok(after) => s.notes.push(format!(
             "{phase}: {} deadlocks detected by PostgreSQL (pg_stat_database, the whole database)",
             after - before
@@ -520,12 +533,17 @@ async fn after_pg_phase(pg: Option<&str>, before: Option<i64>, phase: &str, s: &
     }
 }
 
-/// The database's count of deadlocks detected so far.
-async fn pg_deadlocks(conn: &str) -> Result<i64> {
+/// A connection of the bench's own; it closes when the client is dropped.
+async fn pg_client(conn: &str) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
         .await
-        .context("connecting to postgresql to read its deadlock count")?;
-    let running = tokio::spawn(connection);
+        .context("connecting to postgresql")?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The database's count of deadlocks detected so far.
+async fn pg_deadlocks(client: &tokio_postgres::Client) -> Result<i64> {
     // A backend's counts reach the view when it flushes them: when it exits (the
     // sidecar's connections, closed by now) or within seconds of going idle (the
     // in-process engine's), so the last ones of a phase may show in the next.
@@ -536,29 +554,7 @@ async fn pg_deadlocks(conn: &str) -> Result<i64> {
         )
         .await
         .context("reading pg_stat_database")?;
-    drop(client);
-    let _ = running.await;
     Ok(row.try_get(0)?)
-}
-
-/// Empties the bench's PostgreSQL tables (created by the store when it opened): each phase
-/// starts from fresh storage, not from the dead rows of earlier phases and runs, which only
-/// a vacuum removes (and autovacuum may be off, or not yet due).
-async fn empty_pg_tables(conn: &str) -> Result<()> {
-    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
-        .await
-        .context("connecting to postgresql to empty the bench's tables")?;
-    let running = tokio::spawn(connection);
-    let t = PG_TABLE;
-    client
-        .batch_execute(&format!(
-            "TRUNCATE {t}_instances, {t}_history, {t}_inbox, {t}_activities RESTART IDENTITY"
-        ))
-        .await
-        .context("emptying the bench's workflow tables")?;
-    drop(client);
-    let _ = running.await;
-    Ok(())
 }
 
 pub async fn run(args: WorkflowsArgs) -> Result<()> {

@@ -233,18 +233,19 @@ impl Db {
         );
     }
 
-    /// Runs `op` within the timeout, again (up to [`ATTEMPTS`] times) when it failed only
-    /// because it met another transaction in a deadlock: two turns sending each other
-    /// messages, a purge and an activity result, lock the same rows in opposite orders.
+    /// Runs `op` on a pooled client within the timeout, again (up to [`ATTEMPTS`] times,
+    /// each on a client of its own) when it failed only because it met another transaction
+    /// in a deadlock: two turns sending each other messages, a purge and an activity
+    /// result, lock the same rows in opposite orders.
     async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, WorkflowError>
     where
-        F: Fn() -> Fut,
+        F: Fn(deadpool_postgres::Object) -> Fut,
         Fut: Future<Output = Result<Result<T, WorkflowError>, tokio_postgres::Error>>,
     {
         self.bounded(async {
             let mut attempt = 1;
             loop {
-                match op().await {
+                match op(self.client().await?).await {
                     Ok(result) => return result,
                     Err(e) if ops::retryable(&e) && attempt < ATTEMPTS => {
                         tracing::debug!(
@@ -264,13 +265,10 @@ impl Db {
     /// [`ops::commit_with_children`]).
     async fn try_commit_with_children(
         &self,
+        mut client: deadpool_postgres::Object,
         owner: &str,
         commit: &TurnCommit,
     ) -> Result<Result<(), WorkflowError>, tokio_postgres::Error> {
-        let mut client = match self.client().await {
-            Ok(client) => client,
-            Err(e) => return Ok(Err(e)),
-        };
         let now = now_ms();
         let tx = client.transaction().await?;
         if !ops::commit_with_children(&tx, &self.sql, now, owner, commit).await? {
@@ -284,24 +282,21 @@ impl Db {
     /// answered `LeaseLost` when its lease was no longer held.
     async fn commit(&self, turns: &[(String, TurnCommit)]) -> Result<Vec<Answer>, WorkflowError> {
         let turns: Vec<(&str, &TurnCommit)> = turns.iter().map(|(o, t)| (o.as_str(), t)).collect();
+        let turns = &turns;
         let held = self
-            .retrying("a turn's commit", || async {
-                let client = match self.client().await {
-                    Ok(client) => client,
-                    Err(e) => return Ok(Err(e)),
-                };
+            .retrying("a turn's commit", |client| async move {
                 Ok(Ok(ops::commit_pipelined(
                     &client,
                     &self.sql,
                     now_ms(),
-                    &turns,
+                    turns,
                 )
                 .await?))
             })
             .await?;
         Ok(held
             .into_iter()
-            .zip(&turns)
+            .zip(turns)
             .map(|(held, (_, t))| match held {
                 true => Ok(()),
                 false => Err(WorkflowError::LeaseLost(t.instance_id.clone())),
@@ -311,11 +306,7 @@ impl Db {
 
     /// Delivers activity results in one statement.
     async fn complete(&self, results: &[(i64, Message)]) -> Result<Vec<Answer>, WorkflowError> {
-        self.retrying("an activity result", || async {
-            let client = match self.client().await {
-                Ok(client) => client,
-                Err(e) => return Ok(Err(e)),
-            };
+        self.retrying("an activity result", |client| async move {
             ops::complete_activities(&client, &self.sql, results).await?;
             Ok(Ok(()))
         })
@@ -327,14 +318,11 @@ impl Db {
 #[async_trait]
 impl WorkflowStore for PostgresWorkflowStore {
     async fn create(&self, instance: NewInstance) -> Result<(), WorkflowError> {
+        let instance = &instance;
         self.db
-            .retrying("a start", || async {
-                let client = match self.db.client().await {
-                    Ok(client) => client,
-                    Err(e) => return Ok(Err(e)),
-                };
+            .retrying("a start", |client| async move {
                 Ok(
-                    if ops::create(&client, &self.db.sql, now_ms(), &instance).await? {
+                    if ops::create(&client, &self.db.sql, now_ms(), instance).await? {
                         Ok(())
                     } else {
                         Err(WorkflowError::AlreadyExists(
@@ -347,13 +335,10 @@ impl WorkflowStore for PostgresWorkflowStore {
     }
 
     async fn send(&self, message: Message) -> Result<(), WorkflowError> {
+        let message = &message;
         self.db
-            .retrying("an event", || async {
-                let client = match self.db.client().await {
-                    Ok(client) => client,
-                    Err(e) => return Ok(Err(e)),
-                };
-                Ok(if ops::deliver(&client, &self.db.sql, &message).await? {
+            .retrying("an event", |client| async move {
+                Ok(if ops::deliver(&client, &self.db.sql, message).await? {
                     Ok(())
                 } else {
                     Err(WorkflowError::NotFound(message.instance_id.clone()))
@@ -409,8 +394,8 @@ impl WorkflowStore for PostgresWorkflowStore {
             return self.commits.submit((owner.to_string(), commit)).await;
         }
         self.db
-            .retrying("a turn's commit", || {
-                self.db.try_commit_with_children(owner, &commit)
+            .retrying("a turn's commit", |client| {
+                self.db.try_commit_with_children(client, owner, &commit)
             })
             .await
     }
