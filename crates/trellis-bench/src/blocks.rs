@@ -446,6 +446,7 @@ fn render(args: &BlocksArgs, session: &Session, done: &[(PartName, Results)]) ->
                     measured: pairs.map_or("—".into(), |p| format!("{p:.0}")),
                     reference: format!("≥ {want:.0}"),
                     met: pairs.map(|p| p >= want),
+                    miss: None,
                 });
             }
         }

@@ -570,6 +570,7 @@ fn targets(results: &[&Results]) -> Vec<Goal> {
                 http.map_or("—".into(), report::added_ms)
             ),
             met: v.zip(http).map(|(v, h)| v <= h),
+            miss: None,
         });
     }
     let idle = results
@@ -582,6 +583,7 @@ fn targets(results: &[&Results]) -> Vec<Goal> {
         measured: idle.map_or("—".into(), |v| format!("{v:.1} MiB")),
         reference: "—".into(),
         met: idle.map(|v| v <= RSS_IDLE_MIB),
+        miss: None,
     });
     for (rpc, op) in [("GetState", "get"), ("SaveState", "save")] {
         let http = added(&format!("state {op} via trellis HTTP"));

@@ -3,8 +3,12 @@
 //! pair with mTLS off, with metrics off, with tracing at sampling 0.1 and at 1.0 exporting
 //! to a live OTLP receiver, and through two nginx hops),
 //! and a markdown report of latency,
-//! throughput, CPU, memory and start-up time next to the targets. Scenarios whose parts
-//! are unavailable (no trellis binary, no nginx) are skipped with a note; the rest run.
+//! throughput, CPU, memory and start-up time next to the targets. A sequential phase (one
+//! connection, one request at a time) prices the default pair against nginx at no load
+//! ([`floor`]). Scenarios whose parts are unavailable (no trellis binary, no nginx) are
+//! skipped with a note; the rest run.
+
+mod floor;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -61,6 +65,9 @@ pub struct InvokeArgs {
     /// Start/stop cycles for the start-to-healthy measurement.
     #[arg(long, default_value_t = 10)]
     startup_cycles: usize,
+    /// Requests per path (direct, trellis, nginx) in the sequential phase; 0 skips it.
+    #[arg(long, default_value_t = 20_000)]
+    sequential: u64,
 }
 
 /// `connections` echo clients of `target`, each sending `body`.
@@ -218,6 +225,18 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
 
     let results = runner::run(bench, scenarios, async |_| {}).await?;
     session.notes.extend(results.error_notes(""));
+    let mut seq_paths = vec![(DIRECT, target(echo_port, "/echo"))];
+    if let Some(s) = &sidecars {
+        seq_paths.push((TRELLIS, target(s.a.port, sidecar::INVOKE_PATH)));
+    }
+    if let Some(n_) = &nginx {
+        seq_paths.push((NGINX, target(n_.port, "/echo")));
+    }
+    let sequential = match args.sequential {
+        0 => Vec::new(),
+        count => floor::sequential(&seq_paths, &body, count).await?,
+    };
+    session.notes.extend(floor::error_notes(&sequential));
 
     let mut startup = None;
     if let (Some(s), Some(bin)) = (sidecars.as_mut(), &session.bin) {
@@ -251,7 +270,7 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
         ));
     }
 
-    let md = render(&args, &session, &results, startup.as_ref());
+    let md = render(&args, &session, &results, &sequential, startup.as_ref());
     session.finish(&md)
 }
 
@@ -267,6 +286,7 @@ fn render(
     args: &InvokeArgs,
     session: &Session,
     results: &Results,
+    sequential: &[floor::Path],
     startup: Option<&(Duration, sidecar::Cycles)>,
 ) -> String {
     let bench = &args.bench;
@@ -293,14 +313,23 @@ fn render(
         added: "scenario − direct",
         shares: "The load generator, the echo app and the proxies share the same cores.",
     };
+    if !sequential.is_empty() {
+        floor::section(&mut s, sequential, DIRECT, args.sequential);
+    }
     report::phase_tables(&mut s, bench, &text, &[results]);
     report::resources_table(&mut s, bench, "req/s", &[results]);
     startup_section(&mut s, startup);
-    report::targets_table(
-        &mut s,
-        ["trellis", "nginx (reference)"],
-        &targets(results, startup),
+    let mut goals = floor::targets(
+        sequential,
+        results,
+        &floor::Names {
+            direct: DIRECT,
+            trellis: TRELLIS,
+            nginx: NGINX,
+        },
     );
+    goals.extend(targets(results, startup));
+    report::targets_table(&mut s, ["trellis", "reference"], &goals);
     if bench.rate != TARGET_RATE {
         let _ = writeln!(
             s,
@@ -496,12 +525,9 @@ fn tracing_rows(results: &Results) -> Vec<Goal> {
 }
 
 fn at_most(label: String, value: Option<f64>, limit: f64, show: fn(f64) -> String) -> Goal {
-    Goal {
-        label,
-        measured: value.map_or("—".into(), show),
-        reference: "—".into(),
-        met: value.map(|v| v <= limit),
-    }
+    Goal::at_most(label, value, limit, "—".into(), show, |d| {
+        show(d).trim_start_matches('+').to_owned()
+    })
 }
 
 fn cores(v: f64) -> String {

@@ -364,15 +364,44 @@ impl<C: Client> Worker<C> {
         Ok(out)
     }
 
-    /// One operation, bounded in time. Any failure resets the client so the
-    /// next operation starts clean.
     async fn exchange(&mut self, seq: u64) -> Result<()> {
-        let res = timed(self.client.call(seq)).await;
-        if res.is_err() {
-            self.client.reset();
-        }
-        res
+        bounded(&mut self.client, seq).await
     }
+}
+
+/// One operation, bounded in time. Any failure resets the client so the next operation
+/// starts clean.
+async fn bounded<C: Client>(client: &mut C, seq: u64) -> Result<()> {
+    let res = timed(client.call(seq)).await;
+    if res.is_err() {
+        client.reset();
+    }
+    res
+}
+
+/// Sequential: one operation at a time on `client`, operations `first..first + warmup`
+/// unrecorded, then `count` recorded, each timed from its send to its answer. Nothing
+/// else is in flight, so this is a hop's own cost with no queueing. The window is the
+/// recorded part's wall time.
+pub async fn sequential<C: Client>(
+    client: &mut C,
+    first: u64,
+    warmup: u64,
+    count: u64,
+) -> Result<Outcome> {
+    for seq in first..first + warmup {
+        // A failure here shows up again in the recorded part, where it is counted.
+        let _ = bounded(client, seq).await;
+    }
+    let mut out = Outcome::empty(Duration::ZERO)?;
+    let started = Instant::now();
+    for seq in first + warmup..first + warmup + count {
+        let sent = Instant::now();
+        let res = bounded(client, seq).await;
+        out.record(res, sent.elapsed());
+    }
+    out.window = started.elapsed();
+    Ok(out)
 }
 
 /// Opens a keep-alive HTTP/1.1 connection to 127.0.0.1:`port`.

@@ -276,6 +276,14 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// The kernel's release, as `uname -r` prints it: loopback and scheduler costs, most of
+/// what a sidecar hop costs here, change with it.
+pub fn kernel() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 /// Whether the bench runs as root (owner of `/proc/self` is the effective uid).
 pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;

@@ -380,16 +380,53 @@ pub struct Target {
     pub reference: String,
     /// `None` when not measured in this run.
     pub met: Option<bool>,
+    /// How far a missed target is from its limit ("0.213 ms"), for its verdict; `None` when
+    /// met or when the target has no distance.
+    pub miss: Option<String>,
 }
 
 impl Target {
     /// A target met when `value ≤ limit`, shown as added milliseconds.
     pub fn added_at_most(label: String, value: Option<f64>, limit: f64, reference: String) -> Self {
+        Self::at_most(label, value, limit, reference, added_ms, |d| {
+            format!("{d:.3} ms")
+        })
+    }
+
+    /// A target met when `value ≤ limit`: `show` formats the value, `by` the distance of a
+    /// miss.
+    pub fn at_most(
+        label: String,
+        value: Option<f64>,
+        limit: f64,
+        reference: String,
+        show: impl Fn(f64) -> String,
+        by: impl Fn(f64) -> String,
+    ) -> Self {
         Self {
             label,
-            measured: value.map_or(DASH.into(), added_ms),
+            measured: value.map_or(DASH.into(), show),
             reference,
             met: value.map(|v| v <= limit),
+            miss: value.filter(|v| *v > limit).map(|v| by(v - limit)),
+        }
+    }
+
+    /// A target met when `value ≥ limit`; as [`Self::at_most`] otherwise.
+    pub fn at_least(
+        label: String,
+        value: Option<f64>,
+        limit: f64,
+        reference: String,
+        show: impl Fn(f64) -> String,
+        by: impl Fn(f64) -> String,
+    ) -> Self {
+        Self {
+            label,
+            measured: value.map_or(DASH.into(), show),
+            reference,
+            met: value.map(|v| v >= limit),
+            miss: value.filter(|v| *v < limit).map(|v| by(limit - v)),
         }
     }
 }
@@ -404,16 +441,17 @@ pub fn targets_table(s: &mut String, head: [&str; 2], rows: &[Target]) {
         ("met", Align::Left),
     ]);
     for r in rows {
-        let met = match r.met {
-            Some(true) => "✅",
-            Some(false) => "❌",
-            None => "— (not measured)",
+        let met = match (r.met, &r.miss) {
+            (Some(true), _) => "✅".to_owned(),
+            (Some(false), Some(by)) => format!("❌ by {by}"),
+            (Some(false), None) => "❌".to_owned(),
+            (None, _) => "— (not measured)".to_owned(),
         };
         t.push(vec![
             r.label.clone(),
             r.measured.clone(),
             r.reference.clone(),
-            met.into(),
+            met,
         ]);
     }
     t.render(s);
@@ -424,7 +462,13 @@ pub fn write_run_header(s: &mut String, title: &str, session: &Session) {
     let _ = writeln!(s, "# Trellis benchmark: {title}\n");
     let _ = writeln!(s, "- Command: `{}`", session.command);
     let _ = writeln!(s, "- Date: {}", session.date);
-    let _ = writeln!(s, "- Machine: {} CPUs, {}", session.cpus, session.cpu_model);
+    let _ = writeln!(
+        s,
+        "- Machine: {} CPUs, {}, Linux {}",
+        session.cpus,
+        session.cpu_model,
+        crate::procs::kernel()
+    );
     let _ = writeln!(
         s,
         "- Load average (1/5/15 min): {} at start, {} at end",

@@ -23,7 +23,7 @@ fn parse(line: &str) -> Cmd {
 fn every_documented_command_line_parses() {
     // The reproduce commands of docs/benchmarks.md, every flag spelled out.
     for line in [
-        "invoke --rate 1000 --duration 10s --warmup 2s --connections 16 --body 1024 \
+        "invoke --rate 1000 --duration 10s --warmup 2s --connections 16 --body 1024 --sequential 20000 \
          --startup-cycles 10 --trellis-bin PATH --out FILE.md",
         "state --rate 1000 --duration 10s --warmup 2s --concurrency 16 --value 256 \
          --redis 127.0.0.1:6379 --postgres host=127.0.0.1 --raw-writers 64 --raw-readers 256 \
@@ -291,8 +291,59 @@ fn targets_show_met_missed_and_unmeasured() {
         "{s}"
     );
     assert!(
-        lines[5].contains("+0.200 ms") && lines[5].contains("❌"),
+        lines[5].contains("+0.200 ms") && lines[5].contains("❌ by 0.150 ms"),
         "{s}"
     );
     assert!(lines[6].contains("— (not measured)"), "{s}");
+}
+
+#[test]
+fn an_at_least_target_says_how_far_short_it_fell() {
+    let show = |v: f64| format!("{v:.0} req/s");
+    let short = report::Target::at_least("t".into(), Some(900.0), 1000.0, "—".into(), show, show);
+    assert_eq!(
+        (short.met, short.miss.as_deref()),
+        (Some(false), Some("100 req/s"))
+    );
+    let over = report::Target::at_least("t".into(), Some(1200.0), 1000.0, "—".into(), show, show);
+    assert_eq!((over.met, over.miss), (Some(true), None));
+}
+
+/// A client that records which operations it was asked for.
+struct Recorder {
+    seen: Vec<u64>,
+    fail: u64,
+}
+
+impl Client for Recorder {
+    async fn call(&mut self, seq: u64) -> Result<()> {
+        self.seen.push(seq);
+        if seq == self.fail {
+            bail!("operation {seq} failed on purpose");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sequential_records_only_after_its_warm_up_and_continues_the_numbering() {
+    let mut c = Recorder {
+        seen: Vec::new(),
+        fail: 12,
+    };
+    let first = crate::load::sequential(&mut c, 0, 5, 10).await.unwrap();
+    // Operation 12 fails in the recorded part (5..15) and is counted there.
+    assert_eq!((first.ok, first.errors), (9, 1));
+    let second = crate::load::sequential(&mut c, 15, 2, 3).await.unwrap();
+    assert_eq!((second.ok, second.errors), (3, 0));
+    assert_eq!(c.seen, (0..20).collect::<Vec<_>>());
+    let mut failing = Recorder {
+        seen: Vec::new(),
+        fail: 1,
+    };
+    let out = crate::load::sequential(&mut failing, 0, 0, 3)
+        .await
+        .unwrap();
+    assert_eq!((out.ok, out.errors), (2, 1));
+    assert!(out.first_error.unwrap().contains("operation 1"));
 }

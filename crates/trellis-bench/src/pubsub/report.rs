@@ -348,6 +348,7 @@ impl PubsubReport {
                 measured: rate(row.and_then(Throughput::deliver_rate)),
                 reference: format!("direct in process: {}", rate(direct)),
                 met: row.map(|_| value.is_some_and(|v| v >= THROUGHPUT_TARGET)),
+                miss: None,
             });
         }
         for broker in [EMBEDDED, JETSTREAM] {

@@ -145,6 +145,7 @@ fn targets(args: &StateArgs, parts: &[Part], raw: Option<&Raw>) -> Vec<Target> {
             measured: value.map_or("—".into(), |v| format!("{v:.0}")),
             reference: "—".into(),
             met: value.map(|v| v >= limit),
+            miss: None,
         });
     }
     rows

@@ -1,0 +1,217 @@
+//! The proxy floor: two sidecars priced against two nginx hops measured in the same run.
+//!
+//! The sequential phase sends one request at a time on one keep-alive connection through
+//! each path in turn, so nothing queues and the added latency is the hops' own cost, the
+//! way a new user tries a proxy. The targets here compare trellis with nginx rather than
+//! with fixed numbers, since both move together with the machine.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use bytes::Bytes;
+
+use crate::load::{self, Outcome, Target};
+use crate::report::{self, Col, Row, Target as Goal};
+use crate::runner::Results;
+
+/// The sequential phase is split into this many rounds, every path taking its turn in each,
+/// so that drift of the machine falls on all paths alike.
+pub const ROUNDS: u64 = 5;
+/// Unrecorded requests before a path's first round (a new connection, cold caches) and
+/// before each later one (the other paths ran in between).
+const FIRST_WARMUP: u64 = 2_000;
+const ROUND_WARMUP: u64 = 200;
+/// How far above nginx's added p99 the sidecars' may be in the sequential phase.
+const P99_SLACK: f64 = 1.5;
+
+/// One path of the sequential phase and what it measured.
+pub struct Path {
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+/// `count` requests (rounded up to whole rounds) through each of `paths`, one at a time on
+/// one connection per path.
+pub async fn sequential(paths: &[(&str, Target)], body: &Bytes, count: u64) -> Result<Vec<Path>> {
+    let per_round = count.div_ceil(ROUNDS);
+    let mut clients: Vec<_> = paths
+        .iter()
+        .map(|(name, target)| (*name, load::echo_client(target, body.clone()), 0u64))
+        .collect();
+    let mut measured: Vec<Option<Outcome>> = paths.iter().map(|_| None).collect();
+    for round in 0..ROUNDS {
+        for ((name, client, next), out) in clients.iter_mut().zip(&mut measured) {
+            let warmup = if round == 0 {
+                FIRST_WARMUP
+            } else {
+                ROUND_WARMUP
+            };
+            eprintln!(
+                "phase: {name}, sequential, round {} of {ROUNDS} ({warmup} + {per_round} requests)",
+                round + 1
+            );
+            let o = load::sequential(client, *next, warmup, per_round).await?;
+            *next += warmup + per_round;
+            match out {
+                Some(earlier) => earlier.merge_round(o)?,
+                None => *out = Some(o),
+            }
+        }
+    }
+    Ok(clients
+        .into_iter()
+        .zip(measured)
+        .filter_map(|((name, ..), o)| {
+            o.map(|outcome| Path {
+                name: name.to_owned(),
+                outcome,
+            })
+        })
+        .collect())
+}
+
+/// A note per path that had errors.
+pub fn error_notes(paths: &[Path]) -> Vec<String> {
+    paths
+        .iter()
+        .filter_map(|p| {
+            let e = p.outcome.first_error.as_ref()?;
+            Some(format!(
+                "{} sequential: {} errors, first: {e}",
+                p.name, p.outcome.errors
+            ))
+        })
+        .collect()
+}
+
+/// "## Sequential": a row per path against `baseline`.
+pub fn section(s: &mut String, paths: &[Path], baseline: &str, count: u64) {
+    s.push_str("## Sequential: one connection, one request at a time\n\n");
+    let _ = writeln!(
+        s,
+        "{} POSTs per path on one keep-alive connection after {FIRST_WARMUP} unrecorded, in {ROUNDS} \
+         interleaved rounds (each after {ROUND_WARMUP} more unrecorded); latency from send to \
+         answer, nothing else in flight. Added = path − {baseline}.\n",
+        count.div_ceil(ROUNDS) * ROUNDS
+    );
+    let base = paths.iter().find(|p| p.name == baseline);
+    let mut cols = vec![Col::text("path"), Col::Rate("req/s".into()), Col::Errors];
+    cols.extend(report::latency_cols());
+    let rows: Vec<Row<'_>> = paths
+        .iter()
+        .map(|p| {
+            let against = base.filter(|b| b.name != p.name).map(|b| &b.outcome);
+            Row::new(vec![p.name.clone()], &p.outcome, against)
+        })
+        .collect();
+    report::comparison(&cols, &rows).render(s);
+}
+
+/// Added latency at `quantile` of `name` over `baseline` in the sequential phase, in ms.
+fn seq_added(paths: &[Path], name: &str, baseline: &str, quantile: f64) -> Option<f64> {
+    let get = |n: &str| paths.iter().find(|p| p.name == n && p.outcome.ok > 0);
+    Some(get(name)?.outcome.ms(quantile) - get(baseline)?.outcome.ms(quantile))
+}
+
+/// The names of the paths the targets compare.
+pub struct Names<'a> {
+    pub direct: &'a str,
+    pub trellis: &'a str,
+    pub nginx: &'a str,
+}
+
+/// Trellis against nginx: sequential added latency, added latency at the fixed rate, CPU
+/// per sidecar against CPU per nginx hop, and closed-loop throughput.
+pub fn targets(paths: &[Path], results: &Results, n: &Names<'_>) -> Vec<Goal> {
+    let mut rows = Vec::new();
+    for (label, q, slack) in [
+        ("p50", 0.5, 1.0),
+        ("p90", 0.9, 1.0),
+        ("p99", 0.99, P99_SLACK),
+    ] {
+        let nginx = seq_added(paths, n.nginx, n.direct, q);
+        let scale = if slack == 1.0 {
+            String::new()
+        } else {
+            format!("{slack} × ")
+        };
+        rows.push(bounded_by(
+            format!("sequential: added {label} ≤ {scale}two nginx hops'"),
+            seq_added(paths, n.trellis, n.direct, q),
+            nginx.map(|v| v * slack),
+            nginx,
+        ));
+    }
+    for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        let nginx = results.added_ms(n.nginx, q);
+        rows.push(bounded_by(
+            format!("fixed rate: added {label} ≤ two nginx hops'"),
+            results.added_ms(n.trellis, q),
+            nginx,
+            nginx,
+        ));
+    }
+    let per_hop = results
+        .get(n.nginx)
+        .and_then(|r| r.fixed.usage.first())
+        .map(|u| u.cpu_cores / 2.0);
+    let trellis = results.get(n.trellis);
+    for (i, side) in ["A", "B"].into_iter().enumerate() {
+        let cpu = trellis
+            .and_then(|r| r.fixed.usage.get(i))
+            .map(|u| u.cpu_cores);
+        let cores = |v: f64| format!("{v:.3} cores");
+        rows.push(match per_hop {
+            Some(limit) => Goal::at_most(
+                format!("fixed rate: sidecar {side} CPU ≤ nginx's per hop"),
+                cpu,
+                limit,
+                format!("nginx per hop: {}", cores(limit)),
+                cores,
+                cores,
+            ),
+            None => unmeasured(format!("fixed rate: sidecar {side} CPU ≤ nginx's per hop")),
+        });
+    }
+    let rate = |name: &str| {
+        results
+            .get(name)
+            .map(|r| r.max.outcome.rate())
+            .filter(|r| *r > 0.0)
+    };
+    let per_s = |v: f64| format!("{v:.0} req/s");
+    rows.push(match rate(n.nginx) {
+        Some(limit) => Goal::at_least(
+            "max throughput ≥ two nginx hops'".into(),
+            rate(n.trellis),
+            limit,
+            format!("nginx: {}", per_s(limit)),
+            per_s,
+            per_s,
+        ),
+        None => unmeasured("max throughput ≥ two nginx hops'".into()),
+    });
+    rows
+}
+
+/// Added ms `value` at most `limit`, with nginx's added ms as the reference.
+fn bounded_by(label: String, value: Option<f64>, limit: Option<f64>, nginx: Option<f64>) -> Goal {
+    let reference = format!("nginx: {}", nginx.map_or("—".into(), report::added_ms));
+    match limit {
+        Some(limit) => Goal::added_at_most(label, value, limit, reference),
+        None => Goal {
+            reference,
+            ..unmeasured(label)
+        },
+    }
+}
+
+fn unmeasured(label: String) -> Goal {
+    Goal {
+        label,
+        measured: "—".into(),
+        reference: "—".into(),
+        met: None,
+        miss: None,
+    }
+}
