@@ -441,13 +441,15 @@ fn render(args: &BlocksArgs, session: &Session, done: &[(PartName, Results)]) ->
                     10_000.0
                 };
                 let pairs = r.get("sidecar").map(|sc| sc.max.outcome.rate() / 2.0);
-                targets.push(Target {
-                    label: format!("{}: lock+unlock pairs/s through the sidecar", part.title()),
-                    measured: pairs.map_or("—".into(), |p| format!("{p:.0}")),
-                    reference: format!("≥ {want:.0}"),
-                    met: pairs.map(|p| p >= want),
-                    miss: None,
-                });
+                let per_s = |p: f64| format!("{p:.0}");
+                targets.push(Target::at_least(
+                    format!("{}: lock+unlock pairs/s through the sidecar", part.title()),
+                    pairs,
+                    want,
+                    format!("≥ {want:.0}"),
+                    per_s,
+                    per_s,
+                ));
             }
         }
     }

@@ -36,7 +36,7 @@ use trellis_jobs::{
     JobData, JobSpec, Metadata, Scheduler, SchedulerOptions, StoredJob, Trigger, TriggerOutcome,
 };
 
-use crate::report::{self, Align, Table};
+use crate::report::{self, Align, Table, Target as Goal};
 use crate::runner::{BenchArgs, Session};
 use crate::sidecar::{Sidecar, Spec};
 
@@ -422,33 +422,39 @@ pub async fn run(args: JobsArgs) -> Result<()> {
     }
     t.render(&mut md);
     if let Some(m) = results.iter().find(|m| m.label.starts_with("through")) {
-        let mark = |ok: bool| if ok { "✅" } else { "❌" }.to_string();
-        let mut goals = Table::new([
-            ("target", Align::Left),
-            ("measured", Align::Right),
-            ("met", Align::Left),
-        ]);
-        goals.push(vec![
-            format!("≥ {TARGET_SCHEDULE_PER_S:.0} jobs scheduled/s"),
-            format!("{:.0}", m.scheduled_per_s),
-            mark(m.scheduled_per_s >= TARGET_SCHEDULE_PER_S),
-        ]);
-        goals.push(vec![
-            format!("≥ {TARGET_TRIGGERS_PER_S:.0} triggers/s to the app"),
-            format!("{:.0}", m.triggers_per_s),
-            mark(m.triggers_per_s >= TARGET_TRIGGERS_PER_S),
-        ]);
-        let p99 = q(&m.late, 0.99);
-        goals.push(vec![
-            format!(
-                "lateness p99 ≤ {TARGET_P99_MS} ms at {} active jobs",
-                args.active
+        let per_s = |v: f64| format!("{v:.0}");
+        let ms = |v: f64| format!("{v:.3} ms");
+        let goals = [
+            Goal::at_least(
+                format!("≥ {TARGET_SCHEDULE_PER_S:.0} jobs scheduled/s"),
+                Some(m.scheduled_per_s),
+                TARGET_SCHEDULE_PER_S,
+                "—".into(),
+                per_s,
+                per_s,
             ),
-            report::ms(p99),
-            mark(p99 <= TARGET_P99_MS),
-        ]);
+            Goal::at_least(
+                format!("≥ {TARGET_TRIGGERS_PER_S:.0} triggers/s to the app"),
+                Some(m.triggers_per_s),
+                TARGET_TRIGGERS_PER_S,
+                "—".into(),
+                per_s,
+                per_s,
+            ),
+            Goal::at_most(
+                format!(
+                    "lateness p99 ≤ {TARGET_P99_MS} ms at {} active jobs",
+                    args.active
+                ),
+                Some(q(&m.late, 0.99)),
+                TARGET_P99_MS,
+                "—".into(),
+                ms,
+                ms,
+            ),
+        ];
         md.push('\n');
-        goals.render(&mut md);
+        report::targets_table(&mut md, ["measured", "reference"], &goals);
     }
     for n in session.notes.iter().chain(&notes) {
         let _ = writeln!(md, "\n- {n}");

@@ -34,7 +34,7 @@ use trellis_workflow::events::ends_execution;
 use trellis_workflow::{Engine, EngineOptions, Metadata};
 
 use crate::procs;
-use crate::report::{self, Align, Table};
+use crate::report::{self, Align, Table, Target as Goal};
 use crate::runner::{BenchArgs, Session};
 use crate::sidecar::{Sidecar, Spec};
 
@@ -601,12 +601,8 @@ pub async fn run(args: WorkflowsArgs) -> Result<()> {
     }
     md.push_str("Latencies are start→completion in ms.\n\n");
     t.render(&mut md);
-    let mut goals = Table::new([
-        ("target", Align::Left),
-        ("measured", Align::Right),
-        ("met", Align::Left),
-    ]);
-    let mark = |ok: bool| if ok { "✅" } else { "❌" }.to_string();
+    let mut goals = Vec::new();
+    let per_s = |v: f64| format!("{v:.0}");
     for (label, target) in [
         ("embedded", TARGET_WF_PER_S),
         ("postgres", TARGET_PG_WF_PER_S),
@@ -617,29 +613,37 @@ pub async fn run(args: WorkflowsArgs) -> Result<()> {
         else {
             continue;
         };
-        goals.push(vec![
+        goals.push(Goal::at_least(
             format!("≥ {target:.0} wf/s (chain of 5, {label})"),
-            format!("{:.0}", m.wf_per_s),
-            mark(m.wf_per_s >= target),
-        ]);
+            Some(m.wf_per_s),
+            target,
+            "—".into(),
+            per_s,
+            per_s,
+        ));
         if label == "embedded" {
-            let p50 = m.paced.value_at_quantile(0.5) as f64 / 1000.0;
-            goals.push(vec![
+            let ms = |v: f64| format!("{v:.3} ms");
+            let secs = |v: f64| format!("{v:.2} s");
+            goals.push(Goal::at_most(
                 format!("p50 ≤ {TARGET_P50_MS} ms at {} wf/s", args.latency_rate),
-                report::ms(p50),
-                mark(p50 <= TARGET_P50_MS),
-            ]);
-            let f = m.fanout.as_secs_f64();
-            goals.push(vec![
+                Some(m.paced.value_at_quantile(0.5) as f64 / 1000.0),
+                TARGET_P50_MS,
+                "—".into(),
+                ms,
+                ms,
+            ));
+            goals.push(Goal::at_most(
                 format!("fan-out of {} ≤ {TARGET_FANOUT_S} s", args.fanout),
-                format!("{f:.2} s"),
-                mark(f <= TARGET_FANOUT_S),
-            ]);
+                Some(m.fanout.as_secs_f64()),
+                TARGET_FANOUT_S,
+                "—".into(),
+                secs,
+                secs,
+            ));
         }
     }
     if !goals.is_empty() {
-        md.push_str("## Targets\n\n");
-        goals.render(&mut md);
+        report::targets_table(&mut md, ["measured", "reference"], &goals);
     }
     report::write_notes(&mut md, &session.notes);
     session.finish(&md)

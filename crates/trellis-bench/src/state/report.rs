@@ -140,13 +140,15 @@ fn targets(args: &StateArgs, parts: &[Part], raw: Option<&Raw>) -> Vec<Target> {
             RAW_GETS_PER_S,
         ),
     ] {
-        rows.push(Target {
+        let per_s = |v: f64| format!("{v:.0}");
+        rows.push(Target::at_least(
             label,
-            measured: value.map_or("—".into(), |v| format!("{v:.0}")),
-            reference: "—".into(),
-            met: value.map(|v| v >= limit),
-            miss: None,
-        });
+            value,
+            limit,
+            "—".into(),
+            per_s,
+            per_s,
+        ));
     }
     rows
 }
