@@ -448,7 +448,6 @@ fn render(args: &BlocksArgs, session: &Session, done: &[(PartName, Results)]) ->
                     want,
                     format!("≥ {want:.0}"),
                     per_s,
-                    per_s,
                 ));
             }
         }

@@ -567,17 +567,7 @@ fn targets(results: &[&Results]) -> Vec<Goal> {
             "http via trellis: {}",
             http.map_or("—".into(), report::added_ms)
         );
-        rows.push(match http {
-            Some(limit) => Goal::added_at_most(label, v, limit, reference),
-            // Without the HTTP path there is nothing to hold the gRPC path to.
-            None => Goal {
-                label,
-                measured: v.map_or("—".into(), report::added_ms),
-                reference,
-                met: None,
-                miss: None,
-            },
-        });
+        rows.push(Goal::added_at_most(label, v, http, reference));
     }
     let idle = results
         .iter()
@@ -590,7 +580,6 @@ fn targets(results: &[&Results]) -> Vec<Goal> {
         idle,
         RSS_IDLE_MIB,
         "—".into(),
-        mib,
         mib,
     ));
     for (rpc, op) in [("GetState", "get"), ("SaveState", "save")] {

@@ -525,9 +525,7 @@ fn tracing_rows(results: &Results) -> Vec<Goal> {
 }
 
 fn at_most(label: String, value: Option<f64>, limit: f64, show: fn(f64) -> String) -> Goal {
-    Goal::at_most(label, value, limit, "—".into(), show, |d| {
-        show(d).trim_start_matches('+').to_owned()
-    })
+    Goal::at_most(label, value, limit, "—".into(), show)
 }
 
 fn cores(v: f64) -> String {

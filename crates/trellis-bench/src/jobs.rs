@@ -431,14 +431,12 @@ pub async fn run(args: JobsArgs) -> Result<()> {
                 TARGET_SCHEDULE_PER_S,
                 "—".into(),
                 per_s,
-                per_s,
             ),
             Goal::at_least(
                 format!("≥ {TARGET_TRIGGERS_PER_S:.0} triggers/s to the app"),
                 Some(m.triggers_per_s),
                 TARGET_TRIGGERS_PER_S,
                 "—".into(),
-                per_s,
                 per_s,
             ),
             Goal::at_most(
@@ -449,7 +447,6 @@ pub async fn run(args: JobsArgs) -> Result<()> {
                 Some(q(&m.late, 0.99)),
                 TARGET_P99_MS,
                 "—".into(),
-                ms,
                 ms,
             ),
         ];

@@ -387,46 +387,59 @@ pub struct Target {
 
 impl Target {
     /// A target met when `value ≤ limit`, shown as added milliseconds.
-    pub fn added_at_most(label: String, value: Option<f64>, limit: f64, reference: String) -> Self {
-        Self::at_most(label, value, limit, reference, added_ms, |d| {
-            format!("{d:.3} ms")
-        })
+    pub fn added_at_most(
+        label: String,
+        value: Option<f64>,
+        limit: impl Into<Option<f64>>,
+        reference: String,
+    ) -> Self {
+        Self::at_most(label, value, limit, reference, added_ms)
     }
 
-    /// A target met when `value ≤ limit`: `show` formats the value, `by` the distance of a
-    /// miss.
+    /// A target met when `value ≤ limit`, both formatted by `show`. Without a limit (a
+    /// reference that could not be measured in this run) the value is shown, not judged.
     pub fn at_most(
         label: String,
         value: Option<f64>,
-        limit: f64,
+        limit: impl Into<Option<f64>>,
         reference: String,
         show: impl Fn(f64) -> String,
-        by: impl Fn(f64) -> String,
     ) -> Self {
-        Self {
-            label,
-            measured: value.map_or(DASH.into(), show),
-            reference,
-            met: value.map(|v| v <= limit),
-            miss: value.filter(|v| *v > limit).map(|v| by(v - limit)),
-        }
+        let limit = limit.into();
+        Self::judged(label, value, reference, show, |v| limit.map(|l| v - l))
     }
 
     /// A target met when `value ≥ limit`; as [`Self::at_most`] otherwise.
     pub fn at_least(
         label: String,
         value: Option<f64>,
-        limit: f64,
+        limit: impl Into<Option<f64>>,
         reference: String,
         show: impl Fn(f64) -> String,
-        by: impl Fn(f64) -> String,
     ) -> Self {
+        let limit = limit.into();
+        Self::judged(label, value, reference, show, |v| limit.map(|l| l - v))
+    }
+
+    /// `excess` is how far a value is past its limit (≤ 0 when met); `None` when there is no
+    /// limit.
+    fn judged(
+        label: String,
+        value: Option<f64>,
+        reference: String,
+        show: impl Fn(f64) -> String,
+        excess: impl Fn(f64) -> Option<f64>,
+    ) -> Self {
+        let excess = value.and_then(excess);
         Self {
             label,
-            measured: value.map_or(DASH.into(), show),
+            measured: value.map_or(DASH.into(), &show),
             reference,
-            met: value.map(|v| v >= limit),
-            miss: value.filter(|v| *v < limit).map(|v| by(limit - v)),
+            met: excess.map(|d| d <= 0.0),
+            // A distance has no sign, whatever `show` does with one.
+            miss: excess
+                .filter(|d| *d > 0.0)
+                .map(|d| show(d).trim_start_matches('+').to_owned()),
         }
     }
 }

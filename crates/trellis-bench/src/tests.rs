@@ -300,12 +300,12 @@ fn targets_show_met_missed_and_unmeasured() {
 #[test]
 fn an_at_least_target_says_how_far_short_it_fell() {
     let show = |v: f64| format!("{v:.0} req/s");
-    let short = report::Target::at_least("t".into(), Some(900.0), 1000.0, "—".into(), show, show);
+    let short = report::Target::at_least("t".into(), Some(900.0), 1000.0, "—".into(), show);
     assert_eq!(
         (short.met, short.miss.as_deref()),
         (Some(false), Some("100 req/s"))
     );
-    let over = report::Target::at_least("t".into(), Some(1200.0), 1000.0, "—".into(), show, show);
+    let over = report::Target::at_least("t".into(), Some(1200.0), 1000.0, "—".into(), show);
     assert_eq!((over.met, over.miss), (Some(true), None));
 }
 

@@ -34,13 +34,20 @@ pub struct Path {
 /// one connection per path.
 pub async fn sequential(paths: &[(&str, Target)], body: &Bytes, count: u64) -> Result<Vec<Path>> {
     let per_round = count.div_ceil(ROUNDS);
-    let mut clients: Vec<_> = paths
+    // Per path: its name, its client, the number of its next operation, what it measured.
+    let mut paths: Vec<_> = paths
         .iter()
-        .map(|(name, target)| (*name, load::echo_client(target, body.clone()), 0u64))
+        .map(|(name, target)| {
+            (
+                *name,
+                load::echo_client(target, body.clone()),
+                0u64,
+                None::<Outcome>,
+            )
+        })
         .collect();
-    let mut measured: Vec<Option<Outcome>> = paths.iter().map(|_| None).collect();
     for round in 0..ROUNDS {
-        for ((name, client, next), out) in clients.iter_mut().zip(&mut measured) {
+        for (name, client, next, out) in &mut paths {
             let warmup = if round == 0 {
                 FIRST_WARMUP
             } else {
@@ -58,11 +65,10 @@ pub async fn sequential(paths: &[(&str, Target)], body: &Bytes, count: u64) -> R
             }
         }
     }
-    Ok(clients
+    Ok(paths
         .into_iter()
-        .zip(measured)
-        .filter_map(|((name, ..), o)| {
-            o.map(|outcome| Path {
+        .filter_map(|(name, _, _, out)| {
+            out.map(|outcome| Path {
                 name: name.to_owned(),
                 outcome,
             })
@@ -135,20 +141,20 @@ pub fn targets(paths: &[Path], results: &Results, n: &Names<'_>) -> Vec<Goal> {
         } else {
             format!("{slack} × ")
         };
-        rows.push(bounded_by(
+        rows.push(Goal::added_at_most(
             format!("sequential: added {label} ≤ {scale}two nginx hops'"),
             seq_added(paths, n.trellis, n.direct, q),
             nginx.map(|v| v * slack),
-            nginx,
+            nginx_ref(nginx),
         ));
     }
     for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
         let nginx = results.added_ms(n.nginx, q);
-        rows.push(bounded_by(
+        rows.push(Goal::added_at_most(
             format!("fixed rate: added {label} ≤ two nginx hops'"),
             results.added_ms(n.trellis, q),
             nginx,
-            nginx,
+            nginx_ref(nginx),
         ));
     }
     let per_hop = results
@@ -156,22 +162,17 @@ pub fn targets(paths: &[Path], results: &Results, n: &Names<'_>) -> Vec<Goal> {
         .and_then(|r| r.fixed.usage.first())
         .map(|u| u.cpu_cores / 2.0);
     let trellis = results.get(n.trellis);
+    let cores = |v: f64| format!("{v:.3} cores");
     for (i, side) in ["A", "B"].into_iter().enumerate() {
-        let cpu = trellis
-            .and_then(|r| r.fixed.usage.get(i))
-            .map(|u| u.cpu_cores);
-        let cores = |v: f64| format!("{v:.3} cores");
-        rows.push(match per_hop {
-            Some(limit) => Goal::at_most(
-                format!("fixed rate: sidecar {side} CPU ≤ nginx's per hop"),
-                cpu,
-                limit,
-                format!("nginx per hop: {}", cores(limit)),
-                cores,
-                cores,
-            ),
-            None => unmeasured(format!("fixed rate: sidecar {side} CPU ≤ nginx's per hop")),
-        });
+        rows.push(Goal::at_most(
+            format!("fixed rate: sidecar {side} CPU ≤ nginx's per hop"),
+            trellis
+                .and_then(|r| r.fixed.usage.get(i))
+                .map(|u| u.cpu_cores),
+            per_hop,
+            format!("nginx per hop: {}", per_hop.map_or("—".into(), cores)),
+            cores,
+        ));
     }
     let rate = |name: &str| {
         results
@@ -180,38 +181,18 @@ pub fn targets(paths: &[Path], results: &Results, n: &Names<'_>) -> Vec<Goal> {
             .filter(|r| *r > 0.0)
     };
     let per_s = |v: f64| format!("{v:.0} req/s");
-    rows.push(match rate(n.nginx) {
-        Some(limit) => Goal::at_least(
-            "max throughput ≥ two nginx hops'".into(),
-            rate(n.trellis),
-            limit,
-            format!("nginx: {}", per_s(limit)),
-            per_s,
-            per_s,
-        ),
-        None => unmeasured("max throughput ≥ two nginx hops'".into()),
-    });
+    let nginx = rate(n.nginx);
+    rows.push(Goal::at_least(
+        "max throughput ≥ two nginx hops'".into(),
+        rate(n.trellis),
+        nginx,
+        format!("nginx: {}", nginx.map_or("—".into(), per_s)),
+        per_s,
+    ));
     rows
 }
 
-/// Added ms `value` at most `limit`, with nginx's added ms as the reference.
-fn bounded_by(label: String, value: Option<f64>, limit: Option<f64>, nginx: Option<f64>) -> Goal {
-    let reference = format!("nginx: {}", nginx.map_or("—".into(), report::added_ms));
-    match limit {
-        Some(limit) => Goal::added_at_most(label, value, limit, reference),
-        None => Goal {
-            reference,
-            ..unmeasured(label)
-        },
-    }
-}
-
-fn unmeasured(label: String) -> Goal {
-    Goal {
-        label,
-        measured: "—".into(),
-        reference: "—".into(),
-        met: None,
-        miss: None,
-    }
+/// "nginx: +0.085 ms", the reference of an added-latency row.
+fn nginx_ref(added: Option<f64>) -> String {
+    format!("nginx: {}", added.map_or("—".into(), report::added_ms))
 }

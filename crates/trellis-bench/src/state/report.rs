@@ -141,14 +141,7 @@ fn targets(args: &StateArgs, parts: &[Part], raw: Option<&Raw>) -> Vec<Target> {
         ),
     ] {
         let per_s = |v: f64| format!("{v:.0}");
-        rows.push(Target::at_least(
-            label,
-            value,
-            limit,
-            "—".into(),
-            per_s,
-            per_s,
-        ));
+        rows.push(Target::at_least(label, value, limit, "—".into(), per_s));
     }
     rows
 }
