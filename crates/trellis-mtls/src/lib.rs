@@ -18,6 +18,7 @@ mod workload;
 
 pub use authority::{Authority, Issued};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId};
+pub use tokio_rustls::client::TlsStream as ClientTlsStream;
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 pub use workload::{CertSettings, WorkloadIdentity};
 

@@ -61,7 +61,8 @@ pub fn server_config(identity: &Arc<WorkloadIdentity>) -> Result<Arc<ServerConfi
         .map_err(|e| MtlsError::Authority(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Resolver(identity.clone())));
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // HTTP/2 for multiplexed and streamed calls, HTTP/1.1 for pooled small ones.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

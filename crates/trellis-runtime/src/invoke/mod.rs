@@ -1,8 +1,8 @@
 //! Service invocation: getting a request from this sidecar to the app that should serve it.
 //!
 //! [`Invoker::invoke`] resolves the target app through the name resolver, picks an instance,
-//! and sends the request over a pooled HTTP/2 connection to that instance's sidecar
-//! ([`peers`]); the peer hands it to its app through the [`AppChannel`]. A call to this
+//! and sends the request to that instance's sidecar over a pooled HTTP/1.1 connection (a
+//! small unary call, [`unary`]) or its multiplexed HTTP/2 connection ([`peers`]); the peer hands it to its app through the [`AppChannel`]. A call to this
 //! sidecar's own app id goes straight to the app channel.
 //!
 //! Retries: a request that never left this sidecar (connection refused, connection already
@@ -22,6 +22,7 @@ mod limit;
 mod peers;
 mod resilient;
 mod small;
+mod unary;
 
 use std::net::SocketAddr;
 

@@ -1,6 +1,8 @@
-//! Persistent, multiplexed HTTP/2 connections to other sidecars.
+//! Persistent connections to other sidecars, and the HTTP/2 one.
 //!
-//! One connection per peer address carries every concurrent call to that peer. This sits
+//! [`PeerPool::send`] offers a small unary call to the HTTP/1.1 pool first ([`super::unary`]);
+//! what that does not take goes here, where one HTTP/2 connection per peer address carries
+//! every concurrent call to that peer. [`dial`] is how both connect. The HTTP/2 side sits
 //! directly on the `h2` crate rather than on hyper's client for two reasons that both show
 //! up on every request:
 //!
@@ -38,12 +40,13 @@ use http_body_util::BodyExt as _;
 use trellis_mtls::rustls::pki_types as rustls_pki_types;
 use trellis_nameres::AppRef;
 
-use super::small::SMALL_BODY;
+use super::small::{SMALL_BODY, is_grpc};
+use super::unary::{self, UnaryPool};
 use crate::Body;
 
 /// How long connecting (and the HTTP/2 handshake) to a peer may take; loopback peers answer
 /// in microseconds, a black-holed remote address must not hold the caller for minutes.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// HTTP/2 keep-alive of peer connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +85,22 @@ impl std::fmt::Debug for PeerTls {
 struct Pooled {
     sender: SendRequest<Bytes>,
     peer: Option<AppRef>,
+    /// Tells this connection from one that later took its place.
+    id: u64,
 }
 
-#[derive(Debug, Default)]
+type LastFailure = Option<(std::time::Instant, String)>;
+
+/// Source of [`Pooled::id`].
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[derive(Debug)]
 pub struct PeerPool {
     conns: Mutex<HashMap<SocketAddr, Pooled>>,
+    /// Turns to connect, per peer, and when and why the last failed turn failed.
+    connecting: Mutex<HashMap<SocketAddr, std::sync::Arc<tokio::sync::Mutex<LastFailure>>>>,
+    /// HTTP/1.1 connections for small unary calls.
+    unary: UnaryPool,
     keepalive: Keepalive,
     tls: Option<PeerTls>,
 }
@@ -111,6 +125,8 @@ impl PeerPool {
     pub fn new(keepalive: Keepalive, tls: Option<PeerTls>) -> Self {
         Self {
             conns: Mutex::default(),
+            connecting: Mutex::default(),
+            unary: UnaryPool::new(keepalive, tls.clone()),
             keepalive,
             tls,
         }
@@ -124,15 +140,6 @@ impl PeerPool {
         target: &AppRef,
         request: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
-        let mut sender = match self.ready_sender(addr, target).await {
-            Ok(sender) => sender,
-            Err(error) => {
-                return Err(SendError::NotSent {
-                    request: Box::new(request),
-                    error,
-                });
-            }
-        };
         let (parts, body) = request.into_parts();
         let (whole, body) = match body.size_hint().exact() {
             Some(0) => (Some(Bytes::new()), None),
@@ -142,6 +149,43 @@ impl PeerPool {
                 Err(e) => return Err(SendError::Failed(format!("reading the request body: {e}"))),
             },
             _ => (None, Some(body)),
+        };
+        // A small unary call goes over HTTP/1.1 when the pool has a connection for it; gRPC
+        // needs HTTP/2's trailers.
+        let (parts, whole) = match whole {
+            Some(bytes) if !is_grpc(&parts.headers) => {
+                let mut parts = parts;
+                parts.uri = origin_form(&parts.uri);
+                match self
+                    .unary
+                    .send(addr, target, Request::from_parts(parts, bytes))
+                    .await
+                {
+                    unary::Outcome::Done(result) => return result,
+                    unary::Outcome::UseH2(request) => {
+                        let (mut parts, bytes) = request.into_parts();
+                        parts.uri = peer_uri(addr, &parts.uri);
+                        parts.version = http::Version::HTTP_2;
+                        parts.headers.remove(http::header::HOST);
+                        (parts, Some(bytes))
+                    }
+                }
+            }
+            whole => (parts, whole),
+        };
+        let mut sender = match self.ready_sender(addr, target).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                let body = match (whole, body) {
+                    (Some(bytes), _) => Body::from(bytes),
+                    (None, Some(body)) => body,
+                    (None, None) => Body::empty(),
+                };
+                return Err(SendError::NotSent {
+                    request: Box::new(Request::from_parts(parts, body)),
+                    error,
+                });
+            }
         };
         let head = Request::from_parts(parts, ());
         let (response, mut stream) = match whole {
@@ -167,26 +211,43 @@ impl PeerPool {
     }
 
     /// A connection to `addr` that is ready for a new stream, reconnecting once if the
-    /// pooled one has gone away.
+    /// pooled one has gone away. One caller at a time connects to a peer, so that a burst of
+    /// first calls shares one connection instead of each opening its own.
     async fn ready_sender(
         &self,
         addr: SocketAddr,
         target: &AppRef,
     ) -> Result<SendRequest<Bytes>, String> {
-        let pooled = self.lock().get(&addr).cloned();
-        if let Some(pooled) = pooled {
-            check_peer(addr, pooled.peer.as_ref(), target)?;
-            match pooled.sender.ready().await {
-                Ok(sender) => return Ok(sender),
-                Err(error) => {
-                    tracing::debug!(%addr, %error, "pooled peer connection is gone; reconnecting");
-                    self.lock().remove(&addr);
-                }
-            }
+        if let Some(sender) = self.pooled_ready(addr, target).await? {
+            return Ok(sender);
         }
-        let pooled = connect(addr, self.keepalive, self.tls.as_ref()).await?;
-        // Two callers may race to connect; the last one wins and the other connection closes
-        // once its request is done. Rare, harmless, and cheaper than connecting under a lock.
+        let gate = self
+            .connecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone();
+        let waited_from = std::time::Instant::now();
+        let mut turn = gate.lock().await;
+        // Whoever had the turn before may have connected already, or failed to while this
+        // caller waited: then it fails alike, rather than all waiters trying one by one.
+        if let Some(sender) = self.pooled_ready(addr, target).await? {
+            return Ok(sender);
+        }
+        if let Some((at, error)) = &*turn
+            && *at >= waited_from
+        {
+            return Err(error.clone());
+        }
+        let pooled = match connect(addr, self.keepalive, self.tls.as_ref()).await {
+            Ok(pooled) => pooled,
+            Err(error) => {
+                *turn = Some((std::time::Instant::now(), error.clone()));
+                return Err(error);
+            }
+        };
+        *turn = None;
         self.lock().insert(addr, pooled.clone());
         check_peer(addr, pooled.peer.as_ref(), target)?;
         pooled
@@ -196,9 +257,53 @@ impl PeerPool {
             .map_err(|e| format!("peer {addr} refused a new stream: {e}"))
     }
 
+    /// The pooled connection to `addr` once it takes a new stream; `None` if there is none,
+    /// or it has gone away (it then leaves the pool).
+    async fn pooled_ready(
+        &self,
+        addr: SocketAddr,
+        target: &AppRef,
+    ) -> Result<Option<SendRequest<Bytes>>, String> {
+        let Some(pooled) = self.lock().get(&addr).cloned() else {
+            return Ok(None);
+        };
+        check_peer(addr, pooled.peer.as_ref(), target)?;
+        match pooled.sender.ready().await {
+            Ok(sender) => Ok(Some(sender)),
+            Err(error) => {
+                tracing::debug!(%addr, %error, "pooled peer connection is gone; reconnecting");
+                let mut conns = self.lock();
+                // Only this one: another caller may have put a new one in its place.
+                if conns.get(&addr).is_some_and(|p| p.id == pooled.id) {
+                    conns.remove(&addr);
+                }
+                Ok(None)
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Pooled>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// `/path?query` of an absolute URI, as an HTTP/1.1 request line carries it.
+fn origin_form(uri: &http::Uri) -> http::Uri {
+    uri.path_and_query().map_or_else(
+        || http::Uri::from_static("/"),
+        |pq| http::Uri::from(pq.clone()),
+    )
+}
+
+/// An origin-form URI made absolute again, with the peer as its authority.
+fn peer_uri(addr: SocketAddr, uri: &http::Uri) -> http::Uri {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    http::Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query(pq)
+        .build()
+        .unwrap_or_else(|_| uri.clone())
 }
 
 fn failed(e: h2::Error) -> SendError {
@@ -217,7 +322,11 @@ fn finish(result: Result<Response<RecvStream>, h2::Error>) -> Result<Response<Bo
 
 /// With mTLS, the peer must be the app called (the same id, namespace and trust domain the
 /// caller means); without, any peer is taken at its word.
-fn check_peer(addr: SocketAddr, peer: Option<&AppRef>, target: &AppRef) -> Result<(), String> {
+pub(super) fn check_peer(
+    addr: SocketAddr,
+    peer: Option<&AppRef>,
+    target: &AppRef,
+) -> Result<(), String> {
     match peer {
         Some(peer) if peer != target => Err(format!(
             "the sidecar at {addr} proved to be app {peer}, not {target}"
@@ -232,39 +341,102 @@ async fn connect(
     tls: Option<&PeerTls>,
 ) -> Result<Pooled, String> {
     let setup = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let Some(tls) = tls else {
-            let sender = handshake(addr, stream, keepalive).await?;
-            return Ok(Pooled { sender, peer: None });
+        let (transport, peer) = dial(addr, tls, Alpn::H2).await.map_err(String::from)?;
+        let sender = match transport {
+            Transport::Plain(io) => handshake(addr, io, keepalive).await?,
+            Transport::Tls(io) => handshake(addr, *io, keepalive).await?,
         };
-        let server_name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-        let stream = tls
-            .connector
-            .connect(server_name, stream)
-            .await
-            .map_err(|e| format!("tls handshake with {addr}: {e}"))?;
-        let id = trellis_mtls::tls::peer_id(stream.get_ref().1.peer_certificates())
-            .map_err(|e| format!("tls handshake with {addr}: {e}"))?;
-        if id.trust_domain != tls.trust_domain {
-            return Err(format!(
-                "the sidecar at {addr} is in trust domain {:?}, not {:?}",
-                id.trust_domain, tls.trust_domain
-            ));
-        }
-        let peer = AppRef::new(id.app_id, id.namespace)
-            .map_err(|e| format!("the sidecar at {addr} has an invalid identity: {e}"))?;
-        let sender = handshake(addr, stream, keepalive).await?;
-        Ok(Pooled {
-            sender,
-            peer: Some(peer),
-        })
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Pooled { sender, peer, id })
     };
     tokio::time::timeout(CONNECT_TIMEOUT, setup)
         .await
         .map_err(|_| format!("connecting to {addr} timed out"))?
+}
+
+/// A socket to a peer sidecar, with TLS when mTLS is on.
+pub(super) enum Transport {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<trellis_mtls::ClientTlsStream<tokio::net::TcpStream>>),
+}
+
+/// The protocol a connection is for, offered by TLS's ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Alpn {
+    H2,
+    Http1,
+}
+
+/// Why [`dial`] failed.
+pub(super) enum DialError {
+    /// The peer's TLS refused the protocol (an HTTP/1.1 connection to a sidecar that speaks
+    /// only HTTP/2 on its internal port).
+    Protocol(String),
+    Other(String),
+}
+
+impl From<DialError> for String {
+    fn from(e: DialError) -> String {
+        match e {
+            DialError::Protocol(s) | DialError::Other(s) => s,
+        }
+    }
+}
+
+/// Connects to the sidecar at `addr` (with mTLS: completes the handshake and reads which
+/// app the peer proved to be, which must be in this sidecar's trust domain). No timeout of
+/// its own: callers bound the whole setup.
+pub(super) async fn dial(
+    addr: SocketAddr,
+    tls: Option<&PeerTls>,
+    alpn: Alpn,
+) -> Result<(Transport, Option<AppRef>), DialError> {
+    let other = DialError::Other;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| other(format!("connecting to {addr}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok((Transport::Plain(stream), None));
+    };
+    let server_name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let connecting = match alpn {
+        Alpn::H2 => tls.connector.connect(server_name, stream),
+        Alpn::Http1 => tls
+            .connector
+            .with_alpn(vec![b"http/1.1".to_vec()])
+            .connect(server_name, stream),
+    };
+    let stream = connecting.await.map_err(|e| {
+        let text = format!("tls handshake with {addr}: {e}");
+        let refused = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<trellis_mtls::rustls::Error>())
+            .is_some_and(|e| {
+                *e == trellis_mtls::rustls::Error::AlertReceived(
+                    trellis_mtls::rustls::AlertDescription::NoApplicationProtocol,
+                )
+            });
+        if refused {
+            DialError::Protocol(text)
+        } else {
+            other(text)
+        }
+    })?;
+    let id = trellis_mtls::tls::peer_id(stream.get_ref().1.peer_certificates())
+        .map_err(|e| other(format!("tls handshake with {addr}: {e}")))?;
+    if id.trust_domain != tls.trust_domain {
+        return Err(other(format!(
+            "the sidecar at {addr} is in trust domain {:?}, not {:?}",
+            id.trust_domain, tls.trust_domain
+        )));
+    }
+    let peer = AppRef::new(id.app_id, id.namespace).map_err(|e| {
+        other(format!(
+            "the sidecar at {addr} has an invalid identity: {e}"
+        ))
+    })?;
+    Ok((Transport::Tls(Box::new(stream)), Some(peer)))
 }
 
 /// The HTTP/2 handshake over `io` (plain TCP or TLS), and the connection's task.

@@ -29,7 +29,7 @@ use crate::Body;
 /// Bodies up to this size are read whole: a few TCP segments at most.
 pub const SMALL_BODY: u64 = 16 * 1024;
 
-fn is_grpc(headers: &HeaderMap) -> bool {
+pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))

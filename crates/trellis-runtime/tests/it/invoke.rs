@@ -94,7 +94,7 @@ async fn body_limit_applies_to_invocation() {
     b.stop().await;
 }
 
-fn configuration(yaml: &str) -> trellis_resources::Configuration {
+pub(crate) fn configuration(yaml: &str) -> trellis_resources::Configuration {
     trellis_resources::parse_str(std::path::Path::new("config.yaml"), yaml)
         .unwrap()
         .configurations
@@ -143,27 +143,46 @@ async fn static_and_dns_resolvers_find_peers_without_the_registry() {
     b.stop().await;
 }
 
-/// A peer that takes a call and then goes silent (a machine gone, a black-holed route:
-/// the socket stays open, nothing answers, not even HTTP/2 pings) fails the call once a
-/// keep-alive ping goes unanswered, instead of holding it forever; the next call connects
-/// afresh.
+/// A peer that takes calls and then goes silent (a machine gone, a black-holed route, a hung
+/// process: sockets stay open, nothing answers, not HTTP/2 pings, not a new connection)
+/// fails them once its liveness check goes unanswered, instead of holding them forever: a
+/// small call (pooled HTTP/1.1, probed on a new connection) and a large one (HTTP/2, pinged).
+/// Once the peer answers again, the next calls connect afresh and go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_peer_is_dropped_after_an_unanswered_ping() {
+async fn a_silent_peer_is_dropped_after_an_unanswered_liveness_check() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let peer = tokio::spawn(async move {
-        // First connection: accept one call, then stop polling the connection.
-        let (socket, _) = listener.accept().await.unwrap();
-        let mut silent = h2::server::handshake(socket).await.unwrap();
-        let call = silent.accept().await;
-        // Second connection: a peer that answers.
-        let (socket, _) = listener.accept().await.unwrap();
-        let mut live = h2::server::handshake(socket).await.unwrap();
-        while let Some(Ok((_, mut respond))) = live.accept().await {
-            let resp = http::Response::builder().status(200).body(()).unwrap();
-            let _ = respond.send_response(resp, true);
+    let silent = Arc::new(AtomicBool::new(true));
+    let peer = tokio::spawn({
+        let silent = silent.clone();
+        async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                if silent.load(Ordering::SeqCst) {
+                    // Read and drop whatever comes; answer nothing, close nothing.
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
+                        std::future::pending::<()>().await;
+                    });
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let answer = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Empty::<bytes::Bytes>::new(),
+                        ))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), answer)
+                    .await;
+                });
+            }
         }
-        drop((silent, call));
     });
     let dir = tempfile::tempdir().unwrap();
     let config = configuration(&format!(
@@ -177,23 +196,34 @@ async fn a_silent_peer_is_dropped_after_an_unanswered_ping() {
         };
     })
     .await;
+    let large = bytes::Bytes::from("x".repeat(64 * 1024));
+    let url = url(&a, "/v1.0/invoke/gone/method/x");
     let started = std::time::Instant::now();
-    let r = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        request("GET", &url(&a, "/v1.0/invoke/gone/method/x"), &[], ""),
-    )
+    let (small, large_call) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(
+            request("GET", &url, &[], ""),
+            request("POST", &url, &[], large.clone())
+        )
+    })
     .await
-    .expect("the call to a silent peer must fail, not hang");
-    assert_eq!(r.status, 500, "{}", r.text());
-    assert_eq!(r.json()["errorCode"], "ERR_DIRECT_INVOKE");
+    .expect("calls to a silent peer must fail, not hang");
+    for r in [&small, &large_call] {
+        assert_eq!(r.status, 500, "{}", r.text());
+        assert_eq!(r.json()["errorCode"], "ERR_DIRECT_INVOKE");
+    }
     assert!(started.elapsed() >= std::time::Duration::from_millis(100));
-    let r = request("GET", &url(&a, "/v1.0/invoke/gone/method/x"), &[], "").await;
-    assert_eq!(
-        r.status,
-        200,
-        "a new connection serves the next call: {}",
-        r.text()
-    );
+    silent.store(false, Ordering::SeqCst);
+    for (r, what) in [
+        (request("GET", &url, &[], "").await, "small"),
+        (request("POST", &url, &[], large.clone()).await, "large"),
+    ] {
+        assert_eq!(
+            r.status,
+            200,
+            "a new connection serves the next {what} call: {}",
+            r.text()
+        );
+    }
     a.stop().await;
     peer.abort();
 }
@@ -342,4 +372,134 @@ async fn a_dapr_builtin_service_retries_policy_replaces_the_defaults() {
         started.elapsed()
     );
     a.stop().await;
+}
+
+/// What a [`FakePeer`] saw: connections accepted, and the HTTP version of each request.
+#[derive(Default)]
+pub(crate) struct Seen {
+    pub connections: std::sync::atomic::AtomicUsize,
+    pub versions: std::sync::Mutex<Vec<http::Version>>,
+}
+
+impl Seen {
+    pub fn versions(&self) -> Vec<http::Version> {
+        self.versions.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A stand-in for a peer sidecar's internal port (HTTP/1.1 and HTTP/2, TLS when `tls` is
+/// given) that answers every request 200 after `delay`, recording what it saw.
+pub(crate) async fn fake_peer(
+    tls: Option<trellis_mtls::TlsAcceptor>,
+    delay: std::time::Duration,
+) -> (u16, std::sync::Arc<Seen>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(Seen::default());
+    let task = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                seen.connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let seen = seen.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let answer = hyper::service::service_fn(move |req: http::Request<_>| {
+                        seen.versions.lock().unwrap().push(req.version());
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                    let server = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(socket);
+                            let _ = server.serve_connection(io, answer).await;
+                        }
+                        Some(tls) => {
+                            let Ok(socket) = tls.accept(socket).await else {
+                                return;
+                            };
+                            let io = hyper_util::rt::TokioIo::new(socket);
+                            let _ = server.serve_connection(io, answer).await;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (port, seen, task)
+}
+
+/// Configuration whose static resolver puts `app` at 127.0.0.1:`port`.
+pub(crate) fn static_peer(app: &str, port: u16) -> trellis_resources::Configuration {
+    configuration(&format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: static\n    configuration:\n      apps:\n        {app}: [\"127.0.0.1:{port}\"]\n"
+    ))
+}
+
+/// Small unary calls take pooled HTTP/1.1 connections, one reused call after call; a large
+/// body and gRPC go over HTTP/2; calls beyond the pool's limit at once share HTTP/2 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_calls_pool_http1_and_the_rest_multiplex_over_http2() {
+    use http::Version;
+
+    let (port, seen, peer) = fake_peer(None, std::time::Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = sidecar("caller", dir.path(), None, |c| {
+        c.configuration = Some(static_peer("peer", port));
+    })
+    .await;
+    let call = url(&a, "/v1.0/invoke/peer/method/x");
+    for _ in 0..5 {
+        let r = request("POST", &call, &[], "small").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(seen.versions(), vec![Version::HTTP_11; 5]);
+    assert_eq!(seen.connections(), 1, "one connection carried all five");
+    let large = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let r = request("POST", &call, &[], large).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request(
+        "POST",
+        &call,
+        &[("content-type", "application/grpc")],
+        "\0\0\0\0\0",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(seen.versions()[5..], [Version::HTTP_2, Version::HTTP_2]);
+    assert_eq!(seen.connections(), 2, "one HTTP/2 connection for both");
+    a.stop().await;
+    peer.abort();
+
+    // A slow peer and more calls at once than the pool opens connections for.
+    let (port, seen, peer) = fake_peer(None, std::time::Duration::from_millis(300)).await;
+    let a = sidecar("caller2", dir.path(), None, |c| {
+        c.configuration = Some(static_peer("peer", port));
+    })
+    .await;
+    let call = url(&a, "/v1.0/invoke/peer/method/x");
+    let calls = (0..40).map(|_| request("POST", &call, &[], "small"));
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let versions = seen.versions();
+    let http1 = versions.iter().filter(|v| **v == Version::HTTP_11).count();
+    assert_eq!(http1, 32, "{versions:?}");
+    assert_eq!(versions.len() - http1, 8, "{versions:?}");
+    assert_eq!(seen.connections(), 33);
+    a.stop().await;
+    peer.abort();
 }

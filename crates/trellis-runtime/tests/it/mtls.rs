@@ -233,3 +233,62 @@ fn an_invalid_operation_glob_is_a_load_error_naming_the_field() {
     );
     assert!(err.contains("httpVerb") && err.contains("FETCH"), "{err}");
 }
+
+/// A peer whose TLS offers only HTTP/2 (a sidecar from before the internal port spoke
+/// HTTP/1.1) still gets small calls: the refused `http/1.1` is remembered and they go over
+/// HTTP/2, while a peer that offers both gets them over pooled HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_calls_fall_back_to_http2_for_a_peer_that_offers_only_it() {
+    use http::Version;
+
+    let authority = Arc::new(Authority::create("public").unwrap());
+    let acceptor = |app: &str, alpn: &[&[u8]]| {
+        let identity = WorkloadIdentity::new(
+            SpiffeId::new("public", "default", app),
+            authority.clone(),
+            CertSettings::default(),
+        )
+        .unwrap();
+        let mut config = (*trellis_mtls::tls::server_config(&identity).unwrap()).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        trellis_mtls::TlsAcceptor::from(Arc::new(config))
+    };
+    let none = std::time::Duration::ZERO;
+    let (old_port, old_seen, old_task) =
+        crate::invoke::fake_peer(Some(acceptor("old", &[b"h2"])), none).await;
+    let (new_port, new_seen, new_task) =
+        crate::invoke::fake_peer(Some(acceptor("new", &[b"h2", b"http/1.1"])), none).await;
+    let config = crate::invoke::configuration(&format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: static\n    configuration:\n      apps:\n        old: [\"127.0.0.1:{old_port}\"]\n        new: [\"127.0.0.1:{new_port}\"]\n"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let with_mtls = mtls(&authority);
+    let a = sidecar("caller", dir.path(), None, move |c| {
+        with_mtls(c);
+        c.configuration = Some(config);
+    })
+    .await;
+    for app in ["old", "new"] {
+        for _ in 0..3 {
+            let r = request(
+                "POST",
+                &url(&a, &format!("/v1.0/invoke/{app}/method/x")),
+                &[],
+                "small",
+            )
+            .await;
+            assert_eq!(r.status, 200, "{app}: {}", r.text());
+        }
+    }
+    assert_eq!(old_seen.versions(), vec![Version::HTTP_2; 3]);
+    assert_eq!(
+        old_seen.connections(),
+        2,
+        "one refused http/1.1 handshake, then one HTTP/2 connection"
+    );
+    assert_eq!(new_seen.versions(), vec![Version::HTTP_11; 3]);
+    assert_eq!(new_seen.connections(), 1);
+    a.stop().await;
+    old_task.abort();
+    new_task.abort();
+}
