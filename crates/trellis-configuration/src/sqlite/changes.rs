@@ -28,19 +28,28 @@ impl Watch for Changes {
     }
 }
 
-/// Rings `signal` when the counter the poller reads moves. Ends when the store is gone
-/// (`signal` cannot be upgraded any more).
+/// The counter as `conn` reads it now (`None` before the first change).
+pub(super) fn read_counter(conn: &Connection, counter_sql: &str) -> Option<i64> {
+    conn.prepare_cached(counter_sql)
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .ok()
+}
+
+/// Rings `signal` when the counter the poller reads moves from `seen`, which the caller read
+/// before its subscriber's first read: a counter first read by the poller thread, whenever
+/// that thread got to run, could already include a change that first read missed. Ends
+/// when the store is gone (`signal` cannot be upgraded any more).
 pub(super) fn poller(
     conn: Connection,
     counter_sql: String,
     interval: Duration,
     signal: Weak<watch::Sender<u64>>,
+    mut seen: Option<i64>,
 ) {
     let read = || {
         conn.prepare_cached(&counter_sql)
             .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
     };
-    let mut seen = read().ok();
     loop {
         std::thread::sleep(interval);
         let Some(signal) = signal.upgrade() else {
@@ -58,5 +67,48 @@ pub(super) fn poller(
             }
             Err(e) => tracing::debug!(error = %e, "sqlite configuration: poll failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A change made between the caller's read of the counter and the poller's first poll
+    /// is heard.
+    #[test]
+    fn a_change_before_the_first_poll_is_heard() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE m (value INTEGER); INSERT INTO m VALUES (1);")
+            .unwrap();
+        let seen = read_counter(&conn, "SELECT value FROM m");
+        assert_eq!(seen, Some(1));
+        conn.execute_batch("UPDATE m SET value = 2").unwrap();
+        let signal = Arc::new(watch::channel(0u64).0);
+        let mut heard = signal.subscribe();
+        let weak = Arc::downgrade(&signal);
+        let poller = std::thread::spawn(move || {
+            poller(
+                conn,
+                "SELECT value FROM m".into(),
+                Duration::from_millis(1),
+                weak,
+                seen,
+            )
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), heard.changed())
+                .await
+                .expect("the change must be heard")
+                .unwrap();
+        });
+        drop((signal, heard));
+        poller.join().unwrap();
     }
 }

@@ -172,9 +172,11 @@ impl SqliteConfigurationStore {
         );
         let signal = Arc::downgrade(&self.shared.signal);
         let interval = self.poll_interval;
+        // Read here, before the subscriber's first read, not when the thread gets to run.
+        let seen = changes::read_counter(&conn, &sql);
         std::thread::Builder::new()
             .name("trellis-configuration-poller".into())
-            .spawn(move || changes::poller(conn, sql, interval, signal))
+            .spawn(move || changes::poller(conn, sql, interval, signal, seen))
             .map_err(|e| ConfigurationError::Backend(format!("cannot start the poller: {e}")))?;
         *started = true;
         Ok(())
