@@ -76,6 +76,11 @@ impl std::fmt::Debug for Idle {
 struct Conn {
     sender: SendRequest<Body>,
     peer: Option<AppRef>,
+    /// When a call on it should check the peer's liveness; moved later at every call. One
+    /// timer per connection rather than one per call: registering a timer due sooner than
+    /// any other makes tokio wake its own driver (an eventfd write and one more event per
+    /// call), while moving an existing one later costs nothing.
+    watch: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// What became of a call offered to the pool.
@@ -153,9 +158,13 @@ impl UnaryPool {
                 return not_sent(request, format!("the connection to {addr} closed"));
             }
             let sent = conn.sender.try_send_request(request);
+            let interval = self.keepalive.interval;
+            conn.watch
+                .as_mut()
+                .reset(tokio::time::Instant::now() + interval);
             let result = tokio::select! {
                 result = sent => result,
-                why = self.watchdog(addr) => {
+                why = self.watchdog(addr, &mut conn.watch) => {
                     return Outcome::Done(Err(SendError::Failed(why)));
                 }
             };
@@ -222,6 +231,7 @@ impl UnaryPool {
             Ok(Conn {
                 sender: sender.map_err(DialError::Other)?,
                 peer,
+                watch: Box::pin(tokio::time::sleep(self.keepalive.interval)),
             })
         };
         tokio::time::timeout(super::peers::CONNECT_TIMEOUT, setup)
@@ -238,13 +248,14 @@ impl UnaryPool {
         f(peers.entry(addr).or_default())
     }
 
-    /// Resolves, with why, once the peer at `addr` looks gone: every
-    /// [`Keepalive::interval`] it must give some HTTP answer on a new connection within
-    /// [`Keepalive::timeout`]. Never resolves for a peer that keeps answering.
-    async fn watchdog(&self, addr: SocketAddr) -> String {
+    /// Resolves, with why, once the peer at `addr` looks gone: each time `watch` is due
+    /// (every [`Keepalive::interval`]) it must give some HTTP answer on a new connection
+    /// within [`Keepalive::timeout`]. Never resolves for a peer that keeps answering.
+    async fn watchdog(&self, addr: SocketAddr, watch: &mut Pin<Box<tokio::time::Sleep>>) -> String {
         let Keepalive { interval, timeout } = self.keepalive;
         loop {
-            tokio::time::sleep(interval).await;
+            watch.as_mut().await;
+            watch.as_mut().reset(tokio::time::Instant::now() + interval);
             match tokio::time::timeout(timeout, self.probe(addr)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
