@@ -47,6 +47,8 @@ const TARGET_RATE: u32 = 1000;
 const DIRECT: &str = "direct";
 const TRELLIS: &str = "trellis";
 const NGINX: &str = "nginx";
+/// The same two hops, one nginx process each ([`nginx::Layout::ProcessPerHop`]).
+const NGINX_PER_HOP: &str = "nginx-per-hop";
 /// The same two sidecars with mTLS off (`spec.mtls.enabled: false`), to price mTLS.
 const PLAINTEXT: &str = "trellis-plaintext";
 /// The same two sidecars with `--enable-metrics=false`, to price metrics.
@@ -206,21 +208,31 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
             }
         }
     }
-    let nginx = match nginx_bin {
-        Ok(bin) => start_nginx(&bin, &tmp, echo_port).await,
-        Err(e) => Err(e),
-    };
-    let nginx = runner::keep(&mut session.notes, "the nginx scenario", nginx);
-    if let Some(n_) = &nginx {
-        session.versions.push(format!("nginx: {}", n_.version));
+    let mut nginxes = Vec::new();
+    for (name, layout, what) in [
+        (NGINX, nginx::Layout::Shared, "both hops"),
+        (NGINX_PER_HOP, nginx::Layout::ProcessPerHop, "one per hop"),
+    ] {
+        let started = match &nginx_bin {
+            Ok(bin) => start_nginx(bin, &tmp.join(name), echo_port, layout).await,
+            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+        };
+        let Some(n_) = runner::keep(&mut session.notes, &format!("the {name} scenario"), started)
+        else {
+            continue;
+        };
+        if nginxes.is_empty() {
+            session.versions.push(format!("nginx: {}", n_.version));
+        }
         scenarios.push(
-            echo_scenario(NGINX, target(n_.port, "/echo"), &body, n)
+            echo_scenario(name, target(n_.port, "/echo"), &body, n)
                 .against(DIRECT)
                 .watch(Watch {
-                    label: format!("nginx workers ({}, both hops)", n_.workers.len()),
+                    label: format!("{name} workers ({}, {what})", n_.workers.len()),
                     pids: n_.workers.clone(),
                 }),
         );
+        nginxes.push((name, n_));
     }
 
     let results = runner::run(bench, scenarios, async |_| {}).await?;
@@ -229,8 +241,8 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
     if let Some(s) = &sidecars {
         seq_paths.push((TRELLIS, target(s.a.port, sidecar::INVOKE_PATH)));
     }
-    if let Some(n_) = &nginx {
-        seq_paths.push((NGINX, target(n_.port, "/echo")));
+    for (name, n_) in &nginxes {
+        seq_paths.push((name, target(n_.port, "/echo")));
     }
     let sequential = match args.sequential {
         0 => Vec::new(),
@@ -253,7 +265,7 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
             .map(|c| (s.a.started_in, c));
         session.notes.extend(s.stop().await);
     }
-    drop(nginx);
+    drop(nginxes);
     if let Some(mut p) = plaintext {
         session.notes.extend(p.stop().await);
     }
@@ -274,10 +286,14 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
     session.finish(&md)
 }
 
-async fn start_nginx(bin: &Path, tmp: &Path, echo_port: u16) -> Result<nginx::Nginx> {
-    let dir = tmp.join("nginx");
-    std::fs::create_dir_all(&dir)?;
-    nginx::start(bin, &dir, echo_port)
+async fn start_nginx(
+    bin: &Path,
+    dir: &Path,
+    echo_port: u16,
+    layout: nginx::Layout,
+) -> Result<nginx::Nginx> {
+    std::fs::create_dir_all(dir)?;
+    nginx::start(bin, dir, echo_port, layout)
         .await
         .context("nginx did not start")
 }
@@ -304,7 +320,8 @@ fn render(
          trellis-plaintext = the same with `spec.mtls.enabled: false`; \
          trellis-metrics-off = the same as trellis with `--enable-metrics=false` (trellis has metrics on, the default); \
          trellis-tracing-0.1 / -1 = the same as trellis with `spec.tracing` at that sampling rate, exporting over OTLP/gRPC to a receiver in the bench; \
-         nginx = client → nginx hop 1 → nginx hop 2 → echo app. Everything on 127.0.0.1, all on the same cores.\n\n",
+         nginx = client → nginx hop 1 → nginx hop 2 → echo app, one nginx with two workers serving both hops (issue 14's baseline); \
+         nginx-per-hop = the same two hops in two nginx processes of one worker each, the shape of two sidecars. Everything on 127.0.0.1, all on the same cores.\n\n",
     );
     let text = PhaseText {
         labels: &["scenario"],
@@ -319,15 +336,19 @@ fn render(
     report::phase_tables(&mut s, bench, &text, &[results]);
     report::resources_table(&mut s, bench, "req/s", &[results]);
     startup_section(&mut s, startup);
-    let mut goals = floor::targets(
-        sequential,
-        results,
-        &floor::Names {
-            direct: DIRECT,
-            trellis: TRELLIS,
-            nginx: NGINX,
-        },
-    );
+    let mut goals = Vec::new();
+    for (nginx, shape) in [(NGINX, ""), (NGINX_PER_HOP, ", a process per hop")] {
+        goals.extend(floor::targets(
+            sequential,
+            results,
+            &floor::Names {
+                direct: DIRECT,
+                trellis: TRELLIS,
+                nginx,
+                shape,
+            },
+        ));
+    }
     goals.extend(targets(results, startup));
     report::targets_table(&mut s, ["trellis", "reference"], &goals);
     if bench.rate != TARGET_RATE {

@@ -1,5 +1,5 @@
 //! The reference point: two nginx reverse-proxy hops in front of the echo
-//! app, the same shape as sidecar A → sidecar B → app.
+//! app, the same shape as sidecar A → sidecar B → app, in two layouts ([`Layout`]).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,28 +11,38 @@ use anyhow::{Context, Result, bail};
 use crate::load;
 use crate::procs::{self, ChildGuard};
 
-/// Two workers, not one: the two sidecars are two processes that can each
-/// use both cores, so a single nginx worker (one event loop serving both
-/// hops) would cap nginx at one core in the max-throughput phase and make it
-/// look worse than it is. Two workers on two cores is also what
-/// `worker_processes auto` would pick here. Both workers serve both hops,
-/// so their CPU and memory are reported summed.
-const WORKERS: usize = 2;
+/// How the two hops are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One nginx with two workers, both serving both hops: the baseline issue 14 names.
+    /// Two workers, not one: the two sidecars are two processes that can each use both
+    /// cores, so a single worker would cap nginx at one core in the max-throughput phase
+    /// and make it look worse than it is; two is also what `worker_processes auto` picks
+    /// here. A worker often finds hop 2's event ready in the same wake-up as hop 1's, which
+    /// two sidecars, being two processes, never can.
+    Shared,
+    /// One nginx per hop, one worker each: the shape of two sidecars (and of two hops on
+    /// two machines), each paying its own wake-ups.
+    ProcessPerHop,
+}
 
-/// A running nginx with both hops configured; stopped on drop.
+/// The running nginx processes with both hops configured; stopped on drop.
 pub struct Nginx {
-    master: ChildGuard,
+    masters: Vec<ChildGuard>,
     /// Port of hop 1, where the load goes.
     pub port: u16,
+    /// Every worker of every master.
     pub workers: Vec<u32>,
     pub version: String,
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM to the master takes the workers down with it; the explicit
-        // kill only matters if the master died some other way first.
-        self.master.stop(Duration::from_secs(3));
+        // SIGTERM to a master takes its workers down with it; the explicit
+        // kill only matters if a master died some other way first.
+        for master in &mut self.masters {
+            master.stop(Duration::from_secs(3));
+        }
         procs::kill_if_named(&self.workers, "nginx");
     }
 }
@@ -64,13 +74,47 @@ fn find_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Starts nginx from a config in `dir` and waits until hop 1 → hop 2 →
-/// echo app answers.
-pub async fn start(binary: &Path, dir: &Path, echo_port: u16) -> Result<Nginx> {
+/// Starts nginx in `layout` from configs in `dir`; returns once hop 1 → hop 2 → echo app
+/// answers.
+pub async fn start(binary: &Path, dir: &Path, echo_port: u16, layout: Layout) -> Result<Nginx> {
     let (hop1, hop2) = (procs::free_port()?, procs::free_port()?);
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config(dir, hop1, hop2, echo_port)).context("writing nginx.conf")?;
+    let mut masters = Vec::new();
+    let mut workers = Vec::new();
+    match layout {
+        Layout::Shared => {
+            let (master, w) = launch(binary, dir, 2, &[(hop1, hop2), (hop2, echo_port)]).await?;
+            masters.push(master);
+            workers.extend(w);
+        }
+        Layout::ProcessPerHop => {
+            for (name, hop) in [("hop2", (hop2, echo_port)), ("hop1", (hop1, hop2))] {
+                let dir = dir.join(name);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let (master, w) = launch(binary, &dir, 1, &[hop]).await?;
+                masters.push(master);
+                workers.extend(w);
+            }
+        }
+    }
+    Ok(Nginx {
+        masters,
+        port: hop1,
+        workers,
+        version: version(binary),
+    })
+}
 
+/// One nginx master with `worker_count` workers proxying each `(listen, upstream)` pair,
+/// once its first listener answers; returns it and its workers.
+async fn launch(
+    binary: &Path,
+    dir: &Path,
+    worker_count: usize,
+    hops: &[(u16, u16)],
+) -> Result<(ChildGuard, Vec<u32>)> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, config(dir, worker_count, hops)).context("writing nginx.conf")?;
     let mut cmd = Command::new(binary);
     cmd.arg("-c")
         .arg(&conf)
@@ -82,8 +126,9 @@ pub async fn start(binary: &Path, dir: &Path, echo_port: u16) -> Result<Nginx> {
         .arg(dir.join("error.log"))
         .stdin(Stdio::null());
     let mut master = ChildGuard::spawn("nginx", &mut cmd, Some(&dir.join("nginx.out")))?;
-
-    if let Err(e) = load::wait_for_status(hop1, "GET", "/", 200, Duration::from_secs(5)).await {
+    let (first, _) = hops[0];
+    // Upstreams start first (hop 2 before hop 1), so each answers through to the app.
+    if let Err(e) = load::wait_for_status(first, "GET", "/", 200, Duration::from_secs(5)).await {
         let status = master
             .exited()
             .map(|s| format!(" (nginx exited: {s})"))
@@ -94,24 +139,17 @@ pub async fn start(binary: &Path, dir: &Path, echo_port: u16) -> Result<Nginx> {
             procs::log_tail(&dir.join("error.log"), 10)
         );
     }
-
     // Workers are forked right after start-up; give them a moment to appear.
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut workers = procs::children_of(master.pid());
-    while workers.len() < WORKERS && Instant::now() < deadline {
+    while workers.len() < worker_count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
         workers = procs::children_of(master.pid());
     }
     if workers.is_empty() {
         bail!("nginx is answering but no worker processes were found");
     }
-
-    Ok(Nginx {
-        master,
-        port: hop1,
-        workers,
-        version: version(binary),
-    })
+    Ok((master, workers))
 }
 
 /// `nginx -v` prints e.g. "nginx version: nginx/1.22.1" on stderr.
@@ -125,7 +163,7 @@ fn version(binary: &Path) -> String {
         .unwrap_or_else(|| "nginx (unknown version)".to_owned())
 }
 
-fn config(dir: &Path, hop1: u16, hop2: u16, echo: u16) -> String {
+fn config(dir: &Path, worker_count: usize, hops: &[(u16, u16)]) -> String {
     let d = dir.display();
     let mut conf = String::new();
     if procs::running_as_root() {
@@ -137,7 +175,7 @@ fn config(dir: &Path, hop1: u16, hop2: u16, echo: u16) -> String {
         conf,
         r#"daemon off;
 master_process on;
-worker_processes {WORKERS};
+worker_processes {worker_count};
 error_log {d}/error.log warn;
 pid {d}/nginx.pid;
 
@@ -158,40 +196,29 @@ http {{
     # latency spikes that have nothing to do with proxying.
     keepalive_requests 1000000;
     keepalive_timeout 300s;
-
-    upstream hop2 {{
-        server 127.0.0.1:{hop2};
-        keepalive 32;
-        keepalive_requests 1000000;
-    }}
-
-    upstream echo {{
-        server 127.0.0.1:{echo};
-        keepalive 32;
-        keepalive_requests 1000000;
-    }}
-
-    # Hop 1: plays sidecar A.
-    server {{
-        listen 127.0.0.1:{hop1};
-        location / {{
-            proxy_pass http://hop2;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-
-    # Hop 2: plays sidecar B.
-    server {{
-        listen 127.0.0.1:{hop2};
-        location / {{
-            proxy_pass http://echo;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
 "#
     );
+    for (listen, upstream) in hops {
+        let _ = write!(
+            conf,
+            r#"
+    upstream up{listen} {{
+        server 127.0.0.1:{upstream};
+        keepalive 32;
+        keepalive_requests 1000000;
+    }}
+
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://up{listen};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"#
+        );
+    }
+    conf.push_str("}\n");
     conf
 }

@@ -124,6 +124,8 @@ pub struct Names<'a> {
     pub direct: &'a str,
     pub trellis: &'a str,
     pub nginx: &'a str,
+    /// How the target names the nginx layout ("" for the baseline, ", a process per hop").
+    pub shape: &'a str,
 }
 
 /// Trellis against nginx: sequential added latency, added latency at the fixed rate, CPU
@@ -142,19 +144,22 @@ pub fn targets(paths: &[Path], results: &Results, n: &Names<'_>) -> Vec<Goal> {
             format!("{slack} × ")
         };
         rows.push(Goal::added_at_most(
-            format!("sequential: added {label} ≤ {scale}two nginx hops'"),
+            format!(
+                "sequential: added {label} ≤ {scale}two nginx hops'{}",
+                n.shape
+            ),
             seq_added(paths, n.trellis, n.direct, q),
             nginx.map(|v| v * slack),
-            nginx_ref(nginx),
+            nginx_ref(n.nginx, nginx),
         ));
     }
     for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
         let nginx = results.added_ms(n.nginx, q);
         rows.push(Goal::added_at_most(
-            format!("fixed rate: added {label} ≤ two nginx hops'"),
+            format!("fixed rate: added {label} ≤ two nginx hops'{}", n.shape),
             results.added_ms(n.trellis, q),
             nginx,
-            nginx_ref(nginx),
+            nginx_ref(n.nginx, nginx),
         ));
     }
     let per_hop = results
@@ -165,12 +170,15 @@ pub fn targets(paths: &[Path], results: &Results, n: &Names<'_>) -> Vec<Goal> {
     let cores = |v: f64| format!("{v:.3} cores");
     for (i, side) in ["A", "B"].into_iter().enumerate() {
         rows.push(Goal::at_most(
-            format!("fixed rate: sidecar {side} CPU ≤ nginx's per hop"),
+            format!(
+                "fixed rate: sidecar {side} CPU ≤ nginx's per hop{}",
+                n.shape
+            ),
             trellis
                 .and_then(|r| r.fixed.usage.get(i))
                 .map(|u| u.cpu_cores),
             per_hop,
-            format!("nginx per hop: {}", per_hop.map_or("—".into(), cores)),
+            format!("{} per hop: {}", n.nginx, per_hop.map_or("—".into(), cores)),
             cores,
         ));
     }
@@ -183,16 +191,16 @@ pub fn targets(paths: &[Path], results: &Results, n: &Names<'_>) -> Vec<Goal> {
     let per_s = |v: f64| format!("{v:.0} req/s");
     let nginx = rate(n.nginx);
     rows.push(Goal::at_least(
-        "max throughput ≥ two nginx hops'".into(),
+        format!("max throughput ≥ two nginx hops'{}", n.shape),
         rate(n.trellis),
         nginx,
-        format!("nginx: {}", nginx.map_or("—".into(), per_s)),
+        format!("{}: {}", n.nginx, nginx.map_or("—".into(), per_s)),
         per_s,
     ));
     rows
 }
 
 /// "nginx: +0.085 ms", the reference of an added-latency row.
-fn nginx_ref(added: Option<f64>) -> String {
-    format!("nginx: {}", added.map_or("—".into(), report::added_ms))
+fn nginx_ref(name: &str, added: Option<f64>) -> String {
+    format!("{name}: {}", added.map_or("—".into(), report::added_ms))
 }
