@@ -503,3 +503,59 @@ async fn small_calls_pool_http1_and_the_rest_multiplex_over_http2() {
     a.stop().await;
     peer.abort();
 }
+
+/// A peer that closes each HTTP/1.1 connection after one answer (as a restarted sidecar's
+/// old connections close): the next call finds its pooled connection gone and takes a new
+/// one, so every call gets through, once. Either safeguard alone passes this (a closed idle
+/// connection leaves the pool; a reused one that fails before sending is replaced once);
+/// without both, calls fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_peer_closed_is_replaced_not_failed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peer = tokio::spawn({
+        let requests = requests.clone();
+        async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // One request (no body), one answer, then the connection closes.
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if seen.is_empty() {
+                    continue;
+                }
+                requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                drop(socket);
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let a = sidecar("caller", dir.path(), None, |c| {
+        c.configuration = Some(static_peer("peer", port));
+        // Only the transport's own handling may save a call here.
+        c.builtin_retries.retries = 0;
+    })
+    .await;
+    let call = url(&a, "/v1.0/invoke/peer/method/x");
+    // Back to back: the next call may check its connection out before the EOF is seen.
+    for i in 0..20 {
+        let r = request("GET", &call, &[], "").await;
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+        assert_eq!(r.text(), "ok", "call {i}");
+    }
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 20);
+    a.stop().await;
+    peer.abort();
+}
