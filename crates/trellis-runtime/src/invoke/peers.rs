@@ -249,6 +249,14 @@ impl PeerPool {
         };
         *turn = None;
         self.lock().insert(addr, pooled.clone());
+        drop(turn);
+        // The gate is needed again only if this connection goes; one nobody waits on goes.
+        {
+            let mut gates = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+            if std::sync::Arc::strong_count(&gate) == 2 {
+                gates.remove(&addr);
+            }
+        }
         check_peer(addr, pooled.peer.as_ref(), target)?;
         pooled
             .sender

@@ -42,6 +42,9 @@ use crate::Body;
 /// connection instead of opening (and with mTLS, handshaking) ever more sockets.
 pub(super) const MAX_CONNECTIONS: usize = 32;
 
+/// How many peer addresses the pool keeps before it forgets those with no connection.
+const FORGET_ABOVE: usize = 256;
+
 /// The pool: idle connections per peer address.
 #[derive(Debug)]
 pub(super) struct UnaryPool {
@@ -245,6 +248,11 @@ impl UnaryPool {
 
     fn peer<T>(&self, addr: SocketAddr, f: impl FnOnce(&mut Peer) -> T) -> T {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        // Addresses come and go (instances restart elsewhere); forget the ones with nothing
+        // open once there are many, so the map stays the size of the live peers.
+        if peers.len() > FORGET_ABOVE {
+            peers.retain(|_, peer| !peer.idle.is_empty() || peer.open.load(Ordering::Relaxed) > 0);
+        }
         f(peers.entry(addr).or_default())
     }
 
