@@ -28,11 +28,10 @@ impl Watch for Changes {
     }
 }
 
-/// The counter as `conn` reads it now (`None` before the first change).
-pub(super) fn read_counter(conn: &Connection, counter_sql: &str) -> Option<i64> {
+/// The counter as `conn` reads it now (an error before the first change).
+pub(super) fn read_counter(conn: &Connection, counter_sql: &str) -> rusqlite::Result<i64> {
     conn.prepare_cached(counter_sql)
         .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-        .ok()
 }
 
 /// Rings `signal` when the counter the poller reads moves from `seen`, which the caller read
@@ -46,10 +45,6 @@ pub(super) fn poller(
     signal: Weak<watch::Sender<u64>>,
     mut seen: Option<i64>,
 ) {
-    let read = || {
-        conn.prepare_cached(&counter_sql)
-            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-    };
     loop {
         std::thread::sleep(interval);
         let Some(signal) = signal.upgrade() else {
@@ -58,7 +53,7 @@ pub(super) fn poller(
         if signal.receiver_count() == 0 {
             continue;
         }
-        match read() {
+        match read_counter(&conn, &counter_sql) {
             Ok(v) => {
                 if seen != Some(v) {
                     seen = Some(v);
@@ -83,7 +78,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE m (value INTEGER); INSERT INTO m VALUES (1);")
             .unwrap();
-        let seen = read_counter(&conn, "SELECT value FROM m");
+        let seen = read_counter(&conn, "SELECT value FROM m").ok();
         assert_eq!(seen, Some(1));
         conn.execute_batch("UPDATE m SET value = 2").unwrap();
         let signal = Arc::new(watch::channel(0u64).0);

@@ -173,7 +173,7 @@ impl SqliteConfigurationStore {
         let signal = Arc::downgrade(&self.shared.signal);
         let interval = self.poll_interval;
         // Read here, before the subscriber's first read, not when the thread gets to run.
-        let seen = changes::read_counter(&conn, &sql);
+        let seen = changes::read_counter(&conn, &sql).ok();
         std::thread::Builder::new()
             .name("trellis-configuration-poller".into())
             .spawn(move || changes::poller(conn, sql, interval, signal, seen))

@@ -2,8 +2,9 @@
 //!
 //! [`Invoker::invoke`] resolves the target app through the name resolver, picks an instance,
 //! and sends the request to that instance's sidecar over a pooled HTTP/1.1 connection (a
-//! small unary call, [`unary`]) or its multiplexed HTTP/2 connection ([`peers`]); the peer hands it to its app through the [`AppChannel`]. A call to this
-//! sidecar's own app id goes straight to the app channel.
+//! small unary call, [`unary`]) or its multiplexed HTTP/2 connection ([`peers`]); the peer
+//! hands it to its app through the [`AppChannel`]. A call to this sidecar's own app id goes
+//! straight to the app channel.
 //!
 //! Retries: a request that never left this sidecar (connection refused, connection already
 //! closed) is tried on the next instance. A call that provably never reached the callee's
@@ -23,8 +24,6 @@ mod peers;
 mod resilient;
 mod small;
 mod unary;
-
-use std::net::SocketAddr;
 
 use http::{HeaderValue, Request, Response, Uri};
 use trellis_nameres::{AppRef, Balancer, ResolveError};
@@ -228,19 +227,21 @@ impl Invoker {
             };
         }
 
+        let mut req = req;
+        // Origin form; the transport adds the peer where its protocol wants it, and hands
+        // back a request it did not send as it got it.
+        *req.uri_mut() = match http::uri::PathAndQuery::try_from(path_and_query) {
+            Ok(pq) => Uri::from(pq),
+            Err(_) => {
+                return Attempt::Done(Err(InvokeError::InvalidMethod(path_and_query.to_string())));
+            }
+        };
         let mut pending = Some(req);
         let mut last_error = String::new();
         let mut tried = 0;
         for addr in candidates.iter() {
-            let Some(mut req) = pending.take() else { break };
+            let Some(req) = pending.take() else { break };
             tried += 1;
-            *req.uri_mut() = match peer_uri(addr, path_and_query) {
-                Ok(uri) => uri,
-                Err(e) => return Attempt::Done(Err(e)),
-            };
-            *req.version_mut() = http::Version::HTTP_2;
-            // h2 carries the authority in the URI; a Host header would be a second one.
-            req.headers_mut().remove(http::header::HOST);
             match self.peers.send(addr, target, req).await {
                 Ok(resp) => {
                     let undelivered = resp.headers().contains_key(UNDELIVERED);
@@ -290,13 +291,4 @@ impl Invoker {
 fn without_undelivered(mut resp: Response<Body>) -> Response<Body> {
     resp.headers_mut().remove(UNDELIVERED);
     resp
-}
-
-fn peer_uri(addr: SocketAddr, path_and_query: &str) -> Result<Uri, InvokeError> {
-    Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| InvokeError::InvalidMethod(path_and_query.to_string()))
 }

@@ -152,23 +152,11 @@ impl PeerPool {
         };
         // A small unary call goes over HTTP/1.1 when the pool has a connection for it; gRPC
         // needs HTTP/2's trailers.
-        let (parts, whole) = match whole {
+        let (mut parts, whole) = match whole {
             Some(bytes) if !is_grpc(&parts.headers) => {
-                let mut parts = parts;
-                parts.uri = origin_form(&parts.uri);
-                match self
-                    .unary
-                    .send(addr, target, Request::from_parts(parts, bytes))
-                    .await
-                {
+                match self.unary.send(addr, target, parts, bytes).await {
                     unary::Outcome::Done(result) => return result,
-                    unary::Outcome::UseH2(request) => {
-                        let (mut parts, bytes) = request.into_parts();
-                        parts.uri = peer_uri(addr, &parts.uri);
-                        parts.version = http::Version::HTTP_2;
-                        parts.headers.remove(http::header::HOST);
-                        (parts, Some(bytes))
-                    }
+                    unary::Outcome::UseH2(parts, bytes) => (parts, Some(bytes)),
                 }
             }
             whole => (parts, whole),
@@ -187,6 +175,10 @@ impl PeerPool {
                 });
             }
         };
+        parts.uri = absolute(addr, &parts.uri);
+        parts.version = http::Version::HTTP_2;
+        // h2 carries the authority in the URI; a Host header would be a second one.
+        parts.headers.remove(http::header::HOST);
         let head = Request::from_parts(parts, ());
         let (response, mut stream) = match whole {
             Some(bytes) if bytes.is_empty() => sender.send_request(head, true).map_err(failed)?,
@@ -295,16 +287,8 @@ impl PeerPool {
     }
 }
 
-/// `/path?query` of an absolute URI, as an HTTP/1.1 request line carries it.
-fn origin_form(uri: &http::Uri) -> http::Uri {
-    uri.path_and_query().map_or_else(
-        || http::Uri::from_static("/"),
-        |pq| http::Uri::from(pq.clone()),
-    )
-}
-
-/// An origin-form URI made absolute again, with the peer as its authority.
-fn peer_uri(addr: SocketAddr, uri: &http::Uri) -> http::Uri {
+/// An origin-form URI made absolute, with the peer as its authority, as HTTP/2 wants it.
+fn absolute(addr: SocketAddr, uri: &http::Uri) -> http::Uri {
     let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
     http::Uri::builder()
         .scheme("http")

@@ -40,7 +40,7 @@ use crate::Body;
 
 /// HTTP/1.1 connections per peer; calls beyond this many at once share its HTTP/2
 /// connection instead of opening (and with mTLS, handshaking) ever more sockets.
-pub(super) const MAX_CONNECTIONS: usize = 32;
+const MAX_CONNECTIONS: usize = 32;
 
 /// How many peer addresses the pool keeps before it forgets those with no connection.
 const FORGET_ABOVE: usize = 256;
@@ -79,6 +79,8 @@ impl std::fmt::Debug for Idle {
 struct Conn {
     sender: SendRequest<Body>,
     peer: Option<AppRef>,
+    /// Its requests' `Host`, made once rather than formatted for every call.
+    host: HeaderValue,
     /// When a call on it should check the peer's liveness; moved later at every call. One
     /// timer per connection rather than one per call: registering a timer due sooner than
     /// any other makes tokio wake its own driver (an eventfd write and one more event per
@@ -90,8 +92,8 @@ struct Conn {
 pub(super) enum Outcome {
     Done(Result<Response<Body>, SendError>),
     /// The pool has no connection for it (the peer speaks only HTTP/2, or all its
-    /// connections are busy): send it over HTTP/2.
-    UseH2(Request<Bytes>),
+    /// connections are busy): send it over HTTP/2, as it came.
+    UseH2(http::request::Parts, Bytes),
 }
 
 /// A slot of [`Peer::open`], given back when dropped.
@@ -119,40 +121,40 @@ impl UnaryPool {
         }
     }
 
-    /// Sends `request` (origin-form URI, body whole) to the sidecar at `addr`, which must be
-    /// (with mTLS: prove to be) an instance of `target`.
+    /// Sends the request of `parts` (origin-form URI) and `bytes` to the sidecar at `addr`,
+    /// which must be (with mTLS: prove to be) an instance of `target`.
     pub(super) async fn send(
         &self,
         addr: SocketAddr,
         target: &AppRef,
-        request: Request<Bytes>,
+        parts: http::request::Parts,
+        bytes: Bytes,
     ) -> Outcome {
-        let (mut parts, bytes) = request.into_parts();
-        parts.version = http::Version::HTTP_11;
-        if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
-            parts.headers.insert(http::header::HOST, host);
-        }
         let mut request = Request::from_parts(parts, Body::from(bytes.clone()));
         // A reused connection that turns out closed gets one fresh replacement.
         let mut fresh_left = 1;
         loop {
             let (mut conn, reused) = match self.checkout(addr) {
-                Checkout::UseH2 => return Outcome::UseH2(request.map(|_| bytes)),
+                Checkout::UseH2 => return Outcome::UseH2(request.into_parts().0, bytes),
                 Checkout::Reused(conn) => (conn, true),
-                Checkout::Open(slot) => match self.open(addr, slot).await {
+                Checkout::Open(slot) => match self.connect(addr, Some(slot)).await {
                     Ok(conn) => (conn, false),
                     Err(DialError::Protocol(error)) => {
                         tracing::debug!(%addr, %error, "peer speaks only http/2 on its internal port");
                         self.peer(addr, |peer| peer.h2_only = true);
-                        return Outcome::UseH2(request.map(|_| bytes));
+                        return Outcome::UseH2(request.into_parts().0, bytes);
                     }
                     Err(DialError::Other(error)) => return not_sent(request, error),
                 },
             };
             if let Err(error) = check_peer(addr, conn.peer.as_ref(), target) {
-                self.put_back(addr, conn);
+                put_back(&self.peers, addr, conn);
                 return not_sent(request, error);
             }
+            *request.version_mut() = http::Version::HTTP_11;
+            request
+                .headers_mut()
+                .insert(http::header::HOST, conn.host.clone());
             if conn.sender.ready().await.is_err() {
                 if reused && fresh_left > 0 {
                     fresh_left -= 1;
@@ -223,8 +225,9 @@ impl UnaryPool {
         })
     }
 
-    /// A new connection to `addr`, its task holding `slot` for as long as it lives.
-    async fn open(&self, addr: SocketAddr, slot: Slot) -> Result<Conn, DialError> {
+    /// A new connection to `addr`; a pooled one's task holds its `slot` for as long as it
+    /// lives (a probe's has none).
+    async fn connect(&self, addr: SocketAddr, slot: Option<Slot>) -> Result<Conn, DialError> {
         let setup = async {
             let (transport, peer) = dial(addr, self.tls.as_ref(), Alpn::Http1).await?;
             let sender = match transport {
@@ -234,16 +237,14 @@ impl UnaryPool {
             Ok(Conn {
                 sender: sender.map_err(DialError::Other)?,
                 peer,
+                host: HeaderValue::try_from(addr.to_string())
+                    .map_err(|e| DialError::Other(format!("host header for {addr}: {e}")))?,
                 watch: Box::pin(tokio::time::sleep(self.keepalive.interval)),
             })
         };
         tokio::time::timeout(super::peers::CONNECT_TIMEOUT, setup)
             .await
             .map_err(|_| DialError::Other(format!("connecting to {addr} timed out")))?
-    }
-
-    fn put_back(&self, addr: SocketAddr, conn: Conn) {
-        put_back(&self.peers, addr, conn);
     }
 
     fn peer<T>(&self, addr: SocketAddr, f: impl FnOnce(&mut Peer) -> T) -> T {
@@ -280,19 +281,12 @@ impl UnaryPool {
 
     /// One request on a connection of its own; any answer means the peer is alive.
     async fn probe(&self, addr: SocketAddr) -> Result<(), String> {
-        let (transport, _) = dial(addr, self.tls.as_ref(), Alpn::Http1)
-            .await
-            .map_err(String::from)?;
-        let probe = Slot(Arc::new(AtomicUsize::new(1)));
-        let mut sender = match transport {
-            Transport::Plain(io) => handshake(addr, io, probe).await?,
-            Transport::Tls(io) => handshake(addr, *io, probe).await?,
-        };
+        let mut conn = self.connect(addr, None).await.map_err(String::from)?;
         let request = Request::get("/")
-            .header(http::header::HOST, addr.to_string())
+            .header(http::header::HOST, conn.host.clone())
             .body(Body::empty())
             .map_err(|e| e.to_string())?;
-        sender
+        conn.sender
             .send_request(request)
             .await
             .map(drop)
@@ -316,7 +310,11 @@ fn put_back(peers: &Mutex<HashMap<SocketAddr, Peer>>, addr: SocketAddr, conn: Co
 }
 
 /// The HTTP/1.1 handshake over `io` (plain TCP or TLS), and the connection's task.
-async fn handshake<I>(addr: SocketAddr, io: I, slot: Slot) -> Result<SendRequest<Body>, String>
+async fn handshake<I>(
+    addr: SocketAddr,
+    io: I,
+    slot: Option<Slot>,
+) -> Result<SendRequest<Body>, String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

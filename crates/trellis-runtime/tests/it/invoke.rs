@@ -94,7 +94,7 @@ async fn body_limit_applies_to_invocation() {
     b.stop().await;
 }
 
-pub(crate) fn configuration(yaml: &str) -> trellis_resources::Configuration {
+fn configuration(yaml: &str) -> trellis_resources::Configuration {
     trellis_resources::parse_str(std::path::Path::new("config.yaml"), yaml)
         .unwrap()
         .configurations
@@ -185,9 +185,7 @@ async fn a_silent_peer_is_dropped_after_an_unanswered_liveness_check() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let config = configuration(&format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: static\n    configuration:\n      apps:\n        gone: [\"127.0.0.1:{port}\"]\n"
-    ));
+    let config = static_peers(&[("gone", port)]);
     let a = sidecar("caller", dir.path(), None, |c| {
         c.configuration = Some(config);
         c.peer_keepalive = trellis_runtime::invoke::Keepalive {
@@ -442,11 +440,15 @@ pub(crate) async fn fake_peer(
     (port, seen, task)
 }
 
-/// Configuration whose static resolver puts `app` at 127.0.0.1:`port`.
-pub(crate) fn static_peer(app: &str, port: u16) -> trellis_resources::Configuration {
-    configuration(&format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: static\n    configuration:\n      apps:\n        {app}: [\"127.0.0.1:{port}\"]\n"
-    ))
+/// Configuration whose static resolver puts each app at 127.0.0.1 and its port.
+pub(crate) fn static_peers(apps: &[(&str, u16)]) -> trellis_resources::Configuration {
+    let mut yaml = String::from(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: c}\nspec:\n  nameResolution:\n    component: static\n    configuration:\n      apps:\n",
+    );
+    for (app, port) in apps {
+        yaml.push_str(&format!("        {app}: [\"127.0.0.1:{port}\"]\n"));
+    }
+    configuration(&yaml)
 }
 
 /// Small unary calls take pooled HTTP/1.1 connections, one reused call after call; a large
@@ -458,7 +460,7 @@ async fn small_calls_pool_http1_and_the_rest_multiplex_over_http2() {
     let (port, seen, peer) = fake_peer(None, std::time::Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
     let a = sidecar("caller", dir.path(), None, |c| {
-        c.configuration = Some(static_peer("peer", port));
+        c.configuration = Some(static_peers(&[("peer", port)]));
     })
     .await;
     let call = url(&a, "/v1.0/invoke/peer/method/x");
@@ -487,7 +489,7 @@ async fn small_calls_pool_http1_and_the_rest_multiplex_over_http2() {
     // A slow peer and more calls at once than the pool opens connections for.
     let (port, seen, peer) = fake_peer(None, std::time::Duration::from_millis(300)).await;
     let a = sidecar("caller2", dir.path(), None, |c| {
-        c.configuration = Some(static_peer("peer", port));
+        c.configuration = Some(static_peers(&[("peer", port)]));
     })
     .await;
     let call = url(&a, "/v1.0/invoke/peer/method/x");
@@ -543,7 +545,7 @@ async fn a_pooled_connection_the_peer_closed_is_replaced_not_failed() {
     });
     let dir = tempfile::tempdir().unwrap();
     let a = sidecar("caller", dir.path(), None, |c| {
-        c.configuration = Some(static_peer("peer", port));
+        c.configuration = Some(static_peers(&[("peer", port)]));
         // Only the transport's own handling may save a call here.
         c.builtin_retries.retries = 0;
     })

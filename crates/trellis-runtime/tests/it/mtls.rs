@@ -258,9 +258,7 @@ async fn small_calls_fall_back_to_http2_for_a_peer_that_offers_only_it() {
         crate::invoke::fake_peer(Some(acceptor("old", &[b"h2"])), none).await;
     let (new_port, new_seen, new_task) =
         crate::invoke::fake_peer(Some(acceptor("new", &[b"h2", b"http/1.1"])), none).await;
-    let config = crate::invoke::configuration(&format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: c}}\nspec:\n  nameResolution:\n    component: static\n    configuration:\n      apps:\n        old: [\"127.0.0.1:{old_port}\"]\n        new: [\"127.0.0.1:{new_port}\"]\n"
-    ));
+    let config = crate::invoke::static_peers(&[("old", old_port), ("new", new_port)]);
     let dir = tempfile::tempdir().unwrap();
     let with_mtls = mtls(&authority);
     let a = sidecar("caller", dir.path(), None, move |c| {
