@@ -376,7 +376,7 @@ impl Sidecar {
         };
         tasks.spawn(crate::server::serve(
             http,
-            api::router(runtime.clone()),
+            api::PublicApi::new(runtime.clone()),
             stopped(&stop),
             config.graceful_shutdown,
         ));

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use crate::Body;
 use crate::runtime::Runtime;
 
-const INVOKE_PREFIX: &str = "/v1.0/invoke/";
+pub(super) const INVOKE_PREFIX: &str = "/v1.0/invoke/";
 
 /// The path form: the target and method come from the URL.
 pub async fn by_path(State(rt): State<Arc<Runtime>>, req: Request) -> Response {

@@ -84,6 +84,18 @@ pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
     router
 }
 
+/// Whether [`public`] would add no layer but metrics and catch-panic, the two the
+/// invocation fast path ([`super::fast`]) puts around the handler itself. Every optional
+/// layer of [`public`] must be named here, or the fast path would skip it.
+pub(super) fn fast_path_applies(rt: &Runtime) -> bool {
+    rt.api_allowlist.is_none()
+        && rt.http_pipeline.is_empty()
+        && rt.api_token.is_none()
+        && !rt.enable_api_logging
+        && cors(&rt.allowed_origins).is_none()
+        && rt.tracer.is_none()
+}
+
 /// The route template of the invocation API, whichever form the call took.
 pub const INVOKE_ROUTE: &str = "/v1.0/invoke/{id}/method/{method}";
 
@@ -106,12 +118,14 @@ impl Route {
 /// The template of the route `req` matched: [`INVOKE_ROUTE`] for invocations (the header
 /// form goes to invocation whatever its path), `_other` when no route matched.
 pub fn route_template(req: &Request) -> Route {
-    if req.headers().contains_key("dapr-app-id") {
+    if req.headers().contains_key(crate::invoke::APP_ID) {
         return Route::Static(INVOKE_ROUTE);
     }
     match req.extensions().get::<MatchedPath>() {
         Some(m) if m.as_str().starts_with("/v1.0/invoke/") => Route::Static(INVOKE_ROUTE),
         Some(m) => Route::Matched(m.clone()),
+        // An invocation that took the fast path, which has no router to match it.
+        None if super::fast::takes(req) => Route::Static(INVOKE_ROUTE),
         None => Route::Static(crate::metrics::OTHER),
     }
 }
@@ -139,7 +153,7 @@ pub fn catch_panic() -> CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Res
     CatchPanicLayer::custom(panic_response as fn(_) -> _)
 }
 
-fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
+pub(super) fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
     let detail = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -4,12 +4,15 @@
 //! Every operation is implemented once in [`ops`]; the HTTP handlers here and the gRPC
 //! service are thin adapters over it. [`router`] builds the public HTTP API,
 //! [`grpc::router`] the gRPC API and [`internal_router`] the sidecar-to-sidecar port; all
-//! are plain `axum::Router`s that tests can drive without a socket.
+//! are plain `axum::Router`s that tests can drive without a socket. The sidecar serves the
+//! public one as a [`PublicApi`], which sends invocations past the router when no layer but
+//! metrics and catch-panic is configured (`fast.rs`).
 
 mod allowlist;
 pub mod callbacks;
 mod configuration;
 mod error;
+mod fast;
 mod gojson;
 pub mod grpc;
 mod internal;
@@ -32,6 +35,7 @@ use axum::routing::{any, get, post, put};
 
 pub use allowlist::ApiAllowlist;
 pub use error::ApiError;
+pub use fast::PublicApi;
 pub use internal::internal_router;
 pub use layers::{INVOKE_ROUTE, Route, catch_panic, route_template, trace_id};
 pub use workflow::instance_json as workflow_instance_json;

@@ -78,7 +78,9 @@ pub fn open(
 #[derive(Debug)]
 pub struct HttpAppChannel {
     client: Client<HttpConnector, Body>,
-    authority: String,
+    /// Parsed once: every request's URI shares its bytes. `Err` holds an address that is no
+    /// URI authority, which every call then reports.
+    authority: Result<http::uri::Authority, String>,
     /// The HTTP version requests to the app must carry (a peer's request arrives as HTTP/2).
     version: http::Version,
     token: Option<HeaderValue>,
@@ -103,6 +105,7 @@ impl HttpAppChannel {
         } else {
             format!("{}:{}", config.host, config.port)
         };
+        let authority = http::uri::Authority::try_from(authority.as_str()).map_err(|_| authority);
         Self {
             client: builder.build(connector),
             authority,
@@ -115,12 +118,16 @@ impl HttpAppChannel {
     }
 
     fn uri(&self, path_and_query: &str) -> Result<Uri, InvokeError> {
-        Uri::builder()
-            .scheme("http")
-            .authority(self.authority.as_str())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| InvokeError::InvalidMethod(path_and_query.to_string()))
+        let invalid = || InvokeError::InvalidMethod(path_and_query.to_string());
+        let authority = self.authority.as_ref().map_err(|address| {
+            InvokeError::AppChannel(format!("the app address {address:?} is not host:port"))
+        })?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(authority.clone());
+        parts.path_and_query =
+            Some(http::uri::PathAndQuery::try_from(path_and_query).map_err(|_| invalid())?);
+        Uri::from_parts(parts).map_err(|_| invalid())
     }
 }
 

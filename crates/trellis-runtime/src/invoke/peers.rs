@@ -232,7 +232,7 @@ impl PeerPool {
         {
             return Err(error.clone());
         }
-        let pooled = match connect(addr, self.keepalive, self.tls.as_ref()).await {
+        let pooled = match Box::pin(connect(addr, self.keepalive, self.tls.as_ref())).await {
             Ok(pooled) => pooled,
             Err(error) => {
                 *turn = Some((std::time::Instant::now(), error.clone()));

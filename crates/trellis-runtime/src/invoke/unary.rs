@@ -137,7 +137,7 @@ impl UnaryPool {
             let (mut conn, reused) = match self.checkout(addr) {
                 Checkout::UseH2 => return Outcome::UseH2(request.into_parts().0, bytes),
                 Checkout::Reused(conn) => (conn, true),
-                Checkout::Open(slot) => match self.connect(addr, Some(slot)).await {
+                Checkout::Open(slot) => match Box::pin(self.connect(addr, Some(slot))).await {
                     Ok(conn) => (conn, false),
                     Err(DialError::Protocol(error)) => {
                         tracing::debug!(%addr, %error, "peer speaks only http/2 on its internal port");
@@ -265,7 +265,7 @@ impl UnaryPool {
         loop {
             watch.as_mut().await;
             watch.as_mut().reset(tokio::time::Instant::now() + interval);
-            match tokio::time::timeout(timeout, self.probe(addr)).await {
+            match tokio::time::timeout(timeout, Box::pin(self.probe(addr))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     return format!("the peer at {addr} failed a liveness probe: {error}");

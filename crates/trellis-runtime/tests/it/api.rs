@@ -336,3 +336,105 @@ async fn the_http_pipeline_limits_rates_checks_routes_and_cors_answers_browsers(
         "{err}"
     );
 }
+
+/// Status, headers that matter, and body of `req` sent to `svc`.
+async fn answer<S>(svc: S, req: Request<Body>) -> (StatusCode, Option<String>, bytes::Bytes)
+where
+    S: tower::Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+{
+    let resp = svc.oneshot(req).await.unwrap();
+    let custom = resp
+        .headers()
+        .get("x-custom")
+        .map(|v| v.to_str().unwrap().to_string());
+    let status = resp.status();
+    (
+        status,
+        custom,
+        resp.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+/// The served API sends path-form invocations past the router (`api/fast.rs`); whatever the
+/// call, the caller must not be able to tell, and the metrics must label it the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invocation_fast_path_answers_as_the_router_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = trellis_test_support::TestApp::start("fast").await;
+    let b = sidecar("fast-b", dir.path(), Some(app.port()), |_| {}).await;
+    let a = sidecar("fast-a", dir.path(), None, |c| {
+        c.max_request_body = 4096;
+        // The call to an app nobody runs would wait out the built-in retries, twice.
+        c.builtin_retries.retries = 0;
+    })
+    .await;
+    let served = trellis_runtime::api::PublicApi::new(a.runtime().clone());
+    assert!(served.has_fast_path(), "no layer but metrics is configured");
+    let routed = router(a.runtime().clone());
+    let cases: [(&str, &str, Vec<u8>); 7] = [
+        (
+            "POST",
+            "/v1.0/invoke/fast-b/method/orders/7?x=%2F",
+            b"payload".to_vec(),
+        ),
+        ("GET", "/v1.0/invoke/fast-b/method/status/418", vec![]),
+        ("DELETE", "/v1.0/invoke/fast-b/method", vec![]),
+        ("POST", "/v1.0/invoke/nobody-here/method/x", vec![]),
+        ("POST", "/v1.0/invoke/bad..id/method/x", vec![]),
+        ("POST", "/v1.0/invoke/fast-b/nomethod", vec![]),
+        (
+            "POST",
+            "/v1.0/invoke/fast-b/method/upload",
+            vec![b'x'; 5000],
+        ),
+    ];
+    for (method, path, body) in &cases {
+        let req = || {
+            Request::builder()
+                .method(*method)
+                .uri(*path)
+                .header("content-length", body.len())
+                .body(Body::from(body.clone()))
+                .unwrap()
+        };
+        let fast = answer(served.clone(), req()).await;
+        let slow = answer(routed.clone(), req()).await;
+        assert_eq!(fast, slow, "{method} {path}");
+    }
+    assert_eq!(app.hits_on("/orders/7"), 2, "both ways reached the app");
+    // Every call above was counted under the invocation route, none as an unknown route.
+    let text = a.runtime().metrics.encode();
+    let counted: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("dapr_http_server_request_count{"))
+        .filter(|l| l.contains("path=\"/v1.0/invoke/{id}/method/{method}\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(counted, 2 * cases.len() as u64, "{text}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Any layer beyond metrics and catch-panic turns the fast path off: the API token here.
+#[tokio::test]
+async fn a_configured_layer_turns_the_invocation_fast_path_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sidecar("fast-guarded", dir.path(), None, |c| {
+        c.api_token = Some("s3cret".into());
+    })
+    .await;
+    let served = trellis_runtime::api::PublicApi::new(s.runtime().clone());
+    assert!(!served.has_fast_path());
+    let req = Request::post("/v1.0/invoke/anyone/method/x")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = answer(served, req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["errorCode"], "ERR_API_UNAUTHORIZED");
+    s.stop().await;
+}
