@@ -2,7 +2,8 @@
 //! transport to other sidecars.
 //!
 //! ```text
-//!   app ──HTTP──▶ api::router ──▶ invoke::Invoker ──h2c──▶ peer's internal server ──HTTP──▶ peer's app
+//!   app ──HTTP──▶ api::PublicApi ──▶ invoke::Invoker ──mTLS: HTTP/1.1 pool or HTTP/2──▶
+//!       peer's internal server ──HTTP──▶ peer's app
 //! ```
 //!
 //! [`Sidecar::serve`] wires everything together from a [`SidecarConfig`] and the listeners the
