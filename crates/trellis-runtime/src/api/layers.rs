@@ -184,7 +184,10 @@ async fn app_id_header(State(rt): State<Arc<Runtime>>, req: Request, next: Next)
         // ignored as if the header were absent.
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     match target {
-        Some(target) => invoke::by_header(&rt, &target, req).await,
+        // Boxed: an invocation's future is large, and inline it would make this
+        // middleware's future, which axum boxes for every request of the API (state,
+        // publish, ...), that large too, to be copied into its box on every call.
+        Some(target) => Box::pin(invoke::by_header(&rt, &target, req)).await,
         None => next.run(req).await,
     }
 }
