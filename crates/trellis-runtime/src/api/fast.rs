@@ -9,7 +9,7 @@
 //! layers the router would put around it.
 //!
 //! It does so only when those two are all there is: the metrics recorder and catch-panic
-//! ([`layers::fast_path_applies`]). With any other layer configured (an API token, tracing,
+//! ([`layers::public`] says whether the router has any other). With any other layer configured (an API token, tracing,
 //! CORS, API logging, an HTTP pipeline, an API allowlist), every request goes through the
 //! router, so no check is ever skipped. Requests that carry `dapr-app-id` always go through
 //! the router too: the header form wins over the path there, as in Dapr.
@@ -41,12 +41,14 @@ pub struct PublicApi {
 
 impl PublicApi {
     pub fn new(rt: Arc<Runtime>) -> Self {
-        let fast = layers::fast_path_applies(&rt)
-            .then(|| HttpLayer(rt.metrics.clone()).layer(Invoke(rt.clone())));
-        Self {
-            router: super::router(rt),
-            fast,
-        }
+        let (router, checks) = super::layered(rt.clone());
+        // Its requests are invocations by construction: counted under that route, with no
+        // route to look up.
+        let fast = (!checks).then(|| {
+            HttpLayer::with_route(rt.metrics.clone(), layers::INVOKE_ROUTE)
+                .layer(Invoke(rt.clone()))
+        });
+        Self { router, fast }
     }
 
     /// Whether invocations skip the router (for tests).
@@ -80,7 +82,7 @@ impl Service<Request> for PublicApi {
 /// form (which the router's `/v1.0/invoke/{*rest}` matches only with something after the
 /// prefix), no `dapr-app-id` header, and a method the router does nothing special with
 /// (it empties the answer to a HEAD, and CONNECT is no invocation).
-pub(super) fn takes(req: &Request) -> bool {
+fn takes(req: &Request) -> bool {
     let path = req.uri().path();
     path.len() > invoke::INVOKE_PREFIX.len()
         && path.starts_with(invoke::INVOKE_PREFIX)

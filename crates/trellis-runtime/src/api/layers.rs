@@ -51,49 +51,48 @@ use super::error::ApiError;
 use super::invoke;
 use crate::runtime::Runtime;
 
-pub fn public(routes: Router, rt: Arc<Runtime>) -> Router {
+/// `routes` with the public API's layers, and whether any layer besides metrics and
+/// catch-panic is among them: the invocation fast path ([`super::fast`]) puts those two
+/// around its handler itself, so it may run only when there is no other. Told here, where
+/// the layers are added, so that a new one can never be skipped by it.
+pub fn public(routes: Router, rt: Arc<Runtime>) -> (Router, bool) {
     let mut router = routes.layer(middleware::from_fn_with_state(rt.clone(), app_id_header));
+    let mut checks = false;
     if rt.api_allowlist.is_some() {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), allowlist));
+        checks = true;
     }
     if !rt.http_pipeline.is_empty() {
         router = router.layer(middleware::from_fn_with_state(
             rt.clone(),
             super::middleware::run,
         ));
+        checks = true;
     }
     if rt.api_token.is_some() {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
+        checks = true;
     }
     if rt.enable_api_logging {
         router = router.layer(middleware::from_fn_with_state(rt.clone(), log_http_call));
+        checks = true;
     }
     if let Some(cors) = cors(&rt.allowed_origins) {
         router = router.layer(cors);
+        checks = true;
     }
     router = router.layer(catch_panic());
     if rt.metrics.is_enabled() {
-        router = router.layer(crate::metrics::layers::HttpLayer(rt.metrics.clone()));
+        router = router.layer(crate::metrics::layers::HttpLayer::new(rt.metrics.clone()));
     }
     if let Some(tracer) = &rt.tracer {
         router = router.layer(middleware::from_fn_with_state(
             (tracer.clone(), crate::trace::Naming::Route),
             crate::trace::serve,
         ));
+        checks = true;
     }
-    router
-}
-
-/// Whether [`public`] would add no layer but metrics and catch-panic, the two the
-/// invocation fast path ([`super::fast`]) puts around the handler itself. Every optional
-/// layer of [`public`] must be named here, or the fast path would skip it.
-pub(super) fn fast_path_applies(rt: &Runtime) -> bool {
-    rt.api_allowlist.is_none()
-        && rt.http_pipeline.is_empty()
-        && rt.api_token.is_none()
-        && !rt.enable_api_logging
-        && cors(&rt.allowed_origins).is_none()
-        && rt.tracer.is_none()
+    (router, checks)
 }
 
 /// The route template of the invocation API, whichever form the call took.
@@ -124,8 +123,6 @@ pub fn route_template(req: &Request) -> Route {
     match req.extensions().get::<MatchedPath>() {
         Some(m) if m.as_str().starts_with("/v1.0/invoke/") => Route::Static(INVOKE_ROUTE),
         Some(m) => Route::Matched(m.clone()),
-        // An invocation that took the fast path, which has no router to match it.
-        None if super::fast::takes(req) => Route::Static(INVOKE_ROUTE),
         None => Route::Static(crate::metrics::OTHER),
     }
 }

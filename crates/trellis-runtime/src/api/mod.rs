@@ -44,6 +44,12 @@ use crate::runtime::Runtime;
 
 /// The public Dapr API of one sidecar.
 pub fn router(rt: Arc<Runtime>) -> Router {
+    layered(rt).0
+}
+
+/// [`router`], and whether it has a layer besides metrics and catch-panic
+/// ([`layers::public`]).
+fn layered(rt: Arc<Runtime>) -> (Router, bool) {
     let routes = Router::new()
         .route("/v1.0/healthz", get(meta::healthz))
         .route("/v1.0/healthz/outbound", get(meta::healthz_outbound))

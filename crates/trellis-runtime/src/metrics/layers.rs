@@ -23,7 +23,28 @@ use crate::Body;
 /// Records every request of the public HTTP API: a tower layer of its own rather than a
 /// `middleware::from_fn`, whose boxed future would cost an allocation per request.
 #[derive(Debug, Clone)]
-pub struct HttpLayer(pub Metrics);
+pub struct HttpLayer {
+    metrics: Metrics,
+    route: Option<&'static str>,
+}
+
+impl HttpLayer {
+    /// Labels each request with the route template it matched (`api::route_template`).
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            route: None,
+        }
+    }
+
+    /// Labels every request `route`: for a service that serves that one route.
+    pub fn with_route(metrics: Metrics, route: &'static str) -> Self {
+        Self {
+            metrics,
+            route: Some(route),
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for HttpLayer {
     type Service = HttpMetrics<S>;
@@ -31,7 +52,8 @@ impl<S> tower::Layer<S> for HttpLayer {
     fn layer(&self, inner: S) -> HttpMetrics<S> {
         HttpMetrics {
             inner,
-            metrics: self.0.clone(),
+            metrics: self.metrics.clone(),
+            route: self.route,
         }
     }
 }
@@ -40,6 +62,7 @@ impl<S> tower::Layer<S> for HttpLayer {
 pub struct HttpMetrics<S> {
     inner: S,
     metrics: Metrics,
+    route: Option<&'static str>,
 }
 
 impl<S> tower::Service<Request> for HttpMetrics<S>
@@ -56,7 +79,10 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let method = req.method().clone();
-        let route = crate::api::route_template(&req);
+        let route = match self.route {
+            Some(route) => crate::api::Route::Static(route),
+            None => crate::api::route_template(&req),
+        };
         Recorded {
             inner: self.inner.call(req),
             call: Some(HttpCall {

@@ -11,23 +11,25 @@ use trellis_runtime::api::router;
 use crate::{sidecar, url};
 use trellis_test_support::request;
 
-pub async fn call(
-    router: axum::Router,
+pub async fn call<S>(
+    router: S,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> (StatusCode, serde_json::Value) {
+) -> (StatusCode, serde_json::Value)
+where
+    S: tower::Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+{
     let mut req = Request::builder().method(method).uri(path);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = router
-        .oneshot(req.body(Body::from(body.to_string())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let (status, _, bytes) = answer(router, req.body(Body::from(body.to_string())).unwrap()).await;
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (status, json)
 }
