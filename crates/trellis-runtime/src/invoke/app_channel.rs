@@ -2,8 +2,8 @@
 //!
 //! [`AppChannel`] is the one interface: every request to the app is HTTP-shaped (method,
 //! path, headers, body), tagged with an [`AppCall`] saying what it is for. The HTTP channel
-//! here ([`HttpAppChannel`], pooled keep-alive HTTP/1.1 or h2c to `host:port`) sends it as
-//! it is; the gRPC channel (`api::grpc::GrpcAppChannel`) maps each kind to the app's
+//! here ([`HttpAppChannel`]: keep-alive HTTP/1.1 from [`super::app_pool`], or h2c over one
+//! multiplexed connection, to `host:port`) sends it as it is; the gRPC channel (`api::grpc::GrpcAppChannel`) maps each kind to the app's
 //! `AppCallback` RPC and its answer back.
 
 use std::time::Duration;
@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::InvokeError;
+use super::app_pool::{AppPool, SendError};
 use super::headers::{API_TOKEN, finish_response};
 use crate::Body;
 use crate::config::{AppChannelConfig, AppHealthCheck, AppProtocol};
@@ -77,57 +78,97 @@ pub fn open(
 
 #[derive(Debug)]
 pub struct HttpAppChannel {
-    client: Client<HttpConnector, Body>,
+    transport: Transport,
     /// Parsed once: every request's URI shares its bytes. `Err` holds an address that is no
     /// URI authority, which every call then reports.
     authority: Result<http::uri::Authority, String>,
-    /// The HTTP version requests to the app must carry (a peer's request arrives as HTTP/2).
-    version: http::Version,
     token: Option<HeaderValue>,
+}
+
+#[derive(Debug)]
+enum Transport {
+    /// One call per connection at a time, from a pool of keep-alive connections. Requests
+    /// carry an origin-form URI and a `Host` header.
+    Http1(AppPool),
+    /// Calls share one multiplexed connection. Requests carry an absolute URI, which
+    /// becomes `:scheme` and `:authority`.
+    H2c(Box<Client<HttpConnector, Body>>),
 }
 
 impl HttpAppChannel {
     pub fn new(config: &AppChannelConfig, app_api_token: Option<&str>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256);
-        if config.protocol == AppProtocol::H2c {
-            builder.http2_only(true);
-        }
         let authority = if config.host.contains(':') {
             format!("[{}]:{}", config.host, config.port)
         } else {
             format!("{}:{}", config.host, config.port)
         };
         let authority = http::uri::Authority::try_from(authority.as_str()).map_err(|_| authority);
+        let transport = match config.protocol {
+            AppProtocol::Http => Transport::Http1(AppPool::new(
+                &config.host,
+                config.port,
+                authority.as_ref().ok().map(|a| a.as_str()),
+            )),
+            AppProtocol::H2c | AppProtocol::Grpc => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(Duration::from_secs(3)));
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .http2_only(true);
+                Transport::H2c(Box::new(builder.build(connector)))
+            }
+        };
         Self {
-            client: builder.build(connector),
+            transport,
             authority,
-            version: match config.protocol {
-                AppProtocol::H2c | AppProtocol::Grpc => http::Version::HTTP_2,
-                AppProtocol::Http => http::Version::HTTP_11,
-            },
             token: app_api_token.and_then(|t| HeaderValue::from_str(t).ok()),
         }
     }
 
+    /// The URI a request to `path_and_query` carries over this channel's transport.
     fn uri(&self, path_and_query: &str) -> Result<Uri, InvokeError> {
         let invalid = || InvokeError::InvalidMethod(path_and_query.to_string());
         let authority = self.authority.as_ref().map_err(|address| {
             InvokeError::AppChannel(format!("the app address {address:?} is not host:port"))
         })?;
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(authority.clone());
+        if let Transport::H2c(_) = self.transport {
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(authority.clone());
+        }
         parts.path_and_query =
             Some(http::uri::PathAndQuery::try_from(path_and_query).map_err(|_| invalid())?);
         Uri::from_parts(parts).map_err(|_| invalid())
+    }
+
+    /// Sends `req` over the transport; the answer's head, its body streaming on.
+    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
+        match &self.transport {
+            Transport::Http1(pool) => pool.send(req).await,
+            Transport::H2c(client) => {
+                let mut req = req;
+                *req.version_mut() = http::Version::HTTP_2;
+                match client.request(req).await {
+                    Ok(resp) => Ok(resp.map(Body::new)),
+                    Err(error) => {
+                        let detail = match std::error::Error::source(&error) {
+                            Some(cause) => format!("{error}: {cause}"),
+                            None => error.to_string(),
+                        };
+                        // Not connected: the app has not seen a byte of the request.
+                        if error.is_connect() {
+                            Err(SendError::NotReached(detail))
+                        } else {
+                            Err(SendError::Failed(detail))
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -139,7 +180,6 @@ impl AppChannel for HttpAppChannel {
         mut req: Request<Body>,
     ) -> Result<Response<Body>, InvokeError> {
         *req.uri_mut() = self.uri(path_and_query)?;
-        *req.version_mut() = self.version;
         match &self.token {
             Some(token) => {
                 req.headers_mut().insert(API_TOKEN, token.clone());
@@ -148,26 +188,17 @@ impl AppChannel for HttpAppChannel {
                 req.headers_mut().remove(API_TOKEN);
             }
         }
-        match self.client.request(req).await {
+        match self.send(req).await {
             Ok(resp) => finish_response(resp)
                 .await
                 .map_err(|e| InvokeError::AppChannel(format!("reading the app's response: {e}"))),
-            Err(error) => {
-                let detail = match std::error::Error::source(&error) {
-                    Some(cause) => format!("{error}: {cause}"),
-                    None => error.to_string(),
-                };
-                // Not connected: the app has not seen a byte of the request.
-                if error.is_connect() {
-                    Err(InvokeError::AppNotReached(detail))
-                } else {
-                    Err(InvokeError::AppChannel(detail))
-                }
-            }
+            Err(SendError::NotReached(detail)) => Err(InvokeError::AppNotReached(detail)),
+            Err(SendError::Failed(detail)) => Err(InvokeError::AppChannel(detail)),
         }
     }
 
-    /// `GET <path>` answered with 2xx within the timeout.
+    /// `GET <path>` answered with 2xx within the timeout. The answer is read to its end, so
+    /// that its connection can carry the next probe.
     async fn probe(&self, check: &AppHealthCheck) -> bool {
         let Ok(uri) = self.uri(&check.path) else {
             return false;
@@ -176,9 +207,17 @@ impl AppChannel for HttpAppChannel {
         if let Some(token) = &self.token {
             req.headers_mut().insert(API_TOKEN, token.clone());
         }
-        match tokio::time::timeout(check.timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => resp.status().is_success(),
-            _ => false,
-        }
+        let answer = async {
+            let resp = self.send(req).await.ok()?;
+            let healthy = resp.status().is_success();
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .ok()?;
+            Some(healthy)
+        };
+        matches!(
+            tokio::time::timeout(check.timeout, answer).await,
+            Ok(Some(true))
+        )
     }
 }

@@ -17,8 +17,10 @@
 //! Bodies are streamed in both directions, never buffered.
 
 mod app_channel;
+mod app_pool;
 mod builtin_retry;
 mod headers;
+mod http1;
 mod limit;
 mod peers;
 mod resilient;

@@ -25,16 +25,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use trellis_nameres::AppRef;
 
+use super::http1::{GiveBack, ReturningBody, handshake};
 use super::peers::{Alpn, DialError, Keepalive, PeerTls, SendError, Transport, check_peer, dial};
 use crate::Body;
 
@@ -175,19 +173,12 @@ impl UnaryPool {
             };
             return match result {
                 Ok(resp) => Outcome::Done(Ok(resp.map(|body| {
-                    let mut body = PooledBody {
-                        body,
-                        back: Some(Back {
-                            peers: self.peers.clone(),
-                            addr,
-                            conn,
-                        }),
+                    let back = Back {
+                        peers: self.peers.clone(),
+                        addr,
+                        conn,
                     };
-                    // An empty answer may never be polled.
-                    if body.body.is_end_stream() {
-                        body.release();
-                    }
-                    Body::new(body)
+                    ReturningBody::wrap(body, back)
                 }))),
                 Err(mut e) => match e.take_message() {
                     Some(again) if reused && fresh_left > 0 => {
@@ -309,27 +300,6 @@ fn put_back(peers: &Mutex<HashMap<SocketAddr, Peer>>, addr: SocketAddr, conn: Co
     });
 }
 
-/// The HTTP/1.1 handshake over `io` (plain TCP or TLS), and the connection's task.
-async fn handshake<I>(
-    addr: SocketAddr,
-    io: I,
-    slot: Option<Slot>,
-) -> Result<SendRequest<Body>, String>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("http/1.1 handshake with {addr}: {e}"))?;
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(error) = conn.await {
-            tracing::debug!(%addr, %error, "peer connection closed");
-        }
-    });
-    Ok(sender)
-}
-
 /// Where a connection goes once its answer has been read to the end.
 struct Back {
     peers: Arc<Mutex<HashMap<SocketAddr, Peer>>>,
@@ -337,46 +307,8 @@ struct Back {
     conn: Conn,
 }
 
-/// A response body that returns its connection to the pool when it ends. Dropped before
-/// its end, it takes the connection with it: hyper closes a connection whose answer was
-/// not read, as it cannot carry another.
-struct PooledBody {
-    body: hyper::body::Incoming,
-    back: Option<Back>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some(Back { peers, addr, conn }) = self.back.take() {
-            put_back(&peers, addr, conn);
-        }
-    }
-}
-
-impl http_body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.back = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+impl GiveBack for Back {
+    fn give_back(self) {
+        put_back(&self.peers, self.addr, self.conn);
     }
 }

@@ -513,12 +513,40 @@ async fn small_calls_pool_http1_and_the_rest_multiplex_over_http2() {
 /// without both, calls fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_peer_closed_is_replaced_not_failed() {
+    let (port, requests, peer) = one_answer_per_connection().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = sidecar("caller", dir.path(), None, |c| {
+        c.configuration = Some(static_peers(&[("peer", port)]));
+        // Only the transport's own handling may save a call here.
+        c.builtin_retries.retries = 0;
+    })
+    .await;
+    let call = url(&a, "/v1.0/invoke/peer/method/x");
+    // Back to back: the next call may check its connection out before the EOF is seen.
+    for i in 0..20 {
+        let r = request("GET", &call, &[], "").await;
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+        assert_eq!(r.text(), "ok", "call {i}");
+    }
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 20);
+    a.stop().await;
+    peer.abort();
+}
+
+/// A server that reads one request (no body), answers `200 ok` and closes the connection,
+/// as a restarted server's old connections close: its port, the requests it answered, and
+/// its task.
+pub(crate) async fn one_answer_per_connection() -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let peer = tokio::spawn({
+    let server = tokio::spawn({
         let requests = requests.clone();
         async move {
             loop {
@@ -543,21 +571,5 @@ async fn a_pooled_connection_the_peer_closed_is_replaced_not_failed() {
             }
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let a = sidecar("caller", dir.path(), None, |c| {
-        c.configuration = Some(static_peers(&[("peer", port)]));
-        // Only the transport's own handling may save a call here.
-        c.builtin_retries.retries = 0;
-    })
-    .await;
-    let call = url(&a, "/v1.0/invoke/peer/method/x");
-    // Back to back: the next call may check its connection out before the EOF is seen.
-    for i in 0..20 {
-        let r = request("GET", &call, &[], "").await;
-        assert_eq!(r.status, 200, "call {i}: {}", r.text());
-        assert_eq!(r.text(), "ok", "call {i}");
-    }
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 20);
-    a.stop().await;
-    peer.abort();
+    (port, requests, server)
 }

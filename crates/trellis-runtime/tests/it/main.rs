@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod app_channel;
 mod app_pipeline;
 mod bearer;
 mod config_subscribe;

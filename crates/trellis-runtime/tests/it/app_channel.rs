@@ -1,0 +1,203 @@
+//! The HTTP/1.1 channel to the app, driven directly against apps on loopback: which
+//! connections it opens, keeps, replaces and closes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt as _;
+use trellis_runtime::invoke::{AppChannel, InvokeError, open_app_channel};
+use trellis_runtime::{AppChannelConfig, AppHealthCheck, AppProtocol};
+use trellis_test_support::wait_until;
+
+use crate::invoke::one_answer_per_connection;
+
+/// Connections an app has accepted, and how many of them have ended.
+#[derive(Default)]
+struct Connections {
+    opened: AtomicUsize,
+    closed: AtomicUsize,
+}
+
+/// An HTTP/1.1 echo app that answers after `delay` and counts its connections.
+async fn counting_app(delay: Duration) -> (u16, Arc<Connections>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counts = Arc::new(Connections::default());
+    let task = tokio::spawn({
+        let counts = counts.clone();
+        async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                counts.opened.fetch_add(1, Ordering::SeqCst);
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    let echo = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| async move {
+                            tokio::time::sleep(delay).await;
+                            let body = req.into_body().collect().await?.to_bytes();
+                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                                body,
+                            )))
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(socket);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, echo)
+                        .await;
+                    counts.closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        }
+    });
+    (port, counts, task)
+}
+
+fn http_channel(port: u16) -> Arc<dyn AppChannel> {
+    let config = AppChannelConfig {
+        host: "127.0.0.1".into(),
+        port,
+        protocol: AppProtocol::Http,
+        health_check: None,
+    };
+    open_app_channel(&config, None)
+}
+
+/// One call to `path` with `body`; the answer's status and body, read to the end.
+async fn call(
+    channel: &dyn AppChannel,
+    path: &str,
+    body: trellis_runtime::Body,
+) -> Result<(u16, Bytes), InvokeError> {
+    let req = Request::post("/").body(body).unwrap();
+    let resp = channel.call(path, req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, body))
+}
+
+/// Calls one after another share one connection, whatever their bodies; calls at once each
+/// get one; a health probe takes an idle one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_the_app_reuse_its_connections() {
+    let (port, counts, app) = counting_app(Duration::ZERO).await;
+    let channel = http_channel(port);
+    for i in 0..5 {
+        let sent = format!("call {i}");
+        let (status, body) = call(&*channel, "/echo", sent.clone().into()).await.unwrap();
+        assert_eq!((status, body), (200, Bytes::from(sent)));
+    }
+    // A streamed request body of 1 MiB, echoed back: it streams both ways on the same
+    // connection, which carries the next call once the answer has been read.
+    let chunks = (0..16).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 64 * 1024])));
+    let streamed = trellis_runtime::Body::from_stream(futures_util::stream::iter(chunks));
+    let (status, body) = call(&*channel, "/echo", streamed).await.unwrap();
+    assert_eq!((status, body.len()), (200, 1024 * 1024));
+    assert_eq!(counts.opened.load(Ordering::SeqCst), 1);
+
+    let check = AppHealthCheck {
+        path: "/healthz".into(),
+        ..AppHealthCheck::default()
+    };
+    assert!(channel.probe(&check).await);
+    assert!(channel.probe(&check).await);
+    assert_eq!(
+        counts.opened.load(Ordering::SeqCst),
+        1,
+        "probes reuse it too"
+    );
+    app.abort();
+
+    // Three calls at once need three connections; afterwards all three are kept.
+    let (port, counts, app) = counting_app(Duration::from_millis(200)).await;
+    let channel = http_channel(port);
+    let calls = (0..3).map(|i| call(&*channel, "/echo", format!("{i}").into()));
+    for answer in futures_util::future::join_all(calls).await {
+        assert_eq!(answer.unwrap().0, 200);
+    }
+    assert_eq!(counts.opened.load(Ordering::SeqCst), 3);
+    let calls = (0..3).map(|i| call(&*channel, "/echo", format!("{i}").into()));
+    for answer in futures_util::future::join_all(calls).await {
+        assert_eq!(answer.unwrap().0, 200);
+    }
+    assert_eq!(
+        counts.opened.load(Ordering::SeqCst),
+        3,
+        "the idle three were reused"
+    );
+    assert_eq!(counts.closed.load(Ordering::SeqCst), 0);
+    app.abort();
+}
+
+/// An app that closes each connection after one answer (as a restarted app's old
+/// connections close): every call gets through on a new connection, and reaches the app
+/// once.
+///
+/// The calls are 10 ms apart. Back to back, a call can be written to a connection whose
+/// close is still on its way, which no client can tell from an app that read the request
+/// and died; the error then says the call failed after it was sent, and nothing retries it
+/// but a resiliency policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_app_closed_is_replaced_not_failed() {
+    let (port, requests, app) = one_answer_per_connection().await;
+    let channel = http_channel(port);
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let req = Request::get("/")
+            .body(trellis_runtime::Body::empty())
+            .unwrap();
+        let resp = channel.call("/x", req).await.unwrap();
+        assert_eq!(resp.status(), 200, "call {i}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok", "call {i}");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 20);
+    app.abort();
+}
+
+/// Nothing listening: the request never reached the app, and the error says so (the
+/// callee's sidecar reports it as undelivered, which the caller may send again).
+#[tokio::test]
+async fn an_app_that_is_not_listening_is_not_reached() {
+    let port = trellis_test_support::free_port();
+    let channel = http_channel(port);
+    match call(&*channel, "/x", "body".into()).await {
+        Err(InvokeError::AppNotReached(detail)) => {
+            assert!(detail.contains(&port.to_string()), "{detail}");
+        }
+        other => panic!("expected AppNotReached, got {other:?}"),
+    }
+    let check = AppHealthCheck::default();
+    assert!(!channel.probe(&check).await);
+}
+
+/// A connection left idle for a minute is closed (tokio's clock, paused and moved on), as the app would otherwise hold every
+/// connection a burst opened for as long as the sidecar runs.
+#[tokio::test]
+async fn idle_connections_to_the_app_close_after_a_minute() {
+    let (port, counts, app) = counting_app(Duration::ZERO).await;
+    let channel = http_channel(port);
+    assert_eq!(call(&*channel, "/echo", "x".into()).await.unwrap().0, 200);
+    let closed = || counts.closed.load(Ordering::SeqCst);
+
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    tokio::time::resume();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(closed(), 0, "30 s idle is not yet too long");
+
+    // The reaper looks every 15 s; by 80 s it has seen the connection idle for 60.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(50)).await;
+    tokio::time::resume();
+    assert!(
+        wait_until(Duration::from_secs(5), || async { closed() == 1 }).await,
+        "the idle connection was not closed"
+    );
+    // The next call opens a new one.
+    assert_eq!(call(&*channel, "/echo", "x".into()).await.unwrap().0, 200);
+    assert_eq!(counts.opened.load(Ordering::SeqCst), 2);
+    app.abort();
+}
