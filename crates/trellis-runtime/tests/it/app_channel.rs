@@ -201,3 +201,59 @@ async fn idle_connections_to_the_app_close_after_a_minute() {
     assert_eq!(counts.opened.load(Ordering::SeqCst), 2);
     app.abort();
 }
+
+/// `--app-protocol h2c`: calls reach the app as HTTP/2 with prior knowledge, with the path
+/// and query they were sent to, and calls at once share one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_app_gets_http2_calls_over_one_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counts = Arc::new(Connections::default());
+    let app = tokio::spawn({
+        let counts = counts.clone();
+        async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                counts.opened.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let echo = hyper::service::service_fn(
+                        |req: Request<hyper::body::Incoming>| async move {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let seen = format!("{:?} {}", req.version(), req.uri());
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let answer = format!("{seen} {}", String::from_utf8_lossy(&body));
+                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                                Bytes::from(answer),
+                            )))
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(socket);
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, echo)
+                    .await;
+                });
+            }
+        }
+    });
+    let config = AppChannelConfig {
+        host: "127.0.0.1".into(),
+        port,
+        protocol: AppProtocol::H2c,
+        health_check: None,
+    };
+    let channel = open_app_channel(&config, None);
+    let calls = (0..3).map(|i| call(&*channel, "/orders/7?x=1", format!("call {i}").into()));
+    let answers = futures_util::future::join_all(calls).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let (status, body) = answer.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            format!("HTTP/2.0 http://127.0.0.1:{port}/orders/7?x=1 call {i}")
+        );
+    }
+    assert_eq!(counts.opened.load(Ordering::SeqCst), 1);
+    app.abort();
+}
