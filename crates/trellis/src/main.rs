@@ -5,6 +5,7 @@
 //! shows the sidecars running on this machine; `trellis config` writes and reads the
 //! embedded configuration store.
 
+mod alloc;
 mod args;
 mod config_cmd;
 mod launcher;
@@ -17,10 +18,9 @@ use std::path::PathBuf;
 
 /// mimalloc rather than glibc's malloc: on the invocation path it cut a sidecar's CPU per
 /// request by about a tenth and its resident memory by most of a MiB (docs/benchmarks.md,
-/// "The proxy floor"). Built without transparent huge pages, which would round an idle
-/// sidecar's heap up to 2 MiB pages.
+/// "The proxy floor"). `alloc` says how it is called.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 use std::process::ExitCode;
 
