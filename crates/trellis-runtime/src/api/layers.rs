@@ -1,8 +1,8 @@
 //! The tower layers around the public API, composed in one place.
 //!
-//! Every layer is added with `Router::layer`, which wraps each route after routing, so all
-//! of them see the route template the request matched (`MatchedPath`), and the fallback.
-//! Order, outermost first, and why:
+//! The layers form one stack, added with one `Router::layer` call, which wraps each route
+//! after routing, so all of them see the route template the request matched
+//! (`MatchedPath`), and the fallback. Order, outermost first, and why:
 //! 1. **tracing** (`spec.tracing`): outermost, so a request's span covers everything done
 //!    for it and ends with the status the caller got (a panic's 500, a refusal by any layer
 //!    below); and the layers below (API logging) see the span's `traceparent`.
@@ -48,7 +48,6 @@ use http::{Method, StatusCode};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::error::ApiError;
-use super::invoke;
 use crate::runtime::Runtime;
 
 /// `routes` with the public API's layers, and whether any layer besides metrics and
@@ -56,43 +55,50 @@ use crate::runtime::Runtime;
 /// around its handler itself, so it may run only when there is no other. Told here, where
 /// the layers are added, so that a new one can never be skipped by it.
 pub fn public(routes: Router, rt: Arc<Runtime>) -> (Router, bool) {
-    let mut router = routes.layer(middleware::from_fn_with_state(rt.clone(), app_id_header));
-    let mut checks = false;
-    if rt.api_allowlist.is_some() {
-        router = router.layer(middleware::from_fn_with_state(rt.clone(), allowlist));
-        checks = true;
-    }
-    if !rt.http_pipeline.is_empty() {
-        router = router.layer(middleware::from_fn_with_state(
-            rt.clone(),
-            super::middleware::run,
-        ));
-        checks = true;
-    }
-    if rt.api_token.is_some() {
-        router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
-        checks = true;
-    }
-    if rt.enable_api_logging {
-        router = router.layer(middleware::from_fn_with_state(rt.clone(), log_http_call));
-        checks = true;
-    }
-    if let Some(cors) = cors(&rt.allowed_origins) {
-        router = router.layer(cors);
-        checks = true;
-    }
-    router = router.layer(catch_panic());
-    if rt.metrics.is_enabled() {
-        router = router.layer(crate::metrics::layers::HttpLayer::new(rt.metrics.clone()));
-    }
-    if let Some(tracer) = &rt.tracer {
-        router = router.layer(middleware::from_fn_with_state(
-            (tracer.clone(), crate::trace::Naming::Route),
-            crate::trace::serve,
-        ));
-        checks = true;
-    }
-    (router, checks)
+    let state = || rt.clone();
+    let allowlist = rt
+        .api_allowlist
+        .is_some()
+        .then(|| middleware::from_fn_with_state(state(), allowlist));
+    let pipeline = (!rt.http_pipeline.is_empty())
+        .then(|| middleware::from_fn_with_state(state(), super::middleware::run));
+    let token = rt
+        .api_token
+        .is_some()
+        .then(|| middleware::from_fn_with_state(state(), require_token));
+    let logging = rt
+        .enable_api_logging
+        .then(|| middleware::from_fn_with_state(state(), log_http_call));
+    let cors = cors(&rt.allowed_origins);
+    let metrics = rt
+        .metrics
+        .is_enabled()
+        .then(|| crate::metrics::layers::HttpLayer::new(rt.metrics.clone()));
+    let tracing = rt.tracer.clone().map(|tracer| {
+        middleware::from_fn_with_state((tracer, crate::trace::Naming::Route), crate::trace::serve)
+    });
+    let checks = allowlist.is_some()
+        || pipeline.is_some()
+        || token.is_some()
+        || logging.is_some()
+        || cors.is_some()
+        || tracing.is_some();
+    // One `Router::layer` call for the whole stack: each call wraps every route in one more
+    // boxed, cloned-per-request service with a boxed future, which the layers, being
+    // concrete types inside one stack, do not need. An absent layer is a pass-through.
+    let stack = tower::ServiceBuilder::new()
+        .option_layer(tracing)
+        .option_layer(metrics)
+        // catch-panic answers with a body of its own type; the layers above take axum's.
+        .map_response(IntoResponse::into_response)
+        .layer(catch_panic())
+        .option_layer(cors)
+        .option_layer(logging)
+        .option_layer(token)
+        .option_layer(pipeline)
+        .option_layer(allowlist)
+        .layer(super::app_id::AppIdLayer(state()));
+    (routes.layer(stack), checks)
 }
 
 /// The route template of the invocation API, whichever form the call took.
@@ -171,22 +177,6 @@ async fn allowlist(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> 
         }
     }
     next.run(req).await
-}
-
-async fn app_id_header(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {
-    let target = req
-        .headers()
-        .get("dapr-app-id")
-        // Not `to_str`: a value with non-ASCII bytes must be refused as an invalid id, not
-        // ignored as if the header were absent.
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    match target {
-        // Boxed: an invocation's future is large, and inline it would make this
-        // middleware's future, which axum boxes for every request of the API (state,
-        // publish, ...), that large too, to be copied into its box on every call.
-        Some(target) => Box::pin(invoke::by_header(&rt, &target, req)).await,
-        None => next.run(req).await,
-    }
 }
 
 async fn require_token(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {

@@ -9,6 +9,7 @@
 //! metrics and catch-panic is configured (`fast.rs`).
 
 mod allowlist;
+mod app_id;
 pub mod callbacks;
 mod configuration;
 mod error;
