@@ -28,6 +28,11 @@ const HOP_BY_HOP: [HeaderName; 10] = [
 ];
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the few names present costs less than
+    // hashing ten absent names to look each up, on each message of every call.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Headers named in `Connection` are hop-by-hop too.
     if headers.contains_key(http::header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -112,5 +117,25 @@ mod tests {
         ] {
             assert!(!h.contains_key(gone), "{gone} should be stripped");
         }
+    }
+
+    /// Each hop-by-hop header goes even when it is the only one (no `Connection` naming it),
+    /// and a message with none keeps every header.
+    #[test]
+    fn each_hop_by_hop_header_is_stripped_on_its_own() {
+        for name in &HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert("x-custom", HeaderValue::from_static("kept"));
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name} should be stripped");
+            assert_eq!(h["x-custom"], "kept");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert("x-custom", HeaderValue::from_static("kept"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 }
