@@ -171,7 +171,7 @@ pub(super) fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
 
 async fn allowlist(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {
     if let Some(list) = &rt.api_allowlist {
-        let by_header = req.headers().contains_key("dapr-app-id");
+        let by_header = req.headers().contains_key(crate::invoke::APP_ID);
         if let Err(refused) = list.check_http(req.uri().path(), by_header) {
             return refused.into_response();
         }

@@ -6,16 +6,15 @@
 //! multiplexed connection, to `host:port`) sends it as it is; the gRPC channel (`api::grpc::GrpcAppChannel`) maps each kind to the app's
 //! `AppCallback` RPC and its answer back.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use http::{HeaderValue, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use trellis_core::error::describe;
 
 use super::InvokeError;
-use super::app_pool::{AppPool, SendError};
+use super::app_pool::{self, AppPool, SendError};
 use super::headers::{API_TOKEN, finish_response};
 use crate::Body;
 use crate::config::{AppChannelConfig, AppHealthCheck, AppProtocol};
@@ -112,12 +111,12 @@ impl HttpAppChannel {
             AppProtocol::H2c | AppProtocol::Grpc => {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(Duration::from_secs(3)));
+                connector.set_connect_timeout(Some(app_pool::CONNECT_TIMEOUT));
                 let mut builder = Client::builder(TokioExecutor::new());
                 builder
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_idle_timeout(app_pool::IDLE_TIMEOUT)
                     .http2_only(true);
                 Transport::H2c(Box::new(builder.build(connector)))
             }
@@ -146,26 +145,18 @@ impl HttpAppChannel {
     }
 
     /// Sends `req` over the transport; the answer's head, its body streaming on.
-    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
+    async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
         match &self.transport {
             Transport::Http1(pool) => pool.send(req).await,
             Transport::H2c(client) => {
-                let mut req = req;
                 *req.version_mut() = http::Version::HTTP_2;
                 match client.request(req).await {
                     Ok(resp) => Ok(resp.map(Body::new)),
-                    Err(error) => {
-                        let detail = match std::error::Error::source(&error) {
-                            Some(cause) => format!("{error}: {cause}"),
-                            None => error.to_string(),
-                        };
-                        // Not connected: the app has not seen a byte of the request.
-                        if error.is_connect() {
-                            Err(SendError::NotReached(detail))
-                        } else {
-                            Err(SendError::Failed(detail))
-                        }
+                    // Not connected: the app has not seen a byte of the request.
+                    Err(error) if error.is_connect() => {
+                        Err(SendError::NotReached(describe(&error)))
                     }
+                    Err(error) => Err(SendError::Failed(describe(&error))),
                 }
             }
         }

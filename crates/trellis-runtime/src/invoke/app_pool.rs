@@ -26,17 +26,19 @@ use http::{HeaderValue, Request, Response};
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
+use trellis_core::error::describe;
+
 use super::http1::{GiveBack, ReturningBody, handshake};
 use crate::Body;
 
-/// An idle connection this old is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An idle connection this old is closed (the h2c channel's client keeps the same).
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Idle connections kept at most; one more is closed instead.
 const MAX_IDLE: usize = 256;
 
-/// How long opening a connection to the app may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long opening a connection to the app may take (the h2c channel's too).
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a call to the app failed.
 #[derive(Debug)]
@@ -155,14 +157,6 @@ impl AppPool {
         tokio::time::timeout(CONNECT_TIMEOUT, setup)
             .await
             .map_err(|_| format!("connecting to the app at {address} timed out"))?
-    }
-}
-
-/// hyper's error and its cause: the error alone says only "connection error".
-fn describe(error: &hyper::Error) -> String {
-    match std::error::Error::source(error) {
-        Some(cause) => format!("{error}: {cause}"),
-        None => error.to_string(),
     }
 }
 

@@ -21,8 +21,13 @@ struct Connections {
     closed: AtomicUsize,
 }
 
-/// An HTTP/1.1 echo app that answers after `delay` and counts its connections.
-async fn counting_app(delay: Duration) -> (u16, Arc<Connections>, tokio::task::JoinHandle<()>) {
+/// An app on a free port that serves each connection it accepts with `serve`, counting
+/// them: its port, the counts, and its task.
+async fn counting_server<F, Fut>(serve: F) -> (u16, Arc<Connections>, tokio::task::JoinHandle<()>)
+where
+    F: Fn(hyper_util::rt::TokioIo<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let counts = Arc::new(Connections::default());
@@ -33,26 +38,31 @@ async fn counting_app(delay: Duration) -> (u16, Arc<Connections>, tokio::task::J
                 let (socket, _) = listener.accept().await.unwrap();
                 counts.opened.fetch_add(1, Ordering::SeqCst);
                 let counts = counts.clone();
+                let served = serve(hyper_util::rt::TokioIo::new(socket));
                 tokio::spawn(async move {
-                    let echo = hyper::service::service_fn(
-                        move |req: Request<hyper::body::Incoming>| async move {
-                            tokio::time::sleep(delay).await;
-                            let body = req.into_body().collect().await?.to_bytes();
-                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
-                                body,
-                            )))
-                        },
-                    );
-                    let io = hyper_util::rt::TokioIo::new(socket);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, echo)
-                        .await;
+                    served.await;
                     counts.closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         }
     });
     (port, counts, task)
+}
+
+/// An HTTP/1.1 echo app that answers after `delay` and counts its connections.
+async fn counting_app(delay: Duration) -> (u16, Arc<Connections>, tokio::task::JoinHandle<()>) {
+    counting_server(move |io| async move {
+        let echo =
+            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                tokio::time::sleep(delay).await;
+                let body = req.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(body)))
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, echo)
+            .await;
+    })
+    .await
 }
 
 fn http_channel(port: u16) -> Arc<dyn AppChannel> {
@@ -206,37 +216,22 @@ async fn idle_connections_to_the_app_close_after_a_minute() {
 /// and query they were sent to, and calls at once share one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_app_gets_http2_calls_over_one_connection() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let counts = Arc::new(Connections::default());
-    let app = tokio::spawn({
-        let counts = counts.clone();
-        async move {
-            loop {
-                let (socket, _) = listener.accept().await.unwrap();
-                counts.opened.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let echo = hyper::service::service_fn(
-                        |req: Request<hyper::body::Incoming>| async move {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            let seen = format!("{:?} {}", req.version(), req.uri());
-                            let body = req.into_body().collect().await?.to_bytes();
-                            let answer = format!("{seen} {}", String::from_utf8_lossy(&body));
-                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
-                                Bytes::from(answer),
-                            )))
-                        },
-                    );
-                    let io = hyper_util::rt::TokioIo::new(socket);
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(io, echo)
-                    .await;
-                });
-            }
-        }
-    });
+    // Answers with the version and URI it saw, and the body.
+    let (port, counts, app) = counting_server(|io| async move {
+        let echo = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let seen = format!("{:?} {}", req.version(), req.uri());
+            let body = req.into_body().collect().await?.to_bytes();
+            let answer = format!("{seen} {}", String::from_utf8_lossy(&body));
+            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(Bytes::from(
+                answer,
+            ))))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(io, echo)
+            .await;
+    })
+    .await;
     let config = AppChannelConfig {
         host: "127.0.0.1".into(),
         port,
