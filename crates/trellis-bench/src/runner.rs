@@ -184,7 +184,13 @@ fn command_line() -> String {
 pub struct Measured {
     pub outcome: Outcome,
     pub usage: Vec<Usage>,
+    /// Each round's latency in ms at [`ROUND_QUANTILES`], in round order: one entry when
+    /// the phase ran in one piece.
+    pub rounds: Vec<[f64; ROUND_QUANTILES.len()]>,
 }
+
+/// The quantiles kept for each round of a phase, for [`Results::paired_ms`].
+pub const ROUND_QUANTILES: [f64; 3] = [0.50, 0.90, 0.99];
 
 impl Measured {
     /// Adds a later round of the same phase: requests add up, CPU is averaged over both
@@ -200,6 +206,7 @@ impl Measured {
             }
             u.rss_max_kb = u.rss_max_kb.max(v.rss_max_kb);
         }
+        self.rounds.extend(later.rounds);
         self.outcome.merge_round(later.outcome)
     }
 }
@@ -248,7 +255,12 @@ async fn measure<C: Client>(spec: PhaseSpec, clients: Vec<C>) -> Result<Measured
         outcome.ms(0.99),
         outcome.errors
     );
-    Ok(Measured { outcome, usage })
+    let rounds = vec![ROUND_QUANTILES.map(|q| outcome.ms(q))];
+    Ok(Measured {
+        outcome,
+        usage,
+        rounds,
+    })
 }
 
 // ---- scenarios ------------------------------------------------------------------------------
@@ -351,6 +363,30 @@ impl Results {
         (o.ok > 0 && b.ok > 0).then(|| o.ms(quantile) - b.ms(quantile))
     }
 
+    /// The median over rounds of `name`'s p`quantile` minus `other`'s in the same round, in
+    /// ms, with the number of rounds; `None` unless both ran the same rounds (at least
+    /// three) at the fixed rate and `quantile` is one of [`ROUND_QUANTILES`].
+    ///
+    /// Two scenarios that differ by a few microseconds cannot be told apart by their pooled
+    /// tails on a shared machine: a burst of other work during one scenario's turn moves its
+    /// pooled p99 by more than the difference sought. Within a round the two scenarios run
+    /// back to back, so a burst spoils one round's difference, and the median over rounds
+    /// leaves it out.
+    pub fn paired_ms(&self, name: &str, other: &str, quantile: f64) -> Option<(f64, usize)> {
+        let q = ROUND_QUANTILES.iter().position(|&x| x == quantile)?;
+        let (a, b) = (&self.get(name)?.fixed, &self.get(other)?.fixed);
+        if a.rounds.len() != b.rounds.len() || a.rounds.len() < 3 {
+            return None;
+        }
+        let diffs: Vec<f64> = a
+            .rounds
+            .iter()
+            .zip(&b.rounds)
+            .map(|(x, y)| x[q] - y[q])
+            .collect();
+        Some((median_f64(diffs)?, a.rounds.len()))
+    }
+
     /// A note per phase that had errors: `<prefix><scenario> <phase>: N errors, first: …`.
     pub fn error_notes(&self, prefix: &str) -> Vec<String> {
         let mut notes = Vec::new();
@@ -439,4 +475,15 @@ pub async fn run(
         });
     }
     Ok(Results { scenarios: results })
+}
+
+/// The median of `v`; the mean of the middle two when their number is even.
+pub fn median_f64(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_unstable_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }

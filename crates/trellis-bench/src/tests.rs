@@ -190,6 +190,23 @@ async fn rounds_interleave_the_scenarios_and_merge_into_one_phase_each() {
     assert!(fast.fixed.outcome.ok > 90, "{}", fast.fixed.outcome.ok);
     let added = results.added_ms("slow", 0.5).expect("added p50");
     assert!((2.0..40.0).contains(&added), "added p50 {added} ms");
+    // Each round's quantiles are kept, so the two can be compared round by round.
+    assert_eq!(fast.fixed.rounds.len(), 3);
+    assert_eq!(fast.max.rounds.len(), 1);
+    let (paired, n) = results.paired_ms("slow", "fast", 0.5).expect("paired p50");
+    assert_eq!(n, 3);
+    assert!((2.0..40.0).contains(&paired), "paired p50 {paired} ms");
+    let (back, _) = results.paired_ms("fast", "slow", 0.99).expect("paired p99");
+    assert!(back < 0.0, "fast minus slow at p99: {back} ms");
+    // Only the kept quantiles can be paired.
+    assert!(results.paired_ms("slow", "fast", 0.75).is_none());
+}
+
+#[test]
+fn the_median_of_round_differences_ignores_one_spoiled_round() {
+    assert_eq!(runner::median_f64(vec![]), None);
+    assert_eq!(runner::median_f64(vec![0.01, 3.0, -0.02]), Some(0.01));
+    assert_eq!(runner::median_f64(vec![0.04, 0.02, 9.0, 0.0]), Some(0.03));
 }
 
 #[tokio::test(flavor = "current_thread")]

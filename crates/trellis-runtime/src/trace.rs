@@ -3,7 +3,7 @@
 //!
 //! How a trace travels through a sidecar:
 //! - Every inbound request (the HTTP API, the gRPC API, a peer on the internal port) gets a
-//!   server span, the child of its `traceparent` or a new trace's root, by [`serve`]. The
+//!   server span, the child of its `traceparent` or a new trace's root, by [`ServeLayer`]. The
 //!   request's `traceparent` header is then replaced by the span's own, so everything
 //!   below that passes headers on (invocation to a peer, the internal port to the app,
 //!   publish into the CloudEvent) names this span as the parent without knowing about
@@ -19,12 +19,15 @@
 //! `traceparent` passes through as it came.
 
 use std::borrow::Cow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
+use futures_util::future::Either;
 use http::HeaderValue;
+use tokio::task::futures::TaskLocalFuture;
 use trellis_resources::TracingSpec;
 use trellis_trace::export::{OtlpGrpc, OtlpHttp, Roots, Zipkin};
 use trellis_trace::{Config, Exporter, Span, SpanContext, SpanKind, Tracer};
@@ -154,6 +157,9 @@ pub fn tracer(spec: Option<&TracingSpec>, service: &str) -> Result<Option<Tracer
 pub enum Naming {
     /// `<METHOD> <route template>`, OpenTelemetry's HTTP convention (the public HTTP API).
     Route,
+    /// `<METHOD> <route>` for a service that serves only that route (the invocation fast
+    /// path, whose requests are never routed and carry no matched template).
+    OneRoute(&'static str),
     /// The gRPC method, `/package.Service/Method`.
     GrpcMethod,
     /// `CallLocal/<app id>` (the internal port: a peer's invocation of this app), as Dapr
@@ -161,18 +167,101 @@ pub enum Naming {
     CallLocal(std::sync::Arc<str>),
 }
 
-/// Middleware: the server span of one inbound request, its context current for the
-/// handler and in the request's `traceparent`.
-pub async fn serve(
-    State((tracer, naming)): State<(Tracer, Naming)>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    // Health probes come every few seconds from orchestrators; a trace of each would drown
-    // the app's own.
-    if req.uri().path().starts_with("/v1.0/healthz") {
-        return next.run(req).await;
+/// The server span of every inbound request, its context current for the inner service
+/// and in the request's `traceparent`: a tower layer rather than a `middleware::from_fn`,
+/// whose boxed future and `Next` would cost an allocation and a dynamic call per request,
+/// and which the invocation fast path (`api::fast`) can put around its handler too.
+#[derive(Clone)]
+pub struct ServeLayer {
+    tracer: Tracer,
+    naming: Naming,
+}
+
+impl ServeLayer {
+    pub fn new(tracer: Tracer, naming: Naming) -> Self {
+        Self { tracer, naming }
     }
+}
+
+impl<S> tower::Layer<S> for ServeLayer {
+    type Service = Serve<S>;
+
+    fn layer(&self, inner: S) -> Serve<S> {
+        Serve {
+            inner,
+            tracer: self.tracer.clone(),
+            naming: self.naming.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Serve<S> {
+    inner: S,
+    tracer: Tracer,
+    naming: Naming,
+}
+
+impl<S> tower::Service<Request> for Serve<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Served<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        // Health probes come every few seconds from orchestrators; a trace of each would
+        // drown the app's own.
+        if req.uri().path().starts_with("/v1.0/healthz") {
+            return Either::Left(self.inner.call(req));
+        }
+        let span = open(&self.tracer, &self.naming, &mut req);
+        let context = span.context().clone();
+        // Current while the inner service takes the request too, for a service that does
+        // its work in `call` rather than in its future.
+        let inner = CURRENT.sync_scope(context.clone(), || self.inner.call(req));
+        Either::Right(Served {
+            inner: CURRENT.scope(context, inner),
+            span: Some(span),
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's future, with the span's context current while it runs; ends the
+    /// span with the answer's status. Dropped before that (the caller went away), the span
+    /// ends as it is.
+    pub struct Served<F> {
+        #[pin]
+        inner: TaskLocalFuture<SpanContext, F>,
+        span: Option<Span>,
+    }
+}
+
+impl<F, E> Future for Served<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(resp), Some(span)) = (&out, this.span.take()) {
+            close(span, resp);
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// The server span of `req`: the child of its `traceparent` (or a new trace's root), whose
+/// own `traceparent` replaces the caller's in `req`.
+fn open(tracer: &Tracer, naming: &Naming, req: &mut Request) -> Span {
     let headers = req.headers();
     let parent = headers
         .get("traceparent")
@@ -181,11 +270,12 @@ pub async fn serve(
             let state = headers.get("tracestate").and_then(|v| v.to_str().ok());
             SpanContext::from_headers(tp, state)
         });
-    let mut span = tracer.span_with(SpanKind::Server, parent.as_ref(), || match &naming {
+    let mut span = tracer.span_with(SpanKind::Server, parent.as_ref(), || match naming {
         Naming::Route => {
-            let route = crate::api::route_template(&req);
+            let route = crate::api::route_template(req);
             format!("{} {}", req.method(), route.as_str()).into()
         }
+        Naming::OneRoute(route) => format!("{} {route}", req.method()).into(),
         Naming::GrpcMethod => req.uri().path().to_string().into(),
         Naming::CallLocal(app_id) => format!("CallLocal/{app_id}").into(),
     });
@@ -195,11 +285,15 @@ pub async fn serve(
             span.set_attribute("rpc.method", req.uri().path().to_string());
         }
     }
-    let context = span.context().clone();
-    if let Ok(tp) = HeaderValue::from_str(&context.traceparent()) {
+    // From the `String` itself: its bytes become the header's, without a copy.
+    if let Ok(tp) = HeaderValue::try_from(span.context().traceparent()) {
         req.headers_mut().insert("traceparent", tp);
     }
-    let resp = scoped(context, next.run(req)).await;
+    span
+}
+
+/// Ends the server span with what the caller got.
+fn close(mut span: Span, resp: &Response) {
     if span.is_recording() {
         let status = resp.status();
         span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
@@ -215,7 +309,6 @@ pub async fn serve(
         }
     }
     span.end();
-    resp
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@
 //! (`/v1.0/invoke/{id}/method/...`) straight to that handler instead, under the same two
 //! layers the router would put around it.
 //!
-//! It does so only when those two are all there is: the metrics recorder and catch-panic
-//! ([`layers::public`] says whether the router has any other). With any other layer configured (an API token, tracing,
-//! CORS, API logging, an HTTP pipeline, an API allowlist), every request goes through the
-//! router, so no check is ever skipped. Requests that carry `dapr-app-id` always go through
+//! It does so only when those are all there is: the tracing span, the metrics recorder and
+//! catch-panic ([`layers::public`] says whether the router has any other). With any other
+//! layer configured (an API token, CORS, API logging, an HTTP pipeline, an API allowlist),
+//! every request goes through the router, so no check is ever skipped. Requests that carry `dapr-app-id` always go through
 //! the router too: the header form wins over the path there, as in Dapr.
 
 use std::convert::Infallible;
@@ -25,29 +25,24 @@ use axum::response::Response;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Either};
 use http::Method;
-use tower::{Layer as _, Service};
+use tower::Service;
 
-use super::{invoke, layers};
+use super::invoke;
+use super::layers::{self, FastPath};
 use crate::invoke::APP_ID;
-use crate::metrics::layers::{HttpLayer, HttpMetrics};
 use crate::runtime::Runtime;
 
 /// The public HTTP API: [`super::router`], and the invocation fast path when it applies.
 #[derive(Clone)]
 pub struct PublicApi {
     router: Router,
-    fast: Option<HttpMetrics<Invoke>>,
+    fast: Option<FastPath<Invoke>>,
 }
 
 impl PublicApi {
     pub fn new(rt: Arc<Runtime>) -> Self {
         let (router, checks) = super::layered(rt.clone());
-        // Its requests are invocations by construction: counted under that route, with no
-        // route to look up.
-        let fast = (!checks).then(|| {
-            HttpLayer::with_route(rt.metrics.clone(), layers::INVOKE_ROUTE)
-                .layer(Invoke(rt.clone()))
-        });
+        let fast = (!checks).then(|| layers::fast_path(&rt, Invoke(rt.clone())));
         Self { router, fast }
     }
 
@@ -61,7 +56,7 @@ impl Service<Request> for PublicApi {
     type Response = Response;
     type Error = Infallible;
     type Future = Either<
-        <HttpMetrics<Invoke> as Service<Request>>::Future,
+        <FastPath<Invoke> as Service<Request>>::Future,
         <Router as Service<Request>>::Future,
     >;
 

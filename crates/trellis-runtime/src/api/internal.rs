@@ -31,9 +31,9 @@ pub fn internal_router(rt: Arc<Runtime>) -> Router {
     // The callee's span of an invocation: the child of the calling sidecar's, and the
     // parent the app sees in its `traceparent`.
     if let Some(tracer) = tracer {
-        router = router.layer(axum::middleware::from_fn_with_state(
-            (tracer, crate::trace::Naming::CallLocal(app_id)),
-            crate::trace::serve,
+        router = router.layer(crate::trace::ServeLayer::new(
+            tracer,
+            crate::trace::Naming::CallLocal(app_id),
         ));
     }
     router
@@ -92,7 +92,7 @@ async fn serve(rt: &Runtime, mut req: Request) -> Response {
         return refused;
     }
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
-        && let Ok(value) = HeaderValue::from_str(&peer.ip().to_string())
+        && let Some(value) = forwarded_for(peer.ip())
     {
         req.headers_mut().append("x-forwarded-for", value);
     }
@@ -168,4 +168,48 @@ fn undelivered(err: ApiError) -> Response {
     resp.headers_mut()
         .insert(UNDELIVERED, HeaderValue::from_static("1"));
     resp
+}
+
+/// `x-forwarded-for`'s value for `ip`. An IPv4 address, nearly every caller's, is written
+/// by hand: through `Display` it cost some 1,300 instructions of every call this port serves.
+fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).ok();
+    };
+    let mut text = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[n] = b'.';
+            n += 1;
+        }
+        for (place, shown) in [(100, octet >= 100), (10, octet >= 10), (1, true)] {
+            if shown {
+                text[n] = b'0' + octet / place % 10;
+                n += 1;
+            }
+        }
+    }
+    HeaderValue::from_bytes(&text[..n]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_for;
+
+    #[test]
+    fn forwarded_for_writes_addresses_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.99.9",
+            "::1",
+            "fe80::1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(forwarded_for(ip).unwrap().to_str().unwrap(), ip.to_string());
+        }
+    }
 }

@@ -50,10 +50,11 @@ use tower_http::catch_panic::CatchPanicLayer;
 use super::error::ApiError;
 use crate::runtime::Runtime;
 
-/// `routes` with the public API's layers, and whether any layer besides metrics and
-/// catch-panic is among them: the invocation fast path ([`super::fast`]) puts those two
-/// around its handler itself, so it may run only when there is no other. Told here, where
-/// the layers are added, so that a new one can never be skipped by it.
+/// `routes` with the public API's layers, and whether any layer besides tracing, metrics
+/// and catch-panic is among them: the invocation fast path ([`super::fast`]) puts those
+/// three around its handler itself ([`fast_path`]), so it may run only when there is no
+/// other. Told here, where the layers are added, so that a new one can never be skipped by
+/// it.
 pub fn public(routes: Router, rt: Arc<Runtime>) -> (Router, bool) {
     let state = || rt.clone();
     let allowlist = rt
@@ -74,15 +75,16 @@ pub fn public(routes: Router, rt: Arc<Runtime>) -> (Router, bool) {
         .metrics
         .is_enabled()
         .then(|| crate::metrics::layers::HttpLayer::new(rt.metrics.clone()));
-    let tracing = rt.tracer.clone().map(|tracer| {
-        middleware::from_fn_with_state((tracer, crate::trace::Naming::Route), crate::trace::serve)
-    });
+    let tracing = rt
+        .tracer
+        .clone()
+        .map(|tracer| crate::trace::ServeLayer::new(tracer, crate::trace::Naming::Route));
+    // Tracing is no check: the fast path puts it around its handler too (`fast_path`).
     let checks = allowlist.is_some()
         || pipeline.is_some()
         || token.is_some()
         || logging.is_some()
-        || cors.is_some()
-        || tracing.is_some();
+        || cors.is_some();
     // One `Router::layer` call for the whole stack: each call wraps every route in one more
     // boxed, cloned-per-request service with a boxed future, which the layers, being
     // concrete types inside one stack, do not need. An absent layer is a pass-through.
@@ -100,6 +102,29 @@ pub fn public(routes: Router, rt: Arc<Runtime>) -> (Router, bool) {
         .layer(super::app_id::AppIdLayer(state()));
     (routes.layer(stack), checks)
 }
+
+/// The invocation fast path's stack around `handler`: the same tracing and metrics layers,
+/// in the same order, as [`public`] puts around the router's invocation route (the handler
+/// catches its own panics), each labelling its requests [`INVOKE_ROUTE`], since they are
+/// invocations by construction and have no matched route to read it from.
+pub fn fast_path<S>(rt: &Runtime, handler: S) -> FastPath<S> {
+    let tracing = rt.tracer.clone().map(|tracer| {
+        crate::trace::ServeLayer::new(tracer, crate::trace::Naming::OneRoute(INVOKE_ROUTE))
+    });
+    tower::ServiceBuilder::new()
+        .option_layer(tracing)
+        .layer(crate::metrics::layers::HttpLayer::with_route(
+            rt.metrics.clone(),
+            INVOKE_ROUTE,
+        ))
+        .service(handler)
+}
+
+/// What [`fast_path`] makes.
+pub type FastPath<S> = tower::util::Either<
+    crate::trace::Serve<crate::metrics::layers::HttpMetrics<S>>,
+    crate::metrics::layers::HttpMetrics<S>,
+>;
 
 /// The route template of the invocation API, whichever form the call took.
 pub const INVOKE_ROUTE: &str = "/v1.0/invoke/{id}/method/{method}";

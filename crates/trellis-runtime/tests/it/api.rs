@@ -421,7 +421,62 @@ async fn the_invocation_fast_path_answers_as_the_router_does() {
     b.stop().await;
 }
 
-/// Any layer beyond metrics and catch-panic turns the fast path off: the API token here.
+/// Tracing keeps the fast path: its span goes around the handler there as in the router, so
+/// either way the app gets the caller's trace, under a span of the sidecar's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invocation_fast_path_carries_the_trace_as_the_router_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: t\nspec:\n  \
+                tracing:\n    samplingRate: \"0\"\n";
+    let config = || {
+        trellis_resources::parse_str(std::path::Path::new("t.yaml"), yaml)
+            .unwrap()
+            .configurations
+            .remove(0)
+    };
+    let app = trellis_test_support::TestApp::start("traced").await;
+    // Only A traces, so the app sees A's server span as its parent: the span of whichever
+    // way A took.
+    let b = sidecar("traced-b", dir.path(), Some(app.port()), |_| {}).await;
+    let a = sidecar("traced-a", dir.path(), None, |c| {
+        c.configuration = Some(config())
+    })
+    .await;
+    let served = trellis_runtime::api::PublicApi::new(a.runtime().clone());
+    assert!(served.has_fast_path(), "tracing is no reason to route");
+    let routed = router(a.runtime().clone());
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let req = || {
+        Request::post("/v1.0/invoke/traced-b/method/echo")
+            .header("traceparent", caller)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (way, (status, _, body)) in [
+        ("fast path", answer(served.clone(), req()).await),
+        ("router", answer(routed.clone(), req()).await),
+    ] {
+        assert_eq!(status, StatusCode::OK, "{way}");
+        let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let seen = echo["headers"]["traceparent"].as_str().unwrap_or_default();
+        let parts: Vec<&str> = seen.split('-').collect();
+        assert_eq!(parts.len(), 4, "{way}: {seen:?}");
+        assert_eq!(
+            parts[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{way}: same trace"
+        );
+        assert_ne!(
+            parts[2], "00f067aa0ba902b7",
+            "{way}: A's span is the parent"
+        );
+        assert_eq!(parts[3], "00", "{way}: not sampled, as the caller said");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Any layer beyond tracing, metrics and catch-panic turns the fast path off: the API token
+/// here.
 #[tokio::test]
 async fn a_configured_layer_turns_the_invocation_fast_path_off() {
     let dir = tempfile::tempdir().unwrap();

@@ -86,9 +86,9 @@ pub fn router(rt: Arc<Runtime>) -> Router {
     }
     // Outermost, as on the HTTP API (see `api::layers`).
     if let Some(tracer) = &rt.tracer {
-        router = router.layer(middleware::from_fn_with_state(
-            (tracer.clone(), crate::trace::Naming::GrpcMethod),
-            crate::trace::serve,
+        router = router.layer(crate::trace::ServeLayer::new(
+            tracer.clone(),
+            crate::trace::Naming::GrpcMethod,
         ));
     }
     router
