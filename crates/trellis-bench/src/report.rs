@@ -458,6 +458,8 @@ pub fn targets_table(s: &mut String, head: [&str; 2], rows: &[Target]) {
             (Some(true), _) => "✅".to_owned(),
             (Some(false), Some(by)) => format!("❌ by {by}"),
             (Some(false), None) => "❌".to_owned(),
+            // A value shown without a limit is there for reference.
+            (None, _) if r.measured != DASH => "— (reference)".to_owned(),
             (None, _) => "— (not measured)".to_owned(),
         };
         t.push(vec![

@@ -298,6 +298,7 @@ fn targets_show_met_missed_and_unmeasured() {
         report::Target::added_at_most("a ≤ 0.05 ms".into(), Some(0.01), 0.05, "—".into()),
         report::Target::added_at_most("b ≤ 0.05 ms".into(), Some(0.2), 0.05, "—".into()),
         report::Target::added_at_most("c ≤ 0.05 ms".into(), None, 0.05, "—".into()),
+        report::Target::added_at_most("d (no target)".into(), Some(0.3), None, "—".into()),
     ];
     let mut s = String::new();
     report::targets_table(&mut s, ["measured", "reference"], &rows);
@@ -312,6 +313,10 @@ fn targets_show_met_missed_and_unmeasured() {
         "{s}"
     );
     assert!(lines[6].contains("— (not measured)"), "{s}");
+    assert!(
+        lines[7].contains("+0.300 ms") && lines[7].contains("— (reference)"),
+        "{s}"
+    );
 }
 
 #[test]
