@@ -141,6 +141,25 @@ async fn calls_to_the_app_reuse_its_connections() {
     app.abort();
 }
 
+/// A burst of calls at once (a job store's due jobs, a pub/sub backlog) leaves its
+/// connections for the next burst. Kept to 256 idle ones, each burst past that reopened the
+/// rest, which halved the jobs bench's triggers per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_keeps_its_connections_for_the_next() {
+    const BURST: usize = 600;
+    let (port, counts, app) = counting_app(Duration::from_millis(300)).await;
+    let channel = http_channel(port);
+    for burst in 0..2 {
+        let calls = (0..BURST).map(|i| call(&*channel, "/echo", format!("{i}").into()));
+        for answer in futures_util::future::join_all(calls).await {
+            assert_eq!(answer.unwrap().0, 200, "burst {burst}");
+        }
+    }
+    assert_eq!(counts.opened.load(Ordering::SeqCst), BURST);
+    assert_eq!(counts.closed.load(Ordering::SeqCst), 0);
+    app.abort();
+}
+
 /// An app that closes each connection after one answer (as a restarted app's old
 /// connections close): every call gets through on a new connection, and reaches the app
 /// once.
