@@ -276,6 +276,46 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// Other processes that used more than `min_cores` of a core over `window`, busiest first,
+/// as `name (pid) N.NN core` each. A bench run beside a busy process reads low on
+/// every path, and the load average alone does not say which process it is (a helper left
+/// spinning once spoiled a third of a session's runs unseen).
+pub fn busy_others(window: Duration, min_cores: f64) -> Vec<String> {
+    let pids = || -> Vec<u32> {
+        fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let me = std::process::id();
+    let before: Vec<(u32, u64)> = pids()
+        .into_iter()
+        .filter(|&p| p != me)
+        .filter_map(|p| Some((p, cpu_ticks(p)?)))
+        .collect();
+    std::thread::sleep(window);
+    let mut busy: Vec<(f64, u32)> = before
+        .into_iter()
+        .filter_map(|(p, t0)| {
+            let used = cpu_ticks(p)?.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_SEC;
+            Some((used / window.as_secs_f64(), p))
+        })
+        .filter(|&(cores, _)| cores > min_cores)
+        .collect();
+    busy.sort_by(|a, b| b.0.total_cmp(&a.0));
+    busy.into_iter()
+        .map(|(cores, p)| {
+            let name = fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|n| n.trim().to_owned())
+                .unwrap_or_else(|_| "?".to_owned());
+            format!("{name} ({p}) {cores:.2} core")
+        })
+        .collect()
+}
+
 /// The kernel's release, as `uname -r` prints it: loopback and scheduler costs, most of
 /// what a sidecar hop costs here, change with it.
 pub fn kernel() -> String {

@@ -490,6 +490,14 @@ pub fn write_run_header(s: &mut String, title: &str, session: &Session) {
         session.load_at_start,
         crate::procs::loadavg()
     );
+    let _ = writeln!(
+        s,
+        "- Other processes above 0.1 core at start: {}",
+        match &session.busy_at_start[..] {
+            [] => "none".to_owned(),
+            busy => busy.join(", "),
+        }
+    );
     for v in &session.versions {
         let _ = writeln!(s, "- {v}");
     }

@@ -67,6 +67,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// How long the run's start watches other processes, and the share of a core above which
+/// one is named in the report.
+const BUSY_WINDOW: Duration = Duration::from_millis(300);
+const BUSY_CORES: f64 = 0.1;
+
 // ---- the session ----------------------------------------------------------------------------
 
 /// One bench run: what its report's header says, the trellis binary, a temp dir removed at
@@ -77,6 +82,8 @@ pub struct Session {
     pub cpus: usize,
     pub cpu_model: String,
     pub load_at_start: String,
+    /// Other processes busy when the run started ([`procs::busy_others`]).
+    pub busy_at_start: Vec<String>,
     pub versions: Vec<String>,
     pub notes: Vec<String>,
     /// `None` when no trellis binary could be found or built: every sidecar path is then
@@ -93,6 +100,13 @@ impl Session {
     pub fn start(args: &BenchArgs, prefix: &str, dir: Option<&Path>) -> Result<Self> {
         let (cpus, cpu_model) = procs::machine();
         let load_at_start = procs::loadavg();
+        let busy_at_start = procs::busy_others(BUSY_WINDOW, BUSY_CORES);
+        if !busy_at_start.is_empty() {
+            eprintln!(
+                "warning: other processes are busy ({}); every path will read slow",
+                busy_at_start.join(", ")
+            );
+        }
         let mut notes = Vec::new();
         let mut versions = Vec::new();
         let bin = crate::sidecar::locate(args.trellis_bin.as_deref())
@@ -126,6 +140,7 @@ impl Session {
             cpus,
             cpu_model,
             load_at_start,
+            busy_at_start,
             versions,
             notes,
             bin,

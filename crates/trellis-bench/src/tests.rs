@@ -369,3 +369,20 @@ async fn sequential_records_only_after_its_warm_up_and_continues_the_numbering()
     assert_eq!((out.ok, out.errors), (2, 1));
     assert!(out.first_error.unwrap().contains("operation 1"));
 }
+
+#[test]
+fn a_busy_process_is_named_at_the_start_of_a_run() {
+    let mut spinner = std::process::Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .expect("sh");
+    let busy = crate::procs::busy_others(Duration::from_millis(300), 0.1);
+    let _ = spinner.kill();
+    let _ = spinner.wait();
+    let pid = format!("({})", spinner.id());
+    assert!(
+        busy.iter()
+            .any(|b| b.starts_with("sh ") && b.contains(&pid)),
+        "{busy:?}"
+    );
+}
