@@ -419,19 +419,11 @@ fn render(args: &BlocksArgs, session: &Session, done: &[(PartName, Results)]) ->
                 } else {
                     "configuration"
                 };
-                // With rounds, the median of each round's difference: the two paths run
-                // back to back in a round, so a burst of other work spoils one round's
-                // difference rather than the pooled p50 of one path (`Results::paired_ms`).
-                let pooled = r.added_ms("sidecar", 0.5);
-                let (value, required) = match r.paired_ms("sidecar", "direct", 0.5) {
-                    Some((median, n)) => (
-                        Some(median),
-                        format!(
-                            "≤ +0.050 ms (median of {n} rounds; pooled {})",
-                            pooled.map_or("—".into(), |v| format!("{v:+.3} ms"))
-                        ),
-                    ),
-                    None => (pooled, "≤ +0.050 ms".into()),
+                // With rounds, the median of each round's difference (`Results::paired_ms`).
+                let (value, how) = r.difference_ms("sidecar", "direct", 0.5);
+                let required = match how {
+                    Some(how) => format!("≤ +0.050 ms ({how})"),
+                    None => "≤ +0.050 ms".into(),
                 };
                 targets.push(Target::added_at_most(
                     format!("{what} get overhead, p50 (sidecar − direct)"),

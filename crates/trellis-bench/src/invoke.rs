@@ -150,10 +150,7 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
 
     let data_dir = tmp.join("trellis-data");
     let mut sidecars = None;
-    let mut plaintext: Option<sidecar::Sidecars> = None;
-    let mut metrics_off: Option<sidecar::Sidecars> = None;
-    let mut traced: Vec<sidecar::Sidecars> = Vec::new();
-    let mut policed: Option<sidecar::Sidecars> = None;
+    let mut variants_started: Vec<sidecar::Sidecars> = Vec::new();
     let sink = runner::keep(
         &mut session.notes,
         "the OTLP receiver",
@@ -174,90 +171,40 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
             );
             sidecars = Some(s);
         }
-        let plain_dir = tmp.join("plaintext");
-        std::fs::create_dir_all(plain_dir.join("data"))?;
-        let config = plain_dir.join("config.yaml");
-        std::fs::write(
-            &config,
-            "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: plain\nspec:\n  mtls:\n    enabled: false\n",
-        )?;
-        let started = sidecar::start_pair(
-            bin,
-            &plain_dir,
-            &plain_dir.join("data"),
-            echo_port,
-            Some(&config),
-        )
-        .await;
-        if let Some(s) = runner::keep(&mut session.notes, "the plaintext pair", started) {
-            let target = target(s.a.port, sidecar::INVOKE_PATH);
-            scenarios.push(echo_scenario(PLAINTEXT, target, &body, n).against(DIRECT));
-            plaintext = Some(s);
-        }
-        let off_dir = tmp.join("metrics-off");
-        std::fs::create_dir_all(off_dir.join("data"))?;
-        let started = sidecar::start_pair_with(
-            bin,
-            &off_dir,
-            &off_dir.join("data"),
-            echo_port,
-            None,
-            &["--enable-metrics=false"],
-        )
-        .await;
-        if let Some(s) = runner::keep(&mut session.notes, "the metrics-off pair", started) {
-            let target = target(s.a.port, sidecar::INVOKE_PATH);
-            scenarios.push(echo_scenario(METRICS_OFF, target, &body, n).against(DIRECT));
-            metrics_off = Some(s);
-        }
-        for (name, rate) in TRACING {
-            let Some(sink) = &sink else { break };
-            let dir = tmp.join(name);
-            std::fs::create_dir_all(dir.join("data"))?;
-            let config = dir.join("config.yaml");
-            std::fs::write(
-                &config,
-                format!(
-                    "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: traced\n\
-                     spec:\n  tracing:\n    samplingRate: \"{rate}\"\n    otel:\n      \
-                     endpointAddress: \"127.0.0.1:{}\"\n      protocol: grpc\n      isSecure: false\n",
-                    sink.port
-                ),
-            )?;
-            let started =
-                sidecar::start_pair(bin, &dir, &dir.join("data"), echo_port, Some(&config)).await;
-            if let Some(s) = runner::keep(&mut session.notes, name, started) {
-                let target = target(s.a.port, sidecar::INVOKE_PATH);
-                scenarios.push(
-                    echo_scenario(name, target, &body, n)
-                        .against(DIRECT)
-                        .watch(watch(&format!("{name} A"), s.a.pid())),
-                );
-                traced.push(s);
+        // The variants of the trellis pair, each in a directory of its own: (name, its
+        // Configuration, its other flags, whether its sidecar A gets a row of resources).
+        let mut variants: Vec<(&str, Option<String>, Vec<String>, bool)> = vec![
+            (PLAINTEXT, Some(PLAINTEXT_CONFIG.into()), vec![], false),
+            (
+                METRICS_OFF,
+                None,
+                vec!["--enable-metrics=false".into()],
+                false,
+            ),
+        ];
+        if let Some(sink) = &sink {
+            for (name, rate) in TRACING {
+                variants.push((name, Some(tracing_config(rate, sink.port)), vec![], true));
             }
         }
-        let dir = tmp.join(RESILIENCY);
-        std::fs::create_dir_all(dir.join("data"))?;
-        std::fs::create_dir_all(dir.join("resources"))?;
-        std::fs::write(dir.join("resources/resiliency.yaml"), RESILIENCY_YAML)?;
-        let resources = dir.join("resources").display().to_string();
-        let started = sidecar::start_pair_with(
-            bin,
-            &dir,
-            &dir.join("data"),
-            echo_port,
-            None,
-            &["--resources-path", &resources],
-        )
-        .await;
-        if let Some(s) = runner::keep(&mut session.notes, "the resiliency pair", started) {
-            let target = target(s.a.port, sidecar::INVOKE_PATH);
-            scenarios.push(
-                echo_scenario(RESILIENCY, target, &body, n)
-                    .against(DIRECT)
-                    .watch(watch(&format!("{RESILIENCY} A"), s.a.pid())),
-            );
-            policed = Some(s);
+        let resources = tmp.join(RESILIENCY).join("resources");
+        std::fs::create_dir_all(&resources)?;
+        std::fs::write(resources.join("resiliency.yaml"), RESILIENCY_YAML)?;
+        let resources = vec!["--resources-path".into(), resources.display().to_string()];
+        variants.push((RESILIENCY, None, resources, true));
+        for (name, config, args, watch_a) in variants {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let started = start_variant(bin, &tmp.join(name), echo_port, config, &args).await;
+            if let Some(s) = runner::keep(&mut session.notes, &format!("the {name} pair"), started)
+            {
+                let target = target(s.a.port, sidecar::INVOKE_PATH);
+                let mut scenario = echo_scenario(name, target, &body, n).against(DIRECT);
+                if watch_a {
+                    scenario = scenario.watch(watch(&format!("{name} A"), s.a.pid()));
+                }
+                scenarios.push(scenario);
+                variants_started.push(s);
+            }
         }
     }
     let mut nginxes = Vec::new();
@@ -318,13 +265,7 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
         session.notes.extend(s.stop().await);
     }
     drop(nginxes);
-    if let Some(mut p) = plaintext {
-        session.notes.extend(p.stop().await);
-    }
-    if let Some(mut p) = metrics_off {
-        session.notes.extend(p.stop().await);
-    }
-    for mut p in traced.into_iter().chain(policed) {
+    for mut p in variants_started {
         session.notes.extend(p.stop().await);
     }
     if let Some(sink) = &sink {
@@ -336,6 +277,48 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
 
     let md = render(&args, &session, &results, &sequential, startup.as_ref());
     session.finish(&md)
+}
+
+/// A variant of the trellis pair in `dir`, with `config` as its Configuration and `args` as
+/// more flags of both sidecars.
+async fn start_variant(
+    bin: &Path,
+    dir: &Path,
+    echo_port: u16,
+    config: Option<String>,
+    args: &[&str],
+) -> Result<sidecar::Sidecars> {
+    std::fs::create_dir_all(dir.join("data"))?;
+    let config = match config {
+        Some(yaml) => {
+            let path = dir.join("config.yaml");
+            std::fs::write(&path, yaml)?;
+            Some(path)
+        }
+        None => None,
+    };
+    sidecar::start_pair_with(
+        bin,
+        dir,
+        &dir.join("data"),
+        echo_port,
+        config.as_deref(),
+        args,
+    )
+    .await
+}
+
+/// The plaintext pair's Configuration: mTLS off.
+const PLAINTEXT_CONFIG: &str = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: plain\nspec:\n  mtls:\n    enabled: false\n";
+
+/// A tracing pair's Configuration: sampling at `rate`, exporting over OTLP/gRPC to the
+/// bench's receiver on `port`.
+fn tracing_config(rate: &str, port: u16) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: traced\n\
+         spec:\n  tracing:\n    samplingRate: \"{rate}\"\n    otel:\n      \
+         endpointAddress: \"127.0.0.1:{port}\"\n      protocol: grpc\n      isSecure: false\n"
+    )
 }
 
 async fn start_nginx(
@@ -422,20 +405,18 @@ fn startup_section(s: &mut String, startup: Option<&(Duration, sidecar::Cycles)>
         return;
     };
     let _ = writeln!(s, "- First start in this run: {}", ms_d(*first));
-    if let (Some(med), Some(max)) = (median(&c.start), c.start.iter().max()) {
+    if let (Some(med), Some(max)) = (median_ms(&c.start), c.start.iter().max()) {
         let _ = writeln!(
             s,
-            "- {} start/stop cycles: median {}, max {}",
+            "- {} start/stop cycles: median {med:.1} ms, max {}",
             c.start.len(),
-            ms_d(med),
             ms_d(*max)
         );
     }
-    if let (Some(med), Some(max)) = (median(&c.stop), c.stop.iter().max()) {
+    if let (Some(med), Some(max)) = (median_ms(&c.stop), c.stop.iter().max()) {
         let _ = writeln!(
             s,
-            "- SIGTERM to exit: median {}, max {}",
-            ms_d(med),
+            "- SIGTERM to exit: median {med:.1} ms, max {}",
             ms_d(*max)
         );
     }
@@ -508,7 +489,7 @@ fn targets(results: &Results, startup: Option<&(Duration, sidecar::Cycles)>) -> 
     let ms_cell = |v: f64| format!("{v:.1} ms");
     rows.push(at_most(
         format!("start-to-healthy median ≤ {START_MS} ms"),
-        cycles.and_then(median).map(to_ms),
+        cycles.and_then(median_ms),
         START_MS,
         ms_cell,
     ));
@@ -615,25 +596,11 @@ fn resiliency_rows(results: &Results) -> Vec<Goal> {
         .collect()
 }
 
-/// What `name` adds over `base` at `quantile`, and the cell that says how it was taken.
-/// With `--rounds` ≥ 3 it is the median of the per-round differences
-/// ([`Results::paired_ms`]), the pooled difference shown beside it; otherwise the pooled
-/// difference alone.
+/// What `name` adds over `base` at `quantile`, and the cell that says how it was taken
+/// ([`Results::difference_ms`]).
 fn price(results: &Results, name: &str, base: &str, quantile: f64) -> (Option<f64>, String) {
-    let pooled = results
-        .added_ms(name, quantile)
-        .zip(results.added_ms(base, quantile))
-        .map(|(on, off)| on - off);
-    match results.paired_ms(name, base, quantile) {
-        Some((median, n)) => (
-            Some(median),
-            format!(
-                "median of {n} rounds; pooled {}",
-                pooled.map_or("—".into(), |v| format!("{v:+.3} ms"))
-            ),
-        ),
-        None => (pooled, "pooled".into()),
-    }
+    let (value, how) = results.difference_ms(name, base, quantile);
+    (value, how.unwrap_or_else(|| "pooled".into()))
 }
 
 fn at_most(label: String, value: Option<f64>, limit: f64, show: fn(f64) -> String) -> Goal {
@@ -652,13 +619,7 @@ fn ms_d(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn median(v: &[Duration]) -> Option<Duration> {
-    let mut v = v.to_vec();
-    v.sort_unstable();
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2),
-    }
+/// The median of `v` in ms.
+fn median_ms(v: &[Duration]) -> Option<f64> {
+    runner::median(v.iter().map(|d| d.as_secs_f64() * 1e3).collect())
 }

@@ -399,7 +399,33 @@ impl Results {
             .zip(&b.rounds)
             .map(|(x, y)| x[q] - y[q])
             .collect();
-        Some((median_f64(diffs)?, a.rounds.len()))
+        Some((median(diffs)?, a.rounds.len()))
+    }
+
+    /// `name`'s p`quantile` at the fixed rate minus `base`'s, in ms, and how it was taken:
+    /// the median of the per-round differences ([`Self::paired_ms`]) when there are rounds
+    /// to pair, with the pooled difference in the note beside it; the pooled difference
+    /// alone (and no note) otherwise.
+    pub fn difference_ms(
+        &self,
+        name: &str,
+        base: &str,
+        quantile: f64,
+    ) -> (Option<f64>, Option<String>) {
+        let pooled = self.get(name).zip(self.get(base)).and_then(|(a, b)| {
+            let (a, b) = (&a.fixed.outcome, &b.fixed.outcome);
+            (a.ok > 0 && b.ok > 0).then(|| a.ms(quantile) - b.ms(quantile))
+        });
+        match self.paired_ms(name, base, quantile) {
+            Some((median, n)) => (
+                Some(median),
+                Some(format!(
+                    "median of {n} rounds; pooled {}",
+                    pooled.map_or("—".into(), |v| format!("{v:+.3} ms"))
+                )),
+            ),
+            None => (pooled, None),
+        }
     }
 
     /// A note per phase that had errors: `<prefix><scenario> <phase>: N errors, first: …`.
@@ -493,7 +519,7 @@ pub async fn run(
 }
 
 /// The median of `v`; the mean of the middle two when their number is even.
-pub fn median_f64(mut v: Vec<f64>) -> Option<f64> {
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_unstable_by(f64::total_cmp);
     let n = v.len();
     match n {

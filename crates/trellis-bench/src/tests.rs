@@ -204,9 +204,9 @@ async fn rounds_interleave_the_scenarios_and_merge_into_one_phase_each() {
 
 #[test]
 fn the_median_of_round_differences_ignores_one_spoiled_round() {
-    assert_eq!(runner::median_f64(vec![]), None);
-    assert_eq!(runner::median_f64(vec![0.01, 3.0, -0.02]), Some(0.01));
-    assert_eq!(runner::median_f64(vec![0.04, 0.02, 9.0, 0.0]), Some(0.03));
+    assert_eq!(runner::median(vec![]), None);
+    assert_eq!(runner::median(vec![0.01, 3.0, -0.02]), Some(0.01));
+    assert_eq!(runner::median(vec![0.04, 0.02, 9.0, 0.0]), Some(0.03));
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -26,11 +26,16 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::response::Response;
 use futures_util::future::Either;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use tokio::task::futures::TaskLocalFuture;
 use trellis_resources::TracingSpec;
 use trellis_trace::export::{OtlpGrpc, OtlpHttp, Roots, Zipkin};
 use trellis_trace::{Config, Exporter, Span, SpanContext, SpanKind, Tracer};
+
+/// The W3C trace context headers, by their prebuilt names: each traced request reads both
+/// and writes one, and a name given as a string is parsed on every lookup.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 tokio::task_local! {
     /// The context of the span serving the request this task works on.
@@ -221,12 +226,10 @@ where
             return Either::Left(self.inner.call(req));
         }
         let span = open(&self.tracer, &self.naming, &mut req);
-        let context = span.context().clone();
-        // Current while the inner service takes the request too, for a service that does
-        // its work in `call` rather than in its future.
-        let inner = CURRENT.sync_scope(context.clone(), || self.inner.call(req));
+        // Current while the inner future runs, where every service below does its work
+        // (their `call`s only route and box); the span's own children start there.
         Either::Right(Served {
-            inner: CURRENT.scope(context, inner),
+            inner: CURRENT.scope(span.context().clone(), self.inner.call(req)),
             span: Some(span),
         })
     }
@@ -264,10 +267,10 @@ where
 fn open(tracer: &Tracer, naming: &Naming, req: &mut Request) -> Span {
     let headers = req.headers();
     let parent = headers
-        .get("traceparent")
+        .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(|tp| {
-            let state = headers.get("tracestate").and_then(|v| v.to_str().ok());
+            let state = headers.get(&TRACESTATE).and_then(|v| v.to_str().ok());
             SpanContext::from_headers(tp, state)
         });
     let mut span = tracer.span_with(SpanKind::Server, parent.as_ref(), || match naming {
@@ -287,7 +290,7 @@ fn open(tracer: &Tracer, naming: &Naming, req: &mut Request) -> Span {
     }
     // From the `String` itself: its bytes become the header's, without a copy.
     if let Ok(tp) = HeaderValue::try_from(span.context().traceparent()) {
-        req.headers_mut().insert("traceparent", tp);
+        req.headers_mut().insert(TRACEPARENT, tp);
     }
     span
 }

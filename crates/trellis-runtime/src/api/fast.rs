@@ -5,14 +5,15 @@
 //! pays a route lookup over every route, the matched path and its parameters stored in the
 //! request, and a boxed service and future per middleware, none of which the invocation
 //! handler uses. [`PublicApi`] sends a path-form invocation
-//! (`/v1.0/invoke/{id}/method/...`) straight to that handler instead, under the same two
-//! layers the router would put around it.
+//! (`/v1.0/invoke/{id}/method/...`) straight to that handler instead, under the same
+//! layers the router would put around it ([`layers::fast_path`]).
 //!
 //! It does so only when those are all there is: the tracing span, the metrics recorder and
 //! catch-panic ([`layers::public`] says whether the router has any other). With any other
 //! layer configured (an API token, CORS, API logging, an HTTP pipeline, an API allowlist),
-//! every request goes through the router, so no check is ever skipped. Requests that carry `dapr-app-id` always go through
-//! the router too: the header form wins over the path there, as in Dapr.
+//! every request goes through the router, so no check is ever skipped. Requests that carry
+//! `dapr-app-id` always go through the router too: the header form wins over the path
+//! there, as in Dapr.
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;

@@ -263,7 +263,7 @@ async fn log_call(rt: &Runtime, route: &str, req: Request, next: Next) -> Respon
     let method = req.method().clone();
     let trace_id = req
         .headers()
-        .get("traceparent")
+        .get(&crate::trace::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(trace_id)
         .map(str::to_string);
