@@ -140,23 +140,57 @@ pub async fn serve_echo(port: u16) -> Result<()> {
         .context("grpc echo app")
 }
 
+/// One of the gRPC calls this bench measures, for [`calls`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Call {
+    /// An `OnInvoke` of the echo app carrying `dapr-app-id`.
+    Proxy,
+    /// `Dapr/InvokeService` of the echo app.
+    InvokeService,
+    /// `Dapr/SaveState` of one key.
+    Save,
+    /// `Dapr/GetState` of that key (saved once first).
+    Get,
+}
+
 /// Makes `count` rounds of the gRPC calls this bench measures (a proxied call and an
-/// `InvokeService` of the echo app, a `SaveState` and a `GetState`) on the sidecar whose gRPC
-/// API is on `port`; for `scripts/link-order`, which lays out the code they run.
-pub async fn calls(port: u16, count: u64) -> Result<()> {
+/// `InvokeService` of the echo app, a `SaveState` and a `GetState`), or `count` of the
+/// `only` one, on the sidecar whose gRPC API is on `port`; for `scripts/link-order`, which
+/// lays out the code they run, and `scripts/instructions-per-call`, which counts it.
+pub async fn calls(port: u16, count: u64, only: Option<Call>) -> Result<()> {
     let body = Bytes::from_static(b"link order");
     let keys = Arc::new(vec!["link-order".to_string()]);
-    let mut invoke = [Via::Proxy, Via::InvokeService].map(|via| InvokeClient {
+    let mut invoke = [
+        (Call::Proxy, Via::Proxy),
+        (Call::InvokeService, Via::InvokeService),
+    ]
+    .into_iter()
+    .filter(|(call, _)| only.is_none_or(|o| o == *call))
+    .map(|(_, via)| InvokeClient {
         conn: Conn::new(port),
         via,
         body: body.clone(),
-    });
-    let mut state = [Op::Save, Op::Get].map(|op| StateClient {
-        conn: Conn::new(port),
-        op,
-        keys: keys.clone(),
-        value: body.clone(),
-    });
+    })
+    .collect::<Vec<_>>();
+    let mut state = [(Call::Save, Op::Save), (Call::Get, Op::Get)]
+        .into_iter()
+        .filter(|(call, _)| only.is_none_or(|o| o == *call))
+        .map(|(_, op)| StateClient {
+            conn: Conn::new(port),
+            op,
+            keys: keys.clone(),
+            value: body.clone(),
+        })
+        .collect::<Vec<_>>();
+    if only == Some(Call::Get) {
+        let mut save = StateClient {
+            conn: Conn::new(port),
+            op: Op::Save,
+            keys: keys.clone(),
+            value: body.clone(),
+        };
+        save.call(0).await?;
+    }
     for seq in 0..count {
         for c in &mut invoke {
             c.call(seq).await?;

@@ -100,6 +100,10 @@ enum Cmd {
         port: u16,
         #[arg(long, default_value_t = 3)]
         count: u64,
+        /// Only this call, `count` times (for `scripts/instructions-per-call`); all four
+        /// otherwise.
+        #[arg(long, value_enum)]
+        only: Option<grpc::Call>,
     },
     /// An OTLP/gRPC trace receiver that counts spans, until stdin closes (for
     /// `scripts/link-order`, whose sidecars export their spans to it).
@@ -133,7 +137,9 @@ fn main() -> Result<()> {
             println!("{}", sidecar::link_order(&trellis_bin));
             return Ok(());
         }
-        Cmd::GrpcCalls { port, count } => return rt.block_on(grpc::calls(port, count)),
+        Cmd::GrpcCalls { port, count, only } => {
+            return rt.block_on(grpc::calls(port, count, only));
+        }
         Cmd::Invoke(args) => return rt.block_on(interruptible(invoke::run(args))),
         Cmd::State(args) => return rt.block_on(interruptible(state::run(args))),
         Cmd::Pubsub(args) => return rt.block_on(interruptible(pubsub::run(args))),

@@ -383,7 +383,7 @@ impl Sidecar {
         if let Some(grpc) = grpc {
             tasks.spawn(crate::server::serve(
                 grpc,
-                api::grpc::router(runtime.clone()),
+                api::grpc::api(runtime.clone()),
                 stopped(&stop),
                 config.graceful_shutdown,
             ));

@@ -3,7 +3,7 @@
 //!
 //! Every operation is implemented once in [`ops`]; the HTTP handlers here and the gRPC
 //! service are thin adapters over it. [`router`] builds the public HTTP API,
-//! [`grpc::router`] the gRPC API and [`internal_router`] the sidecar-to-sidecar port; all
+//! [`grpc::api`] the gRPC API and [`internal_router`] the sidecar-to-sidecar port; all
 //! are plain `axum::Router`s that tests can drive without a socket. The sidecar serves the
 //! public one as a [`PublicApi`], which sends invocations past the router when no layer but
 //! metrics and catch-panic is configured (`fast.rs`).

@@ -8,13 +8,10 @@
 
 use async_trait::async_trait;
 use http::{HeaderValue, Request, Response, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use trellis_core::error::describe;
 
 use super::InvokeError;
-use super::app_pool::{self, AppPool, SendError};
+use super::app_h2::AppH2;
+use super::app_pool::{AppPool, SendError};
 use super::headers::{API_TOKEN, finish_response};
 use crate::Body;
 use crate::config::{AppChannelConfig, AppHealthCheck, AppProtocol};
@@ -89,9 +86,8 @@ enum Transport {
     /// One call per connection at a time, from a pool of keep-alive connections. Requests
     /// carry an origin-form URI and a `Host` header.
     Http1(AppPool),
-    /// Calls share one multiplexed connection. Requests carry an absolute URI, which
-    /// becomes `:scheme` and `:authority`.
-    H2c(Box<Client<HttpConnector, Body>>),
+    /// Calls share one multiplexed connection ([`AppH2`]).
+    H2c(AppH2),
 }
 
 impl HttpAppChannel {
@@ -108,18 +104,13 @@ impl HttpAppChannel {
                 config.port,
                 authority.as_ref().ok().map(|a| a.as_str()),
             )),
-            AppProtocol::H2c | AppProtocol::Grpc => {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(app_pool::CONNECT_TIMEOUT));
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(app_pool::IDLE_TIMEOUT)
-                    .http2_only(true);
-                Transport::H2c(Box::new(builder.build(connector)))
-            }
+            AppProtocol::H2c | AppProtocol::Grpc => Transport::H2c(AppH2::new(
+                &config.host,
+                config.port,
+                authority
+                    .clone()
+                    .unwrap_or_else(|_| http::uri::Authority::from_static("localhost")),
+            )),
         };
         Self {
             transport,
@@ -131,34 +122,24 @@ impl HttpAppChannel {
     /// The URI a request to `path_and_query` carries over this channel's transport.
     fn uri(&self, path_and_query: &str) -> Result<Uri, InvokeError> {
         let invalid = || InvokeError::InvalidMethod(path_and_query.to_string());
-        let authority = self.authority.as_ref().map_err(|address| {
-            InvokeError::AppChannel(format!("the app address {address:?} is not host:port"))
-        })?;
-        let mut parts = http::uri::Parts::default();
-        if let Transport::H2c(_) = self.transport {
-            parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts.authority = Some(authority.clone());
+        if let Err(address) = &self.authority {
+            return Err(InvokeError::AppChannel(format!(
+                "the app address {address:?} is not host:port"
+            )));
         }
+        // Both transports take an origin-form URI: HTTP/2's `:authority` comes from the
+        // connection ([`AppH2`]), HTTP/1.1's `Host` from the pool.
+        let mut parts = http::uri::Parts::default();
         parts.path_and_query =
             Some(http::uri::PathAndQuery::try_from(path_and_query).map_err(|_| invalid())?);
         Uri::from_parts(parts).map_err(|_| invalid())
     }
 
     /// Sends `req` over the transport; the answer's head, its body streaming on.
-    async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
+    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
         match &self.transport {
             Transport::Http1(pool) => pool.send(req).await,
-            Transport::H2c(client) => {
-                *req.version_mut() = http::Version::HTTP_2;
-                match client.request(req).await {
-                    Ok(resp) => Ok(resp.map(Body::new)),
-                    // Not connected: the app has not seen a byte of the request.
-                    Err(error) if error.is_connect() => {
-                        Err(SendError::NotReached(describe(&error)))
-                    }
-                    Err(error) => Err(SendError::Failed(describe(&error))),
-                }
-            }
+            Transport::H2c(conn) => conn.send(req).await,
         }
     }
 }

@@ -46,7 +46,7 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a call to the app failed.
 #[derive(Debug)]
-pub(super) enum SendError {
+pub enum SendError {
     /// The app has not seen a byte of the request.
     NotReached(String),
     /// The request may have reached the app.

@@ -17,6 +17,7 @@
 //! Bodies are streamed in both directions, never buffered.
 
 mod app_channel;
+mod app_h2;
 mod app_pool;
 mod builtin_retry;
 mod headers;
@@ -31,6 +32,8 @@ use http::{HeaderValue, Request, Response, Uri};
 use trellis_nameres::{AppRef, Balancer, ResolveError};
 
 pub use app_channel::{AppCall, AppChannel, HttpAppChannel, open as open_app_channel};
+pub use app_h2::AppH2;
+pub use app_pool::SendError as AppSendError;
 pub use builtin_retry::{BuiltinRetries, UNDELIVERED};
 pub use headers::{APP_ID, CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, strip_hop_by_hop};
 pub use limit::LimitedBody;

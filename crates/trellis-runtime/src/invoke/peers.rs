@@ -302,7 +302,9 @@ fn failed(e: h2::Error) -> SendError {
     SendError::Failed(e.to_string())
 }
 
-fn finish(result: Result<Response<RecvStream>, h2::Error>) -> Result<Response<Body>, h2::Error> {
+pub(super) fn finish(
+    result: Result<Response<RecvStream>, h2::Error>,
+) -> Result<Response<Body>, h2::Error> {
     let resp = result?;
     Ok(resp.map(|stream| {
         Body::new(RecvBody {
@@ -432,13 +434,14 @@ pub(super) async fn dial(
 }
 
 /// The HTTP/2 handshake over `io` (plain TCP or TLS), and the connection's task.
-async fn handshake<I>(
-    addr: SocketAddr,
+pub(super) async fn handshake<I, A>(
+    addr: A,
     io: I,
     keepalive: Keepalive,
 ) -> Result<SendRequest<Bytes>, String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    A: std::fmt::Display + Send + 'static,
 {
     let (sender, mut conn) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
@@ -479,7 +482,7 @@ async fn keep_alive(pings: Option<h2::PingPong>, keepalive: Keepalive) -> String
 
 /// Streams a request body to the peer, respecting its flow-control window so that memory
 /// stays bounded by the window, not by the body size.
-async fn pipe_body(mut body: Body, mut stream: SendStream<Bytes>) {
+pub(super) async fn pipe_body(mut body: Body, mut stream: SendStream<Bytes>) {
     loop {
         let frame = match body.frame().await {
             None => {

@@ -10,8 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use http::HeaderMap;
@@ -132,29 +131,93 @@ where
     }
 }
 
-/// Records every call of the gRPC API.
-pub async fn grpc(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // A `Uri` shares its bytes: kept for the label without copying the path.
-    let uri = req.uri().clone();
-    let resp = next.run(req).await;
-    let call = Call {
-        metrics,
-        uri,
-        started,
-        status: grpc_status(resp.headers()),
-    };
-    if call.status.is_some() {
-        // A trailers-only answer: the call is over.
-        drop(call);
-        return resp;
+/// Records every call of the gRPC API: a tower layer rather than a `middleware::from_fn`,
+/// for the same reason as [`HttpLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcLayer(pub Metrics);
+
+impl<S> tower::Layer<S> for GrpcLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics {
+            inner,
+            metrics: self.0.clone(),
+        }
     }
-    resp.map(|body| {
-        Body::new(Observed {
-            inner: body,
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S> tower::Service<Request> for GrpcMetrics<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = GrpcRecorded<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // A `Uri` shares its bytes: kept for the label without copying the path.
+        let call = Call {
+            metrics: self.metrics.clone(),
+            uri: req.uri().clone(),
+            started: Instant::now(),
+            status: None,
+        };
+        GrpcRecorded {
+            inner: self.inner.call(req),
             call: Some(call),
-        })
-    })
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's future; hands the call to the answer's body, which records it
+    /// when it ends (or records it at once for a trailers-only answer).
+    pub struct GrpcRecorded<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+    }
+}
+
+impl<F, E> std::future::Future for GrpcRecorded<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match std::task::ready!(this.inner.poll(cx)) {
+            Ok(resp) => resp,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let Some(mut call) = this.call.take() else {
+            return Poll::Ready(Ok(resp));
+        };
+        call.status = grpc_status(resp.headers());
+        if call.status.is_some() {
+            // A trailers-only answer: the call is over.
+            drop(call);
+            return Poll::Ready(Ok(resp));
+        }
+        Poll::Ready(Ok(resp.map(|body| {
+            Body::new(Observed {
+                inner: body,
+                call: Some(call),
+            })
+        })))
+    }
 }
 
 /// A gRPC call being answered; recorded when dropped.

@@ -1,5 +1,5 @@
-//! The HTTP/1.1 channel to the app, driven directly against apps on loopback: which
-//! connections it opens, keeps, replaces and closes.
+//! The HTTP channel to the app (HTTP/1.1 and h2c), driven directly against apps on
+//! loopback: which connections it opens, keeps, replaces and closes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -270,4 +270,78 @@ async fn an_h2c_app_gets_http2_calls_over_one_connection() {
     }
     assert_eq!(counts.opened.load(Ordering::SeqCst), 1);
     app.abort();
+}
+
+/// An h2c app that ends its connection after each answer (a graceful GOAWAY): every next
+/// call goes out on a new connection rather than failing on the closed one, and a body too
+/// large to travel whole streams to the app and back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_app_that_closed_its_connection_gets_the_next_call_on_a_new_one() {
+    let (port, counts, app) = counting_server(|io| async move {
+        let (done, answered) = tokio::sync::oneshot::channel::<()>();
+        let done = Arc::new(std::sync::Mutex::new(Some(done)));
+        let echo = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let done = done.clone();
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                if let Some(done) = done.lock().unwrap().take() {
+                    let _ = done.send(());
+                }
+                Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(body)))
+            }
+        });
+        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(io, echo);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = answered => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    })
+    .await;
+    let config = AppChannelConfig {
+        host: "127.0.0.1".into(),
+        port,
+        protocol: AppProtocol::H2c,
+        health_check: None,
+    };
+    let channel = open_app_channel(&config, None);
+    let large = Bytes::from(vec![b'x'; 1 << 20]);
+    for i in 0..5 {
+        // As in the HTTP/1.1 test above: the GOAWAY must have arrived before the next call.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sent = if i == 2 {
+            large.clone()
+        } else {
+            Bytes::from(format!("call {i}"))
+        };
+        let (status, body) = call(&*channel, "/echo", sent.clone().into())
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(status, 200, "call {i}");
+        assert_eq!(body, sent, "call {i}");
+    }
+    assert_eq!(counts.opened.load(Ordering::SeqCst), 5);
+    app.abort();
+}
+
+/// An h2c app that is not listening: not reached, as for HTTP/1.1.
+#[tokio::test]
+async fn an_h2c_app_that_is_not_listening_is_not_reached() {
+    let port = trellis_test_support::free_port();
+    let config = AppChannelConfig {
+        host: "127.0.0.1".into(),
+        port,
+        protocol: AppProtocol::H2c,
+        health_check: None,
+    };
+    let channel = open_app_channel(&config, None);
+    match call(&*channel, "/x", "body".into()).await {
+        Err(InvokeError::AppNotReached(detail)) => {
+            assert!(detail.contains(&port.to_string()), "{detail}");
+        }
+        other => panic!("expected AppNotReached, got {other:?}"),
+    }
 }

@@ -14,15 +14,15 @@
 //! Health probes call `AppCallbackHealthCheck.HealthCheck`. An RPC the app does not
 //! implement answers 404, which delivery treats as "drop" and `/dapr/subscribe` as "none".
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use trellis_proto::common::{self as pbc, http_extension::Verb};
 use trellis_proto::runtime::app_callback_alpha_client::AppCallbackAlphaClient;
@@ -32,13 +32,14 @@ use trellis_proto::runtime::app_callback_health_check_client::AppCallbackHealthC
 use super::convert;
 use crate::Body;
 use crate::config::{AppChannelConfig, AppHealthCheck};
-use crate::invoke::{AppCall, AppChannel, InvokeError};
+use crate::invoke::{AppCall, AppChannel, AppH2, AppSendError, InvokeError};
 
 /// The gRPC code of an app's error answer, for callers that speak gRPC themselves.
 pub const GRPC_STATUS_HEADER: &str = "dapr-grpc-status";
 
 #[derive(Debug)]
 pub struct GrpcAppChannel {
+    /// tonic's clients are made over this, one per call (a clone of an `Arc`).
     channel: Channel,
     token: Option<AsciiMetadataValue>,
 }
@@ -50,16 +51,12 @@ impl GrpcAppChannel {
         } else {
             config.host.clone()
         };
-        // `connect_lazy` never fails for a well-formed URI; the address comes from flags
-        // that were validated, so the fallback only guards against surprises.
-        let endpoint = Endpoint::from_shared(format!("http://{host}:{}", config.port))
-            .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(3))
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10));
+        // The address comes from flags that were validated; the fallback only guards
+        // against surprises (calls then fail to connect, and say where).
+        let authority = http::uri::Authority::try_from(format!("{host}:{}", config.port))
+            .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1:1"));
         Self {
-            channel: endpoint.connect_lazy(),
+            channel: Channel(Arc::new(AppH2::new(&config.host, config.port, authority))),
             token: app_api_token.and_then(|t| AsciiMetadataValue::try_from(t).ok()),
         }
     }
@@ -126,15 +123,9 @@ impl GrpcAppChannel {
         path_and_query: &str,
         req: Request<Body>,
     ) -> Result<Response<Body>, InvokeError> {
-        use tower::ServiceExt as _;
         let (mut parts, body) = req.into_parts();
-        parts.uri = http::Uri::builder()
-            .scheme("http")
-            .authority("app")
-            .path_and_query(path_and_query)
-            .build()
+        parts.uri = http::Uri::try_from(path_and_query)
             .map_err(|_| InvokeError::InvalidMethod(path_and_query.to_string()))?;
-        parts.version = http::Version::HTTP_2;
         // `te: trailers` is hop-by-hop, so it was stripped on the way; gRPC servers want it.
         parts
             .headers
@@ -149,12 +140,16 @@ impl GrpcAppChannel {
                 parts.headers.remove("dapr-api-token");
             }
         }
-        let req = Request::from_parts(parts, tonic::body::Body::new(body));
-        let resp = self.channel.clone().oneshot(req).await.map_err(|e| {
-            let e = trellis_core::error::describe(&e);
-            InvokeError::AppChannel(format!("cannot reach the grpc app: {e}"))
-        })?;
-        Ok(resp.map(Body::new))
+        let req = Request::from_parts(parts, body);
+        self.channel.0.send(req).await.map_err(|e| {
+            let e = ChannelError::from(e);
+            let detail = format!("cannot reach the grpc app: {}", e.detail);
+            if e.not_reached {
+                InvokeError::AppNotReached(detail)
+            } else {
+                InvokeError::AppChannel(detail)
+            }
+        })
     }
 
     async fn list_subscriptions(&self) -> Result<Response<Body>, InvokeError> {
@@ -411,36 +406,81 @@ fn metadata_from(headers: &http::HeaderMap) -> MetadataMap {
     md
 }
 
+/// The transport's error under a status: the call never got an answer from the app.
+fn channel_error(status: &Status) -> Option<&ChannelError> {
+    std::error::Error::source(status)?.downcast_ref::<ChannelError>()
+}
+
 /// A status that says the app could not be reached at all (nothing was handled).
 fn is_unreachable(status: &Status) -> bool {
-    status.code() == Code::Unavailable && status.message().contains("transport")
-        || status.code() == Code::Unknown && status.message().contains("transport error")
+    channel_error(status).is_some()
 }
 
 fn unreachable(status: &Status) -> InvokeError {
     let detail = format!("cannot reach the grpc app: {}", status.message());
-    if not_connected(status) {
+    if channel_error(status).is_some_and(|e| e.not_reached) {
         InvokeError::AppNotReached(detail)
     } else {
         InvokeError::AppChannel(detail)
     }
 }
 
-/// A transport error from connecting: the app has not seen the call.
-fn not_connected(status: &Status) -> bool {
-    let refused =
-        |text: &str| text.contains("tcp connect error") || text.contains("Connection refused");
-    if refused(status.message()) {
-        return true;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(err) = source {
-        if refused(&err.to_string()) {
-            return true;
+/// tonic's clients over the app's one HTTP/2 connection ([`AppH2`]). A request from tonic's
+/// codec goes out as it is, its message taken whole when it is all there (a unary call's
+/// one message is, at once), so that it leaves with its headers in one write.
+#[derive(Debug, Clone)]
+struct Channel(Arc<AppH2>);
+
+/// Why a call got no answer from the app; tonic keeps it as its status's source.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+struct ChannelError {
+    /// Nothing of the call reached the app.
+    not_reached: bool,
+    detail: String,
+}
+
+impl From<AppSendError> for ChannelError {
+    fn from(e: AppSendError) -> Self {
+        match e {
+            AppSendError::NotReached(detail) => Self {
+                not_reached: true,
+                detail,
+            },
+            AppSendError::Failed(detail) => Self {
+                not_reached: false,
+                detail,
+            },
         }
-        source = err.source();
     }
-    false
+}
+
+impl tower::Service<Request<tonic::body::Body>> for Channel {
+    type Response = Response<Body>;
+    type Error = ChannelError;
+    type Future = BoxFuture<'static, Result<Response<Body>, ChannelError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), ChannelError>> {
+        // The connection is made, or waited for, in `send`.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        let conn = self.0.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = crate::invoke::coalesce(&parts.headers, body)
+                .await
+                .map_err(|e| ChannelError {
+                    not_reached: true,
+                    detail: format!("encoding the request: {e}"),
+                })?;
+            Ok(conn.send(Request::from_parts(parts, body)).await?)
+        })
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {

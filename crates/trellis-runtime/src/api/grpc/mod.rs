@@ -8,6 +8,7 @@
 mod app_channel;
 mod configuration;
 pub(crate) mod convert;
+mod dispatch;
 mod invoke;
 mod jobs;
 mod proxy;
@@ -17,22 +18,21 @@ mod subscribe;
 mod task_hub;
 mod workflow;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use tower::Service;
 use tower_http::catch_panic::CatchPanicLayer;
-use trellis_proto::durabletask::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
-use trellis_proto::runtime::dapr_server::DaprServer;
 
 pub use app_channel::GrpcAppChannel;
 pub use status::to_status;
 
 use crate::runtime::Runtime;
 
-/// The gRPC API of one sidecar.
+/// The gRPC API of one sidecar, as the server serves it.
 ///
 /// Layers, outermost first, and why (the first two as on HTTP, see `api/layers.rs`):
 /// 1. **tracing** (`spec.tracing`): the call's span covers everything below.
@@ -44,54 +44,48 @@ use crate::runtime::Runtime;
 ///    proxied call needs the token too.
 /// 6. **API allowlist** (`spec.api`): after the token, above the proxy (a proxied call is
 ///    the invocation API).
-/// 7. **proxy by `dapr-app-id`**: above the RPC dispatch, since a proxied call is for a
-///    service the sidecar does not serve itself.
-pub fn router(rt: Arc<Runtime>) -> Router {
-    // Messages over the limit the HTTP API applies (`--max-body-size`) are refused by tonic
-    // with OUT_OF_RANGE before any operation runs.
-    let dapr = DaprServer::new(service::DaprApi::new(rt.clone()))
-        .max_decoding_message_size(rt.max_request_body)
-        .max_encoding_message_size(usize::MAX);
-    // The workflow SDKs' service, on the same port as in Dapr.
-    let task_hub = TaskHubSidecarServiceServer::new(task_hub::TaskHub::new(rt.clone()))
-        .max_decoding_message_size(rt.max_request_body)
-        .max_encoding_message_size(usize::MAX);
-    let mut router = tonic::service::Routes::new(dapr)
-        .add_service(task_hub)
-        .into_axum_router()
-        .fallback(unimplemented)
-        .layer(middleware::from_fn(undeclared_rpcs))
-        .layer(middleware::from_fn_with_state(
-            rt.clone(),
-            proxy::proxy_by_app_id,
-        ));
-    if rt.api_allowlist.is_some() {
-        router = router.layer(middleware::from_fn_with_state(rt.clone(), allowlist));
-    }
-    if rt.api_token.is_some() {
-        router = router.layer(middleware::from_fn_with_state(rt.clone(), require_token));
-    }
-    if rt.enable_api_logging {
-        router = router.layer(middleware::from_fn_with_state(
-            rt.clone(),
-            super::layers::log_grpc_call,
-        ));
-    }
-    router = router.layer(CatchPanicLayer::custom(panic_status as fn(_) -> _));
-    if rt.metrics.is_enabled() {
-        router = router.layer(middleware::from_fn_with_state(
-            rt.metrics.clone(),
-            crate::metrics::layers::grpc,
-        ));
-    }
+/// 7. [`dispatch::Dispatch`]: the proxy by `dapr-app-id`, the RPCs, and UNIMPLEMENTED for
+///    the rest.
+///
+/// One `ServiceBuilder` stack of concrete layers, as for HTTP: an absent layer is a
+/// pass-through, and no layer boxes a service per call.
+pub fn api(
+    rt: Arc<Runtime>,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future = impl Send + 'static>
++ Clone
++ Send
++ 'static {
+    let state = || rt.clone();
+    let allowlist = rt
+        .api_allowlist
+        .is_some()
+        .then(|| middleware::from_fn_with_state(state(), allowlist));
+    let token = rt
+        .api_token
+        .is_some()
+        .then(|| middleware::from_fn_with_state(state(), require_token));
+    let logging = rt
+        .enable_api_logging
+        .then(|| middleware::from_fn_with_state(state(), super::layers::log_grpc_call));
+    let metrics = rt
+        .metrics
+        .is_enabled()
+        .then(|| crate::metrics::layers::GrpcLayer(rt.metrics.clone()));
     // Outermost, as on the HTTP API (see `api::layers`).
-    if let Some(tracer) = &rt.tracer {
-        router = router.layer(crate::trace::ServeLayer::new(
-            tracer.clone(),
-            crate::trace::Naming::GrpcMethod,
-        ));
-    }
-    router
+    let tracing = rt
+        .tracer
+        .clone()
+        .map(|tracer| crate::trace::ServeLayer::new(tracer, crate::trace::Naming::GrpcMethod));
+    tower::ServiceBuilder::new()
+        .option_layer(tracing)
+        .option_layer(metrics)
+        // catch-panic answers with a body of its own type; the layers above take axum's.
+        .map_response(IntoResponse::into_response)
+        .layer(CatchPanicLayer::custom(panic_status as fn(_) -> _))
+        .option_layer(logging)
+        .option_layer(token)
+        .option_layer(allowlist)
+        .service(dispatch::Dispatch::new(rt.clone()))
 }
 
 fn panic_status(panic: Box<dyn std::any::Any + Send>) -> Response {
@@ -131,11 +125,7 @@ async fn require_token(State(rt): State<Arc<Runtime>>, req: Request, next: Next)
 
 async fn allowlist(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> Response {
     if let Some(list) = &rt.api_allowlist {
-        let path = req.uri().path();
-        let (service, rpc) = path
-            .strip_prefix('/')
-            .and_then(|p| p.split_once('/'))
-            .unwrap_or_default();
+        let (service, rpc) = dispatch::split(req.uri().path()).unwrap_or_default();
         let checked = if service == trellis_proto::DAPR_SERVICE {
             list.check_grpc(rpc, false)
         } else if req.headers().contains_key(crate::invoke::APP_ID) {
@@ -150,31 +140,10 @@ async fn allowlist(State(rt): State<Arc<Runtime>>, req: Request, next: Next) -> 
     next.run(req).await
 }
 
-/// tonic answers an RPC its service does not declare with a bare UNIMPLEMENTED; this layer
-/// answers it first, naming the building block.
-async fn undeclared_rpcs(req: Request, next: Next) -> Response {
-    let undeclared = req
-        .uri()
-        .path()
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('/'))
-        .is_some_and(|(service, rpc)| match service {
-            trellis_proto::DAPR_SERVICE => !trellis_proto::DAPR_RPCS.contains(&rpc),
-            trellis_proto::TASK_HUB_SERVICE => !trellis_proto::TASK_HUB_RPCS.contains(&rpc),
-            _ => false,
-        });
-    if undeclared {
-        unimplemented(req).await.into_response()
-    } else {
-        next.run(req).await
-    }
-}
-
 /// Any RPC this build does not serve: UNIMPLEMENTED, naming the building block, so a user
 /// knows what is missing rather than guessing from a bare status.
-async fn unimplemented(req: Request) -> impl IntoResponse {
-    let path = req.uri().path();
-    let message = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+fn unimplemented(path: &str) -> Response {
+    let message = match dispatch::split(path) {
         Some((trellis_proto::DAPR_SERVICE, rpc)) => format!(
             "{rpc} is part of the {} API, which this Trellis build does not implement yet",
             building_block(rpc)

@@ -4,9 +4,9 @@
 //! `grpc-timeout`) through the one [`Invoker`](crate::invoke::Invoker); when the caller
 //! cancels, dropping the call resets it at every hop down to the app.
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use std::convert::Infallible;
 use std::sync::Arc;
 use trellis_nameres::AppRef;
 
@@ -15,29 +15,17 @@ use crate::api::ApiError;
 use crate::invoke::{APP_ID, AppCall};
 use crate::runtime::Runtime;
 
-/// The services the sidecar serves itself; calls to them are never proxied.
-fn is_sidecar_service(path: &str) -> bool {
-    let service = path
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('/'))
-        .map_or("", |(service, _)| service);
-    service == trellis_proto::DAPR_SERVICE || service == "TaskHubSidecarService"
-}
-
-pub async fn proxy_by_app_id(
-    State(rt): State<Arc<Runtime>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let target = match req.headers().get(APP_ID) {
-        Some(v) if !is_sidecar_service(req.uri().path()) => {
-            String::from_utf8_lossy(v.as_bytes()).into_owned()
-        }
-        _ => return next.run(req).await,
-    };
+/// Sends `req`, which carries `dapr-app-id`, to that app ([`super::dispatch`] decides which
+/// calls come here).
+pub async fn forward(rt: Arc<Runtime>, mut req: Request) -> Result<Response, Infallible> {
+    let target = req
+        .headers()
+        .get(APP_ID)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
     let app = match AppRef::parse(&target, &rt.app.namespace) {
         Ok(app) => app,
-        Err(e) => return grpc_response(to_status(ApiError::invalid_app_id(&e))),
+        Err(e) => return Ok(grpc_response(to_status(ApiError::invalid_app_id(&e)))),
     };
     let path_and_query = req
         .uri()
@@ -51,10 +39,10 @@ pub async fn proxy_by_app_id(
         Ok(body) => Request::from_parts(parts, body),
         Err(e) => {
             let err = crate::invoke::InvokeError::AppChannel(format!("reading the request: {e}"));
-            return grpc_response(to_status(ApiError::invoke(&target, &err)));
+            return Ok(grpc_response(to_status(ApiError::invoke(&target, &err))));
         }
     };
-    match rt.invoker.invoke(&app, &path_and_query, req).await {
+    Ok(match rt.invoker.invoke(&app, &path_and_query, req).await {
         // A status in the headers is a trailers-only answer (the app failed the call at
         // once): it must leave as one HEADERS frame that ends the stream, which an empty
         // body gives; the hops in between may have turned its end into a DATA frame.
@@ -67,18 +55,5 @@ pub async fn proxy_by_app_id(
             tracing::debug!(target, error = %err, "grpc proxy call failed");
             grpc_response(to_status(ApiError::invoke(&target, &err)))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_sidecar_service;
-
-    #[test]
-    fn only_foreign_services_are_proxied() {
-        assert!(is_sidecar_service("/dapr.proto.runtime.v1.Dapr/GetState"));
-        assert!(is_sidecar_service("/TaskHubSidecarService/Hello"));
-        assert!(!is_sidecar_service("/helloworld.Greeter/SayHello"));
-        assert!(!is_sidecar_service("/"));
-    }
+    })
 }
