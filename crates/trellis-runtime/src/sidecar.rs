@@ -399,7 +399,7 @@ impl Sidecar {
         tasks.spawn(crate::server::serve_with(
             internal,
             acceptor,
-            api::internal_router(runtime.clone()),
+            api::internal_api(runtime.clone()),
             stopped(&stop),
             config.graceful_shutdown,
         ));

@@ -3,7 +3,7 @@
 //!
 //! Every operation is implemented once in [`ops`]; the HTTP handlers here and the gRPC
 //! service are thin adapters over it. [`router`] builds the public HTTP API,
-//! [`grpc::api`] the gRPC API and [`internal_router`] the sidecar-to-sidecar port; all
+//! [`grpc::api`] the gRPC API and [`internal_api`] the sidecar-to-sidecar port; all
 //! are plain `axum::Router`s that tests can drive without a socket. The sidecar serves the
 //! public one as a [`PublicApi`], which sends invocations past the router when no layer but
 //! metrics and catch-panic is configured (`fast.rs`).
@@ -37,7 +37,7 @@ use axum::routing::{any, get, post, put};
 pub use allowlist::ApiAllowlist;
 pub use error::ApiError;
 pub use fast::PublicApi;
-pub use internal::internal_router;
+pub use internal::internal_api;
 pub use layers::{INVOKE_ROUTE, Route, catch_panic, route_template, trace_id};
 pub use workflow::instance_json as workflow_instance_json;
 

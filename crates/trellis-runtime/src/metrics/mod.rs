@@ -8,8 +8,11 @@
 //! loop and the resiliency runner (`resiliency.rs`). A disabled handle
 //! (`--enable-metrics=false`) makes every recording a branch on `None`.
 //!
-//! Recording costs one label lookup (a hash and a read lock in the metric family) and
-//! atomic adds; the metrics allocate nothing per call once a series exists (the wrappers
+//! Recording costs one label lookup and atomic adds. The series of the calls every request
+//! records (the API's, invocation's on both sides, the app channel's) are found among the
+//! label sets recorded last ([`recent`]), by comparing a few short strings; the others
+//! take the family's lookup (a hash and a read lock). The metrics allocate nothing per
+//! call once a series exists (the wrappers
 //! of `async_trait` handles, the app channel and components, add the one boxed future
 //! every such call has). Where the labels are known ahead (a component's operations, a
 //! subscription's statuses, a policy's events) the series are looked up once and kept.
@@ -20,6 +23,7 @@ mod bounded;
 pub mod components;
 mod families;
 pub mod layers;
+mod recent;
 mod resiliency;
 pub mod server;
 #[cfg(test)]
@@ -30,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter, Registry};
+use recent::Recent;
 
 pub use bounded::{BoundedValues, OTHER};
 pub use families::LATENCY_MS;
@@ -59,6 +64,16 @@ struct Inner {
     topics: BoundedValues,
     grpc_methods: BoundedValues,
     app_paths: BoundedValues,
+    /// The series of the label sets recorded last, per family recorded on every call.
+    http_server: Recent<Series>,
+    grpc_server: Recent<Series>,
+    http_client: Recent<Series>,
+    /// By target app.
+    invoke_sent: Recent<IntCounter>,
+    /// By target app and status: the count and the latency.
+    invoke_answered: Recent<(IntCounter, Histogram)>,
+    /// By caller and status: received, answered.
+    invoke_served: Recent<(IntCounter, IntCounter)>,
 }
 
 /// A counter and a histogram of one label set, looked up once.
@@ -82,17 +97,18 @@ impl Timed {
             latency: self.latency.get_metric_with_label_values(labels).ok()?,
         })
     }
-
-    fn record(&self, labels: &[&str], elapsed: Duration) {
-        if let Some(s) = self.series(labels) {
-            s.record(elapsed);
-        }
-    }
 }
 
-fn inc(counter: &prometheus::IntCounterVec, labels: &[&str]) {
-    if let Ok(c) = counter.get_metric_with_label_values(labels) {
-        c.inc();
+/// Records `elapsed` in the series `recent` keeps for `labels`, which `find` looks up the
+/// first time.
+fn record(
+    recent: &Recent<Series>,
+    labels: &[&str],
+    elapsed: Duration,
+    find: impl FnOnce() -> Option<Series>,
+) {
+    if let Some(s) = recent.get(labels, find) {
+        s.record(elapsed);
     }
 }
 
@@ -129,6 +145,12 @@ impl Metrics {
             topics: BoundedValues::new(LABEL_LIMIT),
             grpc_methods: BoundedValues::new(GRPC_METHOD_LIMIT),
             app_paths: BoundedValues::new(LABEL_LIMIT),
+            http_server: Recent::default(),
+            grpc_server: Recent::default(),
+            http_client: Recent::default(),
+            invoke_sent: Recent::default(),
+            invoke_answered: Recent::default(),
+            invoke_served: Recent::default(),
         })))
     }
 
@@ -165,45 +187,65 @@ impl Metrics {
     pub fn http_server(&self, method: &http::Method, path: &str, status: &str, elapsed: Duration) {
         if let Some(m) = &self.0 {
             let labels = [method_label(method), path, status];
-            m.f.http_server.record(&labels, elapsed);
+            record(&m.http_server, &labels, elapsed, || {
+                m.f.http_server.series(&labels)
+            });
         }
     }
 
     /// One call of the gRPC API (`/package.Service/Method`).
     pub fn grpc_server(&self, method: &str, status: &str, elapsed: Duration) {
         if let Some(m) = &self.0 {
-            let method = m.grpc_methods.admit(method);
-            m.f.grpc_server.record(&[method, status], elapsed);
+            record(&m.grpc_server, &[method, status], elapsed, || {
+                m.f.grpc_server
+                    .series(&[m.grpc_methods.admit(method), status])
+            });
         }
     }
 
     /// One request from the sidecar to its app; `path` is bounded here.
     pub fn app_call(&self, method: &http::Method, path: &str, status: &str, elapsed: Duration) {
         if let Some(m) = &self.0 {
-            let path = m.app_paths.admit(path);
-            m.f.http_client
-                .record(&[method_label(method), path, status], elapsed);
+            let method = method_label(method);
+            record(&m.http_client, &[method, path, status], elapsed, || {
+                m.f.http_client
+                    .series(&[method, m.app_paths.admit(path), status])
+            });
         }
     }
 
     /// An invocation of app `target` leaves (caller side).
     pub fn invoke_sent(&self, target: &str) {
         if let Some(m) = &self.0 {
-            inc(&m.f.invoke_sent, &[m.apps.admit(target), "unary"]);
+            let sent = m.invoke_sent.get(&[target], || {
+                m.f.invoke_sent
+                    .get_metric_with_label_values(&[m.apps.admit(target), "unary"])
+                    .ok()
+            });
+            if let Some(c) = sent {
+                c.inc();
+            }
         }
     }
 
     /// The invocation of `target` ended with `status` (caller side).
     pub fn invoke_answered(&self, target: &str, status: &str, elapsed: Duration) {
         if let Some(m) = &self.0 {
-            let target = m.apps.admit(target);
-            inc(&m.f.invoke_answered.count, &[target, status, "unary"]);
-            if let Ok(h) =
-                m.f.invoke_answered
-                    .latency
-                    .get_metric_with_label_values(&[target, status])
-            {
-                h.observe(millis(elapsed));
+            let answered = m.invoke_answered.get(&[target, status], || {
+                let target = m.apps.admit(target);
+                let f = &m.f.invoke_answered;
+                Some((
+                    f.count
+                        .get_metric_with_label_values(&[target, status, "unary"])
+                        .ok()?,
+                    f.latency
+                        .get_metric_with_label_values(&[target, status])
+                        .ok()?,
+                ))
+            });
+            if let Some((count, latency)) = answered {
+                count.inc();
+                latency.observe(millis(elapsed));
             }
         }
     }
@@ -212,9 +254,21 @@ impl Metrics {
     /// (callee side).
     pub fn invoke_served(&self, caller: &str, status: &str) {
         if let Some(m) = &self.0 {
-            let caller = m.apps.admit(caller);
-            inc(&m.f.invoke_received, &[caller]);
-            inc(&m.f.invoke_answered_callee, &[caller, status]);
+            let served = m.invoke_served.get(&[caller, status], || {
+                let caller = m.apps.admit(caller);
+                Some((
+                    m.f.invoke_received
+                        .get_metric_with_label_values(&[caller])
+                        .ok()?,
+                    m.f.invoke_answered_callee
+                        .get_metric_with_label_values(&[caller, status])
+                        .ok()?,
+                ))
+            });
+            if let Some((received, answered)) = served {
+                received.inc();
+                answered.inc();
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::{Code, Status};
 use trellis_proto::common::{self as pbc, http_extension::Verb};
 use trellis_proto::runtime::app_callback_alpha_client::AppCallbackAlphaClient;
@@ -377,12 +377,14 @@ fn verb(method: &http::Method) -> Verb {
     }
 }
 
-/// Request headers that mean something to the app, as gRPC metadata.
+/// Request headers that mean something to the app, as gRPC metadata: the headers are
+/// metadata already, so names and values are shared, not parsed and copied again.
 fn metadata_from(headers: &http::HeaderMap) -> MetadataMap {
-    let mut md = MetadataMap::new();
+    let mut md = http::HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
+        let name_str = name.as_str();
         let skip = matches!(
-            name.as_str(),
+            name_str,
             "content-type"
                 | "content-length"
                 | "transfer-encoding"
@@ -392,18 +394,16 @@ fn metadata_from(headers: &http::HeaderMap) -> MetadataMap {
                 | "keep-alive"
                 | "upgrade"
                 | "user-agent"
-        ) || name.as_str().starts_with("grpc-");
-        if skip {
-            continue;
-        }
-        if let (Ok(key), Ok(value)) = (
-            AsciiMetadataKey::from_bytes(name.as_str().as_bytes()),
-            AsciiMetadataValue::try_from(value.as_bytes()),
-        ) {
-            md.append(key, value);
+        ) || name_str.starts_with("grpc-")
+            // Binary metadata travels base64-encoded; an HTTP header is no such value.
+            || name_str.ends_with("-bin")
+            // ASCII metadata is visible ASCII.
+            || value.to_str().is_err();
+        if !skip {
+            md.append(name.clone(), value.clone());
         }
     }
-    md
+    MetadataMap::from_headers(md)
 }
 
 /// The transport's error under a status: the call never got an answer from the app.

@@ -1,0 +1,107 @@
+//! The series of the label sets a sidecar recorded most recently, found again without the
+//! metric family's own lookup.
+//!
+//! A family's lookup hashes every label value, takes the family's read lock, probes its map
+//! and clones the series out; bounding a label value that came from a request
+//! ([`super::BoundedValues`]) hashes it once more. Together that was 2,300–2,500
+//! instructions per invocation in each sidecar (docs/benchmarks.md, "The gRPC path"). The
+//! label sets of the calls a sidecar serves are few (a route template, a method, a status,
+//! an app id), so comparing a call's labels with the few sets found last is cheaper, and
+//! the series found for a set stands for every later call with those labels.
+//!
+//! Labels are compared as the caller gives them, before any bounding: a value past its
+//! label's limit is found again as the series it was bounded to. The cache holds
+//! [`SLOTS`] sets; a set not among them is looked up in its family as before, and takes
+//! the place of the oldest.
+
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Label sets kept per family; more than a sidecar's hot paths use at once.
+pub const SLOTS: usize = 16;
+
+/// A label set as kept, owning its values.
+type Labels = Box<[Box<str>]>;
+
+/// See the module docs; `S` is the series (or series) a label set stands for.
+#[derive(Debug)]
+pub struct Recent<S> {
+    slots: RwLock<Vec<(Labels, S)>>,
+    /// The slot the next new set replaces, once all are taken.
+    next: AtomicUsize,
+}
+
+impl<S> Default for Recent<S> {
+    fn default() -> Self {
+        Self {
+            slots: RwLock::new(Vec::with_capacity(SLOTS)),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<S: Clone> Recent<S> {
+    /// The series of `labels`: kept from an earlier call, or `find`'s (then kept).
+    pub fn get(&self, labels: &[&str], find: impl FnOnce() -> Option<S>) -> Option<S> {
+        {
+            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+            for (kept, series) in slots.iter() {
+                if kept.len() == labels.len() && kept.iter().zip(labels).all(|(k, l)| **k == **l) {
+                    return Some(series.clone());
+                }
+            }
+        }
+        let series = find()?;
+        let key: Labels = labels.iter().map(|l| Box::from(*l)).collect();
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        if slots.len() < SLOTS {
+            slots.push((key, series.clone()));
+        } else {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % SLOTS;
+            slots[i] = (key, series.clone());
+        }
+        Some(series)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_set_is_looked_up_once_then_found_again() {
+        let recent = Recent::<u32>::default();
+        let lookups = Cell::new(0);
+        let find = |v| {
+            lookups.set(lookups.get() + 1);
+            Some(v)
+        };
+        assert_eq!(recent.get(&["POST", "/a", "200"], || find(1)), Some(1));
+        assert_eq!(recent.get(&["POST", "/a", "200"], || find(9)), Some(1));
+        assert_eq!(recent.get(&["POST", "/a", "500"], || find(2)), Some(2));
+        // A prefix of a kept set is another set.
+        assert_eq!(recent.get(&["POST", "/a"], || find(3)), Some(3));
+        assert_eq!(lookups.get(), 3);
+    }
+
+    #[test]
+    fn past_the_slots_the_oldest_set_is_replaced_and_nothing_is_lost() {
+        let recent = Recent::<usize>::default();
+        let names: Vec<String> = (0..SLOTS + 1).map(|i| format!("app-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(recent.get(&[name], || Some(i)), Some(i));
+        }
+        // The first set made room for the last; found again, it is looked up anew, and
+        // still gets its own series.
+        assert_eq!(recent.get(&[&names[0]], || Some(100)), Some(100));
+        assert_eq!(recent.get(&[&names[SLOTS]], || None), Some(SLOTS));
+    }
+
+    #[test]
+    fn a_failed_lookup_keeps_nothing() {
+        let recent = Recent::<u32>::default();
+        assert_eq!(recent.get(&["x"], || None), None);
+        assert_eq!(recent.get(&["x"], || Some(4)), Some(4));
+    }
+}
