@@ -16,15 +16,13 @@
 //! there, as in Dapr.
 
 use std::convert::Infallible;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use futures_util::FutureExt as _;
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::Either;
 use http::Method;
 use tower::Service;
 
@@ -43,7 +41,7 @@ pub struct PublicApi {
 impl PublicApi {
     pub fn new(rt: Arc<Runtime>) -> Self {
         let (router, checks) = super::layered(rt.clone());
-        let fast = (!checks).then(|| layers::fast_path(&rt, Invoke(rt.clone())));
+        let fast = (!checks).then(|| layers::fast_path(&rt, invoke_handler(rt.clone())));
         Self { router, fast }
     }
 
@@ -88,27 +86,10 @@ fn takes(req: &Request) -> bool {
 
 /// The invocation handler as a service, catching a panic as the router's catch-panic
 /// layer does (the same answer, without re-boxing the body).
-#[derive(Clone)]
-pub struct Invoke(Arc<Runtime>);
+pub type Invoke = layers::Caught;
 
-impl Service<Request> for Invoke {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let rt = self.0.clone();
-        Box::pin(async move {
-            let served = AssertUnwindSafe(invoke::by_path(State(rt), req))
-                .catch_unwind()
-                .await;
-            Ok(served.unwrap_or_else(layers::panic_response))
-        })
-    }
+fn invoke_handler(rt: Arc<Runtime>) -> Invoke {
+    layers::Caught::new(rt, |rt, req| Box::pin(invoke::by_path(State(rt), req)))
 }
 
 #[cfg(test)]

@@ -9,14 +9,10 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt as _;
-use futures_util::future::BoxFuture;
 use http::HeaderValue;
 use tower::Service;
 
@@ -26,7 +22,7 @@ use crate::invoke::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, InvokeError,
 use crate::runtime::Runtime;
 use crate::server::PeerIdentity;
 
-/// The internal port as served: the tracing span (with `spec.tracing`) over [`Internal`].
+/// The internal port as served: the tracing span (with `spec.tracing`) over [`handle`].
 ///
 /// A service rather than an axum `Router`: every request goes to the one handler, and a
 /// router holding only a fallback still matched each path, stored its parameters in the
@@ -46,30 +42,9 @@ pub fn internal_api(
     });
     tower::ServiceBuilder::new()
         .option_layer(tracing)
-        .service(Internal(rt))
-}
-
-/// Every request of the internal port, catching a panic as the public API's catch-panic
-/// layer does: one call fails, the connection and the sidecar stay up.
-#[derive(Clone)]
-pub struct Internal(Arc<Runtime>);
-
-impl Service<Request> for Internal {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let rt = self.0.clone();
-        Box::pin(async move {
-            let served = AssertUnwindSafe(handle(rt, req)).catch_unwind().await;
-            Ok(served.unwrap_or_else(layers::panic_response))
-        })
-    }
+        // Catching a panic as the public API's catch-panic layer does: one call fails, the
+        // connection and the sidecar stay up.
+        .service(layers::Caught::new(rt, |rt, req| Box::pin(handle(rt, req))))
 }
 
 /// Counts the call per caller (callee side), then serves it.

@@ -37,6 +37,7 @@
 //! `crate::resiliency`. Component and invocation metrics are recorded there too, for the
 //! same reason.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,6 +45,8 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 use http::{Method, StatusCode};
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -179,6 +182,49 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 /// The layer that turns a panic into a Dapr-style 500, shared with the internal port.
 pub fn catch_panic() -> CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Response> {
     CatchPanicLayer::custom(panic_response as fn(_) -> _)
+}
+
+/// A handler of every request a service gets, as that service, answering a panic as the
+/// catch-panic layer does: for the services that stand without a router's catch-panic
+/// layer (the invocation fast path, the internal port). Its future is the handler's one
+/// boxed future, caught.
+#[derive(Clone)]
+pub struct Caught {
+    rt: Arc<Runtime>,
+    handler: Handler,
+}
+
+/// What [`Caught`] calls: a function, so that the service's type can be named.
+pub type Handler = fn(Arc<Runtime>, Request) -> BoxFuture<'static, Response>;
+
+impl Caught {
+    pub fn new(rt: Arc<Runtime>, handler: Handler) -> Self {
+        Self { rt, handler }
+    }
+}
+
+impl tower::Service<Request> for Caught {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Map<
+        futures_util::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'static, Response>>>,
+        fn(std::thread::Result<Response>) -> Result<Response, std::convert::Infallible>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let answer: fn(std::thread::Result<Response>) -> Result<Response, _> =
+            |served| Ok(served.unwrap_or_else(panic_response));
+        AssertUnwindSafe((self.handler)(self.rt.clone(), req))
+            .catch_unwind()
+            .map(answer)
+    }
 }
 
 pub(super) fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {

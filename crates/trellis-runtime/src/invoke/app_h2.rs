@@ -25,12 +25,9 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Request, Response};
-use http_body::Body as _;
-use http_body_util::BodyExt as _;
 
 use super::app_pool::{CONNECT_TIMEOUT, SendError};
-use super::peers::{self, Keepalive};
-use super::small::SMALL_BODY;
+use super::peers::{self, Exchange, Keepalive, Outgoing, exchange};
 use crate::Body;
 
 /// The connection to one app at `host:port`.
@@ -85,43 +82,15 @@ impl AppH2 {
         parts.version = http::Version::HTTP_2;
         // h2 carries the authority in the URI; a Host header would be a second one.
         parts.headers.remove(http::header::HOST);
-        let (whole, body) = match body.size_hint().exact() {
-            Some(0) => (Some(Bytes::new()), None),
-            // A body of a small exact size is in memory already (`small::coalesce`).
-            Some(n) if n <= SMALL_BODY => match body.collect().await {
-                Ok(collected) => (Some(collected.to_bytes()), None),
-                Err(e) => {
-                    return Err(SendError::NotReached(format!(
-                        "reading the request body: {e}"
-                    )));
-                }
-            },
-            _ => (None, Some(body)),
-        };
+        let body = Outgoing::of(body).await.map_err(SendError::NotReached)?;
         let head = Request::from_parts(parts, ());
-        // A failure to open the stream leaves the request here: the connection was closing.
-        let not_sent = |e: h2::Error| SendError::NotReached(format!("opening a stream: {e}"));
-        let failed = |e: h2::Error| SendError::Failed(e.to_string());
-        let (response, mut stream) = match whole {
-            Some(bytes) if bytes.is_empty() => sender.send_request(head, true).map_err(not_sent)?,
-            Some(bytes) => {
-                let (response, mut stream) = sender.send_request(head, false).map_err(not_sent)?;
-                stream.send_data(bytes, true).map_err(failed)?;
-                (response, stream)
-            }
-            None => {
-                let (response, stream) = sender.send_request(head, false).map_err(not_sent)?;
-                if let Some(body) = body {
-                    tokio::spawn(peers::pipe_body(body, stream));
-                }
-                return peers::finish(response.await).map_err(failed);
-            }
-        };
-        let result = response.await;
-        if result.is_err() {
-            stream.send_reset(h2::Reason::CANCEL);
-        }
-        peers::finish(result).map_err(failed)
+        exchange(&mut sender, head, body)
+            .await
+            .map_err(|e| match e {
+                // The stream did not open: the connection was closing, nothing was sent.
+                Exchange::NotOpened(e) => SendError::NotReached(format!("opening a stream: {e}")),
+                Exchange::Failed(e) => SendError::Failed(e.to_string()),
+            })
     }
 
     /// The connection, once it takes a new stream; connects if there is none or the one

@@ -141,36 +141,23 @@ impl PeerPool {
         request: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         let (parts, body) = request.into_parts();
-        let (whole, body) = match body.size_hint().exact() {
-            Some(0) => (Some(Bytes::new()), None),
-            // A body that declares a small exact size is in memory already (`coalesce`).
-            Some(n) if n <= SMALL_BODY => match body.collect().await {
-                Ok(collected) => (Some(collected.to_bytes()), None),
-                Err(e) => return Err(SendError::Failed(format!("reading the request body: {e}"))),
-            },
-            _ => (None, Some(body)),
-        };
+        let body = Outgoing::of(body).await.map_err(SendError::Failed)?;
         // A small unary call goes over HTTP/1.1 when the pool has a connection for it; gRPC
         // needs HTTP/2's trailers.
-        let (mut parts, whole) = match whole {
-            Some(bytes) if !is_grpc(&parts.headers) => {
+        let (mut parts, body) = match body {
+            Outgoing::Whole(bytes) if !is_grpc(&parts.headers) => {
                 match self.unary.send(addr, target, parts, bytes).await {
                     unary::Outcome::Done(result) => return result,
-                    unary::Outcome::UseH2(parts, bytes) => (parts, Some(bytes)),
+                    unary::Outcome::UseH2(parts, bytes) => (parts, Outgoing::Whole(bytes)),
                 }
             }
-            whole => (parts, whole),
+            body => (parts, body),
         };
         let mut sender = match self.ready_sender(addr, target).await {
             Ok(sender) => sender,
             Err(error) => {
-                let body = match (whole, body) {
-                    (Some(bytes), _) => Body::from(bytes),
-                    (None, Some(body)) => body,
-                    (None, None) => Body::empty(),
-                };
                 return Err(SendError::NotSent {
-                    request: Box::new(Request::from_parts(parts, body)),
+                    request: Box::new(Request::from_parts(parts, body.into_body())),
                     error,
                 });
             }
@@ -180,26 +167,13 @@ impl PeerPool {
         // h2 carries the authority in the URI; a Host header would be a second one.
         parts.headers.remove(http::header::HOST);
         let head = Request::from_parts(parts, ());
-        let (response, mut stream) = match whole {
-            Some(bytes) if bytes.is_empty() => sender.send_request(head, true).map_err(failed)?,
-            Some(bytes) => {
-                let (response, mut stream) = sender.send_request(head, false).map_err(failed)?;
-                stream.send_data(bytes, true).map_err(failed)?;
-                (response, stream)
-            }
-            None => {
-                let (response, stream) = sender.send_request(head, false).map_err(failed)?;
-                if let Some(body) = body {
-                    tokio::spawn(pipe_body(body, stream));
-                }
-                return finish(response.await).map_err(failed);
-            }
-        };
-        let result = response.await;
-        if result.is_err() {
-            stream.send_reset(h2::Reason::CANCEL);
-        }
-        finish(result).map_err(failed)
+        // Whether or not the stream opened, the peer may have seen the connection's earlier
+        // frames; only `ready_sender` failing is "not sent" here.
+        exchange(&mut sender, head, body)
+            .await
+            .map_err(|e| match e {
+                Exchange::NotOpened(e) | Exchange::Failed(e) => failed(e),
+            })
     }
 
     /// A connection to `addr` that is ready for a new stream, reconnecting once if the
@@ -298,13 +272,80 @@ fn absolute(addr: SocketAddr, uri: &http::Uri) -> http::Uri {
         .unwrap_or_else(|_| uri.clone())
 }
 
+/// A request body as it goes on an HTTP/2 stream.
+pub(super) enum Outgoing {
+    /// In memory: it leaves with the HEADERS frame, in one write.
+    Whole(Bytes),
+    /// Streamed with flow control ([`pipe_body`]).
+    Stream(Body),
+}
+
+impl Outgoing {
+    /// `body` whole when it declares a small exact size (then it is in memory already,
+    /// `small::coalesce`), else as it is.
+    pub(super) async fn of(body: Body) -> Result<Self, String> {
+        match body.size_hint().exact() {
+            Some(0) => Ok(Self::Whole(Bytes::new())),
+            Some(n) if n <= SMALL_BODY => body
+                .collect()
+                .await
+                .map(|collected| Self::Whole(collected.to_bytes()))
+                .map_err(|e| format!("reading the request body: {e}")),
+            _ => Ok(Self::Stream(body)),
+        }
+    }
+
+    fn into_body(self) -> Body {
+        match self {
+            Self::Whole(bytes) => Body::from(bytes),
+            Self::Stream(body) => body,
+        }
+    }
+}
+
+/// Why [`exchange`] failed: the stream did not open (the connection was closing, nothing of
+/// the request left), or it failed after.
+pub(super) enum Exchange {
+    NotOpened(h2::Error),
+    Failed(h2::Error),
+}
+
+/// Sends `head` and `body` on a new stream of `sender` (ready for one), and waits for the
+/// answer's head, its body streaming on. A whole body leaves in the same write as its
+/// HEADERS, so the other side wakes once; a stream whose answer fails is reset.
+pub(super) async fn exchange(
+    sender: &mut SendRequest<Bytes>,
+    head: Request<()>,
+    body: Outgoing,
+) -> Result<Response<Body>, Exchange> {
+    use Exchange::{Failed, NotOpened};
+    let (response, mut stream) = match body {
+        Outgoing::Whole(bytes) if bytes.is_empty() => {
+            sender.send_request(head, true).map_err(NotOpened)?
+        }
+        Outgoing::Whole(bytes) => {
+            let (response, mut stream) = sender.send_request(head, false).map_err(NotOpened)?;
+            stream.send_data(bytes, true).map_err(Failed)?;
+            (response, stream)
+        }
+        Outgoing::Stream(body) => {
+            let (response, stream) = sender.send_request(head, false).map_err(NotOpened)?;
+            tokio::spawn(pipe_body(body, stream));
+            return finish(response.await).map_err(Failed);
+        }
+    };
+    let result = response.await;
+    if result.is_err() {
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    finish(result).map_err(Failed)
+}
+
 fn failed(e: h2::Error) -> SendError {
     SendError::Failed(e.to_string())
 }
 
-pub(super) fn finish(
-    result: Result<Response<RecvStream>, h2::Error>,
-) -> Result<Response<Body>, h2::Error> {
+fn finish(result: Result<Response<RecvStream>, h2::Error>) -> Result<Response<Body>, h2::Error> {
     let resp = result?;
     Ok(resp.map(|stream| {
         Body::new(RecvBody {
@@ -482,7 +523,7 @@ async fn keep_alive(pings: Option<h2::PingPong>, keepalive: Keepalive) -> String
 
 /// Streams a request body to the peer, respecting its flow-control window so that memory
 /// stays bounded by the window, not by the body size.
-pub(super) async fn pipe_body(mut body: Body, mut stream: SendStream<Bytes>) {
+async fn pipe_body(mut body: Body, mut stream: SendStream<Bytes>) {
     loop {
         let frame = match body.frame().await {
             None => {

@@ -66,10 +66,15 @@ async fn counting_app(delay: Duration) -> (u16, Arc<Connections>, tokio::task::J
 }
 
 fn http_channel(port: u16) -> Arc<dyn AppChannel> {
+    channel(port, AppProtocol::Http)
+}
+
+/// The channel to an app on 127.0.0.1:`port` speaking `protocol`.
+fn channel(port: u16, protocol: AppProtocol) -> Arc<dyn AppChannel> {
     let config = AppChannelConfig {
         host: "127.0.0.1".into(),
         port,
-        protocol: AppProtocol::Http,
+        protocol,
         health_check: None,
     };
     open_app_channel(&config, None)
@@ -251,13 +256,7 @@ async fn an_h2c_app_gets_http2_calls_over_one_connection() {
             .await;
     })
     .await;
-    let config = AppChannelConfig {
-        host: "127.0.0.1".into(),
-        port,
-        protocol: AppProtocol::H2c,
-        health_check: None,
-    };
-    let channel = open_app_channel(&config, None);
+    let channel = channel(port, AppProtocol::H2c);
     let calls = (0..3).map(|i| call(&*channel, "/orders/7?x=1", format!("call {i}").into()));
     let answers = futures_util::future::join_all(calls).await;
     for (i, answer) in answers.into_iter().enumerate() {
@@ -301,13 +300,7 @@ async fn an_h2c_app_that_closed_its_connection_gets_the_next_call_on_a_new_one()
         let _ = conn.await;
     })
     .await;
-    let config = AppChannelConfig {
-        host: "127.0.0.1".into(),
-        port,
-        protocol: AppProtocol::H2c,
-        health_check: None,
-    };
-    let channel = open_app_channel(&config, None);
+    let channel = channel(port, AppProtocol::H2c);
     let large = Bytes::from(vec![b'x'; 1 << 20]);
     for i in 0..5 {
         // As in the HTTP/1.1 test above: the GOAWAY must have arrived before the next call.
@@ -331,13 +324,7 @@ async fn an_h2c_app_that_closed_its_connection_gets_the_next_call_on_a_new_one()
 #[tokio::test]
 async fn an_h2c_app_that_is_not_listening_is_not_reached() {
     let port = trellis_test_support::free_port();
-    let config = AppChannelConfig {
-        host: "127.0.0.1".into(),
-        port,
-        protocol: AppProtocol::H2c,
-        health_check: None,
-    };
-    let channel = open_app_channel(&config, None);
+    let channel = channel(port, AppProtocol::H2c);
     match call(&*channel, "/x", "body".into()).await {
         Err(InvokeError::AppNotReached(detail)) => {
             assert!(detail.contains(&port.to_string()), "{detail}");
