@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .flat_map(|f| f.service.iter())
             .filter(|s| s.name() == service)
             .flat_map(|s| s.method.iter().map(|m| format!("{:?}", m.name())))
+            // Sorted, so that the server finds a name by binary search.
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect::<Vec<_>>()
             .join(", ")
     };

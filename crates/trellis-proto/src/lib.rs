@@ -41,6 +41,19 @@ pub const DAPR_SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
 /// The fully qualified name of the workflow SDKs' service (its file has no package).
 pub const TASK_HUB_SERVICE: &str = "TaskHubSidecarService";
 
-// `DAPR_RPCS` and `TASK_HUB_RPCS`: the names of the RPCs each service declares (written by
-// build.rs).
+// `DAPR_RPCS` and `TASK_HUB_RPCS`: the names of the RPCs each service declares, sorted
+// (written by build.rs).
 include!(concat!(env!("OUT_DIR"), "/dapr_rpcs.rs"));
+
+#[cfg(test)]
+mod rpc_names {
+    /// The server looks names up by binary search (`api/grpc/dispatch.rs` in the runtime).
+    #[test]
+    fn are_sorted_and_known() {
+        for names in [super::DAPR_RPCS, super::TASK_HUB_RPCS] {
+            assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+        }
+        assert!(super::DAPR_RPCS.binary_search(&"GetState").is_ok());
+        assert!(super::TASK_HUB_RPCS.binary_search(&"Hello").is_ok());
+    }
+}

@@ -72,6 +72,17 @@ pub fn open(
     }
 }
 
+/// The app's address as a URI authority (an IPv6 host in brackets); `Err` holds the
+/// address that is none.
+pub fn app_authority(config: &AppChannelConfig) -> Result<http::uri::Authority, String> {
+    let authority = if config.host.contains(':') {
+        format!("[{}]:{}", config.host, config.port)
+    } else {
+        format!("{}:{}", config.host, config.port)
+    };
+    http::uri::Authority::try_from(authority.as_str()).map_err(|_| authority)
+}
+
 #[derive(Debug)]
 pub struct HttpAppChannel {
     transport: Transport,
@@ -92,12 +103,7 @@ enum Transport {
 
 impl HttpAppChannel {
     pub fn new(config: &AppChannelConfig, app_api_token: Option<&str>) -> Self {
-        let authority = if config.host.contains(':') {
-            format!("[{}]:{}", config.host, config.port)
-        } else {
-            format!("{}:{}", config.host, config.port)
-        };
-        let authority = http::uri::Authority::try_from(authority.as_str()).map_err(|_| authority);
+        let authority = app_authority(config);
         let transport = match config.protocol {
             AppProtocol::Http => Transport::Http1(AppPool::new(
                 &config.host,

@@ -70,15 +70,7 @@ impl AppH2 {
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
         let mut sender = self.ready().await.map_err(SendError::NotReached)?;
         let (mut parts, body) = req.into_parts();
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(self.authority.clone());
-        uri.path_and_query = parts.uri.path_and_query().cloned();
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        parts.uri = http::Uri::from_parts(uri)
-            .map_err(|e| SendError::NotReached(format!("the request's uri: {e}")))?;
+        parts.uri = peers::absolute(&self.authority, &parts.uri);
         parts.version = http::Version::HTTP_2;
         // h2 carries the authority in the URI; a Host header would be a second one.
         parts.headers.remove(http::header::HOST);

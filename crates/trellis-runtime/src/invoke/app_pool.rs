@@ -45,11 +45,13 @@ const MAX_IDLE: usize = 4096;
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a call to the app failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The app has not seen a byte of the request.
+    #[error("{0}")]
     NotReached(String),
     /// The request may have reached the app.
+    #[error("{0}")]
     Failed(String),
 }
 

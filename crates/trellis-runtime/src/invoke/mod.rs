@@ -31,7 +31,9 @@ mod unary;
 use http::{HeaderValue, Request, Response, Uri};
 use trellis_nameres::{AppRef, Balancer, ResolveError};
 
-pub use app_channel::{AppCall, AppChannel, HttpAppChannel, open as open_app_channel};
+pub use app_channel::{
+    AppCall, AppChannel, HttpAppChannel, app_authority, open as open_app_channel,
+};
 pub use app_h2::AppH2;
 pub use app_pool::SendError as AppSendError;
 pub use builtin_retry::{BuiltinRetries, UNDELIVERED};

@@ -84,6 +84,8 @@ impl std::fmt::Debug for PeerTls {
 #[derive(Clone)]
 struct Pooled {
     sender: SendRequest<Bytes>,
+    /// The peer's address as every request's `:authority`, made once per connection.
+    authority: http::uri::Authority,
     peer: Option<AppRef>,
     /// Tells this connection from one that later took its place.
     id: u64,
@@ -153,8 +155,8 @@ impl PeerPool {
             }
             body => (parts, body),
         };
-        let mut sender = match self.ready_sender(addr, target).await {
-            Ok(sender) => sender,
+        let (mut sender, authority) = match self.ready_sender(addr, target).await {
+            Ok(ready) => ready,
             Err(error) => {
                 return Err(SendError::NotSent {
                     request: Box::new(Request::from_parts(parts, body.into_body())),
@@ -162,7 +164,7 @@ impl PeerPool {
                 });
             }
         };
-        parts.uri = absolute(addr, &parts.uri);
+        parts.uri = absolute(&authority, &parts.uri);
         parts.version = http::Version::HTTP_2;
         // h2 carries the authority in the URI; a Host header would be a second one.
         parts.headers.remove(http::header::HOST);
@@ -183,9 +185,9 @@ impl PeerPool {
         &self,
         addr: SocketAddr,
         target: &AppRef,
-    ) -> Result<SendRequest<Bytes>, String> {
-        if let Some(sender) = self.pooled_ready(addr, target).await? {
-            return Ok(sender);
+    ) -> Result<(SendRequest<Bytes>, http::uri::Authority), String> {
+        if let Some(ready) = self.pooled_ready(addr, target).await? {
+            return Ok(ready);
         }
         let gate = self
             .connecting
@@ -198,8 +200,8 @@ impl PeerPool {
         let mut turn = gate.lock().await;
         // Whoever had the turn before may have connected already, or failed to while this
         // caller waited: then it fails alike, rather than all waiters trying one by one.
-        if let Some(sender) = self.pooled_ready(addr, target).await? {
-            return Ok(sender);
+        if let Some(ready) = self.pooled_ready(addr, target).await? {
+            return Ok(ready);
         }
         if let Some((at, error)) = &*turn
             && *at >= waited_from
@@ -224,11 +226,12 @@ impl PeerPool {
             }
         }
         check_peer(addr, pooled.peer.as_ref(), target)?;
-        pooled
+        let sender = pooled
             .sender
             .ready()
             .await
-            .map_err(|e| format!("peer {addr} refused a new stream: {e}"))
+            .map_err(|e| format!("peer {addr} refused a new stream: {e}"))?;
+        Ok((sender, pooled.authority))
     }
 
     /// The pooled connection to `addr` once it takes a new stream; `None` if there is none,
@@ -237,13 +240,13 @@ impl PeerPool {
         &self,
         addr: SocketAddr,
         target: &AppRef,
-    ) -> Result<Option<SendRequest<Bytes>>, String> {
+    ) -> Result<Option<(SendRequest<Bytes>, http::uri::Authority)>, String> {
         let Some(pooled) = self.lock().get(&addr).cloned() else {
             return Ok(None);
         };
         check_peer(addr, pooled.peer.as_ref(), target)?;
         match pooled.sender.ready().await {
-            Ok(sender) => Ok(Some(sender)),
+            Ok(sender) => Ok(Some((sender, pooled.authority))),
             Err(error) => {
                 tracing::debug!(%addr, %error, "pooled peer connection is gone; reconnecting");
                 let mut conns = self.lock();
@@ -261,15 +264,19 @@ impl PeerPool {
     }
 }
 
-/// An origin-form URI made absolute, with the peer as its authority, as HTTP/2 wants it.
-fn absolute(addr: SocketAddr, uri: &http::Uri) -> http::Uri {
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    http::Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(pq)
-        .build()
-        .unwrap_or_else(|_| uri.clone())
+/// An origin-form URI made absolute with `authority` (the peer, or the app), as HTTP/2
+/// wants it.
+pub(super) fn absolute(authority: &http::uri::Authority, uri: &http::Uri) -> http::Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    // Shared, not parsed again.
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// A request body as it goes on an HTTP/2 stream.
@@ -382,7 +389,14 @@ async fn connect(
             Transport::Tls(io) => handshake(addr, *io, keepalive).await?,
         };
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Pooled { sender, peer, id })
+        let authority = http::uri::Authority::try_from(addr.to_string())
+            .map_err(|e| format!("the peer address {addr}: {e}"))?;
+        Ok(Pooled {
+            sender,
+            authority,
+            peer,
+            id,
+        })
     };
     tokio::time::timeout(CONNECT_TIMEOUT, setup)
         .await

@@ -10,7 +10,8 @@
 //!
 //! Recording costs one label lookup and atomic adds. The series of the calls every request
 //! records (the API's, invocation's on both sides, the app channel's) are found among the
-//! label sets recorded last ([`recent`]), by comparing a few short strings; the others
+//! label sets recorded last ([`recent`]), by comparing a few short strings, and recorded in
+//! place; the others
 //! take the family's lookup (a hash and a read lock). The metrics allocate nothing per
 //! call once a series exists (the wrappers
 //! of `async_trait` handles, the app channel and components, add the one boxed future
@@ -107,9 +108,7 @@ fn record(
     elapsed: Duration,
     find: impl FnOnce() -> Option<Series>,
 ) {
-    if let Some(s) = recent.get(labels, find) {
-        s.record(elapsed);
-    }
+    recent.record(labels, find, |s| s.record(elapsed));
 }
 
 fn millis(d: Duration) -> f64 {
@@ -217,21 +216,19 @@ impl Metrics {
     /// An invocation of app `target` leaves (caller side).
     pub fn invoke_sent(&self, target: &str) {
         if let Some(m) = &self.0 {
-            let sent = m.invoke_sent.get(&[target], || {
+            let find = || {
                 m.f.invoke_sent
                     .get_metric_with_label_values(&[m.apps.admit(target), "unary"])
                     .ok()
-            });
-            if let Some(c) = sent {
-                c.inc();
-            }
+            };
+            m.invoke_sent.record(&[target], find, IntCounter::inc);
         }
     }
 
     /// The invocation of `target` ended with `status` (caller side).
     pub fn invoke_answered(&self, target: &str, status: &str, elapsed: Duration) {
         if let Some(m) = &self.0 {
-            let answered = m.invoke_answered.get(&[target, status], || {
+            let find = || {
                 let target = m.apps.admit(target);
                 let f = &m.f.invoke_answered;
                 Some((
@@ -242,11 +239,12 @@ impl Metrics {
                         .get_metric_with_label_values(&[target, status])
                         .ok()?,
                 ))
-            });
-            if let Some((count, latency)) = answered {
-                count.inc();
-                latency.observe(millis(elapsed));
-            }
+            };
+            m.invoke_answered
+                .record(&[target, status], find, |(count, latency)| {
+                    count.inc();
+                    latency.observe(millis(elapsed));
+                });
         }
     }
 
@@ -254,7 +252,7 @@ impl Metrics {
     /// (callee side).
     pub fn invoke_served(&self, caller: &str, status: &str) {
         if let Some(m) = &self.0 {
-            let served = m.invoke_served.get(&[caller, status], || {
+            let find = || {
                 let caller = m.apps.admit(caller);
                 Some((
                     m.f.invoke_received
@@ -264,11 +262,12 @@ impl Metrics {
                         .get_metric_with_label_values(&[caller, status])
                         .ok()?,
                 ))
-            });
-            if let Some((received, answered)) = served {
-                received.inc();
-                answered.inc();
-            }
+            };
+            m.invoke_served
+                .record(&[caller, status], find, |(received, answered)| {
+                    received.inc();
+                    answered.inc();
+                });
         }
     }
 

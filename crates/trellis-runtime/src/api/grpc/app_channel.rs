@@ -46,15 +46,10 @@ pub struct GrpcAppChannel {
 
 impl GrpcAppChannel {
     pub fn new(config: &AppChannelConfig, app_api_token: Option<&str>) -> Self {
-        let host = if config.host.contains(':') {
-            format!("[{}]", config.host)
-        } else {
-            config.host.clone()
-        };
         // The address comes from flags that were validated; the fallback only guards
-        // against surprises (calls then fail to connect, and say where).
-        let authority = http::uri::Authority::try_from(format!("{host}:{}", config.port))
-            .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1:1"));
+        // against surprises (calls still go to the address, and say where it was).
+        let authority = crate::invoke::app_authority(config)
+            .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"));
         Self {
             channel: Channel(Arc::new(AppH2::new(&config.host, config.port, authority))),
             token: app_api_token.and_then(|t| AsciiMetadataValue::try_from(t).ok()),
@@ -111,8 +106,7 @@ impl GrpcAppChannel {
                 }
                 Ok(out)
             }
-            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
-            Err(status) => Ok(error_response(&status)),
+            Err(status) => answer_of(&status),
         }
     }
 
@@ -141,15 +135,7 @@ impl GrpcAppChannel {
             }
         }
         let req = Request::from_parts(parts, body);
-        self.channel.0.send(req).await.map_err(|e| {
-            let e = ChannelError::from(e);
-            let detail = format!("cannot reach the grpc app: {}", e.detail);
-            if e.not_reached {
-                InvokeError::AppNotReached(detail)
-            } else {
-                InvokeError::AppChannel(detail)
-            }
-        })
+        self.channel.0.send(req).await.map_err(|e| unreached(&e))
     }
 
     async fn list_subscriptions(&self) -> Result<Response<Body>, InvokeError> {
@@ -167,8 +153,7 @@ impl GrpcAppChannel {
                     .collect();
                 Ok(json_response(StatusCode::OK, &Value::Array(subs)))
             }
-            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
-            Err(status) => Ok(error_response(&status)),
+            Err(status) => answer_of(&status),
         }
     }
 
@@ -189,8 +174,7 @@ impl GrpcAppChannel {
                 let status = convert::status_name(resp.into_inner().status);
                 Ok(json_response(StatusCode::OK, &json!({ "status": status })))
             }
-            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
-            Err(status) => Ok(error_response(&status)),
+            Err(status) => answer_of(&status),
         }
     }
 
@@ -236,8 +220,7 @@ impl GrpcAppChannel {
                     &json!({ "statuses": statuses }),
                 ))
             }
-            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
-            Err(status) => Ok(error_response(&status)),
+            Err(status) => answer_of(&status),
         }
     }
 
@@ -275,8 +258,7 @@ impl GrpcAppChannel {
         }
         match result {
             Ok(()) => Ok(Response::new(Body::empty())),
-            Err(status) if is_unreachable(&status) => Err(unreachable(&status)),
-            Err(status) => Ok(error_response(&status)),
+            Err(status) => answer_of(&status),
         }
     }
 }
@@ -406,22 +388,27 @@ fn metadata_from(headers: &http::HeaderMap) -> MetadataMap {
     MetadataMap::from_headers(md)
 }
 
-/// The transport's error under a status: the call never got an answer from the app.
-fn channel_error(status: &Status) -> Option<&ChannelError> {
-    std::error::Error::source(status)?.downcast_ref::<ChannelError>()
+/// The transport's error under a status: the call never got an answer from the app. (The
+/// [`Channel`]'s error, which tonic keeps as the status's source.)
+fn send_error(status: &Status) -> Option<&AppSendError> {
+    std::error::Error::source(status)?.downcast_ref::<AppSendError>()
 }
 
-/// A status that says the app could not be reached at all (nothing was handled).
-fn is_unreachable(status: &Status) -> bool {
-    channel_error(status).is_some()
+/// A failed call's outcome: the app's error status as its answer, or, when the app never
+/// answered, the error saying so.
+fn answer_of(status: &Status) -> Result<Response<Body>, InvokeError> {
+    match send_error(status) {
+        Some(e) => Err(unreached(e)),
+        None => Ok(error_response(status)),
+    }
 }
 
-fn unreachable(status: &Status) -> InvokeError {
-    let detail = format!("cannot reach the grpc app: {}", status.message());
-    if channel_error(status).is_some_and(|e| e.not_reached) {
-        InvokeError::AppNotReached(detail)
-    } else {
-        InvokeError::AppChannel(detail)
+/// A call the app did not answer: not reached (nothing of it left this sidecar), or failed.
+fn unreached(e: &AppSendError) -> InvokeError {
+    let detail = format!("cannot reach the grpc app: {e}");
+    match e {
+        AppSendError::NotReached(_) => InvokeError::AppNotReached(detail),
+        AppSendError::Failed(_) => InvokeError::AppChannel(detail),
     }
 }
 
@@ -431,39 +418,15 @@ fn unreachable(status: &Status) -> InvokeError {
 #[derive(Debug, Clone)]
 struct Channel(Arc<AppH2>);
 
-/// Why a call got no answer from the app; tonic keeps it as its status's source.
-#[derive(Debug, thiserror::Error)]
-#[error("{detail}")]
-struct ChannelError {
-    /// Nothing of the call reached the app.
-    not_reached: bool,
-    detail: String,
-}
-
-impl From<AppSendError> for ChannelError {
-    fn from(e: AppSendError) -> Self {
-        match e {
-            AppSendError::NotReached(detail) => Self {
-                not_reached: true,
-                detail,
-            },
-            AppSendError::Failed(detail) => Self {
-                not_reached: false,
-                detail,
-            },
-        }
-    }
-}
-
 impl tower::Service<Request<tonic::body::Body>> for Channel {
     type Response = Response<Body>;
-    type Error = ChannelError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ChannelError>>;
+    type Error = AppSendError;
+    type Future = BoxFuture<'static, Result<Response<Body>, AppSendError>>;
 
     fn poll_ready(
         &mut self,
         _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), ChannelError>> {
+    ) -> std::task::Poll<Result<(), AppSendError>> {
         // The connection is made, or waited for, in `send`.
         std::task::Poll::Ready(Ok(()))
     }
@@ -474,11 +437,8 @@ impl tower::Service<Request<tonic::body::Body>> for Channel {
             let (parts, body) = req.into_parts();
             let body = crate::invoke::coalesce(&parts.headers, body)
                 .await
-                .map_err(|e| ChannelError {
-                    not_reached: true,
-                    detail: format!("encoding the request: {e}"),
-                })?;
-            Ok(conn.send(Request::from_parts(parts, body)).await?)
+                .map_err(|e| AppSendError::NotReached(format!("encoding the request: {e}")))?;
+            conn.send(Request::from_parts(parts, body)).await
         })
     }
 }

@@ -95,10 +95,12 @@ impl Service<Request> for Dispatch {
         }
         let to_axum = to_axum as fn(TonicResult) -> Answer;
         match service {
-            trellis_proto::DAPR_SERVICE if trellis_proto::DAPR_RPCS.contains(&rpc) => {
+            trellis_proto::DAPR_SERVICE if trellis_proto::DAPR_RPCS.binary_search(&rpc).is_ok() => {
                 Either::Left(Either::Left(self.dapr.call(req).map(to_axum)))
             }
-            trellis_proto::TASK_HUB_SERVICE if trellis_proto::TASK_HUB_RPCS.contains(&rpc) => {
+            trellis_proto::TASK_HUB_SERVICE
+                if trellis_proto::TASK_HUB_RPCS.binary_search(&rpc).is_ok() =>
+            {
                 Either::Left(Either::Right(self.task_hub.call(req).map(to_axum)))
             }
             // tonic would answer an RPC its service does not declare with a bare

@@ -48,7 +48,7 @@ use crate::runtime::Runtime;
 ///    the rest.
 ///
 /// One `ServiceBuilder` stack of concrete layers, as for HTTP: an absent layer is a
-/// pass-through, and no layer boxes a service per call.
+/// pass-through, and of the layers every sidecar has, none boxes a service per call.
 pub fn api(
     rt: Arc<Runtime>,
 ) -> impl Service<Request, Response = Response, Error = Infallible, Future = impl Send + 'static>
