@@ -36,6 +36,9 @@ where
         async move {
             loop {
                 let (socket, _) = listener.accept().await.unwrap();
+                // As a real server does: without it, a small frame written after the answer
+                // (an HTTP/2 GOAWAY) can wait for the client's delayed ACK, about 40 ms.
+                socket.set_nodelay(true).unwrap();
                 counts.opened.fetch_add(1, Ordering::SeqCst);
                 let counts = counts.clone();
                 let served = serve(hyper_util::rt::TokioIo::new(socket));
@@ -47,6 +50,16 @@ where
         }
     });
     (port, counts, task)
+}
+
+/// Ends the writing side of `socket`, then reads and discards until the peer closes (or a
+/// second passes), so that unread bytes never turn the close into a reset.
+async fn lingering_close(mut socket: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = socket.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// An HTTP/1.1 echo app that answers after `delay` and counts its connections.
@@ -276,7 +289,7 @@ async fn an_h2c_app_gets_http2_calls_over_one_connection() {
 /// large to travel whole streams to the app and back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_app_that_closed_its_connection_gets_the_next_call_on_a_new_one() {
-    let (port, counts, app) = counting_server(|io| async move {
+    let (port, counts, app) = counting_server(|mut io| async move {
         let (done, answered) = tokio::sync::oneshot::channel::<()>();
         let done = Arc::new(std::sync::Mutex::new(Some(done)));
         let echo = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -289,21 +302,30 @@ async fn an_h2c_app_that_closed_its_connection_gets_the_next_call_on_a_new_one()
                 Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(body)))
             }
         });
-        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .serve_connection(io, echo);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = answered => {}
+        {
+            let conn =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(&mut io, echo);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = answered => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        // Close as a well-behaved server does: end the writing side, then read until the
+        // client closes too. Dropping the socket at once would reset it whenever the
+        // client's last window updates are still unread, and a reset discards answer bytes
+        // the client has not read yet (the test would fail on the test app, not on Trellis).
+        lingering_close(io.into_inner()).await;
     })
     .await;
     let channel = channel(port, AppProtocol::H2c);
     let large = Bytes::from(vec![b'x'; 1 << 20]);
     for i in 0..5 {
-        // As in the HTTP/1.1 test above: the GOAWAY must have arrived before the next call.
+        // As in the HTTP/1.1 test above: the GOAWAY must have arrived before the next call
+        // (a call that races it is the next test's case).
         tokio::time::sleep(Duration::from_millis(20)).await;
         let sent = if i == 2 {
             large.clone()
