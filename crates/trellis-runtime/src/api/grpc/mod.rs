@@ -1,6 +1,6 @@
 //! The Dapr gRPC API (`dapr.proto.runtime.v1.Dapr`) on `--dapr-grpc-port`.
 //!
-//! [`router`] builds a plain `axum::Router` (tonic's service inside), so the sidecar serves
+//! [`api`] builds one tower service (tonic's `Dapr` server inside), so the sidecar serves
 //! it with the same server as the HTTP API and tests can drive it without a socket. Each
 //! RPC decodes its protobuf request into an [`ops`](super::ops) call and encodes the
 //! result; errors become a gRPC status with a `google.rpc.ErrorInfo` detail.
