@@ -11,8 +11,10 @@
 //! (docs/benchmarks.md, "The gRPC path").
 //!
 //! * **Not reached is explicit.** Connecting, the handshake and waiting for the connection
-//!   to take a new stream happen before anything of the request is handed over; only a
-//!   failure there is [`SendError::NotReached`].
+//!   to take a new stream happen before anything of the request is handed over; a failure
+//!   there is [`SendError::NotReached`], and so is a stream the app refused unprocessed
+//!   (`REFUSED_STREAM`, or above the last stream of its GOAWAY: an app that stops without
+//!   HTTP/2's two-phase GOAWAY refuses the calls that crossed it).
 //! * **A dead connection is replaced.** The connection pings the app every
 //!   [`Keepalive::interval`]; one that goes unanswered, or that the app closed, fails the
 //!   next `ready()`, and that call connects anew.
@@ -79,8 +81,11 @@ impl AppH2 {
         exchange(&mut sender, head, body)
             .await
             .map_err(|e| match e {
-                // The stream did not open: the connection was closing, nothing was sent.
-                Exchange::NotOpened(e) => SendError::NotReached(format!("opening a stream: {e}")),
+                // The stream did not open (the connection was closing, nothing was sent), or
+                // the app refused it unprocessed: either way the call may be sent again.
+                Exchange::Unprocessed(e) => {
+                    SendError::NotReached(format!("the call was not taken: {e}"))
+                }
                 Exchange::Failed(e) => SendError::Failed(e.to_string()),
             })
     }

@@ -169,12 +169,14 @@ impl PeerPool {
         // h2 carries the authority in the URI; a Host header would be a second one.
         parts.headers.remove(http::header::HOST);
         let head = Request::from_parts(parts, ());
-        // Whether or not the stream opened, the peer may have seen the connection's earlier
-        // frames; only `ready_sender` failing is "not sent" here.
+        // Only `ready_sender` failing is "not sent" here: h2 has taken the request by now,
+        // so even a stream the peer refused unprocessed cannot be handed back. A sidecar
+        // refuses none in practice: its graceful GOAWAY is two-phase (hyper), and it
+        // processes every stream opened before this side heard of it.
         exchange(&mut sender, head, body)
             .await
             .map_err(|e| match e {
-                Exchange::NotOpened(e) | Exchange::Failed(e) => failed(e),
+                Exchange::Unprocessed(e) | Exchange::Failed(e) => failed(e),
             })
     }
 
@@ -310,11 +312,29 @@ impl Outgoing {
     }
 }
 
-/// Why [`exchange`] failed: the stream did not open (the connection was closing, nothing of
-/// the request left), or it failed after.
+/// Why [`exchange`] failed: the other side did not process the request, or it may have.
 pub(super) enum Exchange {
-    NotOpened(h2::Error),
+    /// The stream did not open (the connection was closing, nothing of the request left),
+    /// or the other side refused it unprocessed, as HTTP/2 lets a server say (RFC 9113,
+    /// 8.7): a `REFUSED_STREAM` reset, or a GOAWAY whose last stream is below this one.
+    Unprocessed(h2::Error),
     Failed(h2::Error),
+}
+
+/// Whether `error`, a stream's, says the other side refused the stream before processing
+/// it. h2 gives a stream the error of a GOAWAY only when the stream is above the GOAWAY's
+/// last stream id; a GOAWAY's error reaches the streams below it as a broken connection.
+fn unprocessed(error: &h2::Error) -> bool {
+    error.is_remote() && (error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
+/// A failed answer, told apart as [`Exchange`] does.
+fn answer_failed(error: h2::Error) -> Exchange {
+    if unprocessed(&error) {
+        Exchange::Unprocessed(error)
+    } else {
+        Exchange::Failed(error)
+    }
 }
 
 /// Sends `head` and `body` on a new stream of `sender` (ready for one), and waits for the
@@ -325,27 +345,34 @@ pub(super) async fn exchange(
     head: Request<()>,
     body: Outgoing,
 ) -> Result<Response<Body>, Exchange> {
-    use Exchange::{Failed, NotOpened};
+    use Exchange::{Failed, Unprocessed};
     let (response, mut stream) = match body {
         Outgoing::Whole(bytes) if bytes.is_empty() => {
-            sender.send_request(head, true).map_err(NotOpened)?
+            sender.send_request(head, true).map_err(Unprocessed)?
         }
         Outgoing::Whole(bytes) => {
-            let (response, mut stream) = sender.send_request(head, false).map_err(NotOpened)?;
-            stream.send_data(bytes, true).map_err(Failed)?;
+            let (response, mut stream) = sender.send_request(head, false).map_err(Unprocessed)?;
+            if let Err(error) = stream.send_data(bytes, true) {
+                // The stream already ended, as a refused one can before its data leaves:
+                // its answer, at hand now, says why.
+                return Err(match response.await {
+                    Err(answer) => answer_failed(answer),
+                    Ok(_) => Failed(error),
+                });
+            }
             (response, stream)
         }
         Outgoing::Stream(body) => {
-            let (response, stream) = sender.send_request(head, false).map_err(NotOpened)?;
+            let (response, stream) = sender.send_request(head, false).map_err(Unprocessed)?;
             tokio::spawn(pipe_body(body, stream));
-            return finish(response.await).map_err(Failed);
+            return finish(response.await).map_err(answer_failed);
         }
     };
     let result = response.await;
     if result.is_err() {
         stream.send_reset(h2::Reason::CANCEL);
     }
-    finish(result).map_err(Failed)
+    finish(result).map_err(answer_failed)
 }
 
 fn failed(e: h2::Error) -> SendError {

@@ -342,6 +342,46 @@ async fn an_h2c_app_that_closed_its_connection_gets_the_next_call_on_a_new_one()
     app.abort();
 }
 
+/// An h2c app that refuses a call unprocessed (`REFUSED_STREAM`, RFC 9113 8.7): the call
+/// was not reached, so it may be sent again, and the connection stays for the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_app_refused_unprocessed_was_not_reached() {
+    let (port, counts, app) = counting_server(|io| async move {
+        let Ok(mut conn) = h2::server::handshake(io.into_inner()).await else {
+            return;
+        };
+        let mut refuse = true;
+        while let Some(Ok((req, mut respond))) = conn.accept().await {
+            if std::mem::take(&mut refuse) {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut body = req.into_body();
+                let mut got = Vec::new();
+                while let Some(Ok(chunk)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    got.extend_from_slice(&chunk);
+                }
+                let mut sending = respond.send_response(http::Response::new(()), false)?;
+                sending.send_data(Bytes::from(got), true)
+            });
+        }
+    })
+    .await;
+    let channel = channel(port, AppProtocol::H2c);
+    match call(&*channel, "/echo", "first".into()).await {
+        Err(InvokeError::AppNotReached(detail)) => {
+            assert!(detail.contains("refused"), "{detail}");
+        }
+        other => panic!("expected AppNotReached, got {other:?}"),
+    }
+    let (status, body) = call(&*channel, "/echo", "second".into()).await.unwrap();
+    assert_eq!((status, body), (200, Bytes::from("second")));
+    assert_eq!(counts.opened.load(Ordering::SeqCst), 1);
+    app.abort();
+}
+
 /// An h2c app that is not listening: not reached, as for HTTP/1.1.
 #[tokio::test]
 async fn an_h2c_app_that_is_not_listening_is_not_reached() {
