@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -92,7 +92,7 @@ impl GrpcAppChannel {
                 querystring: query.to_string(),
             }),
         };
-        let metadata = metadata_from(&parts.headers);
+        let metadata = metadata_from(parts.headers);
         let mut client = AppCallbackClient::new(self.channel.clone());
         match client.on_invoke(self.request(message, metadata)).await {
             Ok(resp) => {
@@ -167,7 +167,7 @@ impl GrpcAppChannel {
         let (event, parts) = topic_event_request(req, pubsub, topic, handler(path)).await?;
         let mut client = AppCallbackClient::new(self.channel.clone());
         match client
-            .on_topic_event(self.request(event, metadata_from(&parts.headers)))
+            .on_topic_event(self.request(event, metadata_from(parts.headers)))
             .await
         {
             Ok(resp) => {
@@ -193,7 +193,7 @@ impl GrpcAppChannel {
                 &json!({"error": "not a bulk envelope"}),
             ));
         };
-        let metadata = metadata_from(&parts.headers);
+        let metadata = metadata_from(parts.headers);
         let mut client = AppCallbackClient::new(self.channel.clone());
         let mut result = client
             .on_bulk_topic_event(self.request(bulk.clone(), metadata.clone()))
@@ -360,32 +360,61 @@ fn verb(method: &http::Method) -> Verb {
 }
 
 /// Request headers that mean something to the app, as gRPC metadata: the headers are
-/// metadata already, so names and values are shared, not parsed and copied again.
-fn metadata_from(headers: &http::HeaderMap) -> MetadataMap {
-    let mut md = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let name_str = name.as_str();
-        let skip = matches!(
-            name_str,
-            "content-type"
-                | "content-length"
-                | "transfer-encoding"
-                | "connection"
-                | "host"
-                | "te"
-                | "keep-alive"
-                | "upgrade"
-                | "user-agent"
-        ) || name_str.starts_with("grpc-")
-            // Binary metadata travels base64-encoded; an HTTP header is no such value.
-            || name_str.ends_with("-bin")
-            // ASCII metadata is visible ASCII.
-            || value.to_str().is_err();
-        if !skip {
-            md.append(name.clone(), value.clone());
+/// metadata already, so the map is kept and only what is not metadata leaves it (names and
+/// values are neither parsed nor copied again, and no second map is built).
+fn metadata_from(mut headers: http::HeaderMap) -> MetadataMap {
+    // One pass to find them; a call usually carries two (content-type, content-length).
+    let mut unfit: Vec<HeaderName> = Vec::new();
+    let mut bad_values = false;
+    for (name, value) in &headers {
+        if !is_metadata_name(name.as_str()) {
+            if unfit.last() != Some(name) {
+                unfit.push(name.clone());
+            }
+        } else if value.to_str().is_err() {
+            bad_values = true;
         }
     }
-    MetadataMap::from_headers(md)
+    for name in unfit {
+        headers.remove(name);
+    }
+    if bad_values {
+        // Rare: keep a name's visible-ASCII values, drop the rest.
+        let names: Vec<HeaderName> = headers.keys().cloned().collect();
+        for name in names {
+            if headers.get_all(&name).iter().any(|v| v.to_str().is_err()) {
+                let kept: Vec<HeaderValue> = headers
+                    .get_all(&name)
+                    .iter()
+                    .filter(|v| v.to_str().is_ok())
+                    .cloned()
+                    .collect();
+                headers.remove(&name);
+                for value in kept {
+                    headers.append(name.clone(), value);
+                }
+            }
+        }
+    }
+    MetadataMap::from_headers(headers)
+}
+
+/// Whether a request header of this name travels to a gRPC app as metadata.
+fn is_metadata_name(name: &str) -> bool {
+    !(matches!(
+        name,
+        "content-type"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "host"
+            | "te"
+            | "keep-alive"
+            | "upgrade"
+            | "user-agent"
+    ) || name.starts_with("grpc-")
+        // Binary metadata travels base64-encoded; an HTTP header is no such value.
+        || name.ends_with("-bin"))
 }
 
 /// The transport's error under a status: the call never got an answer from the app. (The
@@ -467,4 +496,38 @@ fn error_response(status: &Status) -> Response<Body> {
         resp.headers_mut().insert("dapr-grpc-message", v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_metadata_travels_to_the_app_and_bad_values_leave_alone() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("content-length", "12"),
+            ("user-agent", "curl"),
+            ("grpc-timeout", "1S"),
+            ("trace-bin", "AAEC"),
+            ("dapr-caller-app-id", "caller"),
+            ("x-multi", "one"),
+            ("x-multi", "two"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        // Not visible ASCII: that value goes, its name's other values stay.
+        headers.append("x-multi", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        headers.append("x-multi", HeaderValue::from_static("three"));
+        let md = metadata_from(headers).into_headers();
+        let names: Vec<&str> = md.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["dapr-caller-app-id", "x-multi"]);
+        let multi: Vec<&str> = md
+            .get_all("x-multi")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(multi, ["one", "two", "three"]);
+    }
 }
