@@ -51,6 +51,50 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Keeps, in place, the header values `keep` accepts (`HeaderMap` has no `retain`). One
+/// pass finds the names with a value to drop; only those are touched, a name that loses
+/// every value by one removal, so a map that keeps everything costs one scan and nothing
+/// is copied.
+pub(crate) fn retain(headers: &mut HeaderMap, keep: impl Fn(&HeaderName, &HeaderValue) -> bool) {
+    // Each name with a value to drop, and whether it keeps any. A name's values come one
+    // after another, so one entry per name.
+    let mut touched: Vec<(HeaderName, bool)> = Vec::new();
+    let mut current: Option<(&HeaderName, bool, bool)> = None; // (name, dropped, kept)
+    for (name, value) in headers.iter() {
+        let keeps = keep(name, value);
+        match &mut current {
+            Some((n, dropped, kept)) if *n == name => {
+                *dropped |= !keeps;
+                *kept |= keeps;
+            }
+            _ => {
+                if let Some((n, true, kept)) = current {
+                    touched.push((n.clone(), kept));
+                }
+                current = Some((name, !keeps, keeps));
+            }
+        }
+    }
+    if let Some((n, true, kept)) = current {
+        touched.push((n.clone(), kept));
+    }
+    for (name, kept_some) in touched {
+        let kept: Vec<HeaderValue> = match kept_some {
+            true => headers
+                .get_all(&name)
+                .iter()
+                .filter(|value| keep(&name, value))
+                .cloned()
+                .collect(),
+            false => Vec::new(),
+        };
+        headers.remove(&name);
+        for value in kept {
+            headers.append(name.clone(), value);
+        }
+    }
+}
+
 /// Turns the app's request into the one that leaves this sidecar.
 pub(super) fn prepare_outbound(headers: &mut HeaderMap, caller: &Caller, callee_app_id: &str) {
     strip_hop_by_hop(headers);
@@ -87,6 +131,29 @@ where
 mod tests {
     use super::*;
     use trellis_nameres::AppRef;
+
+    #[test]
+    fn retain_keeps_the_accepted_values_of_each_name_in_order() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("a", "1"),
+            ("drop", "x"),
+            ("m", "one"),
+            ("m", "bad"),
+            ("m", "two"),
+        ] {
+            h.append(name, HeaderValue::from_static(value));
+        }
+        retain(&mut h, |name, value| name != "drop" && value != "bad");
+        let all: Vec<(&str, &str)> = h
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(all, [("a", "1"), ("m", "one"), ("m", "two")]);
+        // Nothing to drop: nothing moves.
+        retain(&mut h, |_, _| true);
+        assert_eq!(h.len(), 3);
+    }
 
     #[test]
     fn outbound_headers_are_rewritten() {

@@ -20,7 +20,7 @@ mod app_channel;
 mod app_h2;
 mod app_pool;
 mod builtin_retry;
-mod headers;
+pub(crate) mod headers;
 mod http1;
 mod limit;
 mod peers;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -361,41 +361,12 @@ fn verb(method: &http::Method) -> Verb {
 
 /// Request headers that mean something to the app, as gRPC metadata: the headers are
 /// metadata already, so the map is kept and only what is not metadata leaves it (names and
-/// values are neither parsed nor copied again, and no second map is built).
+/// values are neither parsed nor copied again, and no second map is built). ASCII metadata
+/// is visible ASCII, so other values are left out.
 fn metadata_from(mut headers: http::HeaderMap) -> MetadataMap {
-    // One pass to find them; a call usually carries two (content-type, content-length).
-    let mut unfit: Vec<HeaderName> = Vec::new();
-    let mut bad_values = false;
-    for (name, value) in &headers {
-        if !is_metadata_name(name.as_str()) {
-            if unfit.last() != Some(name) {
-                unfit.push(name.clone());
-            }
-        } else if value.to_str().is_err() {
-            bad_values = true;
-        }
-    }
-    for name in unfit {
-        headers.remove(name);
-    }
-    if bad_values {
-        // Rare: keep a name's visible-ASCII values, drop the rest.
-        let names: Vec<HeaderName> = headers.keys().cloned().collect();
-        for name in names {
-            if headers.get_all(&name).iter().any(|v| v.to_str().is_err()) {
-                let kept: Vec<HeaderValue> = headers
-                    .get_all(&name)
-                    .iter()
-                    .filter(|v| v.to_str().is_ok())
-                    .cloned()
-                    .collect();
-                headers.remove(&name);
-                for value in kept {
-                    headers.append(name.clone(), value);
-                }
-            }
-        }
-    }
+    crate::invoke::headers::retain(&mut headers, |name, value| {
+        is_metadata_name(name.as_str()) && value.to_str().is_ok()
+    });
     MetadataMap::from_headers(headers)
 }
 
@@ -501,6 +472,7 @@ fn error_response(status: &Status) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
 
     #[test]
     fn only_metadata_travels_to_the_app_and_bad_values_leave_alone() {
