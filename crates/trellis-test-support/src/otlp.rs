@@ -254,6 +254,8 @@ async fn accept<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     while let Ok((stream, _)) = listener.accept().await {
+        // As a real collector does: a small answer must not wait for a delayed ACK.
+        let _ = stream.set_nodelay(true);
         let svc = service();
         let tls = tls.clone();
         let failed = failed_handshakes.clone();

@@ -119,6 +119,9 @@ impl SubscriberApp {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // As a real app's server does (and as `app.rs` does): a small answer must
+                // not wait for the sidecar's delayed ACK.
+                let _ = stream.set_nodelay(true);
                 let shared = shared2.clone();
                 connections.spawn(async move {
                     let svc = service_fn(move |req| handle(req, shared.clone()));
