@@ -3,10 +3,10 @@
 //!
 //! Every operation is implemented once in [`ops`]; the HTTP handlers here and the gRPC
 //! service are thin adapters over it. [`router`] builds the public HTTP API,
-//! [`grpc::api`] the gRPC API and [`internal_api`] the sidecar-to-sidecar port; all
-//! are tower services (the HTTP one an `axum::Router`) that tests can drive without a socket. The sidecar serves the
-//! public one as a [`PublicApi`], which sends invocations past the router when no layer but
-//! metrics and catch-panic is configured (`fast.rs`).
+//! [`grpc::api`] the gRPC API and [`internal_api`] the sidecar-to-sidecar port; all are
+//! tower services (the HTTP one an `axum::Router`) that tests can drive without a socket.
+//! The sidecar serves the public one as a [`PublicApi`], which sends invocations past the
+//! router when no layer but metrics and catch-panic is configured (`fast.rs`).
 
 mod allowlist;
 mod app_id;

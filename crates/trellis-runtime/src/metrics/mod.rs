@@ -11,11 +11,10 @@
 //! Recording costs one label lookup and atomic adds. The series of the calls every request
 //! records (the API's, invocation's on both sides, the app channel's) are found among the
 //! label sets recorded last ([`recent`]), by comparing a few short strings, and recorded in
-//! place; the others
-//! take the family's lookup (a hash and a read lock). The metrics allocate nothing per
-//! call once a series exists (the wrappers
-//! of `async_trait` handles, the app channel and components, add the one boxed future
-//! every such call has). Where the labels are known ahead (a component's operations, a
+//! place; the others, and sets with a value past its label's limit, take the family's
+//! lookup (a hash and a read lock). The metrics allocate nothing per call once a series
+//! exists (the wrappers of `async_trait` handles, the app channel and components, add the
+//! one boxed future every such call has). Where the labels are known ahead (a component's operations, a
 //! subscription's statuses, a policy's events) the series are looked up once and kept.
 //! Label values that come from requests are bounded ([`bounded`]).
 
@@ -35,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter, Registry};
-use recent::Recent;
+use recent::{Keep, Recent};
 
 pub use bounded::{BoundedValues, OTHER};
 pub use families::LATENCY_MS;
@@ -106,7 +105,7 @@ fn record(
     recent: &Recent<Series>,
     labels: &[&str],
     elapsed: Duration,
-    find: impl FnOnce() -> Option<Series>,
+    find: impl FnOnce() -> Option<(Series, Keep)>,
 ) {
     recent.record(labels, find, |s| s.record(elapsed));
 }
@@ -186,8 +185,9 @@ impl Metrics {
     pub fn http_server(&self, method: &http::Method, path: &str, status: &str, elapsed: Duration) {
         if let Some(m) = &self.0 {
             let labels = [method_label(method), path, status];
+            // The path is the route's template: a few values, all kept.
             record(&m.http_server, &labels, elapsed, || {
-                m.f.http_server.series(&labels)
+                Some((m.f.http_server.series(&labels)?, Keep::Yes))
             });
         }
     }
@@ -196,8 +196,9 @@ impl Metrics {
     pub fn grpc_server(&self, method: &str, status: &str, elapsed: Duration) {
         if let Some(m) = &self.0 {
             record(&m.grpc_server, &[method, status], elapsed, || {
-                m.f.grpc_server
-                    .series(&[m.grpc_methods.admit(method), status])
+                let method = m.grpc_methods.admit(method);
+                let series = m.f.grpc_server.series(&[method, status])?;
+                Some((series, Keep::unless_bounded(&[method])))
             });
         }
     }
@@ -207,8 +208,9 @@ impl Metrics {
         if let Some(m) = &self.0 {
             let method = method_label(method);
             record(&m.http_client, &[method, path, status], elapsed, || {
-                m.f.http_client
-                    .series(&[method, m.app_paths.admit(path), status])
+                let path = m.app_paths.admit(path);
+                let series = m.f.http_client.series(&[method, path, status])?;
+                Some((series, Keep::unless_bounded(&[path])))
             });
         }
     }
@@ -217,9 +219,11 @@ impl Metrics {
     pub fn invoke_sent(&self, target: &str) {
         if let Some(m) = &self.0 {
             let find = || {
-                m.f.invoke_sent
-                    .get_metric_with_label_values(&[m.apps.admit(target), "unary"])
-                    .ok()
+                let target = m.apps.admit(target);
+                let sent =
+                    m.f.invoke_sent
+                        .get_metric_with_label_values(&[target, "unary"]);
+                Some((sent.ok()?, Keep::unless_bounded(&[target])))
             };
             m.invoke_sent.record(&[target], find, IntCounter::inc);
         }
@@ -231,14 +235,15 @@ impl Metrics {
             let find = || {
                 let target = m.apps.admit(target);
                 let f = &m.f.invoke_answered;
-                Some((
+                let series = (
                     f.count
                         .get_metric_with_label_values(&[target, status, "unary"])
                         .ok()?,
                     f.latency
                         .get_metric_with_label_values(&[target, status])
                         .ok()?,
-                ))
+                );
+                Some((series, Keep::unless_bounded(&[target])))
             };
             m.invoke_answered
                 .record(&[target, status], find, |(count, latency)| {
@@ -254,14 +259,15 @@ impl Metrics {
         if let Some(m) = &self.0 {
             let find = || {
                 let caller = m.apps.admit(caller);
-                Some((
+                let series = (
                     m.f.invoke_received
                         .get_metric_with_label_values(&[caller])
                         .ok()?,
                     m.f.invoke_answered_callee
                         .get_metric_with_label_values(&[caller, status])
                         .ok()?,
-                ))
+                );
+                Some((series, Keep::unless_bounded(&[caller])))
             };
             m.invoke_served
                 .record(&[caller, status], find, |(received, answered)| {

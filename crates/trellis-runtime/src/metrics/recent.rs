@@ -9,10 +9,12 @@
 //! an app id), so comparing a call's labels with the few sets found last is cheaper, and
 //! the series found for a set stands for every later call with those labels.
 //!
-//! Labels are compared as the caller gives them, before any bounding: a value past its
-//! label's limit is found again as the series it was bounded to. The cache holds
-//! [`SLOTS`] sets; a set not among them is looked up in its family as before, and takes
-//! the place of the oldest.
+//! Labels are compared as the caller gives them, before any bounding. A set with a value
+//! past its label's limit is not kept: such values (an app path with an id in it) rarely
+//! come again, and keeping each would cost every such call an allocation and the write
+//! lock on top of the family's lookup, and push out the sets that do come again. The cache
+//! holds [`SLOTS`] sets; a set not among them is looked up in its family as before, and
+//! takes the place of the oldest.
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,29 +43,34 @@ impl<S> Default for Recent<S> {
 }
 
 impl<S> Recent<S> {
-    /// Applies `record` to the series of `labels`: kept from an earlier call, or `find`'s
-    /// (then kept). Nothing is recorded if `find` finds none. A kept series is recorded in
-    /// place, under the read lock: no clone (and no reference count) per call.
+    /// Applies `record` to the series of `labels`: kept from an earlier call, or the one
+    /// `find` looks up, with whether to keep it (not when a label was bounded). Nothing is
+    /// recorded if `find` finds none. A kept series is recorded in place, under the read
+    /// lock: no clone (and no reference count) per call.
     pub fn record(
         &self,
         labels: &[&str],
-        find: impl FnOnce() -> Option<S>,
+        find: impl FnOnce() -> Option<(S, Keep)>,
         record: impl FnOnce(&S),
     ) {
         {
             let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-            let kept = slots.iter().find(|(kept, _)| {
-                kept.len() == labels.len() && kept.iter().zip(labels).all(|(k, l)| **k == **l)
-            });
-            if let Some((_, series)) = kept {
-                record(series);
+            if let Some(i) = position(&slots, labels) {
+                record(&slots[i].1);
                 return;
             }
         }
-        let Some(series) = find() else { return };
+        let Some((series, keep)) = find() else { return };
         record(&series);
+        if keep == Keep::No {
+            return;
+        }
         let key: Labels = labels.iter().map(|l| Box::from(*l)).collect();
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        // Another caller may have kept the same set meanwhile.
+        if position(&slots, labels).is_some() {
+            return;
+        }
         if slots.len() < SLOTS {
             slots.push((key, series));
         } else {
@@ -71,6 +78,31 @@ impl<S> Recent<S> {
             slots[i] = (key, series);
         }
     }
+}
+
+/// Whether a series `find` looked up is kept for its labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Yes,
+    /// A label value was past its limit ([`super::OTHER`]).
+    No,
+}
+
+impl Keep {
+    /// `Yes` unless one of the bounded values is [`super::OTHER`].
+    pub fn unless_bounded(bounded: &[&str]) -> Self {
+        if bounded.contains(&super::OTHER) {
+            Self::No
+        } else {
+            Self::Yes
+        }
+    }
+}
+
+fn position<S>(slots: &[(Labels, S)], labels: &[&str]) -> Option<usize> {
+    slots.iter().position(|(kept, _)| {
+        kept.len() == labels.len() && kept.iter().zip(labels).all(|(k, l)| **k == **l)
+    })
 }
 
 #[cfg(test)]
@@ -85,7 +117,11 @@ mod tests {
         find: impl FnOnce() -> Option<S>,
     ) -> Option<S> {
         let mut seen = None;
-        recent.record(labels, find, |s| seen = Some(*s));
+        recent.record(
+            labels,
+            || find().map(|s| (s, Keep::Yes)),
+            |s| seen = Some(*s),
+        );
         seen
     }
 
@@ -116,6 +152,20 @@ mod tests {
         // still gets its own series.
         assert_eq!(got(&recent, &[&names[0]], || Some(100)), Some(100));
         assert_eq!(got(&recent, &[&names[SLOTS]], || None), Some(SLOTS));
+    }
+
+    #[test]
+    fn a_set_with_a_bounded_value_is_looked_up_each_time() {
+        let recent = Recent::<u32>::default();
+        let bounded = || Some((7, Keep::unless_bounded(&["GET", super::super::OTHER])));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            recent.record(&["GET", "/orders/1"], bounded, |s| seen.push(*s));
+        }
+        assert_eq!(seen, [7, 7]);
+        // Not kept: the next lookup's answer is the one recorded.
+        assert_eq!(got(&recent, &["GET", "/orders/1"], || Some(8)), Some(8));
+        assert_eq!(Keep::unless_bounded(&["GET", "/a"]), Keep::Yes);
     }
 
     #[test]
