@@ -21,13 +21,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
 use clap::builder::RangedU64ValueParser;
-use tonic::transport::{Channel, Endpoint};
+use http_body_util::BodyExt as _;
 use trellis_proto::common as pbc;
 use trellis_proto::runtime::{
     self as pb, app_callback_client::AppCallbackClient, dapr_client::DaprClient,
@@ -223,10 +224,10 @@ async fn spawn_echo(port: u16) -> Result<ChildGuard> {
 
 // ---- clients -----------------------------------------------------------------------------
 
-/// One HTTP/2 channel to 127.0.0.1:`port`, opened on first use and after a failure.
+/// One HTTP/2 connection to 127.0.0.1:`port`, opened on first use and after a failure.
 struct Conn {
     port: u16,
-    channel: Option<Channel>,
+    channel: Option<H2>,
 }
 
 impl Conn {
@@ -237,15 +238,117 @@ impl Conn {
         }
     }
 
-    async fn get(&mut self) -> Result<Channel> {
+    async fn get(&mut self) -> Result<H2> {
         if let Some(c) = &self.channel {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))?
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+        let channel = H2::connect(self.port).await?;
         Ok(self.channel.insert(channel).clone())
+    }
+}
+
+/// A gRPC channel that is one `h2` connection and nothing else, for tonic's generated
+/// clients. A call's one message leaves with its headers in one write, as the gRPC SDKs
+/// send a unary call. tonic's own `Channel` queues each call for a worker task of its own
+/// (a `tower::buffer`) under reconnect, origin and user-agent layers, and hyper's client
+/// below it writes the headers and the message apart, so the server is woken twice per
+/// call. Both costs would be in every latency this bench measures, and in the state rows'
+/// "added" figure too, whose baseline has no client at all. (The HTTP clients, in
+/// `load.rs`, are hyper connections used directly, for the same reason.)
+#[derive(Clone)]
+struct H2 {
+    send: h2::client::SendRequest<Bytes>,
+    authority: http::uri::Authority,
+}
+
+impl H2 {
+    async fn connect(port: u16) -> Result<Self> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        tcp.set_nodelay(true)?;
+        let (send, conn) = h2::client::handshake(tcp).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            send,
+            authority: format!("127.0.0.1:{port}").parse()?,
+        })
+    }
+
+    fn dapr(self) -> DaprClient<Self> {
+        DaprClient::new(self)
+    }
+
+    fn app(self) -> AppCallbackClient<Self> {
+        AppCallbackClient::new(self)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for H2 {
+    type Response = http::Response<Answer>;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Waited for in `call`, on the clone the call owns.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let (send, authority) = (self.send.clone(), self.authority.clone());
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            // A unary call's body is its one message, ready at once.
+            let message = body.collect().await?.to_bytes();
+            let path = parts.uri.path_and_query().cloned();
+            parts.uri = http::Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
+                .build()?;
+            let mut send = send.ready().await?;
+            let (answer, mut stream) =
+                send.send_request(http::Request::from_parts(parts, ()), false)?;
+            stream.send_data(message, true)?;
+            Ok(answer.await?.map(|body| Answer {
+                body,
+                data_done: false,
+            }))
+        })
+    }
+}
+
+/// An answer's body: its DATA frames, then its trailers (the gRPC status).
+struct Answer {
+    body: h2::RecvStream,
+    data_done: bool,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match std::task::ready!(self.body.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.body.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.body.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
     }
 }
 
@@ -276,21 +379,21 @@ impl Client for InvokeClient {
             http_extension: None,
         };
         let reply = match self.via {
-            Via::Direct => AppCallbackClient::new(channel).on_invoke(message).await?,
+            Via::Direct => channel.app().on_invoke(message).await?,
             Via::Proxy => {
                 let mut req = tonic::Request::new(message);
                 req.metadata_mut().insert(
                     "dapr-app-id",
                     tonic::metadata::MetadataValue::from_static(GRPC_APP_ID),
                 );
-                AppCallbackClient::new(channel).on_invoke(req).await?
+                channel.app().on_invoke(req).await?
             }
             Via::InvokeService => {
                 let req = pb::InvokeServiceRequest {
                     id: GRPC_APP_ID.into(),
                     message: Some(message),
                 };
-                DaprClient::new(channel).invoke_service(req).await?
+                channel.dapr().invoke_service(req).await?
             }
         };
         let len = reply.into_inner().data.map_or(0, |d| d.value.len());
@@ -316,7 +419,7 @@ struct StateClient {
 
 impl Client for StateClient {
     async fn call(&mut self, seq: u64) -> Result<()> {
-        let mut dapr = DaprClient::new(self.conn.get().await?);
+        let mut dapr = self.conn.get().await?.dapr();
         let key = self.keys[(seq % self.keys.len() as u64) as usize].clone();
         match self.op {
             Op::Save => {

@@ -236,7 +236,6 @@ impl Metadata {
             .ok_or_else(|| self.error(key, Some(v), "must be positive"))
     }
 
-    /// An error about `key` of this component, for checks the getters do not cover.
     /// A size (`4Mi`, `512Ki`, `100`), or `default` when absent.
     pub fn size(&self, keys: impl Keys, default: usize) -> Result<usize, MetadataError> {
         let Some((key, value)) = self.lookup(&keys) else {
@@ -245,6 +244,7 @@ impl Metadata {
         crate::size::parse(value).map_err(|e| self.error(key, Some(value), e.reason))
     }
 
+    /// An error about `key` of this component, for checks the getters do not cover.
     pub fn error(&self, key: &str, value: Option<&str>, reason: &str) -> MetadataError {
         MetadataError {
             component: self.component.clone(),

@@ -8,8 +8,8 @@
 //! The connection is `query_only`. A read sees every transaction committed before it
 //! starts, so a write that was acknowledged (answered after its commit) is seen by every
 //! read that starts after the acknowledgment. A read that misses the page cache waits for
-//! the disk on the caller's thread; that is the trade for small, hot tables, and why stores
-//! with large data (the state store) keep reader threads instead.
+//! the disk on the caller's thread; that is the trade for small, hot tables, and why the
+//! state store, whose data may be large, reads this way only while its database is small.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -68,6 +68,15 @@ impl<S> InlineReads<S> {
         crate::set_busy_budget(self.busy_timeout);
         f(&conn, &self.shared)
     }
+
+    /// Runs `f` on this thread if the reader's connection is free at once; `None` when
+    /// another thread holds it (or a read panicked holding it), so the caller can read some
+    /// other way instead of blocking its thread on the lock.
+    pub fn try_read<T>(&self, f: impl FnOnce(&Connection, &S) -> T) -> Option<T> {
+        let conn = self.conn.try_lock().ok()?;
+        crate::set_busy_budget(self.busy_timeout);
+        Some(f(&conn, &self.shared))
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +121,13 @@ mod tests {
                 .map_err(|e| ReadFailed(e.to_string()))
         });
         assert!(write.is_err(), "the reader is query_only");
+        let held = reads.conn.lock().unwrap();
+        assert!(
+            reads.try_read(|_, _| ()).is_none(),
+            "a busy connection is not waited for"
+        );
+        drop(held);
+        assert_eq!(reads.try_read(|_, sql| sql.len()), Some(15));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The store's configuration: Dapr's `state.sqlite` metadata (and Trellis's
-//! `readConnections`), parsed and checked once at open.
+//! `readConnections` and `inlineReadsBelow`), parsed and checked once at open.
 
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ pub(super) struct Config {
     pub(super) busy_timeout: Duration,
     pub(super) disable_wal: bool,
     pub(super) readers: usize,
+    /// The largest database, in bytes, whose gets read on the caller's thread; 0: none.
+    pub(super) inline_below: u64,
 }
 
 impl Config {
@@ -47,6 +49,7 @@ impl Config {
             busy_timeout,
             disable_wal: md.bool("disableWAL", false)?,
             readers: md.usize("readConnections", 2, 1..=64)?,
+            inline_below: md.size("inlineReadsBelow", 64 << 20)? as u64,
         })
     }
 
@@ -93,6 +96,7 @@ mod tests {
         assert_eq!(c.cleanup_interval, Some(Duration::from_secs(3600)));
         assert_eq!(c.busy_timeout, Duration::from_secs(2));
         assert!(!c.disable_wal && !c.in_memory());
+        assert_eq!(c.inline_below, 64 << 20);
         let c = Config::from_metadata(&md(&[
             ("connectionString", ":memory:"),
             ("tableName", "my_state"),
@@ -100,9 +104,11 @@ mod tests {
             ("cleanupInterval", "-1"),
             ("busyTimeout", "100ms"),
             ("disableWAL", "true"),
+            ("inlineReadsBelow", "512Ki"),
         ]))
         .unwrap();
         assert!(c.in_memory() && c.disable_wal);
+        assert_eq!(c.inline_below, 512 << 10);
         assert_eq!(c.table, "my_state");
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert_eq!(c.cleanup_interval, None);

@@ -4,11 +4,13 @@
 //! `tableName` (default `state`), `metadataTableName` (default `metadata`), `timeout` (or
 //! `timeoutInSeconds`; default 20 s), `cleanupInterval` (default 1 h; `<= 0` disables),
 //! `busyTimeout` (default 2 s), `disableWAL` (default false). Trellis adds
-//! `readConnections` (default 2): how many reader threads, each with its own connection.
+//! `readConnections` (default 2): how many reader threads, each with its own connection,
+//! and `inlineReadsBelow` (default `64Mi`; `0` turns it off): the database size up to which
+//! gets read on the caller's thread.
 //!
 //! # How it works
 //!
-//! SQLite is a blocking library, so no SQLite call ever runs on a tokio thread:
+//! SQLite is a blocking library, so SQLite calls that may wait run on threads of their own:
 //!
 //! - One **writer thread** (`trellis_sqlite::writer`, the group-commit writer every
 //!   embedded backend shares) owns the only writing connection. Writes arrive on a
@@ -21,6 +23,10 @@
 //!   (`writer.rs` is the store's side of it).
 //! - A few **reader threads** share a channel of reads and each drains whatever is queued
 //!   into one read transaction, so many concurrent gets cost one wake-up (`reader.rs`).
+//! - The exception: while the database is small, a get (or a bulk get of a few keys)
+//!   reads on the caller's own thread, on a read-only connection of its own, sparing two
+//!   thread wake-ups that cost more than the read; a file that small stays in the page
+//!   cache, so the read does not wait for the disk there (`inline.rs`).
 //! - For an in-memory database there is one connection, so the writer thread also serves
 //!   the reads (queued in order with the writes).
 //!
@@ -35,6 +41,7 @@
 //! forever.)
 
 mod config;
+mod inline;
 mod jobs;
 mod reader;
 mod schema;
@@ -48,6 +55,7 @@ use tokio::sync::oneshot;
 use trellis_sqlite::writer::Options;
 
 use self::config::Config;
+use self::inline::InlineGets;
 use self::jobs::{Job, Reply};
 use self::reader::reader_loop;
 use self::schema::{Sql, open_reader, open_writer};
@@ -86,6 +94,8 @@ pub struct SqliteStore {
     writes: mpsc::Sender<Job>,
     /// The reader threads' channel; for an in-memory database, the writer's.
     reads: mpsc::Sender<Job>,
+    /// Gets on the caller's thread, while the database is small.
+    inline: Option<InlineGets>,
     timeout: Duration,
     connection: String,
 }
@@ -135,15 +145,23 @@ impl SqliteStore {
             }
             reads
         };
+        // After the writer: it made the tables the inline reader's statements name.
+        let inline = if in_memory {
+            None
+        } else {
+            InlineGets::open(&cfg, sql)?
+        };
         tracing::debug!(
             table = cfg.table,
             readers = cfg.readers,
             in_memory,
+            inline_below = cfg.inline_below,
             "sqlite state store: opened"
         );
         Ok(SqliteStore {
             writes,
             reads,
+            inline,
             timeout: cfg.timeout,
             connection: cfg.connection,
         })
@@ -182,6 +200,15 @@ impl SqliteStore {
         self.wait(rx).await
     }
 
+    /// Reads `keys` inline when [`InlineGets`] may, on the reader threads otherwise.
+    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Item>>, StateError> {
+        if let Some(items) = self.inline.as_ref().and_then(|i| i.get(&keys)) {
+            return items;
+        }
+        self.call(&self.reads, |reply| Job::Get { keys, reply })
+            .await
+    }
+
     async fn write(&self, ops: Vec<Operation>, atomic: bool) -> Result<(), StateError> {
         self.call(&self.writes, |reply| Job::Write { ops, atomic, reply })
             .await
@@ -202,18 +229,12 @@ impl StateStore for SqliteStore {
 
     async fn get(&self, key: &str) -> Result<Option<Item>, StateError> {
         let keys = vec![key.to_string()];
-        let mut items = self
-            .call(&self.reads, |reply| Job::Get { keys, reply })
-            .await?;
+        let mut items = self.get_many(keys).await?;
         Ok(items.pop().flatten())
     }
 
     async fn bulk_get(&self, keys: &[String]) -> Vec<(String, Result<Option<Item>, StateError>)> {
-        let owned = keys.to_vec();
-        match self
-            .call(&self.reads, |reply| Job::Get { keys: owned, reply })
-            .await
-        {
+        match self.get_many(keys.to_vec()).await {
             Ok(items) => keys
                 .iter()
                 .cloned()

@@ -82,7 +82,7 @@ pub(super) fn read_job(conn: &Connection, sql: &Sql, job: Job, now: i64) -> Answ
     }
 }
 
-fn get_many(
+pub(super) fn get_many(
     conn: &Connection,
     sql: &Sql,
     keys: &[String],

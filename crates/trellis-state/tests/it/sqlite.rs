@@ -31,9 +31,9 @@ pub struct TempStore {
     _dir: tempfile::TempDir,
 }
 
-pub async fn temp_store() -> TempStore {
+pub async fn temp_store(extra: &[(&str, &str)]) -> TempStore {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir.path().join("state.db"), &[]).await;
+    let store = open(&dir.path().join("state.db"), extra).await;
     TempStore { store, _dir: dir }
 }
 
@@ -68,8 +68,16 @@ impl StateStore for TempStore {
     }
 }
 
+// Gets read on the caller's thread here (the database stays small)...
 mod conformance_file {
-    trellis_state::conformance_tests!(async { super::temp_store().await });
+    trellis_state::conformance_tests!(async { super::temp_store(&[]).await });
+}
+
+// ...and on the reader threads here.
+mod conformance_file_reader_threads {
+    trellis_state::conformance_tests!(async {
+        super::temp_store(&[("inlineReadsBelow", "0")]).await
+    });
 }
 
 mod conformance_memory {
@@ -81,6 +89,31 @@ mod conformance_memory {
         .await
         .unwrap()
     });
+}
+
+/// While the database is small a get reads on the caller's thread: its future is done on
+/// its first poll, with no reader thread to wake. A bulk get of many keys still goes to the
+/// reader threads, and gets the same answers.
+#[tokio::test]
+async fn a_get_of_a_small_database_is_answered_on_the_callers_thread() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let store = temp_store(&[]).await;
+    store.set(SetRequest::new("k", "\"v\"")).await.unwrap();
+    let mut get = std::pin::pin!(store.get("k"));
+    let Poll::Ready(item) = get.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+        panic!("the get waited for another thread");
+    };
+    assert_eq!(item.unwrap().unwrap().value.as_ref(), b"\"v\"");
+
+    let keys: Vec<String> = (0..40)
+        .map(|i| format!("k{i}"))
+        .chain(["k".into()])
+        .collect();
+    let got = store.bulk_get(&keys).await;
+    assert_eq!(got.len(), 41);
+    assert!(got[..40].iter().all(|(_, r)| matches!(r, Ok(None))));
+    assert!(matches!(&got[40], (k, Ok(Some(_))) if k == "k"));
 }
 
 fn with_etag(key: &str, value: &str, etag: &str) -> SetRequest {
