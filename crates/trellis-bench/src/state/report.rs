@@ -73,7 +73,8 @@ fn raw_section(s: &mut String, args: &StateArgs, raw: Option<&Raw>) {
     let _ = writeln!(
         s,
         "`trellis_state::sqlite::SqliteStore` called in the bench process (no HTTP), default settings \
-         (WAL, `synchronous=FULL`: every commit is an fsync, shared by the writes it holds; 2 reader threads), \
+         (WAL, `synchronous=FULL`: every commit is an fsync, shared by the writes it holds; \
+         gets on the calling thread while the database is under 64 MiB, 2 reader threads otherwise), \
          closed loop for {}. Bench process CPU includes the load generator.\n",
         report::secs(args.bench.duration)
     );
