@@ -193,6 +193,35 @@ async fn two_stores_on_one_file_share_data() {
     assert_eq!(&b.get("app||n").await.unwrap().unwrap().value[..], b"200");
 }
 
+/// Gets from several threads at once: some read inline, the ones that find the inline
+/// connection taken go to the reader threads. Either way a get sees the write that was
+/// acknowledged before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_from_many_threads_see_each_acknowledged_write() {
+    let store = std::sync::Arc::new(temp_store(&[]).await);
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("app||k{t}");
+            for n in 0..100 {
+                store
+                    .set(SetRequest::new(&key, n.to_string()))
+                    .await
+                    .unwrap();
+                let got = store.get(&key).await.unwrap().unwrap();
+                assert_eq!(got.value, n.to_string().as_bytes(), "{key}");
+                let both = store.bulk_get(&[key.clone(), "app||none".into()]).await;
+                assert!(matches!(&both[0].1, Ok(Some(i)) if i.value == n.to_string().as_bytes()));
+                assert!(matches!(both[1].1, Ok(None)));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn data_and_etags_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
