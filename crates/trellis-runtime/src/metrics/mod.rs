@@ -14,9 +14,9 @@
 //! place; the others, and sets with a value past its label's limit, take the family's
 //! lookup (a hash and a read lock). The metrics allocate nothing per call once a series
 //! exists (the wrappers of `async_trait` handles, the app channel and components, add the
-//! one boxed future every such call has). Where the labels are known ahead (a component's operations, a
-//! subscription's statuses, a policy's events) the series are looked up once and kept.
-//! Label values that come from requests are bounded ([`bounded`]).
+//! one boxed future every such call has). Where the labels are known ahead (a component's
+//! operations, a subscription's statuses, a policy's events) the series are looked up once
+//! and kept. Label values that come from requests are bounded ([`bounded`]).
 
 pub mod app_channel;
 mod bounded;

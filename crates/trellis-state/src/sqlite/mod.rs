@@ -200,11 +200,13 @@ impl SqliteStore {
         self.wait(rx).await
     }
 
-    /// Reads `keys` inline when [`InlineGets`] may, on the reader threads otherwise.
-    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Item>>, StateError> {
-        if let Some(items) = self.inline.as_ref().and_then(|i| i.get(&keys)) {
+    /// Reads `keys` inline when [`InlineGets`] may, on the reader threads otherwise (the
+    /// keys are copied for them only then).
+    async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<Item>>, StateError> {
+        if let Some(items) = self.inline.as_ref().and_then(|i| i.get(keys)) {
             return items;
         }
+        let keys = keys.iter().map(|k| k.as_ref().to_owned()).collect();
         self.call(&self.reads, |reply| Job::Get { keys, reply })
             .await
     }
@@ -228,13 +230,12 @@ impl StateStore for SqliteStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Item>, StateError> {
-        let keys = vec![key.to_string()];
-        let mut items = self.get_many(keys).await?;
+        let mut items = self.get_many(&[key]).await?;
         Ok(items.pop().flatten())
     }
 
     async fn bulk_get(&self, keys: &[String]) -> Vec<(String, Result<Option<Item>, StateError>)> {
-        match self.get_many(keys.to_vec()).await {
+        match self.get_many(keys).await {
             Ok(items) => keys
                 .iter()
                 .cloned()

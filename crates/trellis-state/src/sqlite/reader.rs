@@ -82,17 +82,17 @@ pub(super) fn read_job(conn: &Connection, sql: &Sql, job: Job, now: i64) -> Answ
     }
 }
 
-pub(super) fn get_many(
+pub(super) fn get_many<K: AsRef<str>>(
     conn: &Connection,
     sql: &Sql,
-    keys: &[String],
+    keys: &[K],
     now: i64,
 ) -> Result<Vec<Option<Item>>, StateError> {
     let mut stmt = conn.prepare_cached(&sql.get).map_err(db_err)?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         let item = stmt
-            .query_row(params![key, now], |row| {
+            .query_row(params![key.as_ref(), now], |row| {
                 Ok(Item {
                     value: Bytes::from(row.get::<_, Vec<u8>>(0)?),
                     etag: row.get::<_, i64>(1)?.to_string(),
