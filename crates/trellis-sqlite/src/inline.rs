@@ -169,18 +169,26 @@ mod tests {
     use super::*;
     use crate::open_writer;
 
-    #[test]
-    fn reads_see_what_was_committed_and_cannot_write() {
+    /// A new database made by `schema` through a writer, and an inline reader of it
+    /// sharing `shared`.
+    fn database<S>(schema: &str, shared: S) -> (tempfile::TempDir, Connection, InlineReads<S>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
         let path = path.to_str().unwrap();
         let writer = open_writer(path, Duration::from_secs(1), 8, "WAL").unwrap();
-        writer
-            .execute_batch("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('a');")
-            .unwrap();
-        let reads = InlineReads::open(path, Duration::from_secs(1), 8, "SELECT v FROM t")
+        writer.execute_batch(schema).unwrap();
+        let reads = InlineReads::open(path, Duration::from_secs(1), 8, shared)
             .unwrap()
             .unwrap();
+        (dir, writer, reads)
+    }
+
+    #[test]
+    fn reads_see_what_was_committed_and_cannot_write() {
+        let (_dir, writer, reads) = database(
+            "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('a');",
+            "SELECT v FROM t",
+        );
         let read = |reads: &InlineReads<&str>| {
             reads
                 .read(|c, sql| {
@@ -215,15 +223,8 @@ mod tests {
 
     #[test]
     fn a_size_limit_reads_inline_only_while_the_database_is_within_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.db");
-        let path = path.to_str().unwrap();
-        let writer = open_writer(path, Duration::from_secs(1), 8, "WAL").unwrap();
-        writer.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
-        let reads = InlineReads::open(path, Duration::from_secs(1), 8, ())
-            .unwrap()
-            .unwrap()
-            .with_size_limit(1 << 20);
+        let (_dir, writer, reads) = database("CREATE TABLE t (v BLOB)", ());
+        let reads = reads.with_size_limit(1 << 20);
         assert_eq!(reads.try_read(|_, _| "inline"), Some("inline"));
 
         // Past the limit: seen at the next look, a second after the last one.
