@@ -13,7 +13,12 @@
 //! The state part saves and gets single keys of the embedded store (`statestore`) on one
 //! sidecar (`trellis run --app-id bench`, no app), through `Dapr/SaveState` and
 //! `Dapr/GetState` and through the HTTP state API, against the same store used directly
-//! in process: the `state` bench's embedded baseline, with its keys and value.
+//! in process: the `state` bench's embedded baseline, with its keys and value. Beside them
+//! run two floors, `http round trip (echo app)` and `grpc round trip (echo app)`: the same
+//! clients calling an echo app directly with the value's size of body. A call through the
+//! sidecar contains such a round trip and an in-process call does not, so what a sidecar row
+//! adds over the store is at least the floor of its protocol, whatever the sidecar does; the
+//! report shows what each row costs beyond it (for reference, no target).
 //!
 //! Each client task owns one connection (an HTTP/1.1 keep-alive or one HTTP/2 channel).
 
@@ -53,6 +58,9 @@ const RSS_IDLE_MIB: f64 = 10.0;
 const GRPC_APP_ID: &str = "grpc-echo";
 /// The store of the state part: the sidecar's built-in embedded store.
 const STORE: &str = "statestore";
+/// The state part's floors: a round trip to an echo app, no sidecar, no store.
+const HTTP_FLOOR: &str = "http round trip (echo app)";
+const GRPC_FLOOR: &str = "grpc round trip (echo app)";
 
 #[derive(Args)]
 pub struct GrpcArgs {
@@ -603,7 +611,27 @@ async fn state_part(ctx: &Ctx<'_>, notes: &mut Vec<String>) -> Result<Results> {
     let keys = Keys::new(STORE, SIDECAR_PREFIX, &value)?;
     let grpc_keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
 
-    let mut scenarios = Vec::new();
+    // The floor under the sidecar rows: one round trip to an app that does nothing but
+    // answer, with the same client and the value's size of body, over each protocol.
+    let (http_echo, grpc_echo) = (procs::free_port()?, procs::free_port()?);
+    let _http_app = echo::spawn(http_echo).await?;
+    let _grpc_app = spawn_echo(grpc_echo).await?;
+    let http_floor = Target {
+        port: http_echo,
+        path: "/echo".to_owned(),
+    };
+    let grpc_floor = {
+        let value = value.clone();
+        move || InvokeClient {
+            conn: Conn::new(grpc_echo),
+            via: Via::Direct,
+            body: value.clone(),
+        }
+    };
+    let mut scenarios = vec![
+        echo_scenario(HTTP_FLOOR, http_floor, &value, n),
+        grpc_scenario(GRPC_FLOOR, grpc_floor, n),
+    ];
     for op in [Op::Save, Op::Get] {
         let direct = format!("state {} direct (in process)", op.name());
         let via = |api: &str| format!("state {} via trellis {api}", op.name());
@@ -669,7 +697,9 @@ fn render(args: &GrpcArgs, session: &Session, results: &[Results]) -> String {
          client → `Dapr/InvokeService` on sidecar A → sidecar B → app (`OnInvoke`); *state … direct* = \
          `trellis_state::sqlite::SqliteStore` in the bench process (the sidecar's `statestore` defaults); \
          *state … via trellis* = client → `trellis run --app-id bench` (HTTP state API, or `Dapr/SaveState` / \
-         `Dapr/GetState`) → `statestore`. Everything on 127.0.0.1, all on the same cores.\n\n",
+         `Dapr/GetState`) → `statestore`; *http / grpc round trip (echo app)* = the state clients' \
+         connection to an echo app (HTTP POST, or `OnInvoke`) with a value-sized body, no sidecar: the \
+         floor of a call over each protocol. Everything on 127.0.0.1, all on the same cores.\n\n",
     );
     let all: Vec<&Results> = results.iter().collect();
     let text = PhaseText {
@@ -693,16 +723,21 @@ fn render(args: &GrpcArgs, session: &Session, results: &[Results]) -> String {
     s
 }
 
-fn targets(results: &[&Results]) -> Vec<Goal> {
+pub(crate) fn targets(results: &[&Results]) -> Vec<Goal> {
     // What a scenario adds over its baseline at p50: with rounds, the median of each
     // round's difference (`Results::difference_ms`), as `invoke` and `blocks` judge theirs;
     // how it was taken goes beside it.
-    let added = |name: &str| {
+    let beyond = |name: &str, base: &str| {
         results.iter().find_map(|r| {
-            let base = r.get(name).and_then(|s| s.baseline.clone())?;
-            let (value, how) = r.difference_ms(name, &base, 0.5);
+            let (value, how) = r.difference_ms(name, base, 0.5);
             value.map(|v| (v, how))
         })
+    };
+    let added = |name: &str| {
+        let base = results
+            .iter()
+            .find_map(|r| r.get(name).and_then(|s| s.baseline.clone()))?;
+        beyond(name, &base)
     };
     let how = |a: &Option<(f64, Option<String>)>| {
         a.as_ref()
@@ -752,6 +787,35 @@ fn targets(results: &[&Results]) -> Vec<Goal> {
             STATE_ADDED_P50_MS,
             format!(
                 "HTTP: {}",
+                http.map_or("—".into(), |(v, _)| report::added_ms(v))
+            ),
+        ));
+    }
+    // Not a target: how much of the above is the round trip itself, which no sidecar can
+    // take out (see the module docs).
+    let floor = |name: &str| {
+        results
+            .iter()
+            .find_map(|r| r.get(name))
+            .filter(|r| r.fixed.outcome.ok > 0)
+            .map_or("—".into(), |r| {
+                format!("{} ms", report::ms(r.fixed.outcome.ms(0.5)))
+            })
+    };
+    for (rpc, op) in [("GetState", "get"), ("SaveState", "save")] {
+        let grpc = beyond(&format!("state {op} via trellis gRPC"), GRPC_FLOOR);
+        let http = beyond(&format!("state {op} via trellis HTTP"), HTTP_FLOOR);
+        rows.push(Goal::added_at_most(
+            format!(
+                "gRPC {rpc} p50 beyond one gRPC round trip to an app ({}){}",
+                floor(GRPC_FLOOR),
+                how(&grpc)
+            ),
+            grpc.map(|(v, _)| v),
+            None,
+            format!(
+                "HTTP, beyond an HTTP round trip ({}): {}",
+                floor(HTTP_FLOOR),
                 http.map_or("—".into(), |(v, _)| report::added_ms(v))
             ),
         ));

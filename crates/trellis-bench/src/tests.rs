@@ -319,6 +319,45 @@ fn targets_show_met_missed_and_unmeasured() {
     );
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn the_grpc_state_rows_are_also_shown_beyond_their_protocols_floor() {
+    // A sidecar row about 6 ms over the store, of which 2 ms are the round trip of its
+    // protocol.
+    let scenarios = vec![
+        fake("state get direct (in process)", 0, None),
+        fake("grpc round trip (echo app)", 2, None),
+        fake("state get via trellis gRPC", 6, None).against("state get direct (in process)"),
+    ];
+    let results = runner::run(&short_args(), scenarios, async |_| {})
+        .await
+        .expect("the run");
+    let rows = crate::grpc::targets(&[&results]);
+    let over_store = rows
+        .iter()
+        .find(|r| r.label.starts_with("gRPC GetState overhead over the store"))
+        .expect("the target row");
+    assert_eq!(over_store.met, Some(false), "{}", over_store.measured);
+    let beyond = rows
+        .iter()
+        .find(|r| {
+            r.label
+                .starts_with("gRPC GetState p50 beyond one gRPC round trip")
+        })
+        .expect("the floor row");
+    // Shown for reference, never judged, with the floor's own p50 in its label.
+    assert_eq!(beyond.met, None);
+    assert!(beyond.label.contains(" ms)"), "{}", beyond.label);
+    let ms: f64 = beyond
+        .measured
+        .trim_start_matches('+')
+        .trim_end_matches(" ms")
+        .parse()
+        .expect("a number of ms");
+    assert!((2.0..20.0).contains(&ms), "{}", beyond.measured);
+    // The HTTP floor did not run: its side says so instead of making a number up.
+    assert!(beyond.reference.ends_with(": —"), "{}", beyond.reference);
+}
+
 #[test]
 fn an_at_least_target_says_how_far_short_it_fell() {
     let show = |v: f64| format!("{v:.0} req/s");
