@@ -1,10 +1,12 @@
 //! Serving a tower service on a listener the caller bound, with graceful shutdown.
 //!
-//! Both of the sidecar's servers (the public Dapr API and the internal sidecar-to-sidecar
-//! port) go through [`serve`]: HTTP/1.1 and HTTP/2 (prior knowledge, as peers use) on one
-//! port, `TCP_NODELAY` on every connection (small responses must not wait for Nagle), and
-//! on shutdown: stop accepting, let in-flight requests finish within the drain time, then
-//! drop what is left. The internal port may also require mTLS ([`serve_with`]).
+//! All of the sidecar's servers (the public Dapr APIs, metrics, and the internal
+//! sidecar-to-sidecar port) go through here: HTTP/1.1 and HTTP/2 (prior knowledge, as peers
+//! use) on one port, `TCP_NODELAY` on every connection (small responses must not wait for
+//! Nagle), and on shutdown: stop accepting, let in-flight requests finish within the drain
+//! time, then drop what is left. The internal port may also require mTLS, and it watches its
+//! peers with HTTP/2 pings where the public ports have the kernel probe theirs ([`Port`],
+//! [`Liveness`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,26 +24,48 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt as _};
 
-/// Serves `service` on `listener` until `shutdown` resolves, then drains for up to `drain`.
-pub async fn serve<S>(
-    listener: TcpListener,
-    service: S,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    serve_with(listener, None, service, shutdown, drain).await;
+/// How a server notices a client that is gone without having closed its connection (its
+/// host lost power, or the network between them failed), so that the connection's streams
+/// (a subscription, a workflow worker's stream, proxied calls) end instead of piling up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// An HTTP/2 PING every [`PING_INTERVAL`], the connection closed after
+    /// [`PING_TIMEOUT`] without an answer: the internal port. Its clients are other
+    /// sidecars, usually on other hosts, each holding one multiplexed connection for many
+    /// calls; they ping this side the same way.
+    Http2Pings,
+    /// The kernel's keepalive probes on every connection, and a bound on how long sent data
+    /// may go unacknowledged ([`tcp_liveness`]): the public APIs. Their clients are apps,
+    /// almost always on the same host, whose death the kernel reports at once. The probes
+    /// find the rare one that is not, in about the time pings would, and cost nothing per
+    /// request, where hyper's ping bookkeeping runs on every frame of every connection:
+    /// about 1,200 instructions of each gRPC call (docs/benchmarks.md). They also cover
+    /// HTTP/1.1 connections, which have no ping. A client's own pings are answered either
+    /// way.
+    TcpProbes,
 }
 
-/// As [`serve`], with every connection first going through a TLS handshake when `tls` is
-/// given (the internal port with mTLS). The handshake runs in the connection's own task, so
-/// a slow or hostile client never holds up accepting others; the peer's verified identity
-/// goes into every request of the connection as a [`PeerIdentity`] extension.
-pub async fn serve_with<S>(
+/// See [`Liveness::Http2Pings`].
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which of the sidecar's ports a server is, which decides what it asks of its clients.
+pub enum Port {
+    /// A public API (HTTP, gRPC, metrics): [`Liveness::TcpProbes`].
+    Public,
+    /// The internal port: [`Liveness::Http2Pings`], and every connection first going
+    /// through a TLS handshake when an acceptor is given (mTLS). The handshake runs in the
+    /// connection's own task, so a slow or hostile client never holds up accepting others;
+    /// the peer's verified identity goes into every request of the connection as a
+    /// [`PeerIdentity`] extension.
+    Internal(Option<trellis_mtls::TlsAcceptor>),
+}
+
+/// Serves `service` on `listener` as `port` until `shutdown` resolves, then drains for up
+/// to `drain`.
+pub async fn serve<S>(
     listener: TcpListener,
-    tls: Option<trellis_mtls::TlsAcceptor>,
+    port: Port,
     service: S,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -49,6 +73,10 @@ pub async fn serve_with<S>(
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    let (tls, liveness) = match port {
+        Port::Public => (None, Liveness::TcpProbes),
+        Port::Internal(tls) => (tls, Liveness::Http2Pings),
+    };
     let local = listener.local_addr().ok();
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -58,12 +86,14 @@ pub async fn serve_with<S>(
         .http2()
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
-        .max_concurrent_streams(1024)
-        // Peers ping too; this side's pings close connections of peers that vanished, so
-        // their streams do not pile up.
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .max_concurrent_streams(1024);
+    if liveness == Liveness::Http2Pings {
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(PING_INTERVAL))
+            .keep_alive_timeout(PING_TIMEOUT);
+    }
     tokio::pin!(shutdown);
     // Every connection's task, so that the ones still open when the drain time is up are
     // really closed (aborted), not just left behind.
@@ -82,6 +112,11 @@ pub async fn serve_with<S>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                if liveness == Liveness::TcpProbes
+                    && let Err(error) = tcp_liveness(&stream)
+                {
+                    tracing::debug!(%peer, %error, "could not set tcp keepalive on a connection");
+                }
                 let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
                 match tls.clone() {
                     None => {
@@ -128,6 +163,34 @@ pub async fn serve_with<S>(
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`Liveness::TcpProbes`] on one connection: after [`PROBE_IDLE`] of silence the kernel
+/// probes the client every [`PROBE_INTERVAL`] and drops the connection after [`PROBES`]
+/// unanswered probes, and data this side sent that stays unacknowledged for
+/// [`UNACKED_LIMIT`] drops it too (probes are only sent on a connection with nothing in
+/// flight; a stream writing to a vanished client would otherwise retransmit for about 15
+/// minutes). A client that vanished is found within about 20 s, where Dapr's API server,
+/// which pings after 10 s of silence and waits 5 s for the answer, takes about 15 s.
+/// Elsewhere than on Linux, only the silence before the first probe is set.
+pub fn tcp_liveness(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    let probes = socket2::TcpKeepalive::new().with_time(PROBE_IDLE);
+    #[cfg(target_os = "linux")]
+    let probes = probes.with_interval(PROBE_INTERVAL).with_retries(PROBES);
+    sock.set_tcp_keepalive(&probes)?;
+    #[cfg(target_os = "linux")]
+    sock.set_tcp_user_timeout(Some(UNACKED_LIMIT))?;
+    Ok(())
+}
+
+/// See [`tcp_liveness`].
+const PROBE_IDLE: Duration = Duration::from_secs(10);
+#[cfg(target_os = "linux")]
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+#[cfg(target_os = "linux")]
+const PROBES: u32 = 2;
+#[cfg(target_os = "linux")]
+const UNACKED_LIMIT: Duration = Duration::from_secs(20);
 
 /// The verified identity of the sidecar on the other end of an mTLS connection, put into
 /// each of its requests: the only source of a caller's identity on the internal port. The

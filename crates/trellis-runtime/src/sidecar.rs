@@ -14,6 +14,7 @@ use crate::health::{self, Health};
 use crate::invoke::{Caller, Invoker};
 use crate::pubsub::PubSubs;
 use crate::runtime::{ComponentSummary, Runtime, RuntimeParts};
+use crate::server::Port;
 use crate::state::StateStores;
 
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +377,7 @@ impl Sidecar {
         };
         tasks.spawn(crate::server::serve(
             http,
+            Port::Public,
             api::PublicApi::new(runtime.clone()),
             stopped(&stop),
             config.graceful_shutdown,
@@ -383,6 +385,7 @@ impl Sidecar {
         if let Some(grpc) = grpc {
             tasks.spawn(crate::server::serve(
                 grpc,
+                Port::Public,
                 api::grpc::api(runtime.clone()),
                 stopped(&stop),
                 config.graceful_shutdown,
@@ -391,14 +394,15 @@ impl Sidecar {
         if let (Some(listener), Some(_)) = (metrics_listener, metrics_addr) {
             tasks.spawn(crate::server::serve(
                 listener,
+                Port::Public,
                 crate::metrics::server::router(metrics, health.clone()),
                 stopped(&stop),
                 config.graceful_shutdown,
             ));
         }
-        tasks.spawn(crate::server::serve_with(
+        tasks.spawn(crate::server::serve(
             internal,
-            acceptor,
+            Port::Internal(acceptor),
             api::internal_api(runtime.clone()),
             stopped(&stop),
             config.graceful_shutdown,

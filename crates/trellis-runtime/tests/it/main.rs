@@ -13,6 +13,7 @@ mod configuration;
 mod grpc;
 mod invoke;
 mod jobs;
+mod liveness;
 mod lock;
 mod metrics;
 mod mtls;
