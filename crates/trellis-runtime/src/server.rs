@@ -164,14 +164,16 @@ pub async fn serve<S>(
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// [`Liveness::TcpProbes`] on one connection: after [`PROBE_IDLE`] of silence the kernel
+/// [`Liveness::TcpProbes`] on one connection. After [`PROBE_IDLE`] of silence the kernel
 /// probes the client every [`PROBE_INTERVAL`] and drops the connection after [`PROBES`]
-/// unanswered probes, and data this side sent that stays unacknowledged for
-/// [`UNACKED_LIMIT`] drops it too (probes are only sent on a connection with nothing in
-/// flight; a stream writing to a vanished client would otherwise retransmit for about 15
-/// minutes). A client that vanished is found within about 20 s, where Dapr's API server,
-/// which pings after 10 s of silence and waits 5 s for the answer, takes about 15 s.
-/// Elsewhere than on Linux, only the silence before the first probe is set.
+/// unanswered probes: a client that vanished from an idle connection is found within about
+/// 20 s (Dapr's API server pings after 10 s of silence and waits 5 s for the answer).
+/// Probes are only sent while nothing is in flight, so data this side sent that makes no
+/// progress for [`STALLED_LIMIT`] (unacknowledged, or held back by a client that stopped
+/// reading) drops the connection too; without it, a stream writing to a vanished client
+/// would retransmit for about 15 minutes. The limit is nginx's `send_timeout`: a client that
+/// takes nothing for a minute is not coming back. Elsewhere than on Linux, only the silence
+/// before the first probe is set.
 pub fn tcp_liveness(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(stream);
     let probes = socket2::TcpKeepalive::new().with_time(PROBE_IDLE);
@@ -179,7 +181,7 @@ pub fn tcp_liveness(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
     let probes = probes.with_interval(PROBE_INTERVAL).with_retries(PROBES);
     sock.set_tcp_keepalive(&probes)?;
     #[cfg(target_os = "linux")]
-    sock.set_tcp_user_timeout(Some(UNACKED_LIMIT))?;
+    sock.set_tcp_user_timeout(Some(STALLED_LIMIT))?;
     Ok(())
 }
 
@@ -190,7 +192,7 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 #[cfg(target_os = "linux")]
 const PROBES: u32 = 2;
 #[cfg(target_os = "linux")]
-const UNACKED_LIMIT: Duration = Duration::from_secs(20);
+const STALLED_LIMIT: Duration = Duration::from_secs(60);
 
 /// The verified identity of the sidecar on the other end of an mTLS connection, put into
 /// each of its requests: the only source of a caller's identity on the internal port. The
