@@ -34,8 +34,8 @@ pub enum Liveness {
     /// sidecars, usually on other hosts, each holding one multiplexed connection for many
     /// calls; they ping this side the same way.
     Http2Pings,
-    /// The kernel's keepalive probes on every connection, and a bound on how long sent data
-    /// may go unacknowledged ([`tcp_liveness`]): the public APIs. Their clients are apps,
+    /// The kernel's keepalive probes on every connection, and a bound on how long an answer
+    /// may make no progress ([`tcp_liveness`]): the public APIs. Their clients are apps,
     /// almost always on the same host, whose death the kernel reports at once. The probes
     /// find the rare one that is not, in about the time pings would, and cost nothing per
     /// request, where hyper's ping bookkeeping runs on every frame of every connection:
