@@ -5,8 +5,7 @@
 //! use) on one port, `TCP_NODELAY` on every connection (small responses must not wait for
 //! Nagle), and on shutdown: stop accepting, let in-flight requests finish within the drain
 //! time, then drop what is left. The internal port may also require mTLS, and it watches its
-//! peers with HTTP/2 pings where the public ports have the kernel probe theirs ([`Port`],
-//! [`Liveness`]).
+//! peers with HTTP/2 pings where the public ports have the kernel probe theirs ([`Port`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,42 +23,33 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt as _};
 
-/// How a server notices a client that is gone without having closed its connection (its
-/// host lost power, or the network between them failed), so that the connection's streams
-/// (a subscription, a workflow worker's stream, proxied calls) end instead of piling up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    /// An HTTP/2 PING every [`PING_INTERVAL`], the connection closed after
-    /// [`PING_TIMEOUT`] without an answer: the internal port. Its clients are other
-    /// sidecars, usually on other hosts, each holding one multiplexed connection for many
-    /// calls; they ping this side the same way.
-    Http2Pings,
-    /// The kernel's keepalive probes on every connection, and a bound on how long an answer
-    /// may make no progress ([`tcp_liveness`]): the public APIs. Their clients are apps,
-    /// almost always on the same host, whose death the kernel reports at once. The probes
-    /// find the rare one that is not, in about the time pings would, and cost nothing per
-    /// request, where hyper's ping bookkeeping runs on every frame of every connection:
-    /// about 1,200 instructions of each gRPC call (docs/benchmarks.md). They also cover
-    /// HTTP/1.1 connections, which have no ping. A client's own pings are answered either
-    /// way.
-    TcpProbes,
-}
-
-/// See [`Liveness::Http2Pings`].
-const PING_INTERVAL: Duration = Duration::from_secs(20);
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Which of the sidecar's ports a server is, which decides what it asks of its clients.
+/// Which of the sidecar's ports a server is, which decides how it notices a client that is
+/// gone without having closed its connection (its host lost power, or the network between
+/// them failed), so that the connection's streams (a subscription, a workflow worker's
+/// stream, proxied calls) end instead of piling up.
 pub enum Port {
-    /// A public API (HTTP, gRPC, metrics): [`Liveness::TcpProbes`].
+    /// A public API (HTTP, gRPC, metrics). Its clients are apps, almost always on the same
+    /// host, whose death the kernel reports at once. For the rare one that is not, the
+    /// kernel probes idle connections and bounds how long an answer may make no progress
+    /// ([`tcp_liveness`], set on each connection as it is accepted). That costs nothing per
+    /// request, where hyper's HTTP/2 ping bookkeeping runs on every frame
+    /// of every connection: about 1,200 instructions of each gRPC call
+    /// (docs/benchmarks.md). It also covers HTTP/1.1 connections, which have no ping. A
+    /// client's own pings are answered either way.
     Public,
-    /// The internal port: [`Liveness::Http2Pings`], and every connection first going
-    /// through a TLS handshake when an acceptor is given (mTLS). The handshake runs in the
-    /// connection's own task, so a slow or hostile client never holds up accepting others;
-    /// the peer's verified identity goes into every request of the connection as a
-    /// [`PeerIdentity`] extension.
+    /// The internal port: an HTTP/2 PING every [`PING_INTERVAL`], the connection closed
+    /// after [`PING_TIMEOUT`] without an answer. Its clients are other sidecars, usually on
+    /// other hosts, each holding one multiplexed connection for many calls; they ping this
+    /// side the same way. Every connection first goes through a TLS handshake when an
+    /// acceptor is given (mTLS). The handshake runs in the connection's own task, so a slow
+    /// or hostile client never holds up accepting others; the peer's verified identity goes
+    /// into every request of the connection as a [`PeerIdentity`] extension.
     Internal(Option<trellis_mtls::TlsAcceptor>),
 }
+
+/// See [`Port::Internal`].
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `service` on `listener` as `port` until `shutdown` resolves, then drains for up
 /// to `drain`.
@@ -73,10 +63,6 @@ pub async fn serve<S>(
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let (tls, liveness) = match port {
-        Port::Public => (None, Liveness::TcpProbes),
-        Port::Internal(tls) => (tls, Liveness::Http2Pings),
-    };
     let local = listener.local_addr().ok();
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -87,13 +73,18 @@ pub async fn serve<S>(
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_concurrent_streams(1024);
-    if liveness == Liveness::Http2Pings {
-        builder
-            .http2()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Some(PING_INTERVAL))
-            .keep_alive_timeout(PING_TIMEOUT);
-    }
+    let public = matches!(port, Port::Public);
+    let tls = match port {
+        Port::Public => None,
+        Port::Internal(tls) => {
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(PING_INTERVAL))
+                .keep_alive_timeout(PING_TIMEOUT);
+            tls
+        }
+    };
     tokio::pin!(shutdown);
     // Every connection's task, so that the ones still open when the drain time is up are
     // really closed (aborted), not just left behind.
@@ -112,9 +103,7 @@ pub async fn serve<S>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                if liveness == Liveness::TcpProbes
-                    && let Err(error) = tcp_liveness(&stream)
-                {
+                if public && let Err(error) = tcp_liveness(&stream) {
                     tracing::debug!(%peer, %error, "could not set tcp keepalive on a connection");
                 }
                 let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
@@ -164,7 +153,7 @@ pub async fn serve<S>(
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// [`Liveness::TcpProbes`] on one connection. After [`PROBE_IDLE`] of silence the kernel
+/// [`Port::Public`]'s liveness, on one connection. After [`PROBE_IDLE`] of silence the kernel
 /// probes the client every [`PROBE_INTERVAL`] and drops the connection after [`PROBES`]
 /// unanswered probes: a client that vanished from an idle connection is found within about
 /// 20 s (Dapr's API server pings after 10 s of silence and waits 5 s for the answer).
@@ -174,7 +163,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// would retransmit for about 15 minutes. The limit is nginx's `send_timeout`: a client that
 /// takes nothing for a minute is not coming back. Elsewhere than on Linux, only the silence
 /// before the first probe is set.
-pub fn tcp_liveness(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+fn tcp_liveness(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(stream);
     let probes = socket2::TcpKeepalive::new().with_time(PROBE_IDLE);
     #[cfg(target_os = "linux")]

@@ -117,18 +117,13 @@ impl<S> InlineReads<S> {
     /// Lets [`try_read`](Self::try_read) read only while the database is at most `bytes`
     /// (see the module docs). [`read`](Self::read) has no other way to read, and ignores it.
     #[must_use]
-    pub fn with_size_limit(self, bytes: u64) -> Self {
-        let limit = SizeLimit {
+    pub fn with_size_limit(mut self, bytes: u64) -> Self {
+        self.conn.get_mut().unwrap_or_else(|p| p.into_inner()).limit = Some(SizeLimit {
             bytes,
             within: false,
             next_check: None,
-        };
-        let mut reader = self.conn.into_inner().unwrap_or_else(|p| p.into_inner());
-        reader.limit = Some(limit);
-        InlineReads {
-            conn: Mutex::new(reader),
-            ..self
-        }
+        });
+        self
     }
 
     /// Runs `f` on this thread, on the reader's connection.

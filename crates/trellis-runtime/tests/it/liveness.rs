@@ -1,5 +1,5 @@
 //! How the sidecar's servers notice clients that are gone without having closed their
-//! connections (`trellis_runtime::server::Liveness`): the kernel's keepalive probes on the
+//! connections (`trellis_runtime::server::Port`): the kernel's keepalive probes on the
 //! public ports, HTTP/2 pings on the internal port. Seen from outside, in the kernel's own
 //! table of TCP connections.
 

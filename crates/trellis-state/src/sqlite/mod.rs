@@ -145,12 +145,9 @@ impl SqliteStore {
             }
             reads
         };
-        // After the writer: it made the tables the inline reader's statements name.
-        let inline = if in_memory {
-            None
-        } else {
-            InlineGets::open(&cfg, sql)?
-        };
+        // After the writer: it made the tables the inline reader's statements name. (None
+        // for an in-memory database.)
+        let inline = InlineGets::open(&cfg, sql)?;
         tracing::debug!(
             table = cfg.table,
             readers = cfg.readers,
