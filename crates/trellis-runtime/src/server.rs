@@ -15,13 +15,17 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt as _};
+
+use one_task::{Driver, StreamExec};
+
+mod one_task;
 
 /// Which of the sidecar's ports a server is, which decides how it notices a client that is
 /// gone without having closed its connection (its host lost power, or the network between
@@ -37,6 +41,13 @@ pub enum Port {
     /// (docs/benchmarks.md). It also covers HTTP/1.1 connections, which have no ping. A
     /// client's own pings are answered either way.
     Public,
+    /// The public gRPC API, whose clients are watched as [`Port::Public`]'s are. They all
+    /// speak HTTP/2, and each connection runs with its streams on one task, its answers
+    /// written once per turn ([`one_task`]): a unary call then crosses no task and leaves in
+    /// one write, where hyper would spawn a task per stream and h2 write most answers in two
+    /// (docs/benchmarks.md, "One task per gRPC connection"). The HTTP port, where most
+    /// clients speak HTTP/1.1, and the internal port did not gain from it when measured.
+    Grpc,
     /// The internal port: an HTTP/2 PING every [`PING_INTERVAL`], the connection closed
     /// after [`PING_TIMEOUT`] without an answer. Its clients are other sidecars, usually on
     /// other hosts, each holding one multiplexed connection for many calls; they ping this
@@ -65,7 +76,7 @@ pub async fn serve<S>(
 {
     let local = listener.local_addr().ok();
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(StreamExec);
     // Large windows keep a single multiplexed peer connection from throttling big streams;
     // memory stays bounded by the window, not by the body size.
     builder
@@ -73,9 +84,10 @@ pub async fn serve<S>(
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_concurrent_streams(1024);
-    let public = matches!(port, Port::Public);
+    let public = !matches!(port, Port::Internal(_));
+    let one_task = matches!(port, Port::Grpc);
     let tls = match port {
-        Port::Public => None,
+        Port::Public | Port::Grpc => None,
         Port::Internal(tls) => {
             builder
                 .http2()
@@ -109,7 +121,7 @@ pub async fn serve<S>(
                 let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
                 match tls.clone() {
                     None => {
-                        connections.spawn(serve_connection(builder, stream, service, peer, None, watcher));
+                        connections.spawn(serve_connection(builder, stream, service, peer, None, watcher, one_task));
                     }
                     Some(acceptor) => {
                         connections.spawn(async move {
@@ -132,7 +144,7 @@ pub async fn serve<S>(
                                     return;
                                 }
                             };
-                            serve_connection(builder, tls, service, peer, Some(PeerIdentity(Arc::new(Peer::new(id)))), watcher).await;
+                            serve_connection(builder, tls, service, peer, Some(PeerIdentity(Arc::new(Peer::new(id)))), watcher, false).await;
                         });
                     }
                 }
@@ -209,14 +221,16 @@ impl Peer {
     }
 }
 
-/// Serves one connection (plain or TLS) until it ends or the drain closes it.
+/// Serves one connection (plain or TLS) until it ends or the drain closes it, on one task
+/// with its streams if `one_task` ([`Port::Grpc`]).
 async fn serve_connection<I, S>(
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<StreamExec>,
     io: I,
     service: S,
     peer: SocketAddr,
     identity: Option<PeerIdentity>,
     watcher: Watcher,
+    one_task: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -233,10 +247,35 @@ async fn serve_connection<I, S>(
             req
         },
     ));
-    let conn = builder
-        .serve_connection(TokioIo::new(io), hyper_service)
-        .into_owned();
-    if let Err(error) = watcher.watch(conn).await {
+    let ended = if one_task {
+        Driver::new(io, |io| connection(&builder, io, hyper_service, watcher)).await
+    } else {
+        connection(&builder, io, hyper_service, watcher).await
+    };
+    if let Err(error) = ended {
         tracing::debug!(%error, "connection ended with an error");
     }
+}
+
+/// hyper's connection on `io`, ending early on a graceful shutdown.
+fn connection<I, S>(
+    builder: &auto::Builder<StreamExec>,
+    io: I,
+    service: S,
+    watcher: Watcher,
+) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + use<I, S>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<hyper::body::Incoming>, Response = Response>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    watcher.watch(
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned(),
+    )
 }

@@ -385,7 +385,7 @@ impl Sidecar {
         if let Some(grpc) = grpc {
             tasks.spawn(crate::server::serve(
                 grpc,
-                Port::Public,
+                Port::Grpc,
                 api::grpc::api(runtime.clone()),
                 stopped(&stop),
                 config.graceful_shutdown,
