@@ -142,12 +142,14 @@ impl<C: Future, I: AsyncWrite + Unpin> Future for Driver<C, I> {
                 if let Poll::Ready(output) = polled {
                     this.ended = Some(output);
                 }
+                SPAWNED.with_borrow_mut(|spawned| this.streams.extend(spawned.drain(..)));
             }
-            SPAWNED.with_borrow_mut(|spawned| this.streams.extend(spawned.drain(..)));
             // A stream that finished, or queued frames (which woke the connection), has
             // left the connection something to write, on its next poll in this turn.
             let mut finished = false;
-            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {
+            while !this.streams.is_empty()
+                && let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx)
+            {
                 finished = true;
             }
             conn_due = this.turn.woken.swap(false, Ordering::SeqCst) || finished;
@@ -157,22 +159,15 @@ impl<C: Future, I: AsyncWrite + Unpin> Future for Driver<C, I> {
         }
         this.turn.in_turn.store(false, Ordering::SeqCst);
         // A wake the turn held back and did not act on (its last lap was cut short, or the
-        // wake came after the last look) gets another turn.
-        if conn_due && this.ended.is_none() {
+        // wake came after the last look) gets another turn, which polls the connection.
+        if this.ended.is_none() && (conn_due || this.turn.woken.load(Ordering::SeqCst)) {
             this.turn.woken.store(true, Ordering::SeqCst);
-        }
-        if this.turn.woken.load(Ordering::SeqCst) && this.ended.is_none() {
             cx.waker().wake_by_ref();
         }
         // Whatever this turn wrote leaves now, in one write. If the socket is full, the
         // connection's waker is the one to wake when it drains: a socket keeps one waker for
         // writing, and the connection may be waiting on it too (for room to write more).
         let drained = lock(&this.out).poll_drain(&mut conn_cx);
-        if let Poll::Ready(Err(error)) = &drained
-            && this.ended.is_none()
-        {
-            tracing::debug!(%error, "writing to a connection failed");
-        }
         if this.ended.is_some() && this.streams.is_empty() {
             let _ = ready!(drained);
             if let Some(output) = this.ended.take() {
@@ -233,23 +228,17 @@ impl<I: AsyncWrite + Unpin> Held<I> {
             return Poll::Ready(Err(kind.into()));
         }
         while !self.buf.is_empty() {
-            let n = match ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf)) {
-                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => Ok(n),
-                Err(error) => Err(error),
-            };
-            let n = match n {
-                Ok(n) => n,
-                Err(error) => {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf)) {
+                Ok(n) if n > 0 => drop(self.buf.drain(..n)),
+                written => {
+                    let error = written
+                        .err()
+                        .unwrap_or_else(|| io::ErrorKind::WriteZero.into());
+                    tracing::debug!(%error, "writing to a connection failed");
                     self.broken = Some(error.kind());
                     self.buf = Vec::new();
                     return Poll::Ready(Err(error));
                 }
-            };
-            if n == self.buf.len() {
-                self.buf.clear();
-            } else {
-                self.buf.drain(..n);
             }
         }
         Pin::new(&mut self.io).poll_flush(cx)
