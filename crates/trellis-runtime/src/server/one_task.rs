@@ -213,6 +213,11 @@ pub struct Coalesced<I>(Arc<Mutex<Held<I>>>);
 /// and a write this large goes straight through, so a streamed body is not copied.
 const HELD: usize = 64 * 1024;
 
+/// The most room a connection keeps allocated once all it held is written. A turn that
+/// wrote more (a burst of answers, a large one) gave its buffer back, so a sidecar holding
+/// many gRPC connections does not keep each one's largest turn for as long as it lives.
+const KEPT: usize = 16 * 1024;
+
 struct Held<I> {
     io: I,
     buf: Vec<u8>,
@@ -240,6 +245,9 @@ impl<I: AsyncWrite + Unpin> Held<I> {
                     return Poll::Ready(Err(error));
                 }
             }
+        }
+        if self.buf.capacity() > KEPT {
+            self.buf = Vec::new();
         }
         Pin::new(&mut self.io).poll_flush(cx)
     }
@@ -536,5 +544,23 @@ mod tests {
             assert!(trailers.is_some());
         }
         served.server.abort();
+    }
+
+    #[test]
+    fn a_large_turn_gives_its_buffer_back_once_written() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut held = Held {
+            io: Vec::new(),
+            buf: Vec::new(),
+            broken: None,
+        };
+        held.buf.extend_from_slice(&[1; 1024]);
+        assert!(matches!(held.poll_drain(&mut cx), Poll::Ready(Ok(()))));
+        assert!(held.buf.capacity() >= 1024, "a small turn keeps its room");
+        held.buf.extend_from_slice(&[2; 48 * 1024]);
+        assert!(matches!(held.poll_drain(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(held.buf.capacity(), 0);
+        assert_eq!(held.io.len(), 49 * 1024, "everything held was written");
     }
 }
