@@ -166,8 +166,11 @@ pub enum Call {
 /// `InvokeService` of the echo app, a `SaveState` and a `GetState`), or `count` of the
 /// `only` one, on the sidecar whose gRPC API is on `port`; for `scripts/link-order`, which
 /// lays out the code they run, and `scripts/instructions-per-call`, which counts it.
-pub async fn calls(port: u16, count: u64, only: Option<Call>) -> Result<()> {
-    let body = Bytes::from_static(b"link order");
+pub async fn calls(port: u16, count: u64, only: Option<Call>, body: Option<usize>) -> Result<()> {
+    let body = match body {
+        Some(len) => Bytes::from(vec![b'x'; len]),
+        None => Bytes::from_static(b"link order"),
+    };
     let keys = Arc::new(vec!["link-order".to_string()]);
     let mut invoke = [
         (Call::Proxy, Via::Proxy),

@@ -104,6 +104,10 @@ enum Cmd {
         /// otherwise.
         #[arg(long, value_enum)]
         only: Option<grpc::Call>,
+        /// Bytes of each invocation's message and each saved value (a 10-byte text when
+        /// not given).
+        #[arg(long)]
+        body: Option<usize>,
     },
     /// An OTLP/gRPC trace receiver that counts spans, until stdin closes (for
     /// `scripts/link-order`, whose sidecars export their spans to it).
@@ -137,8 +141,13 @@ fn main() -> Result<()> {
             println!("{}", sidecar::link_order(&trellis_bin));
             return Ok(());
         }
-        Cmd::GrpcCalls { port, count, only } => {
-            return rt.block_on(grpc::calls(port, count, only));
+        Cmd::GrpcCalls {
+            port,
+            count,
+            only,
+            body,
+        } => {
+            return rt.block_on(grpc::calls(port, count, only, body));
         }
         Cmd::Invoke(args) => return rt.block_on(interruptible(invoke::run(args))),
         Cmd::State(args) => return rt.block_on(interruptible(state::run(args))),

@@ -46,7 +46,7 @@ pub enum Port {
     /// written once per turn ([`one_task`]): a unary call then crosses no task and leaves in
     /// one write, where hyper would spawn a task per stream and h2 write most answers in two
     /// (docs/benchmarks.md, "One task per gRPC connection"). The HTTP port, where most
-    /// clients speak HTTP/1.1, and the internal port did not gain from it when measured.
+    /// clients speak HTTP/1.1, did not gain from it when measured.
     Grpc,
     /// The internal port: an HTTP/2 PING every [`PING_INTERVAL`], the connection closed
     /// after [`PING_TIMEOUT`] without an answer. Its clients are other sidecars, usually on
@@ -54,7 +54,10 @@ pub enum Port {
     /// side the same way. Every connection first goes through a TLS handshake when an
     /// acceptor is given (mTLS). The handshake runs in the connection's own task, so a slow
     /// or hostile client never holds up accepting others; the peer's verified identity goes
-    /// into every request of the connection as a [`PeerIdentity`] extension.
+    /// into every request of the connection as a [`PeerIdentity`] extension. A connection
+    /// that negotiated HTTP/2 (proxied gRPC calls, streamed bodies) runs on one task as
+    /// [`Port::Grpc`]'s do, its answers written once per turn; HTTP/1.1 ones (the pooled
+    /// small calls) write an answer once already, and a driver only added work to them.
     Internal(Option<trellis_mtls::TlsAcceptor>),
 }
 
@@ -154,7 +157,12 @@ pub async fn serve<S>(
                                     return;
                                 }
                             };
-                            serve_connection(builder, tls, service, peer, Some(PeerIdentity(Arc::new(Peer::new(id)))), watcher, false).await;
+                            // HTTP/2 from a peer (proxied gRPC calls, streamed bodies) runs on
+                            // one task as the gRPC port does, so that an answer and its
+                            // trailers leave in one write (one TLS record) instead of two;
+                            // HTTP/1.1, the pooled small calls, writes once already.
+                            let one_task = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                            serve_connection(builder, tls, service, peer, Some(PeerIdentity(Arc::new(Peer::new(id)))), watcher, one_task).await;
                         });
                     }
                 }
@@ -232,7 +240,8 @@ impl Peer {
 }
 
 /// Serves one connection (plain or TLS) until it ends or the drain closes it, on one task
-/// with its streams if `one_task` ([`Port::Grpc`]).
+/// with its streams if `one_task` ([`Port::Grpc`], and HTTP/2 under mTLS on
+/// [`Port::Internal`]).
 async fn serve_connection<I, S>(
     builder: auto::Builder<StreamExec>,
     io: I,
