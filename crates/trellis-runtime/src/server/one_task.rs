@@ -167,7 +167,7 @@ impl<C: Future, I: AsyncWrite + Unpin> Future for Driver<C, I> {
         // Whatever this turn wrote leaves now, in one write. If the socket is full, the
         // connection's waker is the one to wake when it drains: a socket keeps one waker for
         // writing, and the connection may be waiting on it too (for room to write more).
-        let drained = lock(&this.out).poll_drain(&mut conn_cx);
+        let drained = lock(&this.out).poll_end_turn(&mut conn_cx);
         if this.ended.is_some() && this.streams.is_empty() {
             let _ = ready!(drained);
             if let Some(output) = this.ended.take() {
@@ -246,10 +246,17 @@ impl<I: AsyncWrite + Unpin> Held<I> {
                 }
             }
         }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Writes out all that is held as a turn ends, then gives back a buffer grown past
+    /// [`KEPT`] (not in the middle of a turn, where the next write would only take it again).
+    fn poll_end_turn(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         if self.buf.capacity() > KEPT {
             self.buf = Vec::new();
         }
-        Pin::new(&mut self.io).poll_flush(cx)
+        Poll::Ready(Ok(()))
     }
 
     /// Makes room for `len` more bytes: `Ready(true)` if they are to be kept, `Ready(false)`
@@ -556,11 +563,17 @@ mod tests {
             broken: None,
         };
         held.buf.extend_from_slice(&[1; 1024]);
-        assert!(matches!(held.poll_drain(&mut cx), Poll::Ready(Ok(()))));
+        assert!(matches!(held.poll_end_turn(&mut cx), Poll::Ready(Ok(()))));
         assert!(held.buf.capacity() >= 1024, "a small turn keeps its room");
         held.buf.extend_from_slice(&[2; 48 * 1024]);
         assert!(matches!(held.poll_drain(&mut cx), Poll::Ready(Ok(()))));
+        assert!(
+            held.buf.capacity() >= 48 * 1024,
+            "a write in the middle of a turn keeps the room for the next"
+        );
+        held.buf.extend_from_slice(&[3; 1024]);
+        assert!(matches!(held.poll_end_turn(&mut cx), Poll::Ready(Ok(()))));
         assert_eq!(held.buf.capacity(), 0);
-        assert_eq!(held.io.len(), 49 * 1024, "everything held was written");
+        assert_eq!(held.io.len(), 50 * 1024, "everything held was written");
     }
 }

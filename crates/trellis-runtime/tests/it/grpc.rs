@@ -430,6 +430,20 @@ async fn invoke_service_reaches_an_http_app_with_dapr_mapping() {
         "{:?}",
         resp.metadata()
     );
+    // The callee's own headers come back as metadata; its transport headers do not (the
+    // content type is the gRPC answer's own).
+    assert_eq!(resp.metadata().get("x-instance").unwrap(), "callee");
+    assert_eq!(
+        resp.metadata().get("content-type").unwrap(),
+        "application/grpc"
+    );
+    for transport in ["content-length", "date", "transfer-encoding"] {
+        assert!(
+            resp.metadata().get(transport).is_none(),
+            "{transport}: {:?}",
+            resp.metadata()
+        );
+    }
     let resp = resp.into_inner();
     assert_eq!(resp.content_type, "application/json");
     let echo: Value = serde_json::from_slice(&resp.data.unwrap().value).unwrap();
@@ -453,6 +467,7 @@ async fn invoke_service_reaches_an_http_app_with_dapr_mapping() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(err.metadata().get("dapr-http-status").unwrap(), "404");
     let info = err.get_details_error_info().unwrap();
     assert_eq!(info.metadata["http.code"], "404");
     assert_eq!(info.metadata["http.error_message"], "status 404");
