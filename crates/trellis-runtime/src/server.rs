@@ -87,15 +87,16 @@ pub async fn serve<S>(
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_concurrent_streams(1024);
-    if matches!(port, Port::Grpc) {
-        // gRPC answers carry no `Date` (gRPC servers, daprd's included, send none); hyper
-        // would format and HPACK-encode one on every answer.
-        builder.http2().auto_date_header(false);
-    }
     let public = !matches!(port, Port::Internal(_));
     let one_task = matches!(port, Port::Grpc);
     let tls = match port {
-        Port::Public | Port::Grpc => None,
+        Port::Public => None,
+        Port::Grpc => {
+            // gRPC answers carry no `Date` (gRPC servers, daprd's included, send none);
+            // hyper would format and HPACK-encode one on every answer.
+            builder.http2().auto_date_header(false);
+            None
+        }
         Port::Internal(tls) => {
             // What this port answers goes to the caller's sidecar, whose own server dates
             // the answer it passes on when the app gave it none; a `Date` from here would

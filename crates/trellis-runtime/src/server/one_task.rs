@@ -294,13 +294,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesced<I> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut held = lock(&self.0);
-        if ready!(held.poll_room(cx, data.len()))? {
-            held.buf.extend_from_slice(data);
-            Poll::Ready(Ok(data.len()))
-        } else {
-            Pin::new(&mut held.io).poll_write(cx, data)
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
