@@ -54,7 +54,7 @@ impl WorkloadIdentity {
         authority: Arc<Authority>,
         settings: CertSettings,
     ) -> Result<Arc<Self>, MtlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let current = issue(&id, &authority, settings, &provider)?;
         Ok(Arc::new(Self {
             id,
@@ -122,6 +122,24 @@ impl WorkloadIdentity {
                 }
             }
         }
+    }
+}
+
+/// ring's provider with the cipher suites sidecars offer each other: AES-128-GCM first,
+/// then ChaCha20-Poly1305 for machines without AES instructions (what linkerd2-proxy
+/// offers). ring's default puts AES-256-GCM first, whose four more rounds per block cost
+/// each sidecar of a 1 KiB call over a thousand instructions (`docs/benchmarks.md`, "The
+/// proxy floor, fifth pass"); AES-128-GCM is the suite every TLS 1.3 implementation must
+/// have, and its keys live only as long as a connection between two sidecars of one trust
+/// domain. A peer that still offers AES-256-GCM first gets AES-128-GCM, its second choice.
+fn provider() -> CryptoProvider {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..default_provider()
     }
 }
 

@@ -5,7 +5,7 @@
 //! dead instance disappears from rotation at once. Empty answers are never cached: an app
 //! that starts a moment later must be reachable on the next call.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,7 +62,7 @@ impl Balancer {
         Self {
             resolver,
             ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::default()),
             next: AtomicUsize::new(0),
         }
     }

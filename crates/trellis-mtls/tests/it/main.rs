@@ -99,6 +99,22 @@ async fn each_end_sees_the_others_spiffe_id() {
 }
 
 #[tokio::test]
+async fn sidecars_agree_on_aes_128_gcm() {
+    let authority = Arc::new(Authority::create("public").unwrap());
+    let (orders, checkout) = (
+        identity(&authority, "orders", CertSettings::default()),
+        identity(&authority, "checkout", CertSettings::default()),
+    );
+    let (addr, _seen) = server(&orders).await;
+    let tls = connect(&checkout, addr).await.unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(
+        suite,
+        trellis_mtls::rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+}
+
+#[tokio::test]
 async fn a_certificate_from_another_authority_is_refused_both_ways() {
     let ours = Arc::new(Authority::create("public").unwrap());
     let theirs = Arc::new(Authority::create("public").unwrap());

@@ -186,6 +186,19 @@ mod tests {
         }
     }
 
+    /// The caller's token, routing header and `Host` each go even when alone.
+    #[test]
+    fn each_header_for_this_sidecar_is_dropped_on_its_own() {
+        for name in ["dapr-api-token", "dapr-app-id", "host"] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            h.insert("x-custom", HeaderValue::from_static("kept"));
+            prepare_outbound(&mut h, &Caller::new(AppRef::new("a", "ns1").unwrap()), "b");
+            assert!(!h.contains_key(name), "{name} should be dropped");
+            assert_eq!(h["x-custom"], "kept");
+        }
+    }
+
     /// Each hop-by-hop header goes even when it is the only one (no `Connection` naming it),
     /// and a message with none keeps every header.
     #[test]

@@ -23,7 +23,7 @@
 //! another app than the one called (a stale registry entry, an impostor) carries nothing,
 //! and the request moves on as "not sent".
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Mutex;

@@ -20,7 +20,7 @@
 //!   app its peer's certificate names. A peer whose TLS refuses that protocol (a sidecar that
 //!   speaks only HTTP/2 on its internal port) is remembered, and its calls go over HTTP/2.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
