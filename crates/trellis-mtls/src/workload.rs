@@ -125,13 +125,12 @@ impl WorkloadIdentity {
     }
 }
 
-/// ring's provider with the cipher suites sidecars offer each other: AES-128-GCM first,
-/// then ChaCha20-Poly1305 for machines without AES instructions (what linkerd2-proxy
-/// offers). ring's default puts AES-256-GCM first, whose four more rounds per block cost
-/// each sidecar of a 1 KiB call over a thousand instructions (`docs/benchmarks.md`, "The
-/// proxy floor, fifth pass"); AES-128-GCM is the suite every TLS 1.3 implementation must
-/// have, and its keys live only as long as a connection between two sidecars of one trust
-/// domain. A peer that still offers AES-256-GCM first gets AES-128-GCM, its second choice.
+/// ring's provider with the cipher suites sidecars offer each other: AES-128-GCM, then
+/// ChaCha20-Poly1305, as linkerd2-proxy offers, so two sidecars agree on AES-128-GCM.
+/// ring's default puts AES-256-GCM first, whose four more rounds per block cost each
+/// sidecar of a 1 KiB call about 800 instructions (`docs/benchmarks.md`, "The proxy floor,
+/// fifth pass"); AES-128-GCM is the suite every TLS 1.3 implementation must have. A peer
+/// that still offers AES-256-GCM first gets AES-128-GCM, its second choice.
 fn provider() -> CryptoProvider {
     use rustls::crypto::ring::{cipher_suite, default_provider};
     CryptoProvider {
