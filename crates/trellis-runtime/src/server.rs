@@ -55,9 +55,11 @@ pub enum Port {
     /// acceptor is given (mTLS). The handshake runs in the connection's own task, so a slow
     /// or hostile client never holds up accepting others; the peer's verified identity goes
     /// into every request of the connection as a [`PeerIdentity`] extension. A connection
-    /// that negotiated HTTP/2 (proxied gRPC calls, streamed bodies) runs on one task as
-    /// [`Port::Grpc`]'s do, its answers written once per turn; HTTP/1.1 ones (the pooled
-    /// small calls) write an answer once already, and a driver only added work to them.
+    /// that negotiated HTTP/2 under mTLS (proxied gRPC calls, streamed bodies) runs on one
+    /// task as [`Port::Grpc`]'s do, so an answer and its trailers leave in one write (one
+    /// TLS record) instead of two; HTTP/1.1 ones (the pooled small calls) write an answer
+    /// once already, and a driver only added work to them. Plaintext (loopback only) is
+    /// not told apart by protocol and takes hyper's own path.
     Internal(Option<trellis_mtls::TlsAcceptor>),
 }
 
@@ -158,10 +160,7 @@ pub async fn serve<S>(
                                     return;
                                 }
                             };
-                            // HTTP/2 from a peer (proxied gRPC calls, streamed bodies) runs on
-                            // one task as the gRPC port does, so that an answer and its
-                            // trailers leave in one write (one TLS record) instead of two;
-                            // HTTP/1.1, the pooled small calls, writes once already.
+                            // HTTP/2 runs on one task, HTTP/1.1 as it is ([`Port::Internal`]).
                             let one_task = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                             serve_connection(builder, tls, service, peer, Some(PeerIdentity(Arc::new(Peer::new(id)))), watcher, one_task).await;
                         });
